@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CUSTOMERS ?= 20000
+DAYS ?= 365
+SEED ?= 7
+DEMO_DIR ?= demo
+EXTRAS := sentence,sample,bi,bench,test
+
+.PHONY: install demo test clean
+
+# Re-installs when pyproject.toml changes; a fresh clone creates the venv.
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	CUSTOMERS=$(CUSTOMERS) DAYS=$(DAYS) SEED=$(SEED) DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(DEMO_DIR) dbt_project/target dbt_project/logs
