@@ -45,7 +45,7 @@ def table_exists(con: duckdb.DuckDBPyConnection, name: str, schema: str | None =
     if schema:
         query += " and table_schema = ?"
         params.append(schema)
-    return con.execute(query, params).fetchone()[0] > 0
+    return con.execute(query, params).fetchall()[0][0] > 0
 
 
 def require_table(con: duckdb.DuckDBPyConnection, name: str, hint: str) -> None:
