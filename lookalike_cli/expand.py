@@ -1,0 +1,299 @@
+"""Expansion: seed customers -> ranked lookalike audience, by one of four strategies.
+
+- centroid: cosine to the mean seed vector (one ANN query; fast, assumes one homogeneous seed).
+- knn-vote: each seed's k nearest neighbours vote with their similarity (follows mixed seeds).
+- multi-centroid: k-means sub-clusters of the seed (k by silhouette), cosine to the nearest one.
+- classifier: logistic regression seed vs population sample (PU learning, Elkan-Noto class-prior
+  correction) re-ranking a candidate pool from ANN search around the seeds.
+
+`--min-similarity` cuts on cosine to the centroid (centroid), to the nearest sub-centroid
+(multi-centroid) or to the nearest seed (knn-vote, classifier).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.index import LoadedIndex, load_index, normalise
+from lookalike_cli.seeds import Seeds, excluded_ids, resolve_seeds
+from lookalike_cli.warehouse import connection, require_table
+
+STRATEGIES = ("centroid", "knn-vote", "multi-centroid", "classifier")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Candidates:
+    """Customers found by a strategy, best first; `frontier` is the lowest similarity the search covered."""
+    ids: np.ndarray
+    scores: np.ndarray
+    similarities: np.ndarray
+    frontier: float
+    nearest_seed: np.ndarray | None = None
+
+
+@dataclass
+class Expansion:
+    members: pa.Table
+    audience: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_size(size: str | int | None, population: int) -> int | None:
+    """'5%' -> share of the population, '20000' -> count."""
+    if size is None:
+        return None
+    text = str(size).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text)
+    if match:
+        share = float(match.group(1))
+        if not 0 < share <= 100:
+            raise LookalikeError(f"--size {text}: a percentage must be in (0, 100].")
+        return max(1, math.ceil(population * share / 100))
+    if not text.isdigit() or int(text) <= 0:
+        raise LookalikeError(f"--size {text!r}: give a positive count (20000) or a share of the population (5%).")
+    return int(text)
+
+
+def search_union(index: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Neighbours of all queries as flat (ids, similarity, query row) arrays, plus the search frontier."""
+    sims, ids = index.search(queries, k)
+    valid = ids >= 0
+    rows = np.broadcast_to(np.arange(len(queries))[:, None], ids.shape)
+    frontier = float(sims[:, -1].max()) if k < index.manifest.row_count else -1.0
+    return ids[valid], sims[valid], rows[valid], frontier
+
+
+def group_max(ids: np.ndarray, values: np.ndarray, sums: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct id: (id, max value, position of the max in the input) and with sums the sum instead of max."""
+    order = np.lexsort((-values, ids))
+    ids_sorted, values_sorted = ids[order], values[order]
+    starts = np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]])
+    aggregated = np.add.reduceat(values_sorted, starts) if sums else values_sorted[starts]
+    return ids_sorted[starts], aggregated, order[starts]
+
+
+def ranked(ids: np.ndarray, scores: np.ndarray, sims: np.ndarray, frontier: float, nearest: np.ndarray | None = None) -> Candidates:
+    order = np.lexsort((ids, -scores))
+    return Candidates(ids[order], scores[order].astype(np.float64), sims[order].astype(np.float64), frontier,
+                      None if nearest is None else nearest[order])
+
+
+def centroid(index: LoadedIndex, seeds: Seeds, limit: int, **_) -> Candidates:
+    query = normalise(seeds.vectors.mean(axis=0, keepdims=True))
+    ids, sims, _, frontier = search_union(index, query, limit)
+    return ranked(ids, sims, sims, frontier)
+
+
+def knn_vote(index: LoadedIndex, seeds: Seeds, limit: int, k_per_seed: int | None = None, **_) -> Candidates:
+    """Score = sum of the similarities of the seeds that have the customer among their k nearest."""
+    k = int(min(max(k_per_seed or 10, math.ceil(2 * limit / seeds.found)), index.manifest.row_count))
+    ids, sims, rows, frontier = search_union(index, seeds.vectors, k)
+    unique, best, at = group_max(ids, sims)
+    _, votes, _ = group_max(ids, sims, sums=True)
+    return ranked(unique, votes, best, frontier, seeds.ids[rows[at]])
+
+
+def seed_clusters(vectors: np.ndarray, seed: int, max_k: int = 8) -> tuple[np.ndarray, dict]:
+    """Sub-centroids of the seed by k-means, k chosen by silhouette (k=1 when no split is clearly better)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    upper = min(max_k, len(vectors) // 20)
+    best = (0.1, 1, normalise(vectors.mean(axis=0, keepdims=True)))  # a split must beat silhouette 0.1
+    scores = {}
+    for k in range(2, upper + 1):
+        model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(vectors)
+        score = float(silhouette_score(vectors, model.labels_, sample_size=min(len(vectors), 2000), random_state=seed))
+        scores[k] = round(score, 3)
+        if score > best[0]:
+            best = (score, k, normalise(model.cluster_centers_))
+    return best[2], {"clusters": best[1], "silhouette": scores}
+
+
+def multi_centroid(index: LoadedIndex, seeds: Seeds, limit: int, centroids: np.ndarray, **_) -> Candidates:
+    ids, sims, _, frontier = search_union(index, centroids, limit)
+    unique, best, _ = group_max(ids, sims)
+    return ranked(unique, best, best, frontier)
+
+
+@dataclass
+class PUClassifier:
+    """Seed (labelled) vs population sample (unlabelled) logistic regression, Elkan-Noto corrected."""
+    model: object
+    label_frequency: float  # c = P(labelled | positive), estimated on held-out seeds
+
+    def probability(self, vectors: np.ndarray) -> np.ndarray:
+        return np.clip(self.model.predict_proba(vectors)[:, 1] / self.label_frequency, 0.0, 1.0)
+
+
+def train_classifier(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int, sample_size: int | None = None) -> tuple[PUClassifier, dict]:
+    from sklearn.linear_model import LogisticRegression
+
+    sample_size = sample_size or int(np.clip(5 * seeds.found, 5_000, 50_000))
+    table = con.sql(
+        f"select customer_id, embedding from customer_embeddings using sample reservoir({sample_size} rows) repeatable ({seed})"
+    ).to_arrow_table()
+    column = table.column("embedding").combine_chunks()
+    unlabelled = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size)
+    unlabelled = unlabelled[~np.isin(table.column("customer_id").to_numpy(), seeds.ids)]
+    rng = np.random.default_rng(seed)
+    held_out = rng.random(seeds.found) < 0.2
+    if held_out.sum() < 5 or (~held_out).sum() < 5:
+        held_out = np.zeros(seeds.found, dtype=bool)
+    train_pos = seeds.vectors[~held_out]
+    x = np.vstack([train_pos, unlabelled])
+    y = np.r_[np.ones(len(train_pos)), np.zeros(len(unlabelled))]
+    model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
+    check = seeds.vectors[held_out] if held_out.any() else train_pos
+    c = float(np.clip(model.predict_proba(check)[:, 1].mean(), 1e-6, 1.0))
+    return PUClassifier(model, c), {"population_sample": int(len(unlabelled)), "label_frequency": round(c, 4)}
+
+
+def classifier(index: LoadedIndex, seeds: Seeds, limit: int, pu: PUClassifier, **_) -> Candidates:
+    """Candidate pool = each seed's neighbours plus the centroid's, re-ranked by the PU classifier."""
+    pool = knn_vote(index, seeds, 2 * limit)
+    around_centroid = centroid(index, seeds, 2 * limit)
+    ids = np.union1d(pool.ids, around_centroid.ids)
+    vectors = index.index.reconstruct_batch(ids)
+    nearest, nearest_sims = nearest_seeds(vectors, seeds)
+    return ranked(ids, pu.probability(vectors), nearest_sims, max(pool.frontier, around_centroid.frontier), nearest)
+
+
+def nearest_seeds(vectors: np.ndarray, seeds: Seeds) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest seed id and similarity per vector; IVF over the seeds when exact would be slow."""
+    if len(vectors) * seeds.found <= 200_000_000:
+        search = faiss.IndexFlatIP(seeds.vectors.shape[1])
+        search.add(np.ascontiguousarray(seeds.vectors))
+    else:
+        nlist = int(math.sqrt(seeds.found))
+        search = faiss.IndexIVFFlat(faiss.IndexFlatIP(seeds.vectors.shape[1]), seeds.vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        search.cp.seed = 0
+        search.train(np.ascontiguousarray(seeds.vectors))
+        search.add(np.ascontiguousarray(seeds.vectors))
+        search.nprobe = 8
+    sims, rows = search.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+    return seeds.ids[rows[:, 0]], sims[:, 0]
+
+
+def expand(
+    db_path: Path,
+    index_dir: Path,
+    seed_sql: str | None = None,
+    seed_table: str | None = None,
+    seed_file: str | Path | None = None,
+    size: str | int | None = None,
+    min_similarity: float | None = None,
+    strategy: str = "centroid",
+    exclude_sql: str | None = None,
+    k_per_seed: int | None = None,
+    seed: int = 0,
+    progress: Progress = print,
+) -> Expansion:
+    """Compute an audience (nothing is written): members ranked by score plus the audiences row."""
+    if strategy not in STRATEGIES:
+        raise LookalikeError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    if size is None and min_similarity is None:
+        raise LookalikeError("Give --size (20000 or 5%) or --min-similarity (e.g. 0.8).")
+    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
+        raise LookalikeError(f"--min-similarity {min_similarity} must be a cosine similarity in [-1, 1].")
+    started = time.perf_counter()
+    with connection(db_path, read_only=True) as con:
+        require_table(con, "customer_embeddings", "Build it with `lookalike dbt build` after `lookalike train`.")
+        versions = [r[0] for r in con.execute("select distinct model_version from customer_embeddings").fetchall()]
+        index = load_index(index_dir, expected_model_version=versions[0] if len(versions) == 1 else None)
+        manifest = index.manifest
+        population = manifest.row_count
+        target = parse_size(size, population)
+        seeds = resolve_seeds(con, seed_sql, seed_table, seed_file)
+        warnings = list(seeds.warnings)
+        if target is not None and target > population - seeds.found:
+            raise LookalikeError(
+                f"--size {size} asks for {target:,} customers but the population has only "
+                f"{population - seeds.found:,} besides the {seeds.found:,} seeds."
+            )
+        excluded, excluded_counts = excluded_ids(con, exclude_sql)
+        blocked = np.union1d(seeds.ids, excluded)
+        progress(f"Seeds: {seeds.found:,} found, {seeds.missing:,} missing; excluding {len(blocked):,} "
+                 f"(seeds + {excluded_counts or 'no suppression lists'}); strategy {strategy}")
+
+        extra: dict = {}
+        parameters: dict = {"seed_source": seeds.source, "size": None if size is None else str(size),
+                            "min_similarity": min_similarity, "exclude_sql": exclude_sql, "random_seed": seed}
+        if strategy == "multi-centroid":
+            extra["centroids"], info = seed_clusters(seeds.vectors, seed)
+            parameters.update(info)
+            progress(f"  seed sub-clusters: {info['clusters']} (silhouette {info['silhouette']})")
+        elif strategy == "classifier":
+            extra["pu"], info = train_classifier(con, seeds, seed)
+            parameters.update(info)
+            progress(f"  PU classifier on {info['population_sample']:,} population vectors, label frequency c={info['label_frequency']}")
+        if strategy == "knn-vote" and k_per_seed:
+            parameters["k_per_seed"] = k_per_seed
+    search = {"centroid": centroid, "knn-vote": knn_vote, "multi-centroid": multi_centroid, "classifier": classifier}[strategy]
+
+    # Widen the search until enough eligible customers are found (size) or the search frontier
+    # drops below the threshold (min-similarity), or the whole population is covered (frontier -1).
+    limit = (target or 1000) + len(blocked) + 100
+    while True:
+        found = search(index, seeds, limit, k_per_seed=k_per_seed, **extra)
+        keep = ~np.isin(found.ids, blocked)
+        if min_similarity is not None:
+            keep &= found.similarities >= min_similarity
+        enough = (target is not None and keep.sum() >= target) or (target is None and found.frontier < min_similarity)
+        if enough or found.frontier <= -1.0:
+            break
+        limit *= 2
+        progress(f"  widening the search ({limit:,} candidates)")
+    ids, scores, sims = found.ids[keep], found.scores[keep], found.similarities[keep]
+    nearest = found.nearest_seed[keep] if found.nearest_seed is not None else None
+    if target is not None:
+        ids, scores, sims = ids[:target], scores[:target], sims[:target]
+        nearest = nearest[:target] if nearest is not None else None
+        if len(ids) < target:
+            warnings.append(f"Only {len(ids):,} eligible customers found for --size {size} ({target:,}) after exclusions.")
+    if len(ids) == 0:
+        raise LookalikeError("The audience is empty: no eligible customer passed the size/similarity cut.")
+    if nearest is None:
+        nearest, _ = nearest_seeds(index.index.reconstruct_batch(ids), seeds)
+
+    members = pa.table({
+        "rank": pa.array(np.arange(1, len(ids) + 1), pa.int32()),
+        "customer_id": pa.array(ids, pa.int64()),
+        "score": pa.array(scores, pa.float64()),
+        "similarity": pa.array(sims, pa.float64()),
+        "nearest_seed_id": pa.array(nearest, pa.int64()),
+    })
+    audience = {
+        "strategy": strategy,
+        "parameters": parameters,
+        "seed_requested": seeds.requested,
+        "seed_found": seeds.found,
+        "seed_missing": seeds.missing,
+        "excluded_count": int(len(excluded)),
+        "population_size": population,
+        "size": len(ids),
+        "score_min": float(scores.min()),
+        "score_max": float(scores.max()),
+        "score_mean": float(scores.mean()),
+        "score_median": float(np.median(scores)),
+        "similarity_min": float(sims.min()),
+        "model_version": manifest.model_version,
+        "index_version": manifest.index_version,
+        "index_type": manifest.index_type,
+        "compute_seconds": round(time.perf_counter() - started, 3),
+    }
+    progress(f"Audience: {len(ids):,} customers, score {audience['score_min']:.3f}..{audience['score_max']:.3f} "
+             f"in {audience['compute_seconds']:.2f}s")
+    return Expansion(members=members, audience=audience, warnings=warnings)
