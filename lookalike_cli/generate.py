@@ -1,0 +1,450 @@
+"""Synthetic raw tables with planted structure: the project's ground truth.
+
+What is planted (tests and benchmarks rely on it; README "Generated data" documents it):
+- a two-level taxonomy: `departments` x `categories_per_department` categories;
+- `segments` latent customer segments, each a sparse Dirichlet preference over categories
+  concentrated in three "home" departments; each customer has a primary segment and, with
+  probability 0.3, a secondary one mixed in with weight 0.2-0.5;
+- demographics (gender, age, income, education, occupation) drawn 70% from a per-segment
+  distribution and 30% uniformly; 60% of a segment's customers live in its three home cities,
+  so location text carries real signal;
+- activity (orders per month, basket size, price level) varies by segment and by customer,
+  so a pure activity ranking is a meaningful baseline;
+- preferences drift over time towards a second per-segment preference (up to `drift` at the end),
+  so the label window is not a copy of the feature window;
+- dirty rows: ~1% returns (negative quantity and amount), ~0.3% lines with a null category,
+  ~3% customers with no orders at all, ~1% customers in `raw.opt_outs`.
+
+Everything is vectorised numpy, written to DuckDB in Arrow chunks of customers, so 1M
+customers (~50M order lines) takes minutes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.warehouse import connection
+
+DEPARTMENTS = [
+    "Produce", "Dairy", "Bakery", "Meat & Seafood", "Frozen", "Pantry", "Snacks", "Beverages",
+    "Beer & Wine", "Household", "Personal Care", "Baby", "Pet", "Health", "Electronics",
+    "Home & Kitchen", "Garden", "Toys", "Sports & Outdoors", "Apparel", "Books & Media",
+    "Office", "Automotive", "Beauty",
+]
+CATEGORY_STYLES = [
+    "Essentials", "Premium", "Organic", "Value Packs", "Seasonal", "Imported", "Kids",
+    "Family Size", "Single Serve", "Specialty", "Store Brand", "Gifts", "Eco", "Classics",
+    "New Arrivals", "Bulk", "Regional", "Diet & Light", "Limited Edition", "Accessories",
+]
+GENDERS = ["female", "male", "nonbinary"]
+AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
+INCOME_BANDS = ["<25K", "25-49K", "50-74K", "75-99K", "100-149K", "150K+"]
+EDUCATIONS = ["high school", "some college", "bachelor", "master", "doctorate"]
+OCCUPATIONS = ["student", "service", "trades", "office", "professional", "management", "retired", "homemaker"]
+STATES = [
+    "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "FL", "GA", "HI", "ID", "IL", "IN", "IA", "KS",
+    "KY", "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM", "NY",
+    "NC", "ND", "OH", "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT", "VT", "VA", "WA", "WV",
+    "WI", "WY",
+]
+CITY_PREFIXES = ["Spring", "River", "Oak", "Maple", "Cedar", "Lake", "Hill", "Green", "Fair", "Clear",
+                 "Brook", "Stone", "Pine", "Ash", "Elm", "Red", "Silver", "North", "West", "Glen"]
+CITY_SUFFIXES = ["field", "ton", "ville", "port", "wood", "dale", "burg", "view", "ford", "haven"]
+STREET_NAMES = ["Main", "Park", "Washington", "Lincoln", "Church", "High", "Mill", "Union", "Market",
+                "Water", "Center", "Lake", "Hill", "School", "Forest", "Sunset", "Highland", "Walnut",
+                "Franklin", "Jackson", "Madison", "Chestnut", "Prospect", "Spring"]
+STREET_SUFFIXES = ["St", "Ave", "Rd", "Blvd", "Ln", "Dr", "Ct", "Way"]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    customers: int = 20_000
+    days: int = 365
+    seed: int = 7
+    segments: int = 12
+    departments: int = 20
+    categories_per_department: int = 15
+    cities_per_state: int = 6
+    zips_per_city: int = 4
+    drift: float = 0.3
+    start_date: date = date(2025, 1, 1)
+    chunk_customers: int = 100_000
+
+    def validate(self) -> None:
+        if self.customers < 10:
+            raise LookalikeError("--customers must be at least 10.")
+        if self.days < 14:
+            raise LookalikeError("--days must be at least 14 (features and labels need two windows).")
+        if not 2 <= self.segments <= 200:
+            raise LookalikeError("--segments must be between 2 and 200.")
+        if not 1 <= self.departments <= len(DEPARTMENTS):
+            raise LookalikeError(f"departments must be between 1 and {len(DEPARTMENTS)}.")
+        if not 1 <= self.categories_per_department <= len(CATEGORY_STYLES):
+            raise LookalikeError(f"categories_per_department must be between 1 and {len(CATEGORY_STYLES)}.")
+
+
+@dataclass
+class World:
+    """Everything shared by all customers: taxonomy, segments, geography, prices."""
+
+    category_names: np.ndarray
+    category_departments: np.ndarray
+    segment_preferences: np.ndarray  # (S, C) feature-time preference
+    segment_drifted: np.ndarray  # (S, C) preference the segment drifts towards
+    segment_weights: np.ndarray  # (S,) population share
+    segment_order_rate: np.ndarray  # (S,) orders per month
+    segment_basket: np.ndarray  # (S,) mean lines per order
+    segment_price_level: np.ndarray  # (S,)
+    segment_visit_rate: np.ndarray  # (S,) visits per order
+    segment_demographics: dict[str, np.ndarray]  # attribute -> (S, K) probabilities
+    segment_home_cities: np.ndarray  # (S, 3) city indices
+    category_price: np.ndarray  # (C,)
+    city_names: np.ndarray
+    city_states: np.ndarray
+    city_zip_base: np.ndarray
+
+
+DEMOGRAPHIC_VALUES = {
+    "gender": GENDERS,
+    "age_band": AGE_BANDS,
+    "income_band": INCOME_BANDS,
+    "education": EDUCATIONS,
+    "occupation": OCCUPATIONS,
+}
+
+
+def build_world(config: GeneratorConfig, rng: np.random.Generator) -> World:
+    departments = DEPARTMENTS[: config.departments]
+    styles = CATEGORY_STYLES[: config.categories_per_department]
+    category_names = np.array([f"{d} / {s}" for d in departments for s in styles])
+    category_departments = np.repeat(np.arange(len(departments)), len(styles))
+    n_categories = len(category_names)
+
+    def sparse_preference(home: np.ndarray) -> np.ndarray:
+        in_home = np.isin(category_departments, home)
+        preference = np.zeros(n_categories)
+        preference[in_home] = 0.85 * rng.dirichlet(np.full(in_home.sum(), 0.3))
+        preference += 0.15 * rng.dirichlet(np.full(n_categories, 0.1))
+        return preference / preference.sum()
+
+    homes = [rng.choice(len(departments), size=min(3, len(departments)), replace=False) for _ in range(config.segments)]
+    preferences = np.stack([sparse_preference(h) for h in homes])
+    drifted = np.stack([sparse_preference(h) for h in homes])
+
+    n_cities = len(STATES) * config.cities_per_state
+    city_names = np.array([
+        f"{CITY_PREFIXES[i % len(CITY_PREFIXES)]}{CITY_SUFFIXES[(i // len(CITY_PREFIXES)) % len(CITY_SUFFIXES)]}"
+        + ("" if i < len(CITY_PREFIXES) * len(CITY_SUFFIXES) else f" {i // (len(CITY_PREFIXES) * len(CITY_SUFFIXES)) + 1}")
+        for i in rng.permutation(n_cities)
+    ])
+    city_states = np.repeat(np.arange(len(STATES)), config.cities_per_state)
+    city_zip_base = 10000 + np.arange(n_cities) * config.zips_per_city * 3
+
+    return World(
+        category_names=category_names,
+        category_departments=category_departments,
+        segment_preferences=preferences,
+        segment_drifted=drifted,
+        segment_weights=rng.dirichlet(np.full(config.segments, 4.0)),
+        segment_order_rate=np.exp(rng.normal(math.log(0.9), 0.45, config.segments)),
+        segment_basket=rng.uniform(1.5, 5.0, config.segments),
+        segment_price_level=np.exp(rng.normal(0.0, 0.35, config.segments)),
+        segment_visit_rate=rng.uniform(0.8, 2.0, config.segments),
+        segment_demographics={
+            name: rng.dirichlet(np.full(len(values), 0.7), size=config.segments)
+            for name, values in DEMOGRAPHIC_VALUES.items()
+        },
+        segment_home_cities=np.stack([rng.choice(n_cities, size=3, replace=False) for _ in range(config.segments)]),
+        category_price=np.exp(rng.normal(math.log(6.0), 0.8, n_categories)),
+        city_names=city_names,
+        city_states=city_states,
+        city_zip_base=city_zip_base,
+    )
+
+
+def _sample_grouped(rng: np.random.Generator, group: np.ndarray, cdfs: np.ndarray) -> np.ndarray:
+    """Draw one category per row from the distribution of its group (inverse CDF per group)."""
+    out = np.empty(len(group), dtype=np.int32)
+    order = np.argsort(group, kind="stable")
+    sorted_groups = group[order]
+    bounds = np.flatnonzero(np.diff(sorted_groups)) + 1
+    for chunk in np.split(order, bounds):
+        if len(chunk) == 0:
+            continue
+        cdf = cdfs[group[chunk[0]]]
+        draws = np.searchsorted(cdf, rng.random(len(chunk)) * cdf[-1], side="right")
+        out[chunk] = np.minimum(draws, cdfs.shape[1] - 1)
+    return out
+
+
+def _customers_chunk(config: GeneratorConfig, world: World, rng: np.random.Generator, first_id: int, n: int) -> dict:
+    segments = config.segments
+    customer_id = np.arange(first_id, first_id + n, dtype=np.int64)
+    primary = rng.choice(segments, size=n, p=world.segment_weights)
+    has_secondary = rng.random(n) < 0.3
+    secondary = np.where(has_secondary, (primary + rng.integers(1, segments, n)) % segments, -1)
+    secondary_weight = np.where(has_secondary, rng.uniform(0.2, 0.5, n), 0.0)
+
+    columns: dict[str, np.ndarray] = {"customer_id": customer_id}
+    for name, values in DEMOGRAPHIC_VALUES.items():
+        probabilities = world.segment_demographics[name][primary]
+        cumulative = probabilities.cumsum(axis=1)
+        from_segment = (rng.random(n)[:, None] > cumulative).sum(axis=1)
+        uniform = rng.integers(0, len(values), n)
+        chosen = np.where(rng.random(n) < 0.7, np.minimum(from_segment, len(values) - 1), uniform)
+        columns[name] = np.array(values, dtype=object)[chosen]
+
+    n_cities = len(world.city_names)
+    home = world.segment_home_cities[primary, rng.integers(0, 3, n)]
+    city = np.where(rng.random(n) < 0.6, home, rng.integers(0, n_cities, n))
+    zip_code = world.city_zip_base[city] + rng.integers(0, config.zips_per_city, n) * 3
+    columns["street"] = np.char.add(
+        np.char.add(rng.integers(1, 9999, n).astype(str), " "),
+        np.char.add(
+            np.array(STREET_NAMES)[rng.integers(0, len(STREET_NAMES), n)],
+            np.char.add(" ", np.array(STREET_SUFFIXES)[rng.integers(0, len(STREET_SUFFIXES), n)]),
+        ),
+    ).astype(object)
+    columns["city"] = world.city_names[city].astype(object)
+    columns["state"] = np.array(STATES)[world.city_states[city]].astype(object)
+    columns["zip"] = np.char.zfill(zip_code.astype(str), 5).astype(object)
+
+    signup_offset = rng.integers(-730, int(config.days * 0.5), n)
+    columns["signup_date"] = np.datetime64(config.start_date) + signup_offset.astype("timedelta64[D]")
+
+    # Missing demographics, as in a real CRM.
+    for name in DEMOGRAPHIC_VALUES:
+        missing = rng.random(n) < 0.05
+        columns[name] = np.where(missing, None, columns[name])
+
+    activity = np.exp(rng.normal(0.0, 0.6, n))
+    activity[rng.random(n) < 0.03] = 0.0  # customers who never ordered
+    favourite = rng.integers(0, len(world.category_names), n)
+    return {
+        "customers": columns,
+        "primary": primary,
+        "secondary": secondary,
+        "secondary_weight": secondary_weight,
+        "activity": activity,
+        "favourite": favourite,
+        "signup_offset": signup_offset,
+    }
+
+
+def _events(
+    config: GeneratorConfig,
+    world: World,
+    rng: np.random.Generator,
+    chunk: dict,
+    per_customer_rate: np.ndarray,
+    lines_mean: np.ndarray | None,
+    flatten: float,
+) -> dict[str, np.ndarray]:
+    """Timestamped (customer, category) events: orders (with lines) or visits/engagements."""
+    n = len(per_customer_rate)
+    start_day = np.maximum(chunk["signup_offset"], 0)
+    active_days = np.maximum(config.days - start_day, 1)
+    counts = rng.poisson(per_customer_rate * active_days / 30.0)
+    owner = np.repeat(np.arange(n), counts)
+    day = start_day[owner] + (rng.random(len(owner)) * active_days[owner]).astype(np.int64)
+    seconds = rng.integers(6 * 3600, 22 * 3600, len(owner))
+    if lines_mean is not None:
+        lines = 1 + rng.poisson(np.maximum(lines_mean[owner] - 1, 0.1))
+        event_index = np.repeat(np.arange(len(owner)), lines)
+        line_owner = owner[event_index]
+        line_day = day[event_index]
+    else:
+        event_index = np.arange(len(owner))
+        line_owner, line_day = owner, day
+
+    m = len(line_owner)
+    use_secondary = (chunk["secondary"][line_owner] >= 0) & (rng.random(m) < chunk["secondary_weight"][line_owner])
+    segment = np.where(use_secondary, chunk["secondary"][line_owner], chunk["primary"][line_owner])
+    drifted = rng.random(m) < config.drift * line_day / config.days
+    group = segment * 2 + drifted
+    preferences = np.stack([world.segment_preferences, world.segment_drifted], axis=1).reshape(-1, world.segment_preferences.shape[1])
+    if flatten:
+        preferences = (1 - flatten) * preferences + flatten / preferences.shape[1]
+    category = _sample_grouped(rng, group, np.cumsum(preferences, axis=1))
+    favourite = rng.random(m) < 0.12
+    category[favourite] = chunk["favourite"][line_owner[favourite]]
+    return {
+        "owner": line_owner,
+        "event_index": event_index,
+        "day": line_day,
+        "seconds": seconds[event_index],
+        "segment": segment,
+        "category": category,
+    }
+
+
+def _timestamps(config: GeneratorConfig, day: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    base = np.datetime64(datetime.combine(config.start_date, datetime.min.time()), "s")
+    return base + (day * 86400 + seconds).astype("timedelta64[s]")
+
+
+def _order_lines(config: GeneratorConfig, world: World, rng: np.random.Generator, chunk: dict, first_order_id: int) -> tuple[pa.Table, int]:
+    primary = chunk["primary"]
+    rate = world.segment_order_rate[primary] * chunk["activity"]
+    events = _events(config, world, rng, chunk, rate, world.segment_basket[primary], flatten=0.0)
+    m = len(events["owner"])
+    quantity = 1 + rng.poisson(0.6, m)
+    price = world.category_price[events["category"]] * world.segment_price_level[events["segment"]] * np.exp(rng.normal(0, 0.2, m))
+    amount = np.round(quantity * price, 2)
+    is_return = rng.random(m) < 0.01
+    quantity = np.where(is_return, -quantity, quantity)
+    amount = np.where(is_return, -amount, amount)
+    category = world.category_names[events["category"]].astype(object)
+    department = np.array(DEPARTMENTS, dtype=object)[world.category_departments[events["category"]]]
+    null_category = rng.random(m) < 0.003
+    category[null_category] = None
+    department[null_category] = None
+    table = pa.table({
+        "customer_id": pa.array(chunk["customers"]["customer_id"][events["owner"]], pa.int64()),
+        "order_id": pa.array(first_order_id + events["event_index"], pa.int64()),
+        "ordered_at": pa.array(_timestamps(config, events["day"], events["seconds"]), pa.timestamp("s")),
+        "category": pa.array(category, pa.string()),
+        "department": pa.array(department, pa.string()),
+        "quantity": pa.array(quantity, pa.int32()),
+        "amount": pa.array(amount, pa.float64()),
+    })
+    orders = int(events["event_index"].max()) + 1 if m else 0
+    return table, first_order_id + orders
+
+
+def _visits(config: GeneratorConfig, world: World, rng: np.random.Generator, chunk: dict) -> pa.Table:
+    primary = chunk["primary"]
+    rate = world.segment_order_rate[primary] * world.segment_visit_rate[primary] * np.sqrt(chunk["activity"])
+    events = _events(config, world, rng, chunk, rate, None, flatten=0.3)
+    return pa.table({
+        "customer_id": pa.array(chunk["customers"]["customer_id"][events["owner"]], pa.int64()),
+        "visited_at": pa.array(_timestamps(config, events["day"], events["seconds"]), pa.timestamp("s")),
+        "category": pa.array(world.category_names[events["category"]].astype(object), pa.string()),
+    })
+
+
+def _engagements(config: GeneratorConfig, world: World, rng: np.random.Generator, chunk: dict) -> pa.Table:
+    # Campaign engagements (email/push clicks) are recorded at department level.
+    rate = np.full(len(chunk["primary"]), 0.8) * (chunk["activity"] > 0)
+    events = _events(config, world, rng, chunk, rate, None, flatten=0.2)
+    department = np.array(DEPARTMENTS, dtype=object)[world.category_departments[events["category"]]]
+    return pa.table({
+        "customer_id": pa.array(chunk["customers"]["customer_id"][events["owner"]], pa.int64()),
+        "engaged_at": pa.array(_timestamps(config, events["day"], events["seconds"]), pa.timestamp("s")),
+        "category": pa.array(department, pa.string()),
+    })
+
+
+RAW_TABLES_DDL = """
+create schema raw;
+create table raw.customers (
+    customer_id bigint, signup_date date, gender varchar, age_band varchar, income_band varchar,
+    education varchar, occupation varchar, street varchar, city varchar, state varchar, zip varchar
+);
+create table raw.order_lines (
+    customer_id bigint, order_id bigint, ordered_at timestamp, category varchar, department varchar,
+    quantity integer, amount double
+);
+create table raw.visits (customer_id bigint, visited_at timestamp, category varchar);
+create table raw.engagements (customer_id bigint, engaged_at timestamp, category varchar);
+create table raw.opt_outs (customer_id bigint, opted_out_at timestamp);
+create table raw.planted_segments (
+    customer_id bigint, segment_id integer, secondary_segment_id integer, secondary_weight double
+);
+create table raw.generator_runs (
+    generated_at timestamp, config varchar, customers bigint, order_lines bigint, seconds double
+);
+"""
+
+
+def generate_data(
+    db_path: Path,
+    customers: int = 20_000,
+    days: int = 365,
+    seed: int = 7,
+    segments: int = 12,
+    progress: Callable[[str], None] | None = print,
+    **overrides,
+) -> dict[str, int]:
+    """Replace the `raw` schema of `db_path` with generated tables; return row counts.
+
+    Runs in one transaction: on any failure the previous raw tables are left as they were.
+    Models built by dbt (other schemas) are not touched.
+    """
+    config = GeneratorConfig(customers=customers, days=days, seed=seed, segments=segments, **overrides)
+    config.validate()
+    rng = np.random.default_rng(seed)
+    world = build_world(config, rng)
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    counts = {"customers": 0, "order_lines": 0, "visits": 0, "engagements": 0, "opt_outs": 0}
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    with connection(Path(db_path)) as con:
+        con.execute("begin transaction")
+        try:
+            con.execute("drop schema if exists raw cascade")
+            con.execute(RAW_TABLES_DDL)
+            next_order_id = 1
+            for first in range(0, config.customers, config.chunk_customers):
+                n = min(config.chunk_customers, config.customers - first)
+                chunk_rng = np.random.default_rng([seed, first])
+                chunk = _customers_chunk(config, world, chunk_rng, first + 1, n)
+                customers_table = pa.table({
+                    "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
+                    "signup_date": pa.array(chunk["customers"]["signup_date"], pa.date32()),
+                    **{name: pa.array(chunk["customers"][name], pa.string()) for name in DEMOGRAPHIC_VALUES},
+                    **{name: pa.array(chunk["customers"][name], pa.string()) for name in ("street", "city", "state", "zip")},
+                })
+                order_lines, next_order_id = _order_lines(config, world, chunk_rng, chunk, next_order_id)
+                visits = _visits(config, world, chunk_rng, chunk)
+                engagements = _engagements(config, world, chunk_rng, chunk)
+                opted_out = chunk_rng.random(n) < 0.01
+                opt_outs = pa.table({
+                    "customer_id": pa.array(chunk["customers"]["customer_id"][opted_out], pa.int64()),
+                    "opted_out_at": pa.array(
+                        _timestamps(config, chunk_rng.integers(0, config.days, opted_out.sum()), np.zeros(opted_out.sum(), np.int64)),
+                        pa.timestamp("s"),
+                    ),
+                })
+                planted = pa.table({
+                    "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
+                    "segment_id": pa.array(chunk["primary"], pa.int32()),
+                    "secondary_segment_id": pa.array(np.where(chunk["secondary"] >= 0, chunk["secondary"], None), pa.int32()),
+                    "secondary_weight": pa.array(chunk["secondary_weight"], pa.float64()),
+                })
+                for name, table in (
+                    ("customers", customers_table), ("order_lines", order_lines), ("visits", visits),
+                    ("engagements", engagements), ("opt_outs", opt_outs), ("planted_segments", planted),
+                ):
+                    con.register("generated_chunk", table)
+                    con.execute(f"insert into raw.{name} select * from generated_chunk")
+                    con.unregister("generated_chunk")
+                    if name in counts:
+                        counts[name] += table.num_rows
+                done = first + n
+                elapsed = time.perf_counter() - started
+                say(
+                    f"  generated {done:,}/{config.customers:,} customers, {counts['order_lines']:,} order lines "
+                    f"({done / elapsed:,.0f} customers/s, ETA {elapsed / done * (config.customers - done):.0f}s)"
+                )
+            seconds = time.perf_counter() - started
+            con.execute(
+                "insert into raw.generator_runs values (current_timestamp, ?, ?, ?, ?)",
+                [str({k: str(v) for k, v in asdict(config).items()}), counts["customers"], counts["order_lines"], seconds],
+            )
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+    counts["seconds"] = round(time.perf_counter() - started, 2)
+    return counts
+
