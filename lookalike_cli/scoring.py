@@ -1,0 +1,131 @@
+"""Score customers with an exported model: ONNX Runtime over Arrow batches.
+
+The dbt Python model `python_models/customer_embeddings.py` calls `score_relation`; the
+CLI's `lookalike score` prepares what the model needs (location vectors, the int8 file)
+and runs that dbt model. Validation happens before the first batch, so a mismatch between
+the warehouse and the manifest fails fast and dbt keeps the previous table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.export import MANIFEST_FORMAT, OUTPUT_NAME
+from lookalike_cli.features import FeatureSpec, check_columns, encode
+
+DEFAULT_BATCH_SIZE = 8192
+QUANTIZE_MODES = ("none", "int8")
+
+
+def find_manifest(onnx_dir: Path, model: str | None = None) -> Path:
+    """The manifest of `model` (a name or a path), or the most recently exported one in onnx_dir."""
+    onnx_dir = Path(onnx_dir)
+    if model:
+        path = Path(model) if model.endswith(".json") else onnx_dir / f"{model}.json"
+        if not path.exists():
+            raise LookalikeError(f"No model manifest {path}. Train one with `lookalike train --name {Path(model).stem}`.")
+        return path
+    manifests = sorted(onnx_dir.glob("*.json"), key=lambda p: (load_manifest(p)["created_at"], p.stat().st_mtime))
+    if not manifests:
+        raise LookalikeError(f"No exported model in {onnx_dir}. Train one with `lookalike train`.")
+    return manifests[-1]
+
+
+def load_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LookalikeError(f"Cannot read model manifest {path}: {exc}") from exc
+    if manifest.get("format_version") != MANIFEST_FORMAT:
+        raise LookalikeError(
+            f"Manifest {path} has format version {manifest.get('format_version')!r}, this lookalike reads "
+            f"version {MANIFEST_FORMAT}. Retrain with `lookalike train` to export a current model."
+        )
+    return manifest
+
+
+class Encoder:
+    """One exported model loaded into ONNX Runtime, fed from Arrow batches."""
+
+    def __init__(self, manifest_path: Path, quantize: str = "none", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.manifest_path = Path(manifest_path)
+        self.manifest = load_manifest(self.manifest_path)
+        self.spec = FeatureSpec.from_dict(self.manifest["features"])
+        self.dim = int(self.manifest["output"]["shape"][1])
+        self.model_version = self.manifest["model_version"]
+        if quantize not in QUANTIZE_MODES:
+            raise LookalikeError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.")
+        if quantize == "none":
+            onnx_file = self.manifest["onnx_file"]
+        elif quantize in self.manifest["quantized"]:
+            onnx_file = self.manifest["quantized"][quantize]
+        else:
+            raise LookalikeError(f"{self.manifest_path.name} has no {quantize} model yet: run `lookalike score --quantize {quantize}`.")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.manifest_path.parent / onnx_file), options, providers=["CPUExecutionProvider"])
+        self.sentence_lookup: dict[str, np.ndarray] | None = None
+
+    def check(self, columns: list[str], con=None) -> None:
+        """Fail before scoring when the warehouse cannot feed this model."""
+        check_columns(columns, self.spec.required_columns)
+        if self.spec.location == "sentence":
+            from lookalike_cli.locations import load_location_lookup
+
+            self.sentence_lookup = load_location_lookup(con)
+
+    def embed(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        inputs = encode(batch, self.spec, self.sentence_lookup)
+        return self.session.run([OUTPUT_NAME], inputs)[0]
+
+    def score_batches(self, reader: pa.RecordBatchReader, progress: bool = False) -> Iterator[pa.RecordBatch]:
+        done, start = 0, time.perf_counter()
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            vectors = self.embed(batch)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column("customer_id").cast(pa.int64()),
+                    pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), self.dim),
+                    pa.array(np.full(batch.num_rows, self.model_version, dtype=object), pa.string()),
+                ],
+                names=["customer_id", "embedding", "model_version"],
+            )
+            done += batch.num_rows
+            if progress:
+                print(f"  scored {done:,} customers ({done / (time.perf_counter() - start):,.0f}/s)", flush=True)
+
+    def output_schema(self) -> pa.Schema:
+        return pa.schema([("customer_id", pa.int64()), ("embedding", pa.list_(pa.float32(), self.dim)), ("model_version", pa.string())])
+
+
+def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, model: str | None = None,
+                   quantize: str = "none", expected_version: str | None = None,
+                   batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True) -> pa.Table:
+    """Embed every row of a DuckDB relation over customer_features; returns the customer_embeddings table."""
+    from lookalike_cli.settings import Settings
+
+    onnx_dir = Path(onnx_dir) if onnx_dir else Settings.resolve().onnx_dir
+    encoder = Encoder(find_manifest(onnx_dir, model or None), quantize=quantize or "none")
+    if expected_version and expected_version != encoder.model_version:
+        raise LookalikeError(
+            f"Model {encoder.manifest_path.name} is version {encoder.model_version}, but version "
+            f"{expected_version} was requested. Export that version again or drop the version pin."
+        )
+    encoder.check(relation.columns, con)
+    if progress:
+        print(f"scoring with {encoder.manifest_path.name} ({encoder.model_version}, {quantize or 'none'})", flush=True)
+    reader = relation.select(", ".join(encoder.spec.required_columns)).to_arrow_reader(batch_size)
+    return pa.Table.from_batches(encoder.score_batches(reader, progress=progress), schema=encoder.output_schema())
