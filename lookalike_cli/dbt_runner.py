@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.settings import DBT_PROJECT_DIR, PROFILES_DIR, Settings
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def dbt_executable() -> str:
@@ -35,21 +38,43 @@ def dbt_command(args: Sequence[str]) -> list[str]:
     return command
 
 
-def run_dbt(settings: Settings, args: Sequence[str], capture: bool = False) -> subprocess.CompletedProcess:
-    """Run dbt; raise LookalikeError naming the failed step. With capture, output is returned, not shown."""
-    command = dbt_command(args)
-    result = subprocess.run(
-        command,
+def failure_summary(lines: Sequence[str]) -> str:
+    """dbt's own end-of-run summary of what failed (the lines after 'Completed with ...')."""
+    clean = [ANSI_ESCAPE.sub("", line).rstrip() for line in lines]
+    for index, line in enumerate(clean):
+        if "Completed with" in line and "error" in line:
+            body = [re.sub(r"^\d\d:\d\d:\d\d\s+", "", l) for l in clean[index + 1:]]
+            return "\n".join(l for l in body if l.strip() and not l.strip().startswith("Done."))[:4000]
+    errors = [line for line in clean if "error" in line.lower()]
+    return "\n".join((errors or clean)[-20:])
+
+
+def run_dbt(
+    settings: Settings,
+    args: Sequence[str],
+    echo: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Run dbt, streaming its output to `echo` (stdout by default); return the output lines.
+
+    On failure raise LookalikeError carrying dbt's summary of the failed models and tests,
+    so the message names the table, column and test that failed.
+    """
+    echo = echo or (lambda line: print(line, flush=True))
+    lines: list[str] = []
+    with subprocess.Popen(
+        dbt_command(args),
         env=settings.env(),
         cwd=str(DBT_PROJECT_DIR),
         text=True,
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.STDOUT if capture else None,
-    )
-    if result.returncode != 0:
-        tail = ""
-        if capture and result.stdout:
-            errors = [line for line in result.stdout.splitlines() if "error" in line.lower() or "fail" in line.lower()]
-            tail = "\n" + "\n".join((errors or result.stdout.splitlines())[-25:])
-        raise LookalikeError(f"`dbt {' '.join(args)}` failed (exit {result.returncode}).{tail}")
-    return result
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            echo(line)
+        returncode = process.wait()
+    if returncode != 0:
+        raise LookalikeError(f"`dbt {' '.join(args)}` failed (exit {returncode}):\n{failure_summary(lines)}")
+    return lines

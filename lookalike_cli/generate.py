@@ -132,8 +132,8 @@ def build_world(config: GeneratorConfig, rng: np.random.Generator) -> World:
     def sparse_preference(home: np.ndarray) -> np.ndarray:
         in_home = np.isin(category_departments, home)
         preference = np.zeros(n_categories)
-        preference[in_home] = 0.85 * rng.dirichlet(np.full(in_home.sum(), 0.3))
-        preference += 0.15 * rng.dirichlet(np.full(n_categories, 0.1))
+        preference[in_home] = 0.9 * rng.dirichlet(np.full(in_home.sum(), 0.15))
+        preference += 0.1 * rng.dirichlet(np.full(n_categories, 0.1))
         return preference / preference.sum()
 
     homes = [rng.choice(len(departments), size=min(3, len(departments)), replace=False) for _ in range(config.segments)]
