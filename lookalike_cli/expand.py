@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.index import LoadedIndex, load_index, normalise
+from lookalike_cli.index import LoadedIndex, check_model_version, load_index, normalise
 from lookalike_cli.seeds import Seeds, excluded_ids, resolve_seeds
 from lookalike_cli.warehouse import connection, require_table
 
@@ -200,8 +200,13 @@ def expand(
     k_per_seed: int | None = None,
     seed: int = 0,
     progress: Progress = print,
+    loaded_index: LoadedIndex | None = None,
 ) -> Expansion:
-    """Compute an audience (nothing is written): members ranked by score plus the audiences row."""
+    """Compute an audience (nothing is written): members ranked by score plus the audiences row.
+
+    A long-lived process (a service, a benchmark) can pass `loaded_index` to skip reading the
+    index file; its model version is checked all the same.
+    """
     if strategy not in STRATEGIES:
         raise LookalikeError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     if size is None and min_similarity is None:
@@ -212,7 +217,9 @@ def expand(
     with connection(db_path, read_only=True) as con:
         require_table(con, "customer_embeddings", "Build it with `lookalike dbt build` after `lookalike train`.")
         versions = [r[0] for r in con.execute("select distinct model_version from customer_embeddings").fetchall()]
-        index = load_index(index_dir, expected_model_version=versions[0] if len(versions) == 1 else None)
+        current = versions[0] if len(versions) == 1 else None
+        index = loaded_index or load_index(index_dir, expected_model_version=current)
+        check_model_version(index.manifest, current)
         manifest = index.manifest
         population = manifest.row_count
         target = parse_size(size, population)

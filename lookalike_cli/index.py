@@ -196,8 +196,8 @@ def build_index(
     inner, params = make_index(chosen, dim, rows, nlist, m, ef_construction)
     if chosen == "ivf":
         params["nprobe"] = nprobe or 8
-        # Training on a sample is as good as on everything for k-means at this size, and much faster.
-        train = vectors[np.random.default_rng(seed).choice(rows, size=min(rows, 256 * params["nlist"]), replace=False)]
+        # k-means on ~64 points per list (FAISS wants >= 39) is as good as on everything, and much faster.
+        train = vectors[np.random.default_rng(seed).choice(rows, size=min(rows, 64 * params["nlist"]), replace=False)]
         progress(f"Training IVF coarse quantizer: {params['nlist']} lists on {len(train):,} vectors")
         inner.cp.seed = seed
         inner.train(train)
@@ -247,6 +247,14 @@ def read_manifest(index_dir: Path) -> IndexManifest:
         raise LookalikeError(f"Index manifest {path} is unreadable ({exc}). Rebuild with `lookalike build-index`.") from exc
 
 
+def check_model_version(manifest: IndexManifest, embeddings_version: str | None) -> None:
+    if embeddings_version is not None and manifest.model_version != embeddings_version:
+        raise LookalikeError(
+            f"Index {manifest.index_version} was built from model version {manifest.model_version!r} but "
+            f"customer_embeddings now holds {embeddings_version!r}. Rebuild it with `lookalike build-index`."
+        )
+
+
 def load_index(index_dir: Path, expected_model_version: str | None = None) -> LoadedIndex:
     """Load index + manifest, refusing a missing/corrupt file or one built from another model version."""
     manifest = read_manifest(index_dir)
@@ -262,11 +270,7 @@ def load_index(index_dir: Path, expected_model_version: str | None = None) -> Lo
             f"Index file {path} ({index.ntotal:,} rows, dim {index.d}) does not match its manifest "
             f"({manifest.row_count:,} rows, dim {manifest.dim}). Rebuild it with `lookalike build-index`."
         )
-    if expected_model_version is not None and manifest.model_version != expected_model_version:
-        raise LookalikeError(
-            f"Index {manifest.index_version} was built from model version {manifest.model_version!r} but "
-            f"customer_embeddings now holds {expected_model_version!r}. Rebuild it with `lookalike build-index`."
-        )
+    check_model_version(manifest, expected_model_version)
     if manifest.index_type == "ivf":
         # Lets reconstruct() fetch member vectors straight from the index.
         faiss.extract_index_ivf(index).make_direct_map()

@@ -1,0 +1,161 @@
+"""Expansion strategies on planted clusters (known answers) and every bad input of issue 5."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lookalike_cli import index as index_module
+from lookalike_cli.audiences import create_audience
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.expand import STRATEGIES, expand, parse_size
+from lookalike_cli.index import INDEX_FILE, build_index
+from serving_fixtures import build_warehouse
+
+SEGMENT = 3
+SEED_SQL = f"select customer_id from customer_features where segment_id = {SEGMENT} order by customer_id limit 200"
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("expand")
+    db = root / "warehouse.duckdb"
+    data = build_warehouse(db, customers=6000)
+    build_index(db, root / "flat", progress=quiet)
+    # An approximate index too, so strategies are checked on the IVF path (auto threshold lowered).
+    original = index_module.AUTO_EXACT_MAX_ROWS
+    index_module.AUTO_EXACT_MAX_ROWS = 1000
+    try:
+        build_index(db, root / "ivf", progress=quiet)
+    finally:
+        index_module.AUTO_EXACT_MAX_ROWS = original
+    return {"root": root, "db": db, **data}
+
+
+def segment_of(world, ids) -> np.ndarray:
+    return world["segment"][np.asarray(ids) // 10 - 1]
+
+
+@pytest.mark.parametrize("index_name", ["flat", "ivf"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_known_answer_200_seeds_of_one_segment(world, strategy, index_name):
+    """Base rate of the segment is ~1/SEGMENTS (8%); the audience must be mostly that segment."""
+    result = expand(world["db"], world["root"] / index_name, seed_sql=SEED_SQL, size=300, strategy=strategy, progress=quiet)
+    members = result.members.to_pydict()
+    base_rate = (world["segment"] == SEGMENT).mean()
+    precision = (segment_of(world, members["customer_id"]) == SEGMENT).mean()
+    assert base_rate < 0.1 and precision >= 0.85, (strategy, precision)
+    assert members["rank"] == list(range(1, len(members["rank"]) + 1))
+    assert all(a >= b for a, b in zip(members["score"], members["score"][1:]))
+    seeds = set(duckdb.connect(str(world["db"]), read_only=True).sql(SEED_SQL).fetchnumpy()["customer_id"].tolist())
+    assert not seeds & set(members["customer_id"]), "seeds are never members"
+    assert not set(world["opt_outs"].tolist()) & set(members["customer_id"]), "opted-out customers are excluded"
+    assert set(members["nearest_seed_id"]) <= seeds
+    assert result.audience["seed_found"] == 200 and result.audience["index_type"] == ("flat" if index_name == "flat" else "ivf")
+
+
+def test_multi_centroid_finds_both_halves_of_a_mixed_seed(world):
+    sql = "select customer_id from customer_features where segment_id in (2, 7) order by customer_id limit 400"
+    result = expand(world["db"], world["root"] / "flat", seed_sql=sql, size=400, strategy="multi-centroid", progress=quiet)
+    assert result.audience["parameters"]["clusters"] == 2
+    found = segment_of(world, result.members.column("customer_id").to_pylist())
+    assert (found == 2).mean() > 0.3 and (found == 7).mean() > 0.3
+
+
+def test_min_similarity_percent_size_and_exclude_sql(world):
+    by_similarity = expand(world["db"], world["root"] / "flat", seed_sql=SEED_SQL, min_similarity=0.8, progress=quiet)
+    similarities = by_similarity.members.column("similarity").to_pylist()
+    assert similarities and min(similarities) >= 0.8
+    by_share = expand(world["db"], world["root"] / "flat", seed_sql=SEED_SQL, size="5%", progress=quiet)
+    assert by_share.members.num_rows == 300  # 5% of 6000
+    top = by_share.members.column("customer_id").to_pylist()[:20]
+    excluded = expand(world["db"], world["root"] / "flat", seed_sql=SEED_SQL, size="5%", progress=quiet,
+                      exclude_sql=f"select unnest({top}) as customer_id")
+    assert not set(top) & set(excluded.members.column("customer_id").to_pylist())
+    assert excluded.audience["excluded_count"] == 20 + len(world["opt_outs"])
+
+
+def test_seed_table_and_seed_file(world, tmp_path):
+    ids = world["ids"][world["segment"] == SEGMENT][:150]
+    seed_file = tmp_path / "ids.csv"
+    seed_file.write_text("customer_id\n" + "\n".join(map(str, ids)) + "\n999999999\n")
+    from_file = expand(world["db"], world["root"] / "flat", seed_file=seed_file, size=100, progress=quiet)
+    assert (from_file.audience["seed_found"], from_file.audience["seed_missing"]) == (150, 1)
+    assert any("1 of 151 seed ids are not in the population" in w for w in from_file.warnings)
+    from_table = expand(world["db"], world["root"] / "flat", seed_table="raw.opt_outs", size=10, progress=quiet)
+    assert from_table.audience["seed_found"] == len(world["opt_outs"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed_sql": "select customer_id from customer_features where false"}, "is empty"),
+    ({"seed_sql": "select customer_id + 1 as customer_id from customer_features limit 50"}, "None of the 50 seed ids"),
+    ({"seed_sql": SEED_SQL, "size": 100_000}, "population has only"),
+    ({"seed_sql": SEED_SQL, "size": "150%"}, "percentage"),
+    ({"seed_sql": SEED_SQL, "size": "lots"}, "positive count"),
+    ({"seed_sql": SEED_SQL, "size": None}, "--size"),
+    ({"seed_sql": SEED_SQL, "size": 10, "strategy": "magic"}, "Unknown strategy"),
+    ({"seed_sql": "select nope from customer_features", "size": 10}, "failed"),
+    ({"seed_sql": SEED_SQL, "seed_table": "x", "size": 10}, "exactly one seed source"),
+])
+def test_bad_input_is_a_clear_error(world, kwargs, message):
+    kwargs = {"size": 100, **kwargs}
+    with pytest.raises(LookalikeError, match=message):
+        expand(world["db"], world["root"] / "flat", progress=quiet, **kwargs)
+
+
+def test_small_seed_warns_like_ad_platforms(world):
+    result = expand(world["db"], world["root"] / "flat", seed_sql=SEED_SQL.replace("200", "40"), size=50, progress=quiet)
+    assert any("at least 100" in w for w in result.warnings)
+
+
+def test_parse_size():
+    assert parse_size("5%", 1000) == 50 and parse_size("20000", 10) == 20000 and parse_size(None, 5) is None
+
+
+def test_stale_or_corrupt_index_fails_and_publishes_nothing(world, tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    build_warehouse(db, customers=500)
+    build_index(db, tmp_path / "idx", progress=quiet)
+    serving = tmp_path / "serving.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("update customer_embeddings set model_version = 'retrained'")
+    con.close()
+    with pytest.raises(LookalikeError, match="model version"):
+        create_audience(db, serving, tmp_path / "idx", "stale", seed_sql=SEED_SQL, size=10, progress=quiet)
+    build_index(db, tmp_path / "idx", progress=quiet)
+    (tmp_path / "idx" / INDEX_FILE).write_bytes(b"\0" * 100)
+    with pytest.raises(LookalikeError, match="corrupt"):
+        create_audience(db, serving, tmp_path / "idx", "broken", seed_sql=SEED_SQL, size=10, progress=quiet)
+    assert not serving.exists()
+
+
+def test_cli_expand_show_diff_drop(world, tmp_path):
+    from lookalike_cli.cli import main
+
+    base = ["--db", str(world["db"]), "--serving-db", str(tmp_path / "serving.duckdb"), "--index-dir", str(world["root"] / "flat")]
+    runner = CliRunner()
+    first = runner.invoke(main, base + ["expand", "--name", "seg3", "--seed-sql", SEED_SQL, "--size", "200"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(main, base + ["expand", "--name", "seg3", "--seed-sql", SEED_SQL, "--size", "250",
+                                         "--strategy", "knn-vote", "--export-parquet", str(tmp_path / "parquet")])
+    assert second.exit_code == 0 and "seg3 v2" in second.output, second.output
+    shown = runner.invoke(main, base + ["audiences", "show", "seg3", "--limit", "5"])
+    assert shown.exit_code == 0 and "size: 250" in shown.output and "nearest_seed_id" in shown.output
+    assert len([line for line in shown.output.splitlines() if line[:1].isdigit()]) == 5
+    listed = runner.invoke(main, base + ["audiences", "list"])
+    assert listed.output.count("seg3") == 2
+    diff = runner.invoke(main, base + ["audiences", "diff", "seg3"])
+    assert diff.exit_code == 0 and "v1 -> v2" in diff.output and "entered" in diff.output
+    assert (tmp_path / "parquet" / "members" / "seg3" / "v2.parquet").exists()
+    empty = runner.invoke(main, base + ["expand", "--name", "x", "--seed-sql", "select 1 as customer_id where false", "--size", "10"])
+    assert empty.exit_code == 1 and "Error: " in empty.output and "empty" in empty.output
+    dropped = runner.invoke(main, base + ["audiences", "drop", "seg3", "--version", "1"])
+    assert dropped.exit_code == 0 and "Dropped 1" in dropped.output
+    missing = runner.invoke(main, base + ["audiences", "show", "seg3", "--version", "1"])
+    assert missing.exit_code == 1 and "No version 1" in missing.output

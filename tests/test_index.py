@@ -1,0 +1,109 @@
+"""build-index: index choice, manifest, recall self-check against exact search, load errors."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import faiss
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lookalike_cli import index as index_module
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.index import INDEX_FILE, MANIFEST_FILE, build_index, load_index, recall_at_k
+from serving_fixtures import MODEL_VERSION, build_warehouse
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    path = tmp_path_factory.mktemp("index") / "warehouse.duckdb"
+    return path, build_warehouse(path, customers=4000)
+
+
+def exact_neighbours(data: dict, rows: np.ndarray, k: int = 10) -> np.ndarray:
+    exact = faiss.IndexFlatIP(data["vectors"].shape[1])
+    exact.add(data["vectors"])
+    return data["ids"][exact.search(data["vectors"][rows], k)[1]]
+
+
+def test_auto_picks_exact_search_for_small_populations(warehouse, tmp_path):
+    db, data = warehouse
+    manifest = build_index(db, tmp_path, progress=quiet)
+    assert manifest.index_type == "flat" and "exact" in manifest.reason
+    assert (manifest.row_count, manifest.dim, manifest.model_version) == (4000, 32, MODEL_VERSION)
+    assert manifest.self_check["recall"] == 1.0
+    on_disk = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert on_disk["index_version"] == manifest.index_version and on_disk["built_at"]
+    loaded = load_index(tmp_path, expected_model_version=MODEL_VERSION)
+    rows = np.arange(0, 4000, 97)
+    _, found = loaded.search(data["vectors"][rows], 10)
+    assert recall_at_k(exact_neighbours(data, rows), found) == 1.0
+
+
+def test_auto_picks_a_tuned_ivf_above_the_threshold(warehouse, tmp_path, monkeypatch):
+    db, data = warehouse
+    monkeypatch.setattr(index_module, "AUTO_EXACT_MAX_ROWS", 1000)
+    # Start from nprobe 1 so tuning has to raise it to reach the target recall.
+    manifest = build_index(db, tmp_path, nprobe=1, progress=quiet)
+    assert manifest.index_type == "ivf" and "4000 rows" in manifest.reason.replace(",", "")
+    assert manifest.params["nprobe"] > 1 and manifest.self_check["recall"] >= 0.95
+    loaded = load_index(tmp_path)
+    rows = np.arange(0, 4000, 13)
+    _, found = loaded.search(data["vectors"][rows], 10)
+    assert recall_at_k(exact_neighbours(data, rows), found) >= 0.93
+
+
+def test_hnsw_meets_the_recall_target(warehouse, tmp_path):
+    db, data = warehouse
+    manifest = build_index(db, tmp_path, index_type="hnsw", m=16, progress=quiet)
+    assert manifest.params["m"] == 16 and manifest.self_check["passed"]
+    rows = np.arange(0, 4000, 13)
+    _, found = load_index(tmp_path).search(data["vectors"][rows], 10)
+    assert recall_at_k(exact_neighbours(data, rows), found) >= 0.93
+
+
+def test_missing_and_corrupt_index_files_are_clear_errors(warehouse, tmp_path):
+    db, _ = warehouse
+    with pytest.raises(LookalikeError, match="build-index"):
+        load_index(tmp_path)
+    build_index(db, tmp_path, progress=quiet)
+    (tmp_path / INDEX_FILE).write_bytes(b"not a faiss index")
+    with pytest.raises(LookalikeError, match="corrupt"):
+        load_index(tmp_path)
+    (tmp_path / INDEX_FILE).unlink()
+    with pytest.raises(LookalikeError, match="missing"):
+        load_index(tmp_path)
+
+
+def test_index_from_another_model_version_is_refused(warehouse, tmp_path):
+    db, _ = warehouse
+    build_index(db, tmp_path, progress=quiet)
+    with pytest.raises(LookalikeError, match="model version"):
+        load_index(tmp_path, expected_model_version="another-model")
+
+
+def test_embeddings_with_two_model_versions_are_refused(tmp_path):
+    db = tmp_path / "mixed.duckdb"
+    build_warehouse(db, customers=300)
+    con = duckdb.connect(str(db))
+    con.execute("update customer_embeddings set model_version = 'v2' where customer_id < 500")
+    con.close()
+    with pytest.raises(LookalikeError, match="exactly one model_version"):
+        build_index(db, tmp_path / "idx", progress=quiet)
+
+
+def test_cli_build_index_says_what_it_chose_and_why(warehouse, tmp_path):
+    from lookalike_cli.cli import main
+
+    db, _ = warehouse
+    result = CliRunner().invoke(main, ["--db", str(db), "--index-dir", str(tmp_path), "build-index"])
+    assert result.exit_code == 0, result.output
+    assert "flat" in result.output and "Why: auto" in result.output
+    missing = CliRunner().invoke(main, ["--db", str(tmp_path / "nope.duckdb"), "--index-dir", str(tmp_path), "build-index"])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
