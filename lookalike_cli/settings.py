@@ -59,4 +59,6 @@ class Settings:
         dbt_state = self.db_path.parent / ".dbt" / self.db_path.stem
         env.setdefault("DBT_TARGET_PATH", str(dbt_state / "target"))
         env.setdefault("DBT_LOG_PATH", str(dbt_state / "logs"))
+        # No network beyond package registries: never try to send usage statistics.
+        env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
         return env
