@@ -127,16 +127,13 @@ def apply_search_params(index: faiss.Index, manifest: IndexManifest, k: int) -> 
         faiss.downcast_index(index.index).hnsw.efSearch = int(max(params["ef_search"], k))
 
 
-def self_check_recall(index: faiss.Index, manifest: IndexManifest, vectors: np.ndarray, ids: np.ndarray, queries: int, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
-    """recall@10 of `index` against exact inner-product search, on population vectors sampled as queries."""
-    rng = np.random.default_rng(seed)
-    sample = rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)
+def exact_neighbours(vectors: np.ndarray, ids: np.ndarray, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sampled population vectors as queries, their exact top-10 ids): the self-check's ground truth."""
+    sample = np.random.default_rng(seed).choice(len(vectors), size=min(queries, len(vectors)), replace=False)
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
     _, truth = exact.search(vectors[sample], SELF_CHECK_K)
-    apply_search_params(index, manifest, SELF_CHECK_K)
-    _, found = index.search(vectors[sample], SELF_CHECK_K)
-    return recall_at_k(ids[truth], found), sample, ids[truth]
+    return vectors[sample], ids[truth]
 
 
 def recall_at_k(truth_ids: np.ndarray, found_ids: np.ndarray) -> float:
@@ -145,14 +142,16 @@ def recall_at_k(truth_ids: np.ndarray, found_ids: np.ndarray) -> float:
 
 
 def tune(index: faiss.Index, manifest: IndexManifest, vectors: np.ndarray, ids: np.ndarray, queries: int, seed: int, progress: Progress) -> float:
-    """Raise nprobe / efSearch until the self-check recall reaches TARGET_RECALL (or exact search)."""
+    """Raise nprobe / efSearch until the self-check recall@10 reaches TARGET_RECALL (or exact search)."""
     if manifest.index_type == "flat":
         return 1.0
+    sample, truth = exact_neighbours(vectors, ids, queries, seed)
     key, ceiling = ("nprobe", manifest.params["nlist"]) if manifest.index_type == "ivf" else ("ef_search", 4096)
     value = manifest.params.get(key) or (8 if key == "nprobe" else 32)
     while True:
         manifest.params[key] = min(value, ceiling)
-        recall, _, _ = self_check_recall(index, manifest, vectors, ids, queries, seed)
+        apply_search_params(index, manifest, SELF_CHECK_K)
+        recall = recall_at_k(truth, index.search(sample, SELF_CHECK_K)[1])
         progress(f"  self-check {key}={manifest.params[key]}: recall@{SELF_CHECK_K}={recall:.3f}")
         if recall >= TARGET_RECALL or value >= ceiling:
             return recall
