@@ -1,21 +1,20 @@
--- One row per customer, window and category: purchased lines and orders (returns and
--- lines without a category excluded). Feeds category shares (feature window) and the
--- order similarity vectors (label window).
+-- One row per customer and category: purchased lines in the FEATURE window (returns and
+-- lines without a category excluded). Feeds category shares, top categories and the
+-- categories mart. (Label-window vectors are counted in int_customer_label_vectors.)
 with order_lines as (
     select * from {{ ref('int_order_lines_windowed') }}
-    where not is_return
+    where window_name = 'feature'
+      and not is_return
       and category is not null
 ),
 
 final as (
     select
         customer_id,
-        window_name,
         category,
-        count(*) as order_line_count,
-        count(distinct order_id) as order_count
+        count(*) as order_line_count
     from order_lines
-    group by customer_id, window_name, category
+    group by customer_id, category
 )
 
 select * from final

@@ -1,9 +1,11 @@
 -- Sparse per-category vectors from the LABEL window, one row per customer, signal and
 -- category: orders (distinct orders), visits and engagements (counts). Similarity labels
 -- are cosines of these vectors.
-with category_counts as (
-    select * from {{ ref('int_customer_category_counts') }}
+with order_lines as (
+    select * from {{ ref('int_order_lines_windowed') }}
     where window_name = 'label'
+      and not is_return
+      and category is not null
 ),
 
 windows as (
@@ -29,8 +31,10 @@ engagements as (
 ),
 
 final as (
-    select customer_id, 'orders' as signal, category, cast(order_count as double) as weight
-    from category_counts
+    -- The paper's O_A: number of orders with the category (distinct orders, not lines).
+    select customer_id, 'orders' as signal, category, cast(count(distinct order_id) as double) as weight
+    from order_lines
+    group by customer_id, category
 
     union all
 

@@ -12,7 +12,6 @@ with label_vectors as (
 
 category_counts as (
     select * from {{ ref('int_customer_category_counts') }}
-    where window_name = 'feature'
 ),
 
 eligible as (

@@ -27,7 +27,7 @@ departments as (
 line_counts as (
     select
         category,
-        sum(case when window_name = 'feature' then order_line_count else 0 end) as order_line_count
+        sum(order_line_count) as order_line_count
     from category_counts
     group by category
 ),

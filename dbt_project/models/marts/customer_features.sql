@@ -17,7 +17,6 @@ categories as (
 
 category_counts as (
     select * from {{ ref('int_customer_category_counts') }}
-    where window_name = 'feature'
 ),
 
 visits as (
