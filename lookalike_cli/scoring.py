@@ -129,3 +129,28 @@ def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, mod
         print(f"scoring with {encoder.manifest_path.name} ({encoder.model_version}, {quantize or 'none'})", flush=True)
     reader = relation.select(", ".join(encoder.spec.required_columns)).to_arrow_reader(batch_size)
     return pa.Table.from_batches(encoder.score_batches(reader, progress=progress), schema=encoder.output_schema())
+
+
+def score(settings, model: str | None = None, quantize: str = "none", model_version: str | None = None) -> dict:
+    """Build customer_embeddings with the dbt Python model; prepares location vectors and the int8 file first."""
+    from lookalike_cli.dbt_runner import run_dbt
+    from lookalike_cli.export import quantize_int8
+    from lookalike_cli.locations import embed_locations
+    from lookalike_cli.warehouse import connection
+
+    manifest_path = find_manifest(settings.onnx_dir, model)
+    manifest = load_manifest(manifest_path)
+    if manifest["features"]["location"] == "sentence":
+        with connection(settings.db_path) as con:
+            embed_locations(con, progress=True)
+    if quantize != "none" and quantize not in manifest["quantized"]:
+        if quantize not in QUANTIZE_MODES:
+            raise LookalikeError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.")
+        quantize_int8(manifest_path)
+    dbt_vars = {"lookalike_model": str(manifest_path), "lookalike_quantize": quantize, "lookalike_model_version": model_version or ""}
+    start = time.perf_counter()
+    run_dbt(settings, ["run", "--select", "customer_embeddings", "--vars", json.dumps(dbt_vars)])
+    seconds = time.perf_counter() - start
+    with connection(settings.db_path, read_only=True) as con:
+        rows, version = con.execute("select count(*), any_value(model_version) from customer_embeddings").fetchall()[0]
+    return {"customers": rows, "model_version": version, "seconds": seconds, "manifest": str(manifest_path), "quantize": quantize}
