@@ -1,6 +1,10 @@
+{%- set signals = ['orders', 'visits', 'engagements'] -%}
+
 -- One row per sampled customer pair with similarity labels from the LABEL window:
 -- cosine of per-category vectors for orders, visits and engagements (the paper's eq. 1),
 -- Jaccard of order categories, and a deterministic train/valid/test split.
+-- Norms and dot products are pivoted to one row per customer / pair, so each pair joins
+-- once instead of once per signal.
 with pairs as (
     select * from {{ ref('int_customer_pairs_sampled') }}
 ),
@@ -12,20 +16,22 @@ vectors as (
 norms as (
     select
         customer_id,
-        signal,
-        sum(weight * weight) as squared_norm,
-        count(*) as category_count
+        {% for signal in signals %}
+        sum(case when signal = '{{ signal }}' then weight * weight end) as {{ signal }}_squared_norm,
+        count(case when signal = '{{ signal }}' then 1 end) as {{ signal }}_categories{% if not loop.last %},{% endif %}
+        {% endfor %}
     from vectors
-    group by customer_id, signal
+    group by customer_id
 ),
 
 dot_products as (
     select
         pairs.customer_id_a,
         pairs.customer_id_b,
-        vector_a.signal,
-        sum(vector_a.weight * vector_b.weight) as dot_product,
-        count(*) as shared_categories
+        {% for signal in signals %}
+        sum(case when vector_a.signal = '{{ signal }}' then vector_a.weight * vector_b.weight end) as {{ signal }}_dot_product,
+        count(case when vector_a.signal = '{{ signal }}' then 1 end) as {{ signal }}_shared_categories{% if not loop.last %},{% endif %}
+        {% endfor %}
     from pairs
     inner join vectors as vector_a
         on vector_a.customer_id = pairs.customer_id_a
@@ -33,13 +39,7 @@ dot_products as (
         on vector_b.customer_id = pairs.customer_id_b
         and vector_b.signal = vector_a.signal
         and vector_b.category = vector_a.category
-    group by pairs.customer_id_a, pairs.customer_id_b, vector_a.signal
-),
-
-signals as (
-    select 'orders' as signal
-    union all select 'visits' as signal
-    union all select 'engagements' as signal
+    group by pairs.customer_id_a, pairs.customer_id_b
 ),
 
 scored as (
@@ -47,39 +47,27 @@ scored as (
         pairs.customer_id_a,
         pairs.customer_id_b,
         pairs.pair_source,
-        signals.signal,
+        {% for signal in signals %}
+        -- Null when either customer has no {{ signal }} in the label window (undefined cosine).
         case
-            when norm_a.squared_norm is not null and norm_b.squared_norm is not null
-                then coalesce({{ cosine_similarity('coalesce(dot_products.dot_product, 0)', 'norm_a.squared_norm', 'norm_b.squared_norm') }}, 0)
-        end as cosine,
+            when norm_a.{{ signal }}_squared_norm > 0 and norm_b.{{ signal }}_squared_norm > 0
+                then coalesce({{ cosine_similarity(
+                    'coalesce(dot_products.' ~ signal ~ '_dot_product, 0)',
+                    'norm_a.' ~ signal ~ '_squared_norm',
+                    'norm_b.' ~ signal ~ '_squared_norm') }}, 0)
+        end as similarity_{{ signal }},
+        {% endfor %}
         case
-            when norm_a.category_count is not null and norm_b.category_count is not null
-                then cast(coalesce(dot_products.shared_categories, 0) as double)
-                    / (norm_a.category_count + norm_b.category_count - coalesce(dot_products.shared_categories, 0))
-        end as jaccard
+            when norm_a.orders_categories > 0 and norm_b.orders_categories > 0
+                then cast(coalesce(dot_products.orders_shared_categories, 0) as double)
+                    / (norm_a.orders_categories + norm_b.orders_categories - coalesce(dot_products.orders_shared_categories, 0))
+        end as jaccard_orders
     from pairs
-    cross join signals
-    left join norms as norm_a
-        on norm_a.customer_id = pairs.customer_id_a and norm_a.signal = signals.signal
-    left join norms as norm_b
-        on norm_b.customer_id = pairs.customer_id_b and norm_b.signal = signals.signal
+    left join norms as norm_a on norm_a.customer_id = pairs.customer_id_a
+    left join norms as norm_b on norm_b.customer_id = pairs.customer_id_b
     left join dot_products
         on dot_products.customer_id_a = pairs.customer_id_a
         and dot_products.customer_id_b = pairs.customer_id_b
-        and dot_products.signal = signals.signal
-),
-
-pivoted as (
-    select
-        customer_id_a,
-        customer_id_b,
-        pair_source,
-        max(case when signal = 'orders' then cosine end) as similarity_orders,
-        max(case when signal = 'visits' then cosine end) as similarity_visits,
-        max(case when signal = 'engagements' then cosine end) as similarity_engagements,
-        max(case when signal = 'orders' then jaccard end) as jaccard_orders
-    from scored
-    group by customer_id_a, customer_id_b, pair_source
 ),
 
 final as (
@@ -98,7 +86,7 @@ final as (
                 < {{ (var('valid_percent') | int) + (var('test_percent') | int) }} then 'test'
             else 'train'
         end as split
-    from pivoted
+    from scored
 )
 
 select * from final
