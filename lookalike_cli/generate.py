@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse import connection
+from lookalike_cli.warehouse import connection, transaction
 
 DEPARTMENTS = [
     "Produce", "Dairy", "Bakery", "Meat & Seafood", "Frozen", "Pantry", "Snacks", "Beverages",
@@ -388,63 +388,57 @@ def generate_data(
     started = time.perf_counter()
     counts = {"customers": 0, "order_lines": 0, "visits": 0, "engagements": 0, "opt_outs": 0}
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    with connection(Path(db_path)) as con:
-        con.execute("begin transaction")
-        try:
-            con.execute("drop schema if exists raw cascade")
-            con.execute(RAW_TABLES_DDL)
-            next_order_id = 1
-            for first in range(0, config.customers, config.chunk_customers):
-                n = min(config.chunk_customers, config.customers - first)
-                chunk_rng = np.random.default_rng([seed, first])
-                chunk = _customers_chunk(config, world, chunk_rng, first + 1, n)
-                customers_table = pa.table({
-                    "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
-                    "signup_date": pa.array(chunk["customers"]["signup_date"], pa.date32()),
-                    **{name: pa.array(chunk["customers"][name], pa.string()) for name in DEMOGRAPHIC_VALUES},
-                    **{name: pa.array(chunk["customers"][name], pa.string()) for name in ("street", "city", "state", "zip")},
-                })
-                order_lines, next_order_id = _order_lines(config, world, chunk_rng, chunk, next_order_id)
-                visits = _visits(config, world, chunk_rng, chunk)
-                engagements = _engagements(config, world, chunk_rng, chunk)
-                opted_out = chunk_rng.random(n) < 0.01
-                opt_outs = pa.table({
-                    "customer_id": pa.array(chunk["customers"]["customer_id"][opted_out], pa.int64()),
-                    "opted_out_at": pa.array(
-                        _timestamps(config, chunk_rng.integers(0, config.days, opted_out.sum()), np.zeros(opted_out.sum(), np.int64)),
-                        pa.timestamp("s"),
-                    ),
-                })
-                planted = pa.table({
-                    "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
-                    "segment_id": pa.array(chunk["primary"], pa.int32()),
-                    "secondary_segment_id": pa.array(np.where(chunk["secondary"] >= 0, chunk["secondary"], None), pa.int32()),
-                    "secondary_weight": pa.array(chunk["secondary_weight"], pa.float64()),
-                })
-                for name, table in (
-                    ("customers", customers_table), ("order_lines", order_lines), ("visits", visits),
-                    ("engagements", engagements), ("opt_outs", opt_outs), ("planted_segments", planted),
-                ):
-                    con.register("generated_chunk", table)
-                    con.execute(f"insert into raw.{name} select * from generated_chunk")
-                    con.unregister("generated_chunk")
-                    if name in counts:
-                        counts[name] += table.num_rows
-                done = first + n
-                elapsed = time.perf_counter() - started
-                say(
-                    f"  generated {done:,}/{config.customers:,} customers, {counts['order_lines']:,} order lines "
-                    f"({done / elapsed:,.0f} customers/s, ETA {elapsed / done * (config.customers - done):.0f}s)"
-                )
-            seconds = time.perf_counter() - started
-            con.execute(
-                "insert into raw.generator_runs values (current_timestamp, ?, ?, ?, ?)",
-                [str({k: str(v) for k, v in asdict(config).items()}), counts["customers"], counts["order_lines"], seconds],
+    with connection(Path(db_path)) as con, transaction(con):
+        con.execute("drop schema if exists raw cascade")
+        con.execute(RAW_TABLES_DDL)
+        next_order_id = 1
+        for first in range(0, config.customers, config.chunk_customers):
+            n = min(config.chunk_customers, config.customers - first)
+            chunk_rng = np.random.default_rng([seed, first])
+            chunk = _customers_chunk(config, world, chunk_rng, first + 1, n)
+            customers_table = pa.table({
+                "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
+                "signup_date": pa.array(chunk["customers"]["signup_date"], pa.date32()),
+                **{name: pa.array(chunk["customers"][name], pa.string()) for name in DEMOGRAPHIC_VALUES},
+                **{name: pa.array(chunk["customers"][name], pa.string()) for name in ("street", "city", "state", "zip")},
+            })
+            order_lines, next_order_id = _order_lines(config, world, chunk_rng, chunk, next_order_id)
+            visits = _visits(config, world, chunk_rng, chunk)
+            engagements = _engagements(config, world, chunk_rng, chunk)
+            opted_out = chunk_rng.random(n) < 0.01
+            opt_outs = pa.table({
+                "customer_id": pa.array(chunk["customers"]["customer_id"][opted_out], pa.int64()),
+                "opted_out_at": pa.array(
+                    _timestamps(config, chunk_rng.integers(0, config.days, opted_out.sum()), np.zeros(opted_out.sum(), np.int64)),
+                    pa.timestamp("s"),
+                ),
+            })
+            planted = pa.table({
+                "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
+                "segment_id": pa.array(chunk["primary"], pa.int32()),
+                "secondary_segment_id": pa.array(np.where(chunk["secondary"] >= 0, chunk["secondary"], None), pa.int32()),
+                "secondary_weight": pa.array(chunk["secondary_weight"], pa.float64()),
+            })
+            for name, table in (
+                ("customers", customers_table), ("order_lines", order_lines), ("visits", visits),
+                ("engagements", engagements), ("opt_outs", opt_outs), ("planted_segments", planted),
+            ):
+                con.register("generated_chunk", table)
+                con.execute(f"insert into raw.{name} select * from generated_chunk")
+                con.unregister("generated_chunk")
+                if name in counts:
+                    counts[name] += table.num_rows
+            done = first + n
+            elapsed = time.perf_counter() - started
+            say(
+                f"  generated {done:,}/{config.customers:,} customers, {counts['order_lines']:,} order lines "
+                f"({done / elapsed:,.0f} customers/s, ETA {elapsed / done * (config.customers - done):.0f}s)"
             )
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
+        seconds = time.perf_counter() - started
+        con.execute(
+            "insert into raw.generator_runs values (current_timestamp, ?, ?, ?, ?)",
+            [str({k: str(v) for k, v in asdict(config).items()}), counts["customers"], counts["order_lines"], seconds],
+        )
     counts["seconds"] = round(time.perf_counter() - started, 2)
     return counts
 

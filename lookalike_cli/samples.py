@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse import connection
+from lookalike_cli.warehouse import connection, transaction
 
 SAMPLES = ("completejourney",)
 
@@ -100,17 +100,11 @@ def load_completejourney(db_path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     started = time.perf_counter()
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    with connection(Path(db_path)) as con:
-        con.execute("begin transaction")
-        try:
-            con.execute("drop schema if exists raw cascade")
-            con.execute("create schema raw")
-            for name, sql in statements.items():
-                con.execute(sql)
-                counts[name] = con.execute(f"select count(*) from raw.{name}").fetchone()[0]
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
+    with connection(Path(db_path)) as con, transaction(con):
+        con.execute("drop schema if exists raw cascade")
+        con.execute("create schema raw")
+        for name, sql in statements.items():
+            con.execute(sql)
+            counts[name] = con.execute(f"select count(*) from raw.{name}").fetchall()[0][0]
     counts["seconds"] = round(time.perf_counter() - started, 2)
     return counts

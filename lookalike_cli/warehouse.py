@@ -37,6 +37,18 @@ def connection(db_path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDB
         con.close()
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All or nothing: commit when the block finishes, roll back on any error."""
+    con.execute("begin transaction")
+    try:
+        yield con
+    except BaseException:
+        con.execute("rollback")
+        raise
+    con.execute("commit")
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, name: str, schema: str | None = None) -> bool:
     if "." in name and schema is None:
         schema, name = name.split(".", 1)
