@@ -28,7 +28,7 @@ def register(group: click.Group) -> None:
     @group.command("build-index")
     @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf", "hnsw"]), default="auto", show_default=True,
                   help="auto: exact below 50k customers, IVF tuned to recall@10 >= 0.95 above.")
-    @click.option("--nlist", type=int, default=None, help="IVF lists (default ~4*sqrt(rows)).")
+    @click.option("--nlist", type=int, default=None, help="IVF lists (default ~2*sqrt(rows)).")
     @click.option("--nprobe", type=int, default=None, help="IVF lists probed: starting point, raised until the self-check passes.")
     @click.option("--m", "m", type=int, default=None, help="HNSW links per node (default 32).")
     @click.option("--ef-search", type=int, default=None, help="HNSW search breadth: starting point, raised until the self-check passes.")

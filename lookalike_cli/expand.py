@@ -30,17 +30,23 @@ from lookalike_cli.seeds import Seeds, excluded_ids, resolve_seeds
 from lookalike_cli.warehouse import connection, require_table
 
 STRATEGIES = ("centroid", "knn-vote", "multi-centroid", "classifier")
+# knn-vote: most neighbours one search of all seeds may return (ids + similarities ~12 bytes each).
+MAX_VOTES = 20_000_000
 Progress = Callable[[str], None]
 
 
 @dataclass
 class Candidates:
-    """Customers found by a strategy, best first; `frontier` is the lowest similarity the search covered."""
+    """Customers found by a strategy, best first; `frontier` is the lowest similarity the search covered.
+
+    `capped` says the strategy cannot search wider (knn-vote at its per-seed neighbour cap).
+    """
     ids: np.ndarray
     scores: np.ndarray
     similarities: np.ndarray
     frontier: float
     nearest_seed: np.ndarray | None = None
+    capped: bool = False
 
 
 @dataclass
@@ -75,19 +81,24 @@ def search_union(index: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.nd
     return ids[valid], sims[valid], rows[valid], frontier
 
 
-def group_max(ids: np.ndarray, values: np.ndarray, sums: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per distinct id: (id, max value, position of the max in the input) and with sums the sum instead of max."""
-    order = np.lexsort((-values, ids))
+def group_by_id(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct id: (id, max value, position of the (first) max in the input, sum of values); one sort."""
+    order = np.argsort(ids, kind="stable")
     ids_sorted, values_sorted = ids[order], values[order]
     starts = np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]])
-    aggregated = np.add.reduceat(values_sorted, starts) if sums else values_sorted[starts]
-    return ids_sorted[starts], aggregated, order[starts]
+    best = np.maximum.reduceat(values_sorted, starts)
+    sums = np.add.reduceat(values_sorted, starts)
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(ids_sorted)]))
+    hits = np.flatnonzero(values_sorted == best[group])
+    first = hits[np.r_[True, group[hits][1:] != group[hits][:-1]]]
+    return ids_sorted[starts], best, order[first], sums
 
 
-def ranked(ids: np.ndarray, scores: np.ndarray, sims: np.ndarray, frontier: float, nearest: np.ndarray | None = None) -> Candidates:
+def ranked(ids: np.ndarray, scores: np.ndarray, sims: np.ndarray, frontier: float, nearest: np.ndarray | None = None,
+           capped: bool = False) -> Candidates:
     order = np.lexsort((ids, -scores))
     return Candidates(ids[order], scores[order].astype(np.float64), sims[order].astype(np.float64), frontier,
-                      None if nearest is None else nearest[order])
+                      None if nearest is None else nearest[order], capped)
 
 
 def centroid(index: LoadedIndex, seeds: Seeds, limit: int, **_) -> Candidates:
@@ -97,12 +108,24 @@ def centroid(index: LoadedIndex, seeds: Seeds, limit: int, **_) -> Candidates:
 
 
 def knn_vote(index: LoadedIndex, seeds: Seeds, limit: int, k_per_seed: int | None = None, **_) -> Candidates:
-    """Score = sum of the similarities of the seeds that have the customer among their k nearest."""
-    k = int(min(max(k_per_seed or 10, math.ceil(2 * limit / seeds.found)), index.manifest.row_count))
-    ids, sims, rows, frontier = search_union(index, seeds.vectors, k)
-    unique, best, at = group_max(ids, sims)
-    _, votes, _ = group_max(ids, sims, sums=True)
-    return ranked(unique, votes, best, frontier, seeds.ids[rows[at]])
+    """Score = sum of the similarities of the seeds that have the customer among their k nearest.
+
+    Seeds' neighbourhoods overlap, so the union of k neighbours per seed holds far fewer than
+    seeds*k customers. k grows by the observed shortfall (at least doubling) until the union
+    holds `limit` customers: a few searches of all seeds, not one per doubling of the audience.
+    k is capped so one search returns at most MAX_VOTES neighbours (memory and time).
+    """
+    population = index.manifest.row_count
+    floor = k_per_seed or 10
+    cap = min(population, max(floor, MAX_VOTES // seeds.found))
+    k = min(cap, max(floor, math.ceil(2 * limit / seeds.found)))
+    while True:
+        ids, sims, rows, frontier = search_union(index, seeds.vectors, k)
+        unique, best, at, votes = group_by_id(ids, sims)
+        if len(unique) >= limit or k >= cap:
+            break
+        k = min(cap, max(2 * k, math.ceil(1.5 * k * limit / len(unique))))
+    return ranked(unique, votes, best, frontier, seeds.ids[rows[at]], capped=k >= cap and frontier > -1.0)
 
 
 def seed_clusters(vectors: np.ndarray, seed: int, max_k: int = 8) -> tuple[np.ndarray, dict]:
@@ -124,7 +147,7 @@ def seed_clusters(vectors: np.ndarray, seed: int, max_k: int = 8) -> tuple[np.nd
 
 def multi_centroid(index: LoadedIndex, seeds: Seeds, limit: int, centroids: np.ndarray, **_) -> Candidates:
     ids, sims, _, frontier = search_union(index, centroids, limit)
-    unique, best, _ = group_max(ids, sims)
+    unique, best, _, _ = group_by_id(ids, sims)
     return ranked(unique, best, best, frontier)
 
 
@@ -259,7 +282,7 @@ def expand(
         if min_similarity is not None:
             keep &= found.similarities >= min_similarity
         enough = (target is not None and keep.sum() >= target) or (target is None and found.frontier < min_similarity)
-        if enough or found.frontier <= -1.0:
+        if enough or found.frontier <= -1.0 or found.capped:
             break
         limit *= 2
         progress(f"  widening the search ({limit:,} candidates)")
@@ -270,6 +293,9 @@ def expand(
         nearest = nearest[:target] if nearest is not None else None
         if len(ids) < target:
             warnings.append(f"Only {len(ids):,} eligible customers found for --size {size} ({target:,}) after exclusions.")
+    if found.capped and not enough:
+        warnings.append(f"knn-vote stopped at its cap of {MAX_VOTES:,} neighbours over all {seeds.found:,} seeds before "
+                        "reaching the size/similarity cut; use fewer seeds or another strategy.")
     if len(ids) == 0:
         raise LookalikeError("The audience is empty: no eligible customer passed the size/similarity cut.")
     if nearest is None:
