@@ -13,6 +13,7 @@ import pyarrow as pa
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.expand import expand
 from lookalike_cli.publish import drop_audience, publish_audience
+from lookalike_cli.seeds import resolve_seeds
 from lookalike_cli.warehouse import connection, table_exists
 
 Progress = Callable[[str], None]
@@ -57,9 +58,17 @@ def create_audience(
                     k_per_seed=k_per_seed, seed=seed, progress=progress)
     for message in result.warnings:
         on_warning(message)
+    from lookalike_cli.seed_diagnostics import inspect_seed, write_seed_diagnostics
+
+    with connection(db_path, read_only=True) as con:
+        diagnostics = inspect_seed(con, resolve_seeds(con, seed_sql, seed_table, seed_file), seed)
+    for message in diagnostics.warnings:
+        if message not in result.warnings:
+            on_warning(message)
     return publish_audience(serving_db_path, name, result.audience, result.members,
                             attributes=customer_attributes(db_path),
-                            export_parquet=Path(export_parquet) if export_parquet else None, progress=progress)
+                            export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
+                            extra=lambda con, audience_id: write_seed_diagnostics(con, audience_id, diagnostics))
 
 
 def open_serving(serving_db_path: Path) -> duckdb.DuckDBPyConnection:

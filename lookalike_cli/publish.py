@@ -20,7 +20,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -30,6 +30,7 @@ from lookalike_cli.errors import LookalikeError
 
 STORAGE_COMPATIBILITY = "v1.4.0"
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 SCHEMA = """
 create table if not exists audiences (
@@ -147,8 +148,12 @@ def publish_audience(
     attributes: pa.Table | None = None,
     export_parquet: Path | None = None,
     progress: Progress = print,
+    extra: Callable[[duckdb.DuckDBPyConnection, int], None] | None = None,
 ) -> dict:
-    """Add a new version of audience `name` to the serving file; returns the audiences row written."""
+    """Add a new version of audience `name` to the serving file; returns the audiences row written.
+
+    `extra(con, audience_id)` writes companion tables (seeds, seed diagnostics) in the same swap.
+    """
     if not name or not name.strip():
         raise LookalikeError("--name must not be empty.")
     with swapped(serving_path) as con:
@@ -169,6 +174,8 @@ def publish_audience(
             "from incoming_members order by rank", [audience_id]
         )
         con.unregister("incoming_members")
+        if extra is not None:
+            extra(con, audience_id)
         refresh_attributes(con, attributes)
         if export_parquet is not None:
             export_audience(con, audience_id, Path(export_parquet))
@@ -176,6 +183,28 @@ def publish_audience(
     if export_parquet is not None:
         progress(f"Exported Parquet to {export_parquet}")
     return row
+
+
+def publish_tables(serving_path: Path, write: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    """Run `write(con)` on the serving file with the same atomic swap as an audience publish.
+
+    For tables beside the audiences (backtests, explanations, overlaps): BI readers are never
+    blocked and see all of a write or none of it.
+    """
+    with swapped(serving_path) as con:
+        result = write(con)
+        refresh_attributes(con, None)
+    return result
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, ddl: str) -> None:
+    """Create `table` with `ddl` when absent and append `rows` by column name."""
+    con.execute(ddl)
+    con.register("incoming_rows", rows)
+    try:
+        con.execute(f"insert into {table} by name select * from incoming_rows")
+    finally:
+        con.unregister("incoming_rows")
 
 
 def export_audience(con: duckdb.DuckDBPyConnection, audience_id: int, directory: Path) -> None:

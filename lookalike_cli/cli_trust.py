@@ -1,0 +1,164 @@
+"""CLI commands that build trust in an audience: backtest, explain, inspect-seed, audiences overlap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pyarrow as pa
+
+from lookalike_cli.cli_serving import echo_table, progress
+from lookalike_cli.settings import Settings
+
+
+def default_report_dir(settings: Settings) -> Path:
+    """Reports sit beside the warehouse file, like the indexes: <db folder>/reports/."""
+    return settings.db_path.parent / "reports"
+
+
+def register(group: click.Group) -> None:
+    from lookalike_cli.cli import pass_settings  # cli.py defines it before calling register()
+
+    @group.command("backtest")
+    @click.option("--name", required=True, help="Name of this backtest (report file name, audience_backtests.name).")
+    @click.option("--converters-sql", required=True, help="SQL returning the customer_id of the known converters.")
+    @click.option("--population-sql", default=None, help="SQL returning the customer_id of the population to rank (default: every scored customer).")
+    @click.option("--splits", type=int, default=5, show_default=True, help="Random seed/hidden splits of the converters.")
+    @click.option("--strategy", "strategies", multiple=True, type=click.Choice(["centroid", "knn-vote", "multi-centroid", "classifier"]),
+                  help="Model strategies to test (repeatable; default centroid and knn-vote).")
+    @click.option("--baselines", default="random,rfm,raw-cosine,raw-classifier", show_default=True,
+                  help="Comma-separated baselines: random, rfm, raw-cosine, raw-classifier.")
+    @click.option("--seed-fraction", type=float, default=0.5, show_default=True, help="Share of converters used as the seed.")
+    @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+                  help="Where backtest_<name>.md and its lift-curve PNGs go. Default: reports/ beside --db.")
+    @click.option("--note", default=None, help="A caveat printed in the report (e.g. how features were windowed).")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the splits.")
+    @pass_settings
+    def backtest_cmd(settings: Settings, name: str, converters_sql: str, population_sql: str | None, splits: int,
+                     strategies: tuple[str, ...], baselines: str, seed_fraction: float, report_dir: str | None,
+                     note: str | None, seed: int) -> None:
+        """Would this have worked? Hide half of known converters, expand from the other half, measure.
+
+        Reports recall, precision, lift and AUC of the hidden converters at 1/2/5/10/20% of the
+        population for the model and for baselines (random, RFM activity, raw-feature cosine,
+        raw-feature classifier); writes audience_backtests (serving file) and a Markdown report
+        with lift-curve PNGs.
+
+        \b
+        Example:
+          lookalike backtest --name segment_3 --splits 5 \\
+            --converters-sql "select customer_id from raw.planted_segments where segment_id = 3"
+          lookalike backtest --name campaign_18 \\
+            --population-sql "select customer_id from raw.campaigns where campaign_id = '18'" \\
+            --converters-sql "select customer_id from raw.coupon_redemptions where campaign_id = '18'"
+        """
+        from lookalike_cli.backtest import publish_backtest, run_backtest, summary_table, write_report
+
+        result = run_backtest(settings.db_path, settings.index_dir, converters_sql, population_sql=population_sql, name=name,
+                              splits=splits, strategies=strategies or ("centroid", "knn-vote"),
+                              baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
+                              seed_fraction=seed_fraction, seed=seed, progress=progress)
+        backtest_id = publish_backtest(settings.serving_db_path, result)
+        report = write_report(result, Path(report_dir) if report_dir else default_report_dir(settings), note=note)
+        click.echo(f"backtest {name} (id {backtest_id}): population {result.info['population']:,}, "
+                   f"converters {result.info['converters']:,}, seed {result.info['seed_size']:,} per split, {splits} split(s)")
+        echo_table(summary_table(result))
+        click.echo(f"Report: {report} (+ {len(result.plot_paths)} PNG); table audience_backtests in {settings.serving_db_path}")
+
+    @group.command("explain")
+    @click.option("--audience", "name", required=True, help="Audience name.")
+    @click.option("--version", type=int, default=None, help="Audience version (default: latest).")
+    @click.option("--customer", type=int, default=None, help="Print this member's explanation (all members are stored).")
+    @click.option("--exemplars", type=int, default=3, show_default=True, help="Nearest seeds per member.")
+    @click.option("--features", type=int, default=3, show_default=True, help="Distinguishing features per member.")
+    @click.option("--limit", type=int, default=5, show_default=True, help="Members to print when --customer is not given.")
+    @pass_settings
+    def explain_cmd(settings: Settings, name: str, version: int | None, customer: int | None, exemplars: int,
+                    features: int, limit: int) -> None:
+        """Why each member is in an audience: nearest seed exemplars and the features that set the audience apart.
+
+        Stores audience_member_explanations (one row per member) and audience_feature_differences
+        (standardised mean difference audience vs population, top features) in the serving file.
+
+        \b
+        Example:
+          lookalike explain --audience vip
+          lookalike explain --audience vip --customer 1234
+        """
+        from lookalike_cli.errors import LookalikeError
+        from lookalike_cli.explain import explain_audience, publish_explanations
+
+        result = explain_audience(settings.db_path, settings.serving_db_path, name, version, exemplars, features, progress)
+        publish_explanations(settings.serving_db_path, result)
+        click.echo("Audience vs population (standardised mean difference):")
+        echo_table(result.differences.select(["feature_rank", "feature", "standardised_mean_difference"]).slice(0, 10))
+        members = result.members
+        if customer is not None:
+            rows = [r for r in members.to_pylist() if r["customer_id"] == customer]
+            if not rows:
+                raise LookalikeError(f"Customer {customer} is not a member of {name!r}.")
+        else:
+            rows = members.slice(0, limit).to_pylist()
+        click.echo("")
+        echo_table(pa.Table.from_pylist([{k: r[k] for k in ("rank", "customer_id", "explanation")} for r in rows]))
+
+    @group.command("inspect-seed")
+    @click.option("--seed-sql", default=None, help="SQL returning customer_id, run on the warehouse.")
+    @click.option("--seed-table", default=None, help="Warehouse table (or view) with a customer_id column.")
+    @click.option("--seed-file", type=click.Path(dir_okay=False), default=None, help="CSV of customer ids (header optional).")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (k-means, random pairs).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the diagnostics as JSON.")
+    @pass_settings
+    def inspect_seed_cmd(settings: Settings, seed_sql: str | None, seed_table: str | None, seed_file: str | None,
+                         seed: int, as_json: bool) -> None:
+        """Check a seed before expanding: size, ids found, homogeneity, sub-clusters, outliers, warnings.
+
+        `lookalike expand` runs the same checks and saves them with the audience (seed_diagnostics,
+        audience_seeds in the serving file).
+
+        \b
+        Example:
+          lookalike inspect-seed --seed-sql "select customer_id from customer_features order by total_spend desc limit 500"
+        """
+        from lookalike_cli.seed_diagnostics import inspect_seed
+        from lookalike_cli.seeds import resolve_seeds
+        from lookalike_cli.warehouse import connection
+
+        with connection(settings.db_path, read_only=True) as con:
+            diagnostics = inspect_seed(con, resolve_seeds(con, seed_sql, seed_table, seed_file), seed)
+        summary = diagnostics.summary()
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+            return
+        for key, value in summary.items():
+            if key != "warnings":
+                click.echo(f"{key}: {value}")
+        for message in diagnostics.warnings:
+            click.echo(f"Warning: {message}")
+
+    audiences = group.commands["audiences"]
+
+    @audiences.command("overlap")
+    @click.argument("names", nargs=-1)
+    @click.option("--disjoint", is_flag=True,
+                  help="Make the audiences disjoint by priority (NAMES in order, highest first): publishes new versions.")
+    @pass_settings
+    def overlap_cmd(settings: Settings, names: tuple[str, ...], disjoint: bool) -> None:
+        """Overlap matrix (members in both, Jaccard) of the latest audience versions; optionally make them disjoint.
+
+        Writes audience_overlaps to the serving file.
+
+        \b
+        Example:
+          lookalike audiences overlap                      # every audience
+          lookalike audiences overlap vip churners --disjoint   # churners loses vip's members
+        """
+        from lookalike_cli.overlap import audience_overlaps, make_disjoint
+
+        if disjoint:
+            for row in make_disjoint(settings.serving_db_path, list(names)):
+                click.echo(f"{row['name']} v{row['version']} (id {row['audience_id']}): {row['size']:,} members, "
+                           f"{row['removed']:,} removed (in a higher-priority audience)")
+        table = audience_overlaps(settings.serving_db_path, list(names) or None)
+        echo_table(table.select(["audience_a", "audience_b", "size_a", "size_b", "overlap", "jaccard"]))

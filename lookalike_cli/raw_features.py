@@ -1,0 +1,78 @@
+"""Raw `customer_features` as one standardised matrix, with no model in between.
+
+Used where an answer must not depend on the encoder: the backtest baselines (cosine to the
+seed centroid, a seed-vs-population classifier, an activity ranking) and the explanations of
+what sets an audience apart (standardised mean differences per feature).
+
+Columns: log1p of the dense numerics, one-hot categoricals (`gender=F`), and the per-category
+order-line shares (`category:<name>`), each z-scored over the population and clipped to
++-CLIP so a rare category bought by a handful of customers cannot dominate a cosine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lookalike_cli.features import CATEGORICAL_COLUMNS, DENSE_COLUMNS, dense_matrix, dense_shares, log1p_dense
+from lookalike_cli.warehouse import require_table, table_columns
+
+CLIP = 10.0
+FEATURES_HINT = "Build it with `lookalike build`."
+
+
+@dataclass
+class RawFeatures:
+    ids: np.ndarray          # int64, ascending
+    matrix: np.ndarray       # float32 [N, F], z-scored and clipped
+    names: list[str]
+    activity: np.ndarray     # float64 [N]: RFM score (recent, frequent, high spend = high)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of `ids` (every id must be present)."""
+        return np.searchsorted(self.ids, ids)
+
+
+def zscore(values: np.ndarray) -> np.ndarray:
+    std = values.std(axis=0)
+    return (values - values.mean(axis=0)) / np.where(std > 1e-9, std, 1.0)
+
+
+def load_raw_features(con: duckdb.DuckDBPyConnection) -> RawFeatures:
+    require_table(con, "customer_features", FEATURES_HINT)
+    available = table_columns(con, "customer_features")
+    dense_columns = [c for c in DENSE_COLUMNS if c in available]
+    categorical_columns = [c for c in CATEGORICAL_COLUMNS if c in available]
+    table = con.sql(
+        f"select customer_id, {', '.join(dense_columns + categorical_columns)}, category_ids, category_shares "
+        "from customer_features order by customer_id"
+    ).to_arrow_table()
+    categories = con.sql("select category_id, category from categories order by category_id").fetchall()
+    n_categories = max([c[0] for c in categories], default=-1) + 1
+    category_names = {cid: name for cid, name in categories}
+
+    dense = log1p_dense(dense_matrix(table, dense_columns)).astype(np.float64)
+    blocks, names = [dense], list(dense_columns)
+    for column in categorical_columns:
+        values = table.column(column).combine_chunks().fill_null("unknown").cast("string")
+        vocabulary = sorted(v for v in pc.unique(values).to_pylist() if v is not None)
+        codes = pc.index_in(values, value_set=pa.array(vocabulary, pa.string())).to_numpy(zero_copy_only=False)
+        onehot = np.zeros((table.num_rows, len(vocabulary)))
+        onehot[np.arange(table.num_rows), codes.astype(np.int64)] = 1.0
+        blocks.append(onehot)
+        names += [f"{column}={v}" for v in vocabulary]
+    blocks.append(dense_shares(table, n_categories).astype(np.float64))
+    names += [f"category:{category_names.get(i, i)}" for i in range(n_categories)]
+    matrix = np.clip(zscore(np.hstack(blocks)), -CLIP, CLIP).astype(np.float32)
+
+    def column(name: str) -> np.ndarray:
+        return dense[:, dense_columns.index(name)] if name in dense_columns else np.zeros(table.num_rows)
+
+    # The classic RFM ranking: recent, frequent, big spenders first (equal weights on z-scores).
+    activity = zscore(np.column_stack([-column("recency_days"), column("order_count"), column("total_spend")])).sum(axis=1)
+    return RawFeatures(ids=table.column("customer_id").to_numpy().astype(np.int64), matrix=matrix, names=names,
+                       activity=activity)
