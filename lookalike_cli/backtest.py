@@ -28,6 +28,7 @@ from typing import Callable
 import duckdb
 import numpy as np
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 
 from lookalike_cli import expand as expansion
 from lookalike_cli.errors import LookalikeError
@@ -193,6 +194,8 @@ def run_backtest(
         lift = {m: [] for m in methods}
         aucs = {m: [] for m in methods}
         curves = {m: [] for m in methods}
+        # Small fits (k-means of the seed, logistic regressions): one thread avoids OpenMP oversubscription.
+        limits = threadpool_limits(1)
         for split in range(splits):
             rng = np.random.default_rng(seed + split)
             shuffled = rng.permutation(converters)
@@ -222,6 +225,7 @@ def run_backtest(
                 curves[method].append(curve_hits / np.minimum(curve_sizes, len(candidates)) / base_rate)
             progress(f"  split {split + 1}/{splits}: lift@{sizes_percent[min(2, len(sizes) - 1)]:g}% "
                      + ", ".join(f"{m} {lift[m][-1][min(2, len(sizes) - 1)]:.2f}" for m in methods))
+        limits.restore_original_limits()
 
     def spread(values: list) -> tuple[np.ndarray, np.ndarray]:
         array = np.array(values, dtype=np.float64)
