@@ -56,6 +56,7 @@ def register(group: click.Group) -> None:
     @click.option("--seed-sql", default=None, help="SQL returning customer_id, run on the warehouse.")
     @click.option("--seed-table", default=None, help="Warehouse table (or view) with a customer_id column.")
     @click.option("--seed-file", type=click.Path(dir_okay=False), default=None, help="CSV of customer ids (header optional).")
+    @click.option("--seed-persona", default=None, help="Persona name: seed = customers whose top persona (customer_personas) it is.")
     @click.option("--size", default=None, help="Audience size: a count (20000) or a share of the population (5%).")
     @click.option("--min-similarity", type=float, default=None,
                   help="Keep customers at least this similar (cosine) to the centroid / nearest sub-centroid / nearest seed.")
@@ -75,9 +76,18 @@ def register(group: click.Group) -> None:
           lookalike expand --name vip \\
             --seed-sql "select customer_id from customer_features order by total_spend desc limit 500" \\
             --size 5% --strategy knn-vote --exclude-sql "select customer_id from raw.do_not_mail"
+          lookalike expand --name cooks --seed-persona "Fresh Food Cook" --size 5%
         """
         from lookalike_cli.audiences import create_audience
 
+        persona = options.pop("seed_persona")
+        if persona:
+            from lookalike_cli.errors import LookalikeError
+            from lookalike_cli.seeds import persona_seed_sql
+
+            if options["seed_sql"] or options["seed_table"] or options["seed_file"]:
+                raise LookalikeError("Give exactly one seed source: --seed-sql, --seed-table, --seed-file or --seed-persona.")
+            options["seed_sql"] = persona_seed_sql(settings.db_path, persona)
         row = create_audience(settings.db_path, settings.serving_db_path, settings.index_dir, progress=progress, **options)
         click.echo(f"audience {row['name']} v{row['version']} (id {row['audience_id']}): {row['size']:,} members, "
                    f"strategy {row['strategy']}, seeds {row['seed_found']:,} found / {row['seed_missing']:,} missing")

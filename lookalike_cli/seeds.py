@@ -137,3 +137,16 @@ def excluded_ids(con: duckdb.DuckDBPyConnection, exclude_sql: str | None) -> tup
         counts["opt_outs"] = len(parts[-1])
     ids = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
     return ids, counts
+
+
+def persona_seed_sql(db_path: Path, name: str) -> str:
+    """`--seed-persona NAME` as seed SQL: the customers whose top persona in customer_personas is NAME."""
+    from lookalike_cli.warehouse import connection, require_table
+
+    with connection(db_path, read_only=True) as con:
+        require_table(con, "customer_personas", "Run `lookalike personas label` and `lookalike personas propagate` first.")
+        personas = con.execute("select persona_id, name from persona_definitions order by persona_id").fetchall()
+    matches = [persona_id for persona_id, persona in personas if persona.strip().lower() == name.strip().lower()]
+    if not matches:
+        raise LookalikeError(f"No persona named {name!r}; persona_definitions has: {', '.join(p for _, p in personas)}.")
+    return f"select customer_id from customer_personas where persona_id = {int(matches[0])} and persona_rank = 1"

@@ -1,0 +1,242 @@
+"""Customer segments from persona vectors (the GPLR paper's segmentation application).
+
+Each customer's persona probabilities (`customer_personas`), optionally concatenated with the
+customer embedding, are reduced by PCA and clustered by k-means; k is chosen by silhouette
+(on a sample) unless given. Quality: silhouette, Calinski-Harabasz, Davies-Bouldin, and
+stability as the adjusted Rand index between the chosen clustering and re-runs with other
+random seeds. Results, replaced atomically in the warehouse: `customer_segments`,
+`segment_profiles` (size, top personas, top categories, spend) and `segment_quality`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.personas import PERSONAS_TABLE, RESULT_TABLE, read_customer_vectors, replace_tables
+from lookalike_cli.warehouse import connection, require_table
+
+SEGMENTS_TABLE = "customer_segments"
+PROFILES_TABLE = "segment_profiles"
+QUALITY_TABLE = "segment_quality"
+# Silhouette is O(n^2): score k on a sample; the final k-means sees everyone.
+SILHOUETTE_SAMPLE = 4000
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SegmentQuality:
+    k: int
+    k_chosen_by: str
+    silhouette: float
+    calinski_harabasz: float
+    davies_bouldin: float
+    stability_ari_mean: float
+    stability_ari_min: float
+    silhouette_by_k: dict
+    inputs: str
+    pca_components: int
+    pca_explained_variance: float
+    customers: int
+
+
+def read_persona_matrix(db_path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(customer ids ascending, (n, personas) probabilities, persona names) from customer_personas."""
+    with connection(db_path, read_only=True) as con:
+        require_table(con, RESULT_TABLE, "Run `lookalike personas label` and `lookalike personas propagate` first.")
+        names = [r[0] for r in con.execute(f"select name from {PERSONAS_TABLE} order by persona_id").fetchall()]
+        table = con.sql(f"""
+            select c.customer_id, list(c.probability order by d.persona_id) as probabilities
+            from {RESULT_TABLE} c join {PERSONAS_TABLE} d using (persona_id)
+            group by c.customer_id order by c.customer_id
+        """).to_arrow_table()
+    column = table.column("probabilities").combine_chunks()
+    matrix = column.flatten().to_numpy().reshape(len(table), -1) if len(table) else np.empty((0, len(names)))
+    if matrix.shape[1] != len(names):
+        raise LookalikeError(f"{RESULT_TABLE} does not match {PERSONAS_TABLE}: re-run `lookalike personas propagate`.")
+    return table.column("customer_id").to_numpy(), matrix, names
+
+
+def feature_matrix(db_path: Path, with_embeddings: bool, embedding_weight: float, progress: Progress) -> tuple[np.ndarray, np.ndarray, str]:
+    ids, personas, _ = read_persona_matrix(db_path)
+    if not with_embeddings:
+        return ids, personas, "personas"
+    embedding_ids, vectors = read_customer_vectors(db_path, progress)
+    if not np.array_equal(embedding_ids, ids):
+        raise LookalikeError(f"{RESULT_TABLE} and customer_embeddings cover different customers: re-run `lookalike personas propagate`.")
+    # Both blocks scaled to unit total variance, the embedding block then weighted.
+    blocks = [personas / np.sqrt(personas.var(axis=0).sum() or 1.0),
+              embedding_weight * vectors / np.sqrt(vectors.var(axis=0).sum() or 1.0)]
+    return ids, np.hstack(blocks), f"personas+embeddings(weight {embedding_weight})"
+
+
+def cluster(
+    features: np.ndarray,
+    k: int | None = None,
+    k_min: int = 2,
+    k_max: int = 15,
+    variance: float = 0.95,
+    stability_runs: int = 5,
+    seed: int = 0,
+    progress: Progress = print,
+) -> tuple[np.ndarray, np.ndarray, SegmentQuality]:
+    """(labels, distance to own centre, quality) for a feature matrix; k=None chooses k by silhouette."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    n = len(features)
+    if n < 3:
+        raise LookalikeError(f"Segmenting needs at least 3 customers, found {n}.")
+    pca = PCA(n_components=min(variance, features.shape[1]) if variance < 1 else min(features.shape), random_state=seed)
+    reduced = pca.fit_transform(features)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, min(n, SILHOUETTE_SAMPLE), replace=False))
+    scores: dict[int, float] = {}
+    if k is None:
+        for candidate in range(max(2, k_min), min(k_max, len(sample) - 1) + 1):
+            labels = KMeans(candidate, n_init=3, random_state=seed).fit_predict(reduced[sample])
+            scores[candidate] = round(float(silhouette_score(reduced[sample], labels)), 4)
+            progress(f"  k={candidate:>2}: silhouette {scores[candidate]:.3f}")
+        k, chosen_by = max(scores, key=scores.get), "silhouette"
+    else:
+        chosen_by = "given"
+    if not 2 <= k < n:
+        raise LookalikeError(f"--k must be between 2 and {n - 1}, got {k}.")
+    model = KMeans(k, n_init=5, random_state=seed).fit(reduced)
+    labels = model.labels_
+    distances = np.linalg.norm(reduced - model.cluster_centers_[labels], axis=1)
+    reruns = [adjusted_rand_score(labels[sample], KMeans(k, n_init=1, random_state=seed + 1 + run).fit_predict(reduced)[sample])
+              for run in range(stability_runs)]
+    quality = SegmentQuality(
+        k=int(k), k_chosen_by=chosen_by,
+        silhouette=round(float(silhouette_score(reduced[sample], labels[sample])), 4),
+        calinski_harabasz=round(float(calinski_harabasz_score(reduced, labels)), 2),
+        davies_bouldin=round(float(davies_bouldin_score(reduced, labels)), 4),
+        stability_ari_mean=round(float(np.mean(reruns)), 4) if reruns else float("nan"),
+        stability_ari_min=round(float(np.min(reruns)), 4) if reruns else float("nan"),
+        silhouette_by_k=scores, inputs="", pca_components=int(pca.n_components_),
+        pca_explained_variance=round(float(pca.explained_variance_ratio_.sum()), 4), customers=n,
+    )
+    return labels, distances, quality
+
+
+PROFILE_SQL = f"""
+with members as (
+    select * from {SEGMENTS_TABLE}__new
+),
+sizes as (
+    select segment_id, count(*) as customer_count from members group by segment_id
+),
+persona_means as (
+    select m.segment_id, d.name, avg(c.probability) as mean_probability
+    from members m join {RESULT_TABLE} c using (customer_id) join {PERSONAS_TABLE} d using (persona_id)
+    group by m.segment_id, d.name
+),
+top_personas as (
+    select segment_id,
+           string_agg(name || ' ' || cast(round(100 * mean_probability) as integer) || '%', ', ' order by mean_probability desc) as top_personas
+    from (select *, row_number() over (partition by segment_id order by mean_probability desc, name) as position from persona_means)
+    where position <= 3 group by segment_id
+),
+category_shares as (
+    select m.segment_id, s.category_id, sum(s.share) as share
+    from members m
+    join (select customer_id, unnest(category_ids) as category_id, unnest(category_shares) as share from customer_features) s
+        using (customer_id)
+    group by m.segment_id, s.category_id
+),
+top_categories as (
+    select c.segment_id,
+           string_agg(k.category || ' ' || cast(round(100 * c.share / t.total) as integer) || '%', ', ' order by c.share desc) as top_categories
+    from (select *, row_number() over (partition by segment_id order by share desc, category_id) as position from category_shares) c
+    join (select segment_id, sum(share) as total from category_shares group by segment_id) t using (segment_id)
+    join categories k using (category_id)
+    where c.position <= 3 group by c.segment_id
+),
+spend as (
+    select m.segment_id, avg(f.total_spend) as avg_spend, median(f.total_spend) as median_spend,
+           avg(f.orders_per_month) as avg_orders_per_month, avg(f.avg_order_value) as avg_order_value
+    from members m join customer_features f using (customer_id)
+    group by m.segment_id
+),
+final as (
+    select
+        s.segment_id,
+        s.customer_count,
+        round(s.customer_count / sum(s.customer_count) over (), 4) as customer_share,
+        p.top_personas,
+        coalesce(c.top_categories, '') as top_categories,
+        round(x.avg_spend, 2) as avg_spend,
+        round(x.median_spend, 2) as median_spend,
+        round(x.avg_order_value, 2) as avg_order_value,
+        round(x.avg_orders_per_month, 2) as avg_orders_per_month
+    from sizes s
+    left join top_personas p using (segment_id)
+    left join top_categories c using (segment_id)
+    left join spend x using (segment_id)
+)
+select * from final order by customer_count desc
+"""
+
+
+def segment_customers(
+    db_path: Path,
+    k: int | None = None,
+    k_min: int = 4,
+    k_max: int = 15,
+    with_embeddings: bool = False,
+    embedding_weight: float = 1.0,
+    variance: float = 0.95,
+    stability_runs: int = 5,
+    seed: int = 0,
+    progress: Progress = print,
+) -> tuple[SegmentQuality, pa.Table]:
+    """Cluster customers into segments; replaces customer_segments, segment_profiles, segment_quality.
+
+    Returns the quality metrics and the segment profiles (largest segment first).
+    """
+    started = time.perf_counter()
+    ids, features, inputs = feature_matrix(db_path, with_embeddings, embedding_weight, progress)
+    progress(f"Segmenting {len(ids):,} customers on {inputs} ({features.shape[1]} columns)"
+             + (f", choosing k in {k_min}..{k_max} by silhouette" if k is None else f", k={k}"))
+    labels, distances, quality = cluster(features, k, k_min, k_max, variance, stability_runs, seed, progress)
+    quality.inputs = inputs
+    # Segment ids by size: 1 is the largest segment.
+    order = np.argsort(-np.bincount(labels), kind="stable")
+    renumber = np.empty_like(order)
+    renumber[order] = np.arange(1, len(order) + 1)
+    segments = pa.table({
+        "customer_id": pa.array(ids, pa.int64()),
+        "segment_id": pa.array(renumber[labels], pa.int32()),
+        "distance_to_centre": pa.array(distances, pa.float64()),
+    })
+    quality_row = {**asdict(quality), "silhouette_by_k": json.dumps(quality.silhouette_by_k),
+                   "created_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "seed": seed}
+    with connection(db_path) as con:
+        con.register("incoming_segments", segments)
+        try:
+            con.execute(f"create or replace table {SEGMENTS_TABLE}__new as select * from incoming_segments")
+        finally:
+            con.unregister("incoming_segments")
+        profiles = con.sql(PROFILE_SQL).to_arrow_table()
+        replace_tables(con, {SEGMENTS_TABLE: segments, PROFILES_TABLE: profiles,
+                             QUALITY_TABLE: pa.Table.from_pylist([quality_row])})
+    progress(f"Wrote {SEGMENTS_TABLE}, {PROFILES_TABLE}, {QUALITY_TABLE}: k={quality.k} ({quality.k_chosen_by}), "
+             f"silhouette {quality.silhouette:.3f}, stability ARI {quality.stability_ari_mean:.3f} "
+             f"in {time.perf_counter() - started:.1f}s")
+    return quality, profiles
+
+
+def read_profiles(db_path: Path) -> pa.Table:
+    with connection(db_path, read_only=True) as con:
+        require_table(con, PROFILES_TABLE, "Run `lookalike segment` first.")
+        return con.sql(f"select * from {PROFILES_TABLE} order by segment_id").to_arrow_table()
