@@ -68,6 +68,28 @@ def test_multi_centroid_finds_both_halves_of_a_mixed_seed(world):
     assert (found == 2).mean() > 0.3 and (found == 7).mean() > 0.3
 
 
+def test_knn_vote_widens_by_the_observed_shortfall_and_stops_at_its_cap(world, monkeypatch):
+    from lookalike_cli import expand as expand_module
+
+    searched_k = []
+    original = expand_module.search_union
+
+    def counting(index, queries, k):
+        searched_k.append(k)
+        return original(index, queries, k)
+
+    monkeypatch.setattr(expand_module, "search_union", counting)
+    # 200 seeds of one ~500-customer segment: 2,000 members need neighbours far outside it, i.e. k > 500.
+    # Doubling k from 24 would take six searches of all seeds; growing by the shortfall takes three.
+    result = expand(world["db"], world["root"] / "flat", seed_sql=SEED_SQL, size=2000, strategy="knn-vote", progress=quiet)
+    assert result.members.num_rows == 2000 and len(searched_k) <= 3, searched_k
+    searched_k.clear()
+    monkeypatch.setattr(expand_module, "MAX_VOTES", 200 * 30)
+    capped = expand(world["db"], world["root"] / "flat", seed_sql=SEED_SQL, size=2000, strategy="knn-vote", progress=quiet)
+    assert max(searched_k) == 30 and capped.members.num_rows < 2000
+    assert any("knn-vote stopped at its cap of 6,000 neighbours" in w for w in capped.warnings)
+
+
 def test_min_similarity_percent_size_and_exclude_sql(world):
     by_similarity = expand(world["db"], world["root"] / "flat", seed_sql=SEED_SQL, min_similarity=0.8, progress=quiet)
     similarities = by_similarity.members.column("similarity").to_pylist()
