@@ -6,7 +6,8 @@ import click
 
 from lookalike_cli.features import LOCATION_MODES
 from lookalike_cli.settings import Settings
-from lookalike_cli.train import LABEL_COLUMNS, TrainOptions
+from lookalike_cli.evaluate import EVAL_EPOCHS
+from lookalike_cli.train import LABEL_COLUMNS, SCHEDULES, TrainOptions
 
 DEFAULTS = TrainOptions()
 
@@ -24,7 +25,10 @@ def register(group: click.Group) -> None:
     @click.option("--label", type=click.Choice(LABEL_COLUMNS), default=DEFAULTS.label, show_default=True, help="similarity_pairs column to fit.")
     @click.option("--epochs", type=click.IntRange(1), default=DEFAULTS.epochs, show_default=True, help="Maximum epochs (early stopping on the valid split).")
     @click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True, help="Pairs per step.")
-    @click.option("--learning-rate", type=float, default=DEFAULTS.learning_rate, show_default=True, help="Adam learning rate.")
+    @click.option("--learning-rate", type=float, default=DEFAULTS.learning_rate, show_default=True, help="AdamW peak learning rate.")
+    @click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS.schedule, show_default=True,
+                  help="Learning rate over training: constant, or cosine decay to 0 over --epochs.")
+    @click.option("--weight-decay", type=click.FloatRange(0), default=DEFAULTS.weight_decay, show_default=True, help="AdamW decoupled weight decay.")
     @click.option("--patience", type=click.IntRange(1), default=DEFAULTS.patience, show_default=True, help="Epochs without valid improvement before stopping.")
     @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed for initialisation and shuffling (same seed, same model).")
     @click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True, help="Also export a dynamic int8 model.")
@@ -80,7 +84,7 @@ def register(group: click.Group) -> None:
         click.echo(f"location_embeddings: {added:,} new location(s)")
 
     @group.command("evaluate-model")
-    @click.option("--epochs", type=click.IntRange(1), default=DEFAULTS.epochs, show_default=True, help="Maximum epochs per setup.")
+    @click.option("--epochs", type=click.IntRange(1), default=EVAL_EPOCHS, show_default=True, help="Maximum epochs per setup.")
     @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Training seed (all setups).")
     @click.option("--label", type=click.Choice(LABEL_COLUMNS), default=DEFAULTS.label, show_default=True, help="similarity_pairs column to fit.")
     @click.option("--locations", default="none,word,sentence", show_default=True, help="Comma-separated location modes to compare.")

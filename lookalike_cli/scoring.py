@@ -111,6 +111,14 @@ class Encoder:
         return pa.schema([("customer_id", pa.int64()), ("embedding", pa.list_(pa.float32(), self.dim)), ("model_version", pa.string())])
 
 
+def check_version(manifest_path: Path, version: str, expected: str | None) -> None:
+    if expected and expected != version:
+        raise LookalikeError(
+            f"Model {manifest_path.name} is version {version}, but version "
+            f"{expected} was requested. Export that version again or drop the version pin."
+        )
+
+
 def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, model: str | None = None,
                    quantize: str = "none", expected_version: str | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True) -> pa.Table:
@@ -119,11 +127,7 @@ def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, mod
 
     onnx_dir = Path(onnx_dir) if onnx_dir else Settings.resolve().onnx_dir
     encoder = Encoder(find_manifest(onnx_dir, model or None), quantize=quantize or "none")
-    if expected_version and expected_version != encoder.model_version:
-        raise LookalikeError(
-            f"Model {encoder.manifest_path.name} is version {encoder.model_version}, but version "
-            f"{expected_version} was requested. Export that version again or drop the version pin."
-        )
+    check_version(encoder.manifest_path, encoder.model_version, expected_version)
     encoder.check(relation.columns, con)
     if progress:
         print(f"scoring with {encoder.manifest_path.name} ({encoder.model_version}, {quantize or 'none'})", flush=True)
@@ -140,6 +144,8 @@ def score(settings, model: str | None = None, quantize: str = "none", model_vers
 
     manifest_path = find_manifest(settings.onnx_dir, model)
     manifest = load_manifest(manifest_path)
+    # Fail before starting dbt; the dbt model checks again for runs that bypass this command.
+    check_version(manifest_path, manifest["model_version"], model_version)
     if manifest["features"]["location"] == "sentence":
         with connection(settings.db_path) as con:
             embed_locations(con, progress=True)

@@ -26,6 +26,7 @@ from lookalike_cli.warehouse import require_table, table_columns
 
 LABEL_COLUMNS = ("similarity_orders", "similarity_visits", "similarity_engagements", "jaccard_orders")
 SPLITS = ("train", "valid", "test")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -37,7 +38,9 @@ class TrainOptions:
     label: str = "similarity_orders"
     epochs: int = 30
     batch_size: int = 512
-    learning_rate: float = 2e-3
+    learning_rate: float = 4e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
     patience: int = 3
     seed: int = 0
     word_dim: int = 32
@@ -150,14 +153,19 @@ def build_tower(spec: FeatureSpec, options: TrainOptions) -> CustomerTower:
 
 
 def fit(data: Dataset, options: TrainOptions, progress: bool = False) -> TrainResult:
-    """Train with Adam; keep the weights of the epoch with the best valid MAE."""
+    """Train with AdamW (cosine-decayed learning rate by default); keep the weights of the epoch with the best valid MAE."""
     torch.manual_seed(options.seed)
     tower = build_tower(data.spec, options)
-    optimizer = torch.optim.Adam(tower.parameters(), lr=options.learning_rate)
+    optimizer = torch.optim.AdamW(tower.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     rows_a, rows_b, labels = data.pairs["train"]
     shuffle = torch.Generator().manual_seed(options.seed)
     best_mae, best_state, best_epoch, stale = float("inf"), None, 0, 0
     n_batches = (len(labels) + options.batch_size - 1) // options.batch_size
+    if options.schedule not in SCHEDULES:
+        raise LookalikeError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}.")
+    # Cosine decay to 0 over the maximum epochs: big steps early, fine ones near the end.
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs * n_batches)
+                 if options.schedule == "cosine" else None)
     for epoch in range(1, options.epochs + 1):
         tower.train()
         order = torch.randperm(len(labels), generator=shuffle)
@@ -171,6 +179,8 @@ def fit(data: Dataset, options: TrainOptions, progress: bool = False) -> TrainRe
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 running = loss.item() if b == 0 else 0.95 * running + 0.05 * loss.item()
                 bar.update(1, running)
         valid_mae = mean_absolute_error(tower, data, "valid")
