@@ -22,9 +22,17 @@ $LOOKALIKE generate-data --customers "$CUSTOMERS" --days "$DAYS" --seed "$SEED"
 step "2/7 dbt build (staging, intermediate, marts, tests)"
 $LOOKALIKE build | grep -vE ' (START|PASS|OK created) '
 
-step "3/7 train the paper's baseline (2 layers, no location) and the default model"
-$LOOKALIKE train --name baseline --layers 2 --location none --seed "$SEED"
-$LOOKALIKE train --name demo --seed "$SEED"
+EPOCHS=${EPOCHS:-8}
+step "3/7 train the paper's baseline (2 layers, no location) and the recommended model (3 layers + word location)"
+$LOOKALIKE train --name baseline --layers 2 --location none --epochs "$EPOCHS" --seed "$SEED"
+$LOOKALIKE train --name demo --layers 3 --location word --epochs "$EPOCHS" --seed "$SEED"
+.venv/bin/python - <<'PY'
+import json, os
+from pathlib import Path
+folder = Path(os.environ["LOOKALIKE_ONNX_DIR"])
+model, base = (json.loads((folder / f"{name}.json").read_text())["metrics"]["test_mae"] for name in ("demo", "baseline"))
+print(f"\ntest MAE: model {model:.4f} vs baseline {base:.4f} ({model / base:.0%} of baseline)")
+PY
 
 step "4/7 score every customer with ONNX Runtime inside dbt"
 $LOOKALIKE score --model demo | grep -vE ' (START|PASS|OK created) '

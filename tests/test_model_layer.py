@@ -26,7 +26,7 @@ from tests.conftest import copy_warehouse, run_cli
 def scored_warehouse(generated_warehouse, tmp_path_factory):
     """A private copy with a 3-layer word-location model trained, exported (+int8) and scored by dbt."""
     settings = copy_warehouse(generated_warehouse, tmp_path_factory.mktemp("model"))
-    run_cli(settings, "train", "--layers", "3", "--location", "word", "--epochs", "4", "--hidden", "64",
+    run_cli(settings, "train", "--layers", "3", "--location", "word", "--epochs", "2", "--hidden", "64",
             "--name", "word3", "--quantize", "int8")
     run_cli(settings, "score", "--model", "word3")
     return settings
@@ -48,12 +48,12 @@ def test_location_tokens_are_stable_hashed_ids():
 def test_training_is_deterministic_for_a_seed(generated_warehouse):
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
         data = load_dataset(con, "similarity_orders", "none")
-    options = TrainOptions(epochs=2, hidden=32, dim=16, seed=3)
+    options = TrainOptions(epochs=1, hidden=32, dim=16, seed=3)
     first, second = fit(data, options), fit(data, options)
     assert first.metrics == second.metrics
     for a, b in zip(first.tower.state_dict().values(), second.tower.state_dict().values()):
         assert torch.equal(a, b)
-    assert fit(data, TrainOptions(epochs=2, hidden=32, dim=16, seed=4)).metrics["test_mae"] != first.metrics["test_mae"]
+    assert fit(data, TrainOptions(epochs=1, hidden=32, dim=16, seed=4)).metrics["test_mae"] != first.metrics["test_mae"]
 
 
 def test_manifest_describes_the_graph(scored_warehouse):
