@@ -62,4 +62,8 @@ with duckdb.connect(db, read_only=True) as con:
 print(f"\nserving.latest_audience_members: {size:,} members of demo_segment_0; "
       f"{in_segment:.0%} are in planted segment 0 (base rate {base_rate:.0%}, lift {in_segment / base_rate:.1f}x)")
 PY
+step "backtest: would demo_segment_0 have worked? (hide half of planted segment 0, expand from the rest; 2 splits)"
+$LOOKALIKE backtest --name demo_segment_0 --splits 2 \
+  --converters-sql "select customer_id from raw.planted_segments where segment_id = 0"
+
 printf '\nDemo finished in %ss. Explore: .venv/bin/lookalike --db %s summary\n' "$(( $(date +%s) - start ))" "$LOOKALIKE_DB"
