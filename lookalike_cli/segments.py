@@ -5,7 +5,7 @@ customer embedding, are reduced by PCA and clustered by k-means; k is chosen by 
 (on a sample) unless given. Quality: silhouette, Calinski-Harabasz, Davies-Bouldin, and
 stability as the adjusted Rand index between the chosen clustering and re-runs with other
 random seeds. Results, replaced atomically in the warehouse: `customer_segments`,
-`segment_profiles` (size, top personas, top categories, spend) and `segment_quality`.
+`segment_profiles` (size, top personas, top and distinctive categories, spend) and `segment_quality`.
 """
 
 from __future__ import annotations
@@ -154,13 +154,30 @@ category_shares as (
         using (customer_id)
     group by m.segment_id, s.category_id
 ),
+segment_totals as (
+    select segment_id, sum(share) as total from category_shares group by segment_id
+),
+category_lift as (
+    -- A category's share of the segment's lines, and that share over its share of everyone's lines.
+    select c.segment_id, c.category_id, c.share / t.total as segment_share,
+           (c.share / t.total) / (sum(c.share) over (partition by c.category_id) / sum(c.share) over ()) as lift
+    from category_shares c join segment_totals t using (segment_id)
+),
 top_categories as (
-    select c.segment_id,
-           string_agg(k.category || ' ' || cast(round(100 * c.share / t.total) as integer) || '%', ', ' order by c.share desc) as top_categories
-    from (select *, row_number() over (partition by segment_id order by share desc, category_id) as position from category_shares) c
-    join (select segment_id, sum(share) as total from category_shares group by segment_id) t using (segment_id)
-    join categories k using (category_id)
-    where c.position <= 3 group by c.segment_id
+    select segment_id,
+           string_agg(category || ' ' || cast(round(100 * segment_share) as integer) || '%', ', ' order by segment_share desc) as top_categories
+    from (select *, row_number() over (partition by segment_id order by segment_share desc, category_id) as position from category_lift)
+    join categories using (category_id)
+    where position <= 3 group by segment_id
+),
+distinctive_categories as (
+    -- Over-represented categories (at least 0.5% of the segment's lines): what sets the segment apart.
+    select segment_id,
+           string_agg(category || ' ' || printf('%.1f', lift) || 'x', ', ' order by lift desc) as distinctive_categories
+    from (select *, row_number() over (partition by segment_id order by lift desc, category_id) as position
+          from category_lift where segment_share >= 0.005)
+    join categories using (category_id)
+    where position <= 3 group by segment_id
 ),
 spend as (
     select m.segment_id, avg(f.total_spend) as avg_spend, median(f.total_spend) as median_spend,
@@ -175,6 +192,7 @@ final as (
         round(s.customer_count / sum(s.customer_count) over (), 4) as customer_share,
         p.top_personas,
         coalesce(c.top_categories, '') as top_categories,
+        coalesce(d.distinctive_categories, '') as distinctive_categories,
         round(x.avg_spend, 2) as avg_spend,
         round(x.median_spend, 2) as median_spend,
         round(x.avg_order_value, 2) as avg_order_value,
@@ -182,6 +200,7 @@ final as (
     from sizes s
     left join top_personas p using (segment_id)
     left join top_categories c using (segment_id)
+    left join distinctive_categories d using (segment_id)
     left join spend x using (segment_id)
 )
 select * from final order by customer_count desc
@@ -208,7 +227,11 @@ def segment_customers(
     ids, features, inputs = feature_matrix(db_path, with_embeddings, embedding_weight, progress)
     progress(f"Segmenting {len(ids):,} customers on {inputs} ({features.shape[1]} columns)"
              + (f", choosing k in {k_min}..{k_max} by silhouette" if k is None else f", k={k}"))
-    labels, distances, quality = cluster(features, k, k_min, k_max, variance, stability_runs, seed, progress)
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS/OpenMP thread: sklearn's k-means oversubscribes a shared machine (many times slower).
+    with threadpool_limits(1):
+        labels, distances, quality = cluster(features, k, k_min, k_max, variance, stability_runs, seed, progress)
     quality.inputs = inputs
     # Segment ids by size: 1 is the largest segment.
     order = np.argsort(-np.bincount(labels), kind="stable")

@@ -236,10 +236,13 @@ def test_segments_profile_and_score_against_planted_segments(labelled):
     """)[0]
     assert 4 <= k <= 8 and -1 <= silhouette <= 1 and ch > 0 and db > 0 and -1 <= stability <= 1
     assert max(json.loads(by_k).values()) == pytest.approx(silhouette, abs=0.05)
-    profiles = query(labelled, "select segment_id, customer_count, top_personas, top_categories, avg_spend from segment_profiles order by segment_id")
+    profiles = query(labelled, """
+        select segment_id, customer_count, top_personas, top_categories, avg_spend, distinctive_categories
+        from segment_profiles order by segment_id
+    """)
     assert len(profiles) == k and sum(p[1] for p in profiles) == customers
     assert [p[0] for p in profiles] == list(range(1, k + 1)) and profiles[0][1] >= profiles[-1][1]
-    assert all(p[2] and p[3].count("%") == 3 and p[4] >= 0 for p in profiles)
+    assert all(p[2] and p[3].count("%") == 3 and p[4] >= 0 and p[5].endswith("x") for p in profiles)
     pairs = query(labelled, "select s.segment_id, p.segment_id from customer_segments s join raw.planted_segments p using (customer_id)")
     ari = adjusted_rand_score(*zip(*pairs))
 
