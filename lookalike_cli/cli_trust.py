@@ -92,7 +92,9 @@ def register(group: click.Group) -> None:
         result = explain_audience(settings.db_path, settings.serving_db_path, name, version, exemplars, features, progress)
         publish_explanations(settings.serving_db_path, result)
         click.echo("Audience vs population (standardised mean difference):")
-        echo_table(result.differences.select(["feature_rank", "feature", "standardised_mean_difference"]).slice(0, 10))
+        echo_table(pa.Table.from_pylist([{"rank": r["feature_rank"], "feature": r["feature"],
+                                          "smd": round(r["standardised_mean_difference"], 3)}
+                                         for r in result.differences.slice(0, 10).to_pylist()]))
         members = result.members
         if customer is not None:
             rows = [r for r in members.to_pylist() if r["customer_id"] == customer]
