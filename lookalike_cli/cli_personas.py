@@ -30,6 +30,10 @@ def register(group: click.Group) -> None:
 
         The persona set is the dbt seed persona_definitions (dbt_project/seeds/persona_definitions.csv);
         profiles come from the dbt model customer_profiles_text.
+
+        \b
+        Example:
+          lookalike personas label && lookalike personas propagate && lookalike segment
         """
 
     @personas_group.command("label")
