@@ -56,6 +56,15 @@ def test_training_is_deterministic_for_a_seed(generated_warehouse):
     assert fit(data, TrainOptions(epochs=1, hidden=32, dim=16, seed=4)).metrics["test_mae"] != first.metrics["test_mae"]
 
 
+def test_word_location_beats_no_location(generated_warehouse):
+    # 60% of a planted segment's customers live in its 3 home cities: the hashed city/zip tokens
+    # must carry signal the other features lack (seed 11, 3,000 customers: 0.146 vs 0.151).
+    with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
+        none, word = (load_dataset(con, "similarity_orders", location) for location in ("none", "word"))
+    options = {"layers": 2, "epochs": 8, "seed": 0}
+    assert fit(word, TrainOptions(location="word", **options)).metrics["test_mae"] < 0.99 * fit(none, TrainOptions(**options)).metrics["test_mae"]
+
+
 def test_manifest_describes_the_graph(scored_warehouse):
     manifest = json.loads((scored_warehouse.onnx_dir / "word3.json").read_text())
     assert [i["name"] for i in manifest["inputs"]] == ["dense", "categorical", "shares", "location"]
