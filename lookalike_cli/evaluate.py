@@ -7,9 +7,9 @@ relative to the 2-layer/no-location baseline, as in the paper.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,13 +99,12 @@ def evaluate_models(db_path: Path, epochs: int = EVAL_EPOCHS, seed: int = 0, lab
 
 def write_results(rows: list[dict], customers: int, one_off: tuple[int, float] | None, epochs: int, seed: int,
                   label: str, locations: tuple[str, ...], dataset: str, command: str) -> None:
-    # benchmarks/ sits beside the package in the checkout but is not installed: load it by path,
-    # so the console script works from any working directory.
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "results.py"
-    spec = importlib.util.spec_from_file_location("benchmarks.results", path)
-    results = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results)
-    markdown_table, write_section = results.markdown_table, results.write_section
+    # benchmarks/ sits beside the package in the checkout but is not installed: make the checkout
+    # importable so the console script works from any working directory.
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.append(root)
+    from benchmarks.results import markdown_table, write_section
 
     base = next(r for r in rows if r["layers"] == min(r["layers"] for r in rows) and r["location"] == locations[0])
     layer_options = sorted({r["layers"] for r in rows})
