@@ -77,3 +77,15 @@ def completejourney_warehouse(tmp_path_factory) -> Settings:
     run_cli(settings, "load-sample", "completejourney")
     run_cli(settings, "build")
     return settings
+
+
+@pytest.fixture(scope="session")
+def scored_warehouse(generated_warehouse, tmp_path_factory) -> Settings:
+    """The generated warehouse with a trained 3-layer word-location model, every customer
+    scored through dbt, and a FAISS index: the starting point of serving-side tests.
+    Read-only: tests that write take `copy_warehouse(scored_warehouse, ...)`."""
+    settings = copy_warehouse(generated_warehouse, tmp_path_factory.mktemp("scored"), "scored")
+    run_cli(settings, "train", "--name", "shared", "--layers", "3", "--location", "word", "--epochs", "8", "--seed", "3")
+    run_cli(settings, "score", "--model", "shared")
+    run_cli(settings, "build-index")
+    return settings

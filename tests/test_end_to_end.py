@@ -11,16 +11,13 @@ from tests.conftest import copy_warehouse, run_cli
 
 
 @pytest.fixture(scope="module")
-def scored_warehouse(generated_warehouse, tmp_path_factory):
-    settings = copy_warehouse(generated_warehouse, tmp_path_factory.mktemp("end_to_end"))
-    run_cli(settings, "train", "--name", "e2e", "--layers", "3", "--location", "word", "--epochs", "8", "--seed", "3")
-    run_cli(settings, "score", "--model", "e2e")
-    run_cli(settings, "build-index")
-    return settings
+def end_to_end(scored_warehouse, tmp_path_factory):
+    # The shared fixture ran train (3 layers, word location), score (dbt) and build-index.
+    return copy_warehouse(scored_warehouse, tmp_path_factory.mktemp("end_to_end"))
 
 
-def test_expansion_recovers_a_planted_segment(scored_warehouse):
-    settings = scored_warehouse
+def test_expansion_recovers_a_planted_segment(end_to_end):
+    settings = end_to_end
     with duckdb.connect(str(settings.db_path), read_only=True) as con:
         segment, base_rate = con.execute("""
             select segment_id, count(*) / sum(count(*)) over () as share

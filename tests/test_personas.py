@@ -22,11 +22,9 @@ from tests.conftest import copy_warehouse, run_cli
 
 
 @pytest.fixture(scope="module")
-def scored(generated_warehouse, tmp_path_factory):
-    settings = copy_warehouse(generated_warehouse, tmp_path_factory.mktemp("personas"))
-    run_cli(settings, "train", "--name", "personas", "--epochs", "4", "--seed", "5")
-    run_cli(settings, "score", "--model", "personas")
-    return settings
+def scored(scored_warehouse, tmp_path_factory):
+    # The shared fixture ran train, score (dbt) and build-index.
+    return copy_warehouse(scored_warehouse, tmp_path_factory.mktemp("personas"))
 
 
 @pytest.fixture(scope="module")

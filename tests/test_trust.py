@@ -13,12 +13,9 @@ from tests.conftest import copy_warehouse, run_cli
 
 
 @pytest.fixture(scope="module")
-def trust_warehouse(generated_warehouse, tmp_path_factory):
-    settings = copy_warehouse(generated_warehouse, tmp_path_factory.mktemp("trust"))
-    run_cli(settings, "train", "--name", "trust", "--layers", "3", "--location", "word", "--epochs", "8", "--seed", "3")
-    run_cli(settings, "score", "--model", "trust")
-    run_cli(settings, "build-index")
-    return settings
+def trust_warehouse(scored_warehouse, tmp_path_factory):
+    # The shared fixture ran train (3 layers, word location), score and build-index.
+    return copy_warehouse(scored_warehouse, tmp_path_factory.mktemp("trust"))
 
 
 @pytest.fixture(scope="module")
