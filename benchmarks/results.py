@@ -70,19 +70,20 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
-def write_section(name: str, title: str, body: str, command: str) -> None:
-    """Replace (or append) the section `name` of RESULTS.md, keeping every other section."""
+def write_section(name: str, title: str, body: str, command: str, path: Path | None = None) -> None:
+    """Replace (or append) the section `name` of RESULTS.md (or of `path`), keeping every other section."""
+    path = path or RESULTS_PATH
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     block = (
         f"<!-- section:{name} -->\n## {title}\n\n"
         f"Command: `{command}`  \nMachine: {machine_line()}  \nRun: {stamp}\n\n{body.strip()}\n"
         f"<!-- end:{name} -->"
     )
-    text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "# Benchmark results\n\nEach section is written by the benchmark named in its command.\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by the benchmark named in its command.\n"
     pattern = re.compile(rf"<!-- section:{re.escape(name)} -->.*?<!-- end:{re.escape(name)} -->", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS_PATH.write_text(text)
-    print(f"\n{title}\n{body}\n(written to {RESULTS_PATH})")
+    path.write_text(text)
+    print(f"\n{title}\n{body}\n(written to {path})")
