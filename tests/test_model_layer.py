@@ -56,6 +56,7 @@ def test_training_is_deterministic_for_a_seed(generated_warehouse):
     assert fit(data, TrainOptions(epochs=1, hidden=32, dim=16, seed=4)).metrics["test_mae"] != first.metrics["test_mae"]
 
 
+@pytest.mark.slow
 def test_word_location_beats_no_location(generated_warehouse):
     # 60% of a planted segment's customers live in its 3 home cities: the hashed city/zip tokens
     # must carry signal the other features lack (seed 11, 3,000 customers: 0.146 vs 0.151).
