@@ -31,6 +31,8 @@ def register(group: click.Group) -> None:
     @click.option("--weight-decay", type=click.FloatRange(0), default=DEFAULTS.weight_decay, show_default=True, help="AdamW decoupled weight decay.")
     @click.option("--patience", type=click.IntRange(1), default=DEFAULTS.patience, show_default=True, help="Epochs without valid improvement before stopping.")
     @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed for initialisation and shuffling (same seed, same model).")
+    @click.option("--threads", type=click.IntRange(1), default=DEFAULTS.threads, show_default=True,
+                  help="torch intra-op threads (more helps only with large --batch-size on an idle machine).")
     @click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True, help="Also export a dynamic int8 model.")
     @pass_settings
     def train_cmd(settings: Settings, name, quantize, **options) -> None:

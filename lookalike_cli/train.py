@@ -45,6 +45,9 @@ class TrainOptions:
     seed: int = 0
     word_dim: int = 32
     n_buckets: int = 4096
+    # One intra-op thread by default: batches of a few hundred pairs gain little from a
+    # second thread, and on a shared machine torch's spinning threads ran 20x slower.
+    threads: int = 1
 
 
 @dataclass
@@ -155,6 +158,7 @@ def build_tower(spec: FeatureSpec, options: TrainOptions) -> CustomerTower:
 def fit(data: Dataset, options: TrainOptions, progress: bool = False) -> TrainResult:
     """Train with AdamW (cosine-decayed learning rate by default); keep the weights of the epoch with the best valid MAE."""
     torch.manual_seed(options.seed)
+    torch.set_num_threads(options.threads)
     tower = build_tower(data.spec, options)
     optimizer = torch.optim.AdamW(tower.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     rows_a, rows_b, labels = data.pairs["train"]
