@@ -51,3 +51,24 @@
         cast(null as {{ data_type }})
     {%- endif -%}
 {% endmacro %}
+
+
+{% macro optional_event_staging(table_name, timestamp_column, enable_var) %}
+    {#- Staging for an optional per-customer event source (customer_id, <timestamp>, category):
+        renamed and typed when enabled, else an empty relation with the same columns. -#}
+    {%- if source_enabled(table_name, enable_var) -%}
+        {{ require_columns(table_name, ['customer_id', timestamp_column, 'category']) }}
+        select
+            cast(customer_id as bigint) as customer_id,
+            cast({{ timestamp_column }} as timestamp) as {{ timestamp_column }},
+            cast(category as varchar) as category
+        from {{ source('raw', table_name) }}
+    {%- else -%}
+        -- Optional source absent (var {{ enable_var }}).
+        select
+            cast(null as bigint) as customer_id,
+            cast(null as timestamp) as {{ timestamp_column }},
+            cast(null as varchar) as category
+        where 1 = 0
+    {%- endif -%}
+{% endmacro %}
