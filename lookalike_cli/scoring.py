@@ -89,8 +89,8 @@ class Encoder:
         inputs = encode(batch, self.spec, self.sentence_lookup)
         return self.session.run([OUTPUT_NAME], inputs)[0]
 
-    def score_batches(self, reader: pa.RecordBatchReader, progress: bool = False) -> Iterator[pa.RecordBatch]:
-        done, start = 0, time.perf_counter()
+    def score_batches(self, reader: pa.RecordBatchReader, progress: bool = False, total: int | None = None) -> Iterator[pa.RecordBatch]:
+        done, start, last_report = 0, time.perf_counter(), 0.0
         for batch in reader:
             if batch.num_rows == 0:
                 continue
@@ -104,8 +104,14 @@ class Encoder:
                 names=["customer_id", "embedding", "model_version"],
             )
             done += batch.num_rows
-            if progress:
-                print(f"  scored {done:,} customers ({done / (time.perf_counter() - start):,.0f}/s)", flush=True)
+            elapsed = time.perf_counter() - start
+            # At most one line every 2 s (and the last one): millions of rows are hundreds of batches.
+            if progress and (elapsed - last_report >= 2.0 or done == total):
+                last_report = elapsed
+                rate = done / max(elapsed, 1e-9)
+                eta = f", ETA {(total - done) / rate:.0f}s" if total else ""
+                of_total = f"/{total:,}" if total else ""
+                print(f"  scored {done:,}{of_total} customers ({rate:,.0f}/s{eta})", flush=True)
 
     def output_schema(self) -> pa.Schema:
         return pa.schema([("customer_id", pa.int64()), ("embedding", pa.list_(pa.float32(), self.dim)), ("model_version", pa.string())])
@@ -121,8 +127,13 @@ def check_version(manifest_path: Path, version: str, expected: str | None) -> No
 
 def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, model: str | None = None,
                    quantize: str = "none", expected_version: str | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True) -> pa.Table:
-    """Embed every row of a DuckDB relation over customer_features; returns the customer_embeddings table."""
+                   batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True) -> pa.RecordBatchReader:
+    """Embed every row of a DuckDB relation over customer_features, as a stream of customer_embeddings batches.
+
+    A stream, not a table: DuckDB writes each batch as it is scored, so memory stays at a few
+    batches whatever the number of customers (a table of 10M x 128 floats would be 5 GiB).
+    Everything that can fail on bad input is checked here, before the first batch is read.
+    """
     from lookalike_cli.settings import Settings
 
     onnx_dir = Path(onnx_dir) if onnx_dir else Settings.resolve().onnx_dir
@@ -131,8 +142,10 @@ def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, mod
     encoder.check(relation.columns, con)
     if progress:
         print(f"scoring with {encoder.manifest_path.name} ({encoder.model_version}, {quantize or 'none'})", flush=True)
+    total = relation.aggregate("count(*)").fetchall()[0][0] if progress else None
     reader = relation.select(", ".join(encoder.spec.required_columns)).to_arrow_reader(batch_size)
-    return pa.Table.from_batches(encoder.score_batches(reader, progress=progress), schema=encoder.output_schema())
+    return pa.RecordBatchReader.from_batches(encoder.output_schema(),
+                                             encoder.score_batches(reader, progress=progress, total=total))
 
 
 def score(settings, model: str | None = None, quantize: str = "none", model_version: str | None = None) -> dict:
