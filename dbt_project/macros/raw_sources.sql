@@ -1,8 +1,8 @@
 {# Helpers that let the project run on a user's own raw tables: optional tables and
    optional columns are detected at run time, required columns fail with a clear message. #}
 
-{% macro raw_relation(table_name) %}
-    {%- set src = source('raw', table_name) -%}
+{% macro raw_relation(table_name, source_name='raw') %}
+    {%- set src = source(source_name, table_name) -%}
     {%- if not execute -%}{{ return(none) }}{%- endif -%}
     {{ return(adapter.get_relation(database=src.database, schema=src.schema, identifier=src.identifier)) }}
 {% endmacro %}
@@ -17,13 +17,13 @@
 {% endmacro %}
 
 
-{% macro require_columns(table_name, required) %}
+{% macro require_columns(table_name, required, source_name='raw') %}
     {#- Fails compilation naming the table and every missing column. -#}
     {%- if not execute -%}{{ return('') }}{%- endif -%}
-    {%- set relation = raw_relation(table_name) -%}
+    {%- set relation = raw_relation(table_name, source_name) -%}
     {%- if relation is none -%}
         {{ exceptions.raise_compiler_error(
-            "Raw table " ~ source('raw', table_name) ~ " does not exist. Load data with `lookalike generate-data` or "
+            "Raw table " ~ source(source_name, table_name) ~ " does not exist. Load data with `lookalike generate-data` or "
             ~ "`lookalike load-sample completejourney`, or point the vars raw_schema/" ~ table_name ~ "_table at your table.") }}
     {%- endif -%}
     {%- set present = adapter.get_columns_in_relation(relation) | map(attribute='name') | map('lower') | list -%}
@@ -38,9 +38,9 @@
 {% endmacro %}
 
 
-{% macro column_or_null(table_name, column, data_type) %}
+{% macro column_or_null(table_name, column, data_type, source_name='raw') %}
     {#- The column cast to data_type when the raw table has it, else a typed null. -#}
-    {%- set relation = raw_relation(table_name) -%}
+    {%- set relation = raw_relation(table_name, source_name) -%}
     {%- set present = [] -%}
     {%- if relation is not none -%}
         {%- set present = adapter.get_columns_in_relation(relation) | map(attribute='name') | map('lower') | list -%}
