@@ -42,7 +42,7 @@ def create_audience(
     seed_file: str | Path | None = None,
     size: str | int | None = None,
     min_similarity: float | None = None,
-    strategy: str = "centroid",
+    strategy: str = "blend",
     exclude_sql: str | None = None,
     k_per_seed: int | None = None,
     seed: int = 0,

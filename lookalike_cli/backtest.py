@@ -8,10 +8,14 @@ measure recall, precision and lift of the hidden converters, and AUC over the wh
 Means and standard deviations are over the splits.
 
 Methods, all ranking the same candidates:
-- `model:<strategy>`: expand's own ranking functions (centroid, multi-centroid, knn-vote,
-  classifier) on the encoder's embeddings, asked for the whole population instead of a top-K;
+- `model:<strategy>`: expand's own ranking functions (blend, centroid, multi-centroid, knn-vote,
+  classifier) on the encoder's embeddings, asked for the whole population instead of a top-K
+  (blend: its propensity classifier's unlabelled customers are the candidates, as for
+  `raw-classifier`);
 - `random`: a random order (lift 1 by construction, the floor);
+- `spend`: total spend in the feature window, biggest first;
 - `rfm`: activity ranking: recency, frequency and spend (z-scores, equal weights);
+- `raw-shares-cosine`: cosine to the seed centroid on the raw per-category shares (no scaling);
 - `raw-cosine`: cosine to the seed centroid on standardised raw features (no model);
 - `raw-classifier`: logistic regression seed vs population on the same raw features.
 """
@@ -40,7 +44,8 @@ from lookalike_cli.warehouse import connection
 
 Progress = Callable[[str], None]
 SIZES_PERCENT = (1.0, 2.0, 5.0, 10.0, 20.0)
-BASELINES = ("random", "rfm", "raw-cosine", "raw-classifier")
+BASELINES = ("random", "spend", "rfm", "raw-shares-cosine", "raw-cosine", "raw-classifier")
+DEFAULT_STRATEGIES = ("blend", "centroid")
 CURVE_PERCENT = tuple(float(p) for p in (1, 2, 3, 4, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50))
 MIN_CONVERTERS = 10
 
@@ -99,8 +104,16 @@ def lookup(ids: np.ndarray, values: np.ndarray, wanted: np.ndarray, missing: flo
 
 
 def model_scores(index: LoadedIndex, con: duckdb.DuckDBPyConnection, seeds: Seeds, strategy: str,
-                 candidates: np.ndarray, seed: int) -> np.ndarray:
+                 candidates: np.ndarray, seed: int, embeddings: tuple | None = None, raw: RawFeatures | None = None,
+                 evidence: list | None = None) -> np.ndarray:
     """Expand's ranking for `strategy`, asked for every customer (knn-vote: customers no seed reached rank last)."""
+    if strategy == "blend":
+        embedding_ids, vectors = embeddings
+        candidate_vectors = vectors[np.searchsorted(embedding_ids, candidates)]
+        fitted = expansion.fit_blend_for(seeds, candidates, candidate_vectors, raw, seed)
+        if evidence is not None:
+            evidence.append(fitted.evidence["weights"])
+        return fitted.score(expansion.blend_inputs(candidates, candidate_vectors, raw))
     extra: dict = {}
     if strategy == "multi-centroid":
         extra["centroids"], _ = expansion.seed_clusters(seeds.vectors, seed)
@@ -118,6 +131,14 @@ def raw_cosine(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.ndarray) -
     rows = raw.matrix[raw.rows(candidates)]
     norms = np.linalg.norm(rows, axis=1) * max(float(np.linalg.norm(centre)), 1e-12)
     return rows @ centre / np.maximum(norms, 1e-12)
+
+
+def raw_shares_cosine(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Cosine to the seed's mean category-share vector on the shares as stored (sparse, unscaled)."""
+    centre = np.asarray(raw.shares[raw.rows(seed_ids)].mean(axis=0)).ravel()
+    rows = raw.shares[raw.rows(candidates)]
+    norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel()) * max(float(np.linalg.norm(centre)), 1e-12)
+    return np.asarray(rows @ centre).ravel() / np.maximum(norms, 1e-12)
 
 
 def raw_classifier(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.ndarray, seed: int) -> np.ndarray:
@@ -154,7 +175,7 @@ def run_backtest(
     population_sql: str | None = None,
     name: str = "backtest",
     splits: int = 5,
-    strategies: tuple[str, ...] = ("centroid", "knn-vote"),
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
     baselines: tuple[str, ...] = BASELINES,
     sizes_percent: tuple[float, ...] = SIZES_PERCENT,
     seed_fraction: float = 0.5,
@@ -194,6 +215,7 @@ def run_backtest(
         lift = {m: [] for m in methods}
         aucs = {m: [] for m in methods}
         curves = {m: [] for m in methods}
+        blend_weights: list = []
         # Small fits (k-means of the seed, logistic regressions): one thread avoids OpenMP oversubscription.
         limits = threadpool_limits(1)
         for split in range(splits):
@@ -207,11 +229,16 @@ def run_backtest(
                           vectors=vectors[np.searchsorted(embedding_ids, seed_ids)], warnings=[])
             for method in methods:
                 if method.startswith("model:"):
-                    scores = model_scores(index, con, seeds, method.split(":", 1)[1], candidates, seed + split)
+                    scores = model_scores(index, con, seeds, method.split(":", 1)[1], candidates, seed + split,
+                                          (embedding_ids, vectors), raw, blend_weights)
                 elif method == "random":
                     scores = rng.random(len(candidates))
+                elif method == "spend":
+                    scores = raw.spend[raw.rows(candidates)]
                 elif method == "rfm":
                     scores = raw.activity[raw.rows(candidates)]
+                elif method == "raw-shares-cosine":
+                    scores = raw_shares_cosine(raw, seed_ids, candidates)
                 elif method == "raw-cosine":
                     scores = raw_cosine(raw, seed_ids, candidates)
                 else:
@@ -232,7 +259,8 @@ def run_backtest(
         return array.mean(axis=0), array.std(axis=0, ddof=1 if len(array) > 1 else 0)
 
     parameters = {"strategies": list(strategies), "baselines": list(baselines), "seed_fraction": seed_fraction,
-                  "random_seed": seed, "index_version": index.manifest.index_version}
+                  "random_seed": seed, "index_version": index.manifest.index_version,
+                  **({"blend_weights_per_split": blend_weights} if blend_weights else {})}
     rows = []
     for method in methods:
         (r_mean, r_std), (p_mean, p_std), (l_mean, l_std) = spread(recall[method]), spread(precision[method]), spread(lift[method])
@@ -248,6 +276,7 @@ def run_backtest(
                 "parameters": json.dumps(parameters, sort_keys=True),
             })
     info = {"population": int(len(population)), "converters": int(len(converters)), "seed_size": n_seed,
+            "blend_weights": blend_weights,
             "seconds": round(time.perf_counter() - started, 2), "model_version": model_version}
     return Backtest(name=name, table=pa.Table.from_pylist(rows), curves={m: np.array(c) for m, c in curves.items()}, info=info)
 

@@ -60,8 +60,9 @@ def register(group: click.Group) -> None:
     @click.option("--size", default=None, help="Audience size: a count (20000) or a share of the population (5%).")
     @click.option("--min-similarity", type=float, default=None,
                   help="Keep customers at least this similar (cosine) to the centroid / nearest sub-centroid / nearest seed.")
-    @click.option("--strategy", type=click.Choice(["centroid", "knn-vote", "multi-centroid", "classifier"]),
-                  default="centroid", show_default=True, help="How candidates are scored against the seed.")
+    @click.option("--strategy", type=click.Choice(["blend", "centroid", "knn-vote", "multi-centroid", "classifier"]),
+                  default="blend", show_default=True,
+                  help="How candidates are scored against the seed (blend: similarity + propensity, self-validated; see README).")
     @click.option("--exclude-sql", default=None, help="SQL returning customer_id to suppress (seeds and raw.opt_outs always are).")
     @click.option("--k-per-seed", type=int, default=None, help="knn-vote: at least this many neighbours per seed vote (default 10, raised to reach --size).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (k-means, classifier sample).")

@@ -25,10 +25,11 @@ def register(group: click.Group) -> None:
     @click.option("--converters-sql", required=True, help="SQL returning the customer_id of the known converters.")
     @click.option("--population-sql", default=None, help="SQL returning the customer_id of the population to rank (default: every scored customer).")
     @click.option("--splits", type=int, default=5, show_default=True, help="Random seed/hidden splits of the converters.")
-    @click.option("--strategy", "strategies", multiple=True, type=click.Choice(["centroid", "knn-vote", "multi-centroid", "classifier"]),
-                  help="Model strategies to test (repeatable; default centroid and knn-vote).")
-    @click.option("--baselines", default="random,rfm,raw-cosine,raw-classifier", show_default=True,
-                  help="Comma-separated baselines: random, rfm, raw-cosine, raw-classifier.")
+    @click.option("--strategy", "strategies", multiple=True,
+                  type=click.Choice(["blend", "centroid", "knn-vote", "multi-centroid", "classifier"]),
+                  help="Model strategies to test (repeatable; default blend, expand's default, and centroid).")
+    @click.option("--baselines", default="random,spend,rfm,raw-shares-cosine,raw-cosine,raw-classifier", show_default=True,
+                  help="Comma-separated baselines: random, spend, rfm, raw-shares-cosine, raw-cosine, raw-classifier.")
     @click.option("--seed-fraction", type=float, default=0.5, show_default=True, help="Share of converters used as the seed.")
     @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
                   help="Where backtest_<name>.md and its lift-curve PNGs go. Default: reports/ beside --db.")
@@ -41,9 +42,9 @@ def register(group: click.Group) -> None:
         """Would this have worked? Hide half of known converters, expand from the other half, measure.
 
         Reports recall, precision, lift and AUC of the hidden converters at 1/2/5/10/20% of the
-        population for the model and for baselines (random, RFM activity, raw-feature cosine,
-        raw-feature classifier); writes audience_backtests (serving file) and a Markdown report
-        with lift-curve PNGs.
+        population for the model and for baselines (random, spend, RFM activity, category-share
+        cosine, raw-feature cosine, raw-feature classifier); writes audience_backtests (serving
+        file) and a Markdown report with lift-curve PNGs.
 
         \b
         Example:
@@ -53,10 +54,10 @@ def register(group: click.Group) -> None:
             --population-sql "select customer_id from raw.campaigns where campaign_id = '18'" \\
             --converters-sql "select customer_id from raw.coupon_redemptions where campaign_id = '18'"
         """
-        from lookalike_cli.backtest import publish_backtest, run_backtest, summary_table, write_report
+        from lookalike_cli.backtest import DEFAULT_STRATEGIES, publish_backtest, run_backtest, summary_table, write_report
 
         result = run_backtest(settings.db_path, settings.index_dir, converters_sql, population_sql=population_sql, name=name,
-                              splits=splits, strategies=strategies or ("centroid", "knn-vote"),
+                              splits=splits, strategies=strategies or DEFAULT_STRATEGIES,
                               baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
                               seed_fraction=seed_fraction, seed=seed, progress=progress)
         backtest_id = publish_backtest(settings.serving_db_path, result)

@@ -1,12 +1,15 @@
-"""Expansion: seed customers -> ranked lookalike audience, by one of four strategies.
+"""Expansion: seed customers -> ranked lookalike audience, by one of five strategies.
 
+- blend (default): embedding similarity, raw-feature similarity and a seed-vs-population
+  propensity classifier, as percentiles blended with weights chosen per audience by
+  cross-validation inside the seed (`blend.py`); scores every customer exactly.
 - centroid: cosine to the mean seed vector (one ANN query; fast, assumes one homogeneous seed).
 - knn-vote: each seed's k nearest neighbours vote with their similarity (follows mixed seeds).
 - multi-centroid: k-means sub-clusters of the seed (k by silhouette), cosine to the nearest one.
 - classifier: logistic regression seed vs population sample (PU learning, Elkan-Noto class-prior
   correction) re-ranking a candidate pool from ANN search around the seeds.
 
-`--min-similarity` cuts on cosine to the centroid (centroid), to the nearest sub-centroid
+`--min-similarity` cuts on cosine to the centroid (centroid, blend), to the nearest sub-centroid
 (multi-centroid) or to the nearest seed (knn-vote, classifier).
 """
 
@@ -29,7 +32,10 @@ from lookalike_cli.index import LoadedIndex, check_model_version, load_index, no
 from lookalike_cli.seeds import Seeds, excluded_ids, resolve_seeds
 from lookalike_cli.warehouse import connection, require_table
 
-STRATEGIES = ("centroid", "knn-vote", "multi-centroid", "classifier")
+STRATEGIES = ("blend", "centroid", "knn-vote", "multi-centroid", "classifier")
+DEFAULT_STRATEGY = "blend"
+# blend: most unlabelled customers the propensity classifier is fitted on (a random sample beyond).
+BLEND_UNLABELLED = 50_000
 # knn-vote: most neighbours one search of all seeds may return (ids + similarities ~12 bytes each).
 MAX_VOTES = 20_000_000
 Progress = Callable[[str], None]
@@ -194,6 +200,60 @@ def classifier(index: LoadedIndex, seeds: Seeds, limit: int, pu: PUClassifier, *
     return ranked(ids, pu.probability(vectors), nearest_sims, max(pool.frontier, around_centroid.frontier), nearest)
 
 
+def blend_inputs(ids: np.ndarray, vectors: np.ndarray, raw) -> "BlendInputs":
+    """Embeddings (aligned to `ids`) beside the customers' standardised raw features (none: a zero-width block)."""
+    from lookalike_cli.blend import BlendInputs
+
+    return BlendInputs(vectors, raw.matrix[raw.rows(ids)] if raw is not None else np.zeros((len(ids), 0), np.float32))
+
+
+def fit_blend_for(seeds: Seeds, population_ids: np.ndarray, population_vectors: np.ndarray, raw, seed: int):
+    """The self-validated blend of a seed against the unlabelled population (every non-seed customer, sampled)."""
+    from lookalike_cli.blend import fit_blend
+
+    unlabelled = np.flatnonzero(~np.isin(population_ids, seeds.ids))
+    if len(unlabelled) > BLEND_UNLABELLED:
+        unlabelled = np.sort(np.random.default_rng(seed).choice(unlabelled, BLEND_UNLABELLED, replace=False))
+    return fit_blend(blend_inputs(seeds.ids, seeds.vectors, raw),
+                     blend_inputs(population_ids[unlabelled], population_vectors[unlabelled], raw), seed)
+
+
+def blend(index: LoadedIndex, seeds: Seeds, limit: int, blend_population: tuple, **_) -> Candidates:
+    """Every customer scored by the fitted blend (exact: no candidate pool); similarity = cosine to the centroid."""
+    ids, vectors, raw, fitted = blend_population
+    scores = fitted.score(blend_inputs(ids, vectors, raw))
+    similarities = vectors @ normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+    return ranked(ids, scores, similarities, -1.0)
+
+
+def load_blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds) -> tuple[np.ndarray, np.ndarray, object, list[str]]:
+    """(ids, L2-normalised embeddings, RawFeatures or None, warnings) of every scored customer.
+
+    Without usable raw features (customer_features or categories missing or incomplete) the blend
+    falls back to its embedding components and says so.
+    """
+    from lookalike_cli.raw_features import load_raw_features
+
+    warnings = []
+    try:
+        raw = load_raw_features(con)
+    except (LookalikeError, duckdb.Error) as exc:
+        raw = None
+        warnings.append(f"blend: no raw features ({str(exc).splitlines()[0]}); using the embedding components only.")
+    table = con.sql("select customer_id, embedding from customer_embeddings order by customer_id").to_arrow_table()
+    column = table.column("embedding").combine_chunks()
+    vectors = normalise(column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size))
+    ids = table.column("customer_id").to_numpy().astype(np.int64)
+    if raw is None:
+        return ids, vectors, None, warnings
+    missing = ~np.isin(seeds.ids, raw.ids)
+    if missing.any():
+        raise LookalikeError(f"{int(missing.sum()):,} seed(s) have embeddings but no row in customer_features "
+                             f"(e.g. {seeds.ids[missing][:3].tolist()}): rebuild with `lookalike build` and re-score.")
+    keep = np.isin(ids, raw.ids)
+    return ids[keep], vectors[keep], raw, warnings
+
+
 def nearest_seeds(vectors: np.ndarray, seeds: Seeds) -> tuple[np.ndarray, np.ndarray]:
     """Nearest seed id and similarity per vector; IVF over the seeds when exact would be slow."""
     if len(vectors) * seeds.found <= 200_000_000:
@@ -218,7 +278,7 @@ def expand(
     seed_file: str | Path | None = None,
     size: str | int | None = None,
     min_similarity: float | None = None,
-    strategy: str = "centroid",
+    strategy: str = DEFAULT_STRATEGY,
     exclude_sql: str | None = None,
     k_per_seed: int | None = None,
     seed: int = 0,
@@ -269,9 +329,18 @@ def expand(
             extra["pu"], info = train_classifier(con, seeds, seed)
             parameters.update(info)
             progress(f"  PU classifier on {info['population_sample']:,} population vectors, label frequency c={info['label_frequency']}")
+        elif strategy == "blend":
+            ids_all, vectors_all, raw, raw_warnings = load_blend_population(con, seeds)
+            warnings += raw_warnings
+            fitted = fit_blend_for(seeds, ids_all, vectors_all, raw, seed)
+            extra["blend_population"] = (ids_all, vectors_all, raw, fitted)
+            parameters["blend"] = fitted.evidence
+            progress(f"  blend weights {fitted.evidence['weights']} (self-validated: {fitted.evidence['folds']} folds "
+                     f"of the seed, AUC of held-out seeds {fitted.evidence.get('validation_auc', 'n/a')})")
         if strategy == "knn-vote" and k_per_seed:
             parameters["k_per_seed"] = k_per_seed
-    search = {"centroid": centroid, "knn-vote": knn_vote, "multi-centroid": multi_centroid, "classifier": classifier}[strategy]
+    search = {"centroid": centroid, "knn-vote": knn_vote, "multi-centroid": multi_centroid, "classifier": classifier,
+              "blend": blend}[strategy]
 
     # Widen the search until enough eligible customers are found (size) or the search frontier
     # drops below the threshold (min-similarity), or the whole population is covered (frontier -1).

@@ -31,6 +31,8 @@ class RawFeatures:
     matrix: np.ndarray       # float32 [N, F], z-scored and clipped
     names: list[str]
     activity: np.ndarray     # float64 [N]: RFM score (recent, frequent, high spend = high)
+    spend: np.ndarray        # float64 [N]: total spend in the feature window
+    shares: object           # scipy CSR float32 [N, n_categories]: category order-line shares as stored (sparse)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of `ids` (every id must be present)."""
@@ -75,4 +77,16 @@ def load_raw_features(con: duckdb.DuckDBPyConnection) -> RawFeatures:
     # The classic RFM ranking: recent, frequent, big spenders first (equal weights on z-scores).
     activity = zscore(np.column_stack([-column("recency_days"), column("order_count"), column("total_spend")])).sum(axis=1)
     return RawFeatures(ids=table.column("customer_id").to_numpy().astype(np.int64), matrix=matrix, names=names,
-                       activity=activity)
+                       activity=activity, spend=np.expm1(column("total_spend")),
+                       shares=sparse_shares(table, n_categories))
+
+
+def sparse_shares(table: pa.Table, n_categories: int):
+    """The category_ids/category_shares lists as a CSR matrix (memory grows with purchases, not categories)."""
+    from scipy import sparse
+
+    ids, shares = table.column("category_ids").combine_chunks(), table.column("category_shares").combine_chunks()
+    rows = pc.list_parent_indices(ids).to_numpy()
+    columns = pc.list_flatten(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(shares).to_numpy(zero_copy_only=False).astype(np.float32)
+    return sparse.csr_matrix((values, (rows, columns)), shape=(table.num_rows, n_categories))

@@ -1,0 +1,206 @@
+"""Audience quality: does the default `lookalike expand` strategy beat the simple baselines?
+
+Issue 9's protocol on the Complete Journey sample, per Type A campaign C (18, 13, 8):
+population = households C targeted (`raw.campaigns`), converters = targeted households that
+redeemed C's coupons (`raw.coupon_redemptions`). Only data from before C's start may feed
+features, labels and training: each campaign gets its own copy of the warehouse rebuilt with
+`feature_end_date` = start - 8 weeks and `label_end_date` = the day before the start, and its
+own model (trained, scored and indexed on that copy). Seed = a random half of the converters,
+hidden = the rest, every non-seed targeted household ranked, over 5 splits.
+
+Issue 6's protocol on generated data: the test suite's 3,000-customer warehouse, each planted
+segment as the converters.
+
+Every method runs in the same `run_backtest` call, so they rank the same candidates with the
+same splits. The table (every method, mean ± sd over splits) goes to the section `quality` of
+benchmarks/RESULTS.md.
+
+    python -m benchmarks.bench_quality --workdir /tmp/bench_quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+
+from benchmarks.results import markdown_table, write_section
+from lookalike_cli.backtest import BASELINES, run_backtest
+from lookalike_cli.cli import main
+from lookalike_cli.settings import Settings
+
+CAMPAIGNS = (18, 13, 8)
+LABEL_WEEKS = 8
+EPOCHS = 8
+TRAIN_SEED = 3
+GENERATED_CUSTOMERS, GENERATED_SEED = 3000, 11  # the test suite's warehouse (tests/conftest.py)
+SEGMENTS = tuple(range(6))
+STRATEGIES = ("blend", "centroid", "knn-vote", "classifier")
+DEFAULT = "model:blend"
+# The baselines issue 9 names; the others (rfm, raw-cosine) are reported and compared too.
+ISSUE_BASELINES = ("random", "spend", "raw-shares-cosine", "raw-classifier")
+
+
+def cli(settings: Settings, *args: str) -> None:
+    main.main(["--db", str(settings.db_path), "--serving-db", str(settings.serving_db_path),
+               "--onnx-dir", str(settings.onnx_dir), "--index-dir", str(settings.index_dir), *args],
+              standalone_mode=False)
+
+
+def settings_in(folder: Path) -> Settings:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Settings.resolve(db=folder / "w.duckdb", onnx_dir=folder / "onnx", index_dir=folder / "indexes")
+
+
+def ready(settings: Settings) -> bool:
+    return (settings.index_dir.exists() and any(settings.index_dir.iterdir())) if settings.index_dir.exists() else False
+
+
+def campaign_window(db_path: Path, campaign: int) -> tuple[str, str, str]:
+    """(feature_end, label_end, start) for a campaign: labels are the 8 weeks before its start."""
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        start = con.execute("select min(start_date) from raw.campaign_descriptions where campaign_id = ?",
+                            [str(campaign)]).fetchall()[0][0]
+    start = start if isinstance(start, dt.date) else dt.date.fromisoformat(str(start)[:10])
+    feature_end = start - dt.timedelta(weeks=LABEL_WEEKS)
+    # label_end_date is inclusive: the day before the start keeps the campaign's first day out.
+    return feature_end.isoformat(), (start - dt.timedelta(days=1)).isoformat(), start.isoformat()
+
+
+def train_score_index(settings: Settings, name: str, train_args: list[str]) -> None:
+    cli(settings, "train", "--name", name, "--epochs", str(EPOCHS), "--seed", str(TRAIN_SEED), *train_args)
+    cli(settings, "score", "--model", name)
+    cli(settings, "build-index")
+
+
+def prepare_completejourney(workdir: Path, campaigns: tuple[int, ...], rebuild: bool) -> dict[int, tuple[Settings, tuple]]:
+    base = settings_in(workdir / "cj_base")
+    if rebuild or not base.db_path.exists():
+        shutil.rmtree(base.db_path.parent, ignore_errors=True)
+        base = settings_in(workdir / "cj_base")
+        cli(base, "load-sample", "completejourney")
+        cli(base, "build", "--exclude", "customer_embeddings+")
+    prepared = {}
+    for campaign in campaigns:
+        window = campaign_window(base.db_path, campaign)
+        settings = settings_in(workdir / f"cj_{campaign}")
+        if rebuild or not ready(settings):
+            shutil.rmtree(settings.db_path.parent, ignore_errors=True)
+            settings = settings_in(workdir / f"cj_{campaign}")
+            shutil.copy(base.db_path, settings.db_path)
+            cli(settings, "dbt", "build", "--exclude", "customer_embeddings+",
+                "--vars", f"{{feature_end_date: '{window[0]}', label_end_date: '{window[1]}'}}")
+            train_score_index(settings, f"cj{campaign}", ["--layers", "3", "--location", "none"])
+        prepared[campaign] = (settings, window)
+    return prepared
+
+
+def prepare_generated(workdir: Path, rebuild: bool) -> Settings:
+    settings = settings_in(workdir / "generated")
+    if rebuild or not ready(settings):
+        shutil.rmtree(settings.db_path.parent, ignore_errors=True)
+        settings = settings_in(workdir / "generated")
+        cli(settings, "generate-data", "--customers", str(GENERATED_CUSTOMERS), "--days", "365", "--seed", str(GENERATED_SEED))
+        cli(settings, "build")
+        train_score_index(settings, "gen", ["--layers", "3", "--location", "word"])
+    return settings
+
+
+def metrics(result, size_percent: float) -> dict[str, dict[str, tuple[float, float]]]:
+    """method -> {"auc": (mean, sd), "lift": (mean, sd)} at one audience size."""
+    out = {}
+    for row in result.table.to_pylist():
+        if row["size_percent"] == size_percent:
+            out[row["method"]] = {"auc": (row["auc_mean"], row["auc_std"]), "lift": (row["lift_mean"], row["lift_std"])}
+    return out
+
+
+def verdict(values: dict, metric: str, baselines: tuple[str, ...]) -> str:
+    """Does the default beat the best of `baselines` by more than the spread (the larger sd of the two)?"""
+    best = max(baselines, key=lambda m: values[m][metric][0])
+    (mean, sd), (best_mean, best_sd) = values[DEFAULT][metric], values[best][metric]
+    margin = mean - best_mean
+    word = "yes" if margin > max(sd, best_sd) else ("ahead, within spread" if margin > 0 else "no")
+    return f"{word} ({margin:+.3f} vs {best})"
+
+
+def fmt(pair: tuple[float, float], digits: int) -> str:
+    return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
+
+
+def run_completejourney(prepared: dict, splits: int) -> tuple[str, list]:
+    results = {}
+    for campaign, (settings, window) in prepared.items():
+        results[campaign] = run_backtest(
+            settings.db_path, settings.index_dir, name=f"cj_campaign_{campaign}", splits=splits, strategies=STRATEGIES,
+            population_sql=f"select customer_id from raw.campaigns where campaign_id = '{campaign}'",
+            converters_sql=f"select customer_id from raw.coupon_redemptions where campaign_id = '{campaign}'",
+            progress=lambda m: print(m, file=sys.stderr))
+    at10 = {c: metrics(r, 10.0) for c, r in results.items()}
+    at5 = {c: metrics(r, 5.0) for c, r in results.items()}
+    methods = list(next(iter(at10.values())))
+    headers = ["method"] + [f"{c}: {m}" for c in results for m in ("AUC", "lift@10%", "lift@5%")]
+    rows = [[m] + [v for c in results for v in (fmt(at10[c][m]["auc"], 3), fmt(at10[c][m]["lift"], 2), fmt(at5[c][m]["lift"], 2))]
+            for m in methods]
+    checks = []
+    for c in results:
+        for label, baselines in (("issue-9 baselines", ISSUE_BASELINES), ("every baseline", BASELINES)):
+            checks.append([c, label, verdict(at10[c], "auc", baselines), verdict(at10[c], "lift", baselines)])
+    windows = "; ".join(f"{c}: features < {w[0]}, labels {w[0]}..{w[1]} (start {w[2]})" for c, (_, w) in prepared.items())
+    info = "; ".join(f"{c}: {r.info['population']:,} targeted, {r.info['converters']:,} converters, "
+                     f"blend weights per split {r.info['blend_weights']}" for c, r in results.items())
+    body = (f"Complete Journey, Type A campaigns, {splits} splits, mean ± sd. Windows: {windows}. {info}.\n\n"
+            + markdown_table(headers, rows)
+            + "\n\nDoes the default (`model:blend`) beat the best baseline by more than the spread (larger sd of the two)?\n\n"
+            + markdown_table(["campaign", "against", "AUC", "lift@10%"], checks))
+    return body, checks
+
+
+def run_generated(settings: Settings, splits: int) -> str:
+    at5 = {}
+    for segment in SEGMENTS:
+        result = run_backtest(settings.db_path, settings.index_dir, name=f"gen_seg{segment}", splits=splits, strategies=STRATEGIES,
+                              converters_sql=f"select customer_id from raw.planted_segments where segment_id = {segment}",
+                              progress=lambda m: print(m, file=sys.stderr))
+        at5[segment] = (metrics(result, 5.0), result.info)
+    methods = list(at5[SEGMENTS[0]][0])
+    headers = ["method"] + [f"segment {s} ({at5[s][1]['converters']}) lift@5% / AUC" for s in SEGMENTS]
+    rows = [[m] + [f"{fmt(at5[s][0][m]['lift'], 2)} / {at5[s][0][m]['auc'][0]:.3f}" for s in SEGMENTS] for m in methods]
+    checks = [[s, verdict(at5[s][0], "lift", BASELINES), verdict(at5[s][0], "auc", BASELINES)] for s in SEGMENTS]
+    return (f"Generated data ({GENERATED_CUSTOMERS:,} customers, seed {GENERATED_SEED}, model `train --layers 3 --location word "
+            f"--epochs {EPOCHS} --seed {TRAIN_SEED}`), planted segments as converters, {splits} splits, mean ± sd.\n\n"
+            + markdown_table(headers, rows)
+            + "\n\nDefault (`model:blend`) against the best of every baseline (lift@5%, AUC):\n\n"
+            + markdown_table(["segment", "lift@5%", "AUC"], checks))
+
+
+def main_(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_quality"))
+    parser.add_argument("--campaigns", default=",".join(str(c) for c in CAMPAIGNS))
+    parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--rebuild", action="store_true", help="Rebuild warehouses and models even if present.")
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--results", type=Path, default=None, help="Write the section here instead of benchmarks/RESULTS.md.")
+    args = parser.parse_args(argv)
+    campaigns = tuple(int(c) for c in args.campaigns.split(","))
+    started = time.perf_counter()
+    prepared = prepare_completejourney(args.workdir, campaigns, args.rebuild)
+    generated = prepare_generated(args.workdir, args.rebuild)
+    print(f"prepared in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    if args.prepare_only:
+        return
+    cj_body, _ = run_completejourney(prepared, args.splits)
+    gen_body = run_generated(generated, args.splits)
+    command = "python -m benchmarks.bench_quality" + ("" if args.campaigns == ",".join(map(str, CAMPAIGNS)) else f" --campaigns {args.campaigns}")
+    write_section("quality", "Audience quality: default expand strategy vs baselines (issues 9 and 6)",
+                  f"{cj_body}\n\n{gen_body}\n\nTotal {time.perf_counter() - started:.0f}s.", command, args.results)
+
+
+if __name__ == "__main__":
+    main_()
