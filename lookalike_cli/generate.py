@@ -344,26 +344,41 @@ def _engagements(config: GeneratorConfig, world: World, rng: np.random.Generator
     })
 
 
-RAW_TABLES_DDL = """
-create schema raw;
-create table raw.customers (
-    customer_id bigint, signup_date date, gender varchar, age_band varchar, income_band varchar,
-    education varchar, occupation varchar, street varchar, city varchar, state varchar, zip varchar
-);
-create table raw.order_lines (
-    customer_id bigint, order_id bigint, ordered_at timestamp, category varchar, department varchar,
-    quantity integer, amount double
-);
-create table raw.visits (customer_id bigint, visited_at timestamp, category varchar);
-create table raw.engagements (customer_id bigint, engaged_at timestamp, category varchar);
-create table raw.opt_outs (customer_id bigint, opted_out_at timestamp);
-create table raw.planted_segments (
-    customer_id bigint, segment_id integer, secondary_segment_id integer, secondary_weight double
-);
-create table raw.generator_runs (
-    generated_at timestamp, config varchar, customers bigint, order_lines bigint, seconds double
-);
-"""
+RAW_TABLE_COLUMNS = {
+    "customers": """customer_id bigint, signup_date date, gender varchar, age_band varchar, income_band varchar,
+        education varchar, occupation varchar, street varchar, city varchar, state varchar, zip varchar""",
+    "order_lines": """customer_id bigint, order_id bigint, ordered_at timestamp, category varchar, department varchar,
+        quantity integer, amount double""",
+    "visits": "customer_id bigint, visited_at timestamp, category varchar",
+    "engagements": "customer_id bigint, engaged_at timestamp, category varchar",
+    "opt_outs": "customer_id bigint, opted_out_at timestamp",
+    "planted_segments": "customer_id bigint, segment_id integer, secondary_segment_id integer, secondary_weight double",
+    "generator_runs": "generated_at timestamp, config varchar, customers bigint, order_lines bigint, seconds double",
+}
+# New tables are written under this prefix in `raw`, committed chunk by chunk, and renamed over the
+# old ones in one final transaction. One transaction around all the inserts would be all-or-nothing
+# too, but DuckDB keeps its uncommitted rows in memory: 6 GiB at 1M customers, 60 at 10M.
+STAGING_PREFIX = "__generating_"
+
+
+def _drop_staging(con) -> None:
+    for (name,) in con.execute(
+        "select table_name from information_schema.tables where table_schema = 'raw' and starts_with(table_name, ?)",
+        [STAGING_PREFIX],
+    ).fetchall():
+        con.execute(f'drop table if exists raw."{name}"')
+
+
+def _swap_in_staging(con) -> None:
+    """Replace everything in `raw` by the staged tables, all or nothing."""
+    with transaction(con):
+        for name, kind in con.execute(
+            "select table_name, table_type from information_schema.tables where table_schema = 'raw'"
+        ).fetchall():
+            if not name.startswith(STAGING_PREFIX):
+                con.execute(f'drop {"view" if kind == "VIEW" else "table"} raw."{name}" cascade')
+        for name in RAW_TABLE_COLUMNS:
+            con.execute(f"alter table raw.{STAGING_PREFIX}{name} rename to {name}")
 
 
 def generate_data(
@@ -377,8 +392,9 @@ def generate_data(
 ) -> dict[str, int]:
     """Replace the `raw` schema of `db_path` with generated tables; return row counts.
 
-    Runs in one transaction: on any failure the previous raw tables are left as they were.
-    Models built by dbt (other schemas) are not touched.
+    All or nothing: the new tables are staged and renamed over the old ones at the end, so on any
+    failure the previous raw tables are left as they were. Memory is bounded by one chunk of
+    `chunk_customers` customers whatever the total. Models built by dbt (other schemas) are not touched.
     """
     config = GeneratorConfig(customers=customers, days=days, seed=seed, segments=segments, **overrides)
     config.validate()
@@ -388,57 +404,68 @@ def generate_data(
     started = time.perf_counter()
     counts = {"customers": 0, "order_lines": 0, "visits": 0, "engagements": 0, "opt_outs": 0}
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    with connection(Path(db_path)) as con, transaction(con):
-        con.execute("drop schema if exists raw cascade")
-        con.execute(RAW_TABLES_DDL)
-        next_order_id = 1
-        for first in range(0, config.customers, config.chunk_customers):
-            n = min(config.chunk_customers, config.customers - first)
-            chunk_rng = np.random.default_rng([seed, first])
-            chunk = _customers_chunk(config, world, chunk_rng, first + 1, n)
-            customers_table = pa.table({
-                "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
-                "signup_date": pa.array(chunk["customers"]["signup_date"], pa.date32()),
-                **{name: pa.array(chunk["customers"][name], pa.string()) for name in DEMOGRAPHIC_VALUES},
-                **{name: pa.array(chunk["customers"][name], pa.string()) for name in ("street", "city", "state", "zip")},
-            })
-            order_lines, next_order_id = _order_lines(config, world, chunk_rng, chunk, next_order_id)
-            visits = _visits(config, world, chunk_rng, chunk)
-            engagements = _engagements(config, world, chunk_rng, chunk)
-            opted_out = chunk_rng.random(n) < 0.01
-            opt_outs = pa.table({
-                "customer_id": pa.array(chunk["customers"]["customer_id"][opted_out], pa.int64()),
-                "opted_out_at": pa.array(
-                    _timestamps(config, chunk_rng.integers(0, config.days, opted_out.sum()), np.zeros(opted_out.sum(), np.int64)),
-                    pa.timestamp("s"),
-                ),
-            })
-            planted = pa.table({
-                "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
-                "segment_id": pa.array(chunk["primary"], pa.int32()),
-                "secondary_segment_id": pa.array(np.where(chunk["secondary"] >= 0, chunk["secondary"], None), pa.int32()),
-                "secondary_weight": pa.array(chunk["secondary_weight"], pa.float64()),
-            })
-            for name, table in (
-                ("customers", customers_table), ("order_lines", order_lines), ("visits", visits),
-                ("engagements", engagements), ("opt_outs", opt_outs), ("planted_segments", planted),
-            ):
-                con.register("generated_chunk", table)
-                con.execute(f"insert into raw.{name} select * from generated_chunk")
-                con.unregister("generated_chunk")
-                if name in counts:
-                    counts[name] += table.num_rows
-            done = first + n
-            elapsed = time.perf_counter() - started
-            say(
-                f"  generated {done:,}/{config.customers:,} customers, {counts['order_lines']:,} order lines "
-                f"({done / elapsed:,.0f} customers/s, ETA {elapsed / done * (config.customers - done):.0f}s)"
-            )
-        seconds = time.perf_counter() - started
-        con.execute(
-            "insert into raw.generator_runs values (current_timestamp, ?, ?, ?, ?)",
-            [str({k: str(v) for k, v in asdict(config).items()}), counts["customers"], counts["order_lines"], seconds],
-        )
+    with connection(Path(db_path)) as con:
+        con.execute("create schema if not exists raw")
+        _drop_staging(con)  # left by a run that was killed
+        for name, columns in RAW_TABLE_COLUMNS.items():
+            con.execute(f"create table raw.{STAGING_PREFIX}{name} ({columns})")
+        try:
+            _write_chunks(con, config, world, seed, counts, say, started)
+            _swap_in_staging(con)
+        except BaseException:
+            _drop_staging(con)
+            raise
     counts["seconds"] = round(time.perf_counter() - started, 2)
     return counts
+
+
+def _write_chunks(con, config: GeneratorConfig, world: World, seed: int, counts: dict, say, started: float) -> None:
+    next_order_id = 1
+    for first in range(0, config.customers, config.chunk_customers):
+        n = min(config.chunk_customers, config.customers - first)
+        chunk_rng = np.random.default_rng([seed, first])
+        chunk = _customers_chunk(config, world, chunk_rng, first + 1, n)
+        customers_table = pa.table({
+            "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
+            "signup_date": pa.array(chunk["customers"]["signup_date"], pa.date32()),
+            **{name: pa.array(chunk["customers"][name], pa.string()) for name in DEMOGRAPHIC_VALUES},
+            **{name: pa.array(chunk["customers"][name], pa.string()) for name in ("street", "city", "state", "zip")},
+        })
+        order_lines, next_order_id = _order_lines(config, world, chunk_rng, chunk, next_order_id)
+        visits = _visits(config, world, chunk_rng, chunk)
+        engagements = _engagements(config, world, chunk_rng, chunk)
+        opted_out = chunk_rng.random(n) < 0.01
+        opt_outs = pa.table({
+            "customer_id": pa.array(chunk["customers"]["customer_id"][opted_out], pa.int64()),
+            "opted_out_at": pa.array(
+                _timestamps(config, chunk_rng.integers(0, config.days, opted_out.sum()), np.zeros(opted_out.sum(), np.int64)),
+                pa.timestamp("s"),
+            ),
+        })
+        planted = pa.table({
+            "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
+            "segment_id": pa.array(chunk["primary"], pa.int32()),
+            "secondary_segment_id": pa.array(np.where(chunk["secondary"] >= 0, chunk["secondary"], None), pa.int32()),
+            "secondary_weight": pa.array(chunk["secondary_weight"], pa.float64()),
+        })
+        for name, table in (
+            ("customers", customers_table), ("order_lines", order_lines), ("visits", visits),
+            ("engagements", engagements), ("opt_outs", opt_outs), ("planted_segments", planted),
+        ):
+            con.register("generated_chunk", table)
+            con.execute(f"insert into raw.{STAGING_PREFIX}{name} select * from generated_chunk")
+            con.unregister("generated_chunk")
+            if name in counts:
+                counts[name] += table.num_rows
+        done = first + n
+        elapsed = time.perf_counter() - started
+        say(
+            f"  generated {done:,}/{config.customers:,} customers, {counts['order_lines']:,} order lines "
+            f"({done / elapsed:,.0f} customers/s, ETA {elapsed / done * (config.customers - done):.0f}s)"
+        )
+    seconds = time.perf_counter() - started
+    con.execute(
+        f"insert into raw.{STAGING_PREFIX}generator_runs values (current_timestamp, ?, ?, ?, ?)",
+        [str({k: str(v) for k, v in asdict(config).items()}), counts["customers"], counts["order_lines"], seconds],
+    )
 

@@ -82,6 +82,35 @@ def test_generator_is_deterministic(tmp_path):
     assert fingerprints[0] == fingerprints[1]
 
 
+def test_generator_failure_keeps_the_previous_raw_tables(tmp_path, monkeypatch):
+    from lookalike_cli import generate
+
+    path = tmp_path / "w.duckdb"
+    generate.generate_data(path, customers=300, days=30, seed=5, progress=None)
+    real_order_lines, calls = generate._order_lines, []
+
+    def fail_on_the_third_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real_order_lines(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "_order_lines", fail_on_the_third_chunk)
+    with pytest.raises(RuntimeError, match="disk full"):
+        # Chunks of 100 are committed one by one: only the final rename may replace the old tables.
+        generate.generate_data(path, customers=500, days=30, seed=5, progress=None, chunk_customers=100)
+    tables = "select table_name from information_schema.tables where table_schema = 'raw' order by 1"
+    with duckdb.connect(str(path)) as con:
+        assert con.execute("select count(*) from raw.customers").fetchone()[0] == 300
+        assert not [t for (t,) in con.execute(tables).fetchall() if t.startswith(generate.STAGING_PREFIX)]
+        con.execute("create view raw.stale_view as select 1 as x")
+    monkeypatch.setattr(generate, "_order_lines", real_order_lines)
+    generate.generate_data(path, customers=250, days=30, seed=5, progress=None, chunk_customers=100)
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("select count(*), max(customer_id) from raw.customers").fetchone() == (250, 250)
+        assert [t for (t,) in con.execute(tables).fetchall()] == sorted(generate.RAW_TABLE_COLUMNS)
+
+
 # --- dbt marts --------------------------------------------------------------------------
 
 def test_customer_features_one_row_per_customer(generated_warehouse):
