@@ -26,8 +26,12 @@ def register(group: click.Group) -> None:
     from lookalike_cli.cli import pass_settings  # cli.py defines it before calling register()
 
     @group.command("build-index")
-    @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf", "hnsw"]), default="auto", show_default=True,
-                  help="auto: exact below 50k customers, IVF tuned to recall@10 >= 0.95 above.")
+    @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf", "ivf_sq8", "hnsw"]), default="auto", show_default=True,
+                  help="auto: exact below 50k customers, IVF tuned to recall@10 >= 0.95 above, and IVF with 8-bit codes "
+                       "re-ranked by exact vectors on disk (ivf_sq8) when the flat vectors exceed --memory-budget.")
+    @click.option("--memory-budget", default=None,
+                  help="RAM the flat float32 vectors may take before auto compresses them: a share of RAM (25%) or a size "
+                       "(6GiB, 500MB). Default: 25% of RAM.")
     @click.option("--nlist", type=int, default=None, help="IVF lists (default ~2*sqrt(rows)).")
     @click.option("--nprobe", type=int, default=None, help="IVF lists probed: starting point, raised until the self-check passes.")
     @click.option("--m", "m", type=int, default=None, help="HNSW links per node (default 32).")
@@ -43,6 +47,7 @@ def register(group: click.Group) -> None:
         Example:
           lookalike build-index                  # auto: says what it chose and why
           lookalike build-index --index-type hnsw --m 32
+          lookalike build-index --memory-budget 2GiB   # compressed (ivf_sq8) above 2 GiB of vectors
         """
         from lookalike_cli.index import build_index
 
@@ -50,6 +55,9 @@ def register(group: click.Group) -> None:
         click.echo(f"{manifest.index_version}: {manifest.index_type} {json.dumps(manifest.params)} rows={manifest.row_count} "
                    f"recall@10={manifest.self_check['recall']} -> {settings.index_dir}")
         click.echo(f"Why: {manifest.reason}")
+        click.echo(f"Memory: index ~{manifest.memory['index_ram_bytes'] / 2**30:.2f} GiB in RAM"
+                   + (f", exact vectors {manifest.memory['exact_vectors_disk_bytes'] / 2**30:.2f} GiB on disk (memory-mapped)"
+                      if "exact_vectors_disk_bytes" in manifest.memory else ""))
 
     @group.command("expand")
     @click.option("--name", required=True, help="Audience name; re-running a name publishes a new version.")

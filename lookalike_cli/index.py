@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import faiss
 import numpy as np
@@ -23,7 +23,14 @@ from lookalike_cli.warehouse import connection, require_table
 
 INDEX_FILE = "customer_embeddings.faiss"
 MANIFEST_FILE = "customer_embeddings.json"
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
+VECTORS_FILE = "customer_embeddings.vectors.npy"  # exact vectors for re-ranking a compressed index (memory-mapped)
+IDS_FILE = "customer_embeddings.ids.npy"
+INDEX_TYPES = ("auto", "flat", "ivf", "ivf_sq8", "hnsw")
+IVF_TYPES = ("ivf", "ivf_sq8")
+# auto: above this share of RAM the flat float32 vectors do not "fit comfortably" and the index is compressed.
+DEFAULT_MEMORY_SHARE = 0.25
+# A compressed index searches this many times k candidates, then re-ranks them with the exact vectors.
+RERANK_FACTOR = 4
 # Below this population exact search is fast enough (a few ms per query) and has recall 1.
 AUTO_EXACT_MAX_ROWS = 50_000
 TARGET_RECALL = 0.95
@@ -45,10 +52,46 @@ class IndexManifest:
     build_seconds: float
     reason: str
     self_check: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)  # bytes: budget, flat vectors, the index in RAM (see memory_estimate)
     metric: str = "inner_product_on_l2_normalised (cosine)"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+class ExactVectors:
+    """The exact float32 vectors beside a compressed index, memory-mapped: the OS pages in only the
+    rows a re-ranking touches, so they cost disk, not RAM."""
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray):
+        self.vectors = vectors
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted_ids = ids[self.order]
+
+    @classmethod
+    def open(cls, index_dir: Path, rows: int) -> "ExactVectors":
+        try:
+            vectors, ids = np.load(index_dir / VECTORS_FILE, mmap_mode="r"), np.load(index_dir / IDS_FILE)
+        except (OSError, ValueError) as exc:
+            raise LookalikeError(f"The exact vectors of the compressed index in {index_dir} are missing or corrupt ({exc}). "
+                                 "Rebuild it with `lookalike build-index`.") from exc
+        if len(vectors) != rows or len(ids) != rows:
+            raise LookalikeError(f"The exact vectors in {index_dir} ({len(vectors):,} rows) do not match the index manifest "
+                                 f"({rows:,} rows). Rebuild it with `lookalike build-index`.")
+        return cls(vectors, ids)
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors of `ids` (all must exist), in the order given."""
+        ids = np.asarray(ids, dtype=np.int64)
+        where = np.searchsorted(self.sorted_ids, ids).clip(0, len(self.sorted_ids) - 1)
+        if not np.array_equal(self.sorted_ids[where], ids):
+            raise LookalikeError("Some customer ids are not in the index's exact vectors. Rebuild it with `lookalike build-index`.")
+        positions = self.order[where]
+        # Reading the memory map in row order is mostly sequential on disk.
+        by_row = np.argsort(positions, kind="stable")
+        out = np.empty((len(ids), self.vectors.shape[1]), dtype=np.float32)
+        out[by_row] = self.vectors[positions[by_row]]
+        return out
 
 
 @dataclass
@@ -56,13 +99,40 @@ class LoadedIndex:
     index: faiss.Index
     manifest: IndexManifest
     path: Path
+    exact: ExactVectors | None = None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (similarities, customer ids) per query; ids are -1 where fewer than k were found."""
+        """Top-k (similarities, customer ids) per query; ids are -1 where fewer than k were found.
+
+        A compressed index (ivf_sq8) searches RERANK_FACTOR*k candidates by their 8-bit codes and
+        returns the best k by exact cosine, so similarities are exact.
+        """
         queries = normalise(queries)
         k = min(k, self.manifest.row_count)
-        apply_search_params(self.index, self.manifest, k)
-        return self.index.search(queries, k)
+        if self.exact is None:
+            apply_search_params(self.index, self.manifest, k)
+            return self.index.search(queries, k)
+        wide = min(self.manifest.row_count, RERANK_FACTOR * k)
+        apply_search_params(self.index, self.manifest, wide)
+        sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        step = max(1, 1_000_000 // wide)  # bound the candidate vectors gathered at once (~0.5 GB at dim 128)
+        for first in range(0, len(queries), step):
+            block = queries[first : first + step]
+            _, candidates = self.index.search(block, wide)
+            for row, (query, found) in enumerate(zip(block, candidates)):
+                found = found[found >= 0]
+                exact = self.exact.lookup(found) @ query
+                best = np.argsort(-exact, kind="stable")[:k]
+                sims[first + row, : len(best)] = exact[best]
+                ids[first + row, : len(best)] = found[best]
+        return sims, ids
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored (L2-normalised) vectors of these customers: exact ones when the index is compressed."""
+        if self.exact is not None:
+            return self.exact.lookup(ids)
+        return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -96,6 +166,54 @@ def read_embeddings(db_path: Path, batch_size: int = 100_000, progress: Progress
     return np.concatenate(ids), normalise(np.concatenate(vectors)), versions[0]
 
 
+def embeddings_summary(db_path: Path) -> tuple[int, int, str]:
+    """(rows, dim, model_version) of customer_embeddings, refusing an empty or mixed-version table."""
+    with connection(db_path, read_only=True) as con:
+        require_table(con, "customer_embeddings", EMBEDDINGS_HINT)
+        versions = [row[0] for row in con.execute("select distinct model_version from customer_embeddings").fetchall()]
+        if len(versions) != 1:
+            raise LookalikeError(
+                f"customer_embeddings must hold exactly one model_version, found {versions or 'none (empty table)'}. "
+                "Re-run the customer_embeddings model."
+            )
+        rows, dim = con.execute("select count(*), any_value(len(embedding)) from customer_embeddings").fetchall()[0]
+    return int(rows), int(dim), versions[0]
+
+
+def iter_embeddings(db_path: Path, batch_size: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, L2-normalised vectors) batches in the table's stored order (deterministic; no sort of the whole table)."""
+    with connection(db_path, read_only=True) as con:
+        reader = con.sql("select customer_id, embedding from customer_embeddings").to_arrow_reader(batch_size)
+        for batch in reader:
+            column = batch.column("embedding")
+            flat = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            yield (batch.column("customer_id").to_numpy(zero_copy_only=False).astype(np.int64),
+                   normalise(flat.reshape(-1, column.type.list_size)))
+
+
+def parse_memory_budget(budget: str | int | None, total_ram: int | None = None) -> int:
+    """'25%' of RAM, '6GiB', '500MB', or bytes -> bytes. None -> DEFAULT_MEMORY_SHARE of RAM."""
+    import psutil
+
+    total_ram = total_ram or psutil.virtual_memory().total
+    if budget is None:
+        return int(total_ram * DEFAULT_MEMORY_SHARE)
+    text = str(budget).strip().lower().replace(" ", "")
+    units = {"%": None, "tib": 2**40, "gib": 2**30, "mib": 2**20, "kib": 2**10, "tb": 10**12, "gb": 10**9,
+             "mb": 10**6, "kb": 10**3, "b": 1, "": 1}
+    for unit, factor in units.items():
+        number = text[: len(text) - len(unit)] if unit else text
+        if text.endswith(unit):
+            try:
+                value = float(number)
+            except ValueError:
+                continue
+            if value <= 0 or (unit == "%" and value > 100):
+                break
+            return int(total_ram * value / 100) if unit == "%" else int(value * factor)
+    raise LookalikeError(f"--memory-budget {budget!r}: give a share of RAM (25%) or a size (6GiB, 500MB).")
+
+
 def default_nlist(rows: int) -> int:
     # FAISS suggests 4-16*sqrt(n) lists; 2*sqrt(n) halves the add and quarters k-means training, and the
     # self-check raises nprobe to keep recall (at 1M: 2,000 lists, nprobe 8-16). At least 40 points per list.
@@ -105,9 +223,12 @@ def default_nlist(rows: int) -> int:
 def make_index(index_type: str, dim: int, rows: int, nlist: int | None, m: int | None, ef_construction: int) -> tuple[faiss.Index, dict]:
     if index_type == "flat":
         return faiss.IndexFlatIP(dim), {}
-    if index_type == "ivf":
+    if index_type in IVF_TYPES:
         nlist = nlist or default_nlist(rows)
         quantizer = faiss.IndexFlatIP(dim)
+        if index_type == "ivf_sq8":
+            return (faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT),
+                    {"nlist": nlist, "code_bytes": dim, "rerank_factor": RERANK_FACTOR})
         return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT), {"nlist": nlist}
     if index_type == "hnsw":
         m = m or 32
@@ -120,7 +241,7 @@ def make_index(index_type: str, dim: int, rows: int, nlist: int | None, m: int |
 def apply_search_params(index: faiss.Index, manifest: IndexManifest, k: int) -> None:
     """Set nprobe/efSearch from the manifest, widened for large k so the search can return k results."""
     params = manifest.params
-    if manifest.index_type == "ivf":
+    if manifest.index_type in IVF_TYPES:
         # Probe enough lists to hold ~4x k vectors, never fewer than the self-checked nprobe.
         per_list = max(1.0, manifest.row_count / params["nlist"])
         faiss.extract_index_ivf(index).nprobe = int(min(params["nlist"], max(params["nprobe"], math.ceil(4 * k / per_list))))
@@ -128,35 +249,83 @@ def apply_search_params(index: faiss.Index, manifest: IndexManifest, k: int) -> 
         faiss.downcast_index(index.index).hnsw.efSearch = int(max(params["ef_search"], k))
 
 
-def exact_neighbours(vectors: np.ndarray, ids: np.ndarray, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sampled population vectors as queries, their exact top-10 ids): the self-check's ground truth."""
-    sample = np.random.default_rng(seed).choice(len(vectors), size=min(queries, len(vectors)), replace=False)
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    _, truth = exact.search(vectors[sample], SELF_CHECK_K)
-    return vectors[sample], ids[truth]
-
-
 def recall_at_k(truth_ids: np.ndarray, found_ids: np.ndarray) -> float:
     hits = sum(len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth_ids, found_ids))
     return hits / truth_ids.size
 
 
-def tune(index: faiss.Index, manifest: IndexManifest, vectors: np.ndarray, ids: np.ndarray, queries: int, seed: int, progress: Progress) -> float:
+class ExactTopK:
+    """Running exact top-k of a few query vectors over a population seen batch by batch: the
+    self-check's ground truth without holding the population in memory."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries, self.k = queries, k
+        self.sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.ids = np.full((len(queries), k), -1, dtype=np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        sims, rows = faiss.knn(self.queries, vectors, min(self.k, len(vectors)), metric=faiss.METRIC_INNER_PRODUCT)
+        all_sims = np.concatenate([self.sims, sims], axis=1)
+        all_ids = np.concatenate([self.ids, ids[rows]], axis=1)
+        best = np.argsort(-all_sims, axis=1, kind="stable")[:, : self.k]
+        self.sims, self.ids = np.take_along_axis(all_sims, best, 1), np.take_along_axis(all_ids, best, 1)
+
+
+def tune(loaded: LoadedIndex, queries: np.ndarray, truth: np.ndarray, progress: Progress) -> float:
     """Raise nprobe / efSearch until the self-check recall@10 reaches TARGET_RECALL (or exact search)."""
+    manifest = loaded.manifest
     if manifest.index_type == "flat":
         return 1.0
-    sample, truth = exact_neighbours(vectors, ids, queries, seed)
-    key, ceiling = ("nprobe", manifest.params["nlist"]) if manifest.index_type == "ivf" else ("ef_search", 4096)
+    key, ceiling = ("nprobe", manifest.params["nlist"]) if manifest.index_type in IVF_TYPES else ("ef_search", 4096)
     value = manifest.params.get(key) or (8 if key == "nprobe" else 32)
     while True:
         manifest.params[key] = min(value, ceiling)
-        apply_search_params(index, manifest, SELF_CHECK_K)
-        recall = recall_at_k(truth, index.search(sample, SELF_CHECK_K)[1])
+        recall = recall_at_k(truth, loaded.search(queries, SELF_CHECK_K)[1])
         progress(f"  self-check {key}={manifest.params[key]}: recall@{SELF_CHECK_K}={recall:.3f}")
         if recall >= TARGET_RECALL or value >= ceiling:
             return recall
         value *= 2
+
+
+def choose_index_type(index_type: str, rows: int, flat_bytes: int, budget: int) -> tuple[str, str]:
+    """The index `auto` picks for this population and memory budget, and why (recorded in the manifest)."""
+    fits = f"flat float32 vectors {flat_bytes / 2**30:.2f} GiB {'<=' if flat_bytes <= budget else '>'} memory budget {budget / 2**30:.2f} GiB"
+    if index_type != "auto":
+        return index_type, f"requested --index-type {index_type} ({fits})"
+    if flat_bytes > budget:
+        return "ivf_sq8", (f"auto: {fits}, so compressed: IVF with 8-bit scalar codes (4x smaller), RERANK_FACTOR*k "
+                           f"candidates re-ranked by exact vectors memory-mapped from disk; nprobe raised until "
+                           f"self-check recall@{SELF_CHECK_K} >= {TARGET_RECALL}")
+    if rows <= AUTO_EXACT_MAX_ROWS:
+        return "flat", f"auto: {rows:,} rows <= {AUTO_EXACT_MAX_ROWS:,}, exact search is fast enough and has recall 1 ({fits})"
+    return "ivf", (f"auto: {rows:,} rows > {AUTO_EXACT_MAX_ROWS:,}, IVF with ~2*sqrt(n) lists ({fits}); "
+                   f"nprobe raised until self-check recall@{SELF_CHECK_K} >= {TARGET_RECALL}")
+
+
+def memory_estimate(index_type: str, rows: int, dim: int, params: dict, budget: int) -> dict:
+    """Bytes each part takes in RAM once loaded (and on disk for the exact vectors of a compressed index)."""
+    ids_and_maps = rows * 8 * (2 if index_type in IVF_TYPES else 1)  # id map (+ IVF direct map / list ids)
+    if index_type == "ivf_sq8":
+        resident = rows * dim + ids_and_maps + params["nlist"] * dim * 4 + rows * 16  # + sorted ids and order for re-ranking
+    elif index_type == "hnsw":
+        resident = rows * (dim * 4 + 2 * params["m"] * 4) + ids_and_maps
+    else:
+        resident = rows * dim * 4 + ids_and_maps + params.get("nlist", 0) * dim * 4
+    estimate = {"budget_bytes": budget, "flat_vectors_bytes": rows * dim * 4, "index_ram_bytes": resident}
+    if index_type == "ivf_sq8":
+        estimate["exact_vectors_disk_bytes"] = rows * dim * 4
+    return estimate
+
+
+def collect_rows(db_path: Path, wanted: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of the rows at sorted positions `wanted` of the stored order, in one streaming pass."""
+    ids, vectors, offset = [], [], 0
+    for batch_ids, batch_vectors in iter_embeddings(db_path, batch_size):
+        local = wanted[(wanted >= offset) & (wanted < offset + len(batch_ids))] - offset
+        ids.append(batch_ids[local])
+        vectors.append(batch_vectors[local])
+        offset += len(batch_ids)
+    return np.concatenate(ids), np.ascontiguousarray(np.concatenate(vectors))
 
 
 def build_index(
@@ -171,64 +340,109 @@ def build_index(
     check_queries: int = 500,
     seed: int = 0,
     batch_size: int = 100_000,
+    memory_budget: str | int | None = None,
     progress: Progress = print,
 ) -> IndexManifest:
     """Build the index over customer_embeddings, self-check recall@10, write index + manifest atomically.
 
     `auto` uses exact search up to AUTO_EXACT_MAX_ROWS rows and IVF above that, with nprobe
-    raised until the self-check recall@10 is at least TARGET_RECALL. Explicit nprobe /
-    ef_search are starting points for the same tuning.
+    raised until the self-check recall@10 is at least TARGET_RECALL; when the flat float32
+    vectors exceed `memory_budget` (default 25% of RAM) it compresses them (ivf_sq8) and
+    re-ranks with exact vectors kept on disk. Explicit nprobe / ef_search are starting points
+    for the same tuning. Vectors are streamed: IVF trains on a sample, then adds batch by batch,
+    and the self-check's exact neighbours are merged batch by batch too.
     """
     if index_type not in INDEX_TYPES:
         raise LookalikeError(f"Unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}.")
     start = time.perf_counter()
-    progress(f"Reading customer_embeddings from {db_path}")
-    ids, vectors, model_version = read_embeddings(db_path, batch_size, progress)
-    rows, dim = vectors.shape
-    if index_type == "auto":
-        if rows <= AUTO_EXACT_MAX_ROWS:
-            chosen, reason = "flat", f"auto: {rows:,} rows <= {AUTO_EXACT_MAX_ROWS:,}, exact search is fast enough and has recall 1"
-        else:
-            chosen, reason = "ivf", (f"auto: {rows:,} rows > {AUTO_EXACT_MAX_ROWS:,}, IVF with ~2*sqrt(n) lists; "
-                                     f"nprobe raised until self-check recall@{SELF_CHECK_K} >= {TARGET_RECALL}")
-    else:
-        chosen, reason = index_type, f"requested --index-type {index_type}"
+    rows, dim, model_version = embeddings_summary(db_path)
+    budget = parse_memory_budget(memory_budget)
+    chosen, reason = choose_index_type(index_type, rows, rows * dim * 4, budget)
+    progress(f"customer_embeddings in {db_path}: {rows:,} vectors of dim {dim}; index {chosen}")
     inner, params = make_index(chosen, dim, rows, nlist, m, ef_construction)
-    if chosen == "ivf":
+    rng = np.random.default_rng(seed)
+    check_rows = np.sort(rng.choice(rows, size=min(check_queries, rows), replace=False))
+    # k-means on ~40 points per list (FAISS wants >= 39) is as good as on everything, and much faster.
+    train_rows = np.sort(rng.choice(rows, size=min(rows, 40 * params["nlist"]), replace=False)) if chosen in IVF_TYPES else check_rows[:0]
+    progress(f"Sampling {len(check_rows):,} self-check queries" + (f" and {len(train_rows):,} training vectors" if len(train_rows) else ""))
+    sample_ids, sample_vectors = collect_rows(db_path, np.union1d(check_rows, train_rows), batch_size)
+    sample_positions = np.union1d(check_rows, train_rows)
+    queries = sample_vectors[np.isin(sample_positions, check_rows)]
+    if chosen in IVF_TYPES:
         params["nprobe"] = nprobe or 8
-        # k-means on ~40 points per list (FAISS wants >= 39) is as good as on everything, and much faster.
-        train = vectors[np.random.default_rng(seed).choice(rows, size=min(rows, 40 * params["nlist"]), replace=False)]
-        progress(f"Training IVF coarse quantizer: {params['nlist']} lists on {len(train):,} vectors")
+        progress(f"Training IVF coarse quantizer{' and 8-bit codes' if chosen == 'ivf_sq8' else ''}: "
+                 f"{params['nlist']} lists on {len(train_rows):,} vectors")
         inner.cp.seed = seed
-        inner.train(train)
+        inner.train(sample_vectors[np.isin(sample_positions, train_rows)])
     elif chosen == "hnsw":
         params["ef_search"] = ef_search or 32
+    del sample_vectors, sample_ids
     index = faiss.IndexIDMap2(inner)
-    progress(f"Adding {rows:,} vectors (dim {dim}) to a {chosen} index")
-    index.add_with_ids(vectors, ids)
 
-    built_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    manifest = IndexManifest(
-        index_version=f"{chosen}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{model_version}",
-        index_type=chosen, params=params, row_count=rows, dim=dim, model_version=model_version,
-        built_at=built_at, build_seconds=0.0, reason=reason,
-    )
-    recall = tune(index, manifest, vectors, ids, check_queries, seed, progress)
-    manifest.self_check = {"k": SELF_CHECK_K, "queries": min(check_queries, rows), "recall": round(recall, 4),
-                           "target": TARGET_RECALL, "passed": recall >= TARGET_RECALL}
-    if recall < TARGET_RECALL:
-        progress(f"Warning: self-check recall@{SELF_CHECK_K} {recall:.3f} is below {TARGET_RECALL}; "
-                 "use --index-type auto or raise --nlist/--m.")
-    manifest.build_seconds = round(time.perf_counter() - start, 2)
-    write_index(index, manifest, index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    tmp = {name: index_dir / f".{name}.{os.getpid()}.tmp" for name in (VECTORS_FILE, IDS_FILE)}
+    exact_store = None
+    if chosen == "ivf_sq8":
+        exact_store = (np.lib.format.open_memmap(tmp[VECTORS_FILE], mode="w+", dtype=np.float32, shape=(rows, dim)),
+                       np.lib.format.open_memmap(tmp[IDS_FILE], mode="w+", dtype=np.int64, shape=(rows,)))
+    truth = ExactTopK(queries, SELF_CHECK_K) if chosen != "flat" else None
+    done, added_at, last_report = 0, time.perf_counter(), 0.0
+    try:
+        for ids, vectors in iter_embeddings(db_path, batch_size):
+            index.add_with_ids(vectors, ids)
+            if truth is not None:
+                truth.add(ids, vectors)
+            if exact_store is not None:
+                exact_store[0][done : done + len(ids)] = vectors
+                exact_store[1][done : done + len(ids)] = ids
+            done += len(ids)
+            elapsed = time.perf_counter() - added_at
+            if elapsed - last_report >= 2.0 or done == rows:
+                last_report = elapsed
+                rate = done / max(elapsed, 1e-9)
+                progress(f"  added {done:,}/{rows:,} vectors to the {chosen} index ({rate:,.0f}/s, ETA {(rows - done) / rate:.0f}s)")
+        if done != rows:
+            raise LookalikeError(f"customer_embeddings changed while the index was built ({done:,} rows read, {rows:,} expected). Rebuild.")
+
+        built_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = IndexManifest(
+            index_version=f"{chosen}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{model_version}",
+            index_type=chosen, params=params, row_count=rows, dim=dim, model_version=model_version,
+            built_at=built_at, build_seconds=0.0, reason=reason,
+        )
+        exact = None
+        if exact_store is not None:
+            for array in exact_store:
+                array.flush()
+            exact = ExactVectors(exact_store[0], np.asarray(exact_store[1]))
+        loaded = LoadedIndex(index=index, manifest=manifest, path=index_dir / INDEX_FILE, exact=exact)
+        recall = tune(loaded, queries, truth.ids if truth is not None else None, progress)
+        manifest.self_check = {"k": SELF_CHECK_K, "queries": min(check_queries, rows), "recall": round(recall, 4),
+                               "target": TARGET_RECALL, "passed": recall >= TARGET_RECALL}
+        manifest.memory = memory_estimate(chosen, rows, dim, params, budget)
+        if recall < TARGET_RECALL:
+            progress(f"Warning: self-check recall@{SELF_CHECK_K} {recall:.3f} is below {TARGET_RECALL}; "
+                     "use --index-type auto or raise --nlist/--m.")
+        manifest.build_seconds = round(time.perf_counter() - start, 2)
+        del exact_store, exact, loaded
+        write_index(index, manifest, index_dir, exact_files={name: path for name, path in tmp.items() if path.exists()})
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
     progress(f"Index {manifest.index_version}: {chosen} {params}, {rows:,} rows, recall@{SELF_CHECK_K} "
-             f"{recall:.3f}, built in {manifest.build_seconds:.1f}s ({reason})")
+             f"{recall:.3f}, RAM ~{manifest.memory['index_ram_bytes'] / 2**30:.2f} GiB, built in {manifest.build_seconds:.1f}s ({reason})")
     return manifest
 
 
-def write_index(index: faiss.Index, manifest: IndexManifest, index_dir: Path) -> None:
-    """Index first, manifest last, each via a temp file + os.replace: a reader never sees half a file."""
+def write_index(index: faiss.Index, manifest: IndexManifest, index_dir: Path, exact_files: dict[str, Path] | None = None) -> None:
+    """Exact vectors (compressed index only), index, manifest last, each via a temp file + os.replace:
+    a reader never sees half a file."""
     index_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in (exact_files or {}).items():
+        os.replace(path, index_dir / name)
+    if not exact_files:
+        for name in (VECTORS_FILE, IDS_FILE):  # left by an earlier compressed build
+            (index_dir / name).unlink(missing_ok=True)
     tmp_index = index_dir / f".{INDEX_FILE}.{os.getpid()}.tmp"
     tmp_manifest = index_dir / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
     faiss.write_index(index, str(tmp_index))
@@ -271,7 +485,9 @@ def load_index(index_dir: Path, expected_model_version: str | None = None) -> Lo
             f"({manifest.row_count:,} rows, dim {manifest.dim}). Rebuild it with `lookalike build-index`."
         )
     check_model_version(manifest, expected_model_version)
-    if manifest.index_type == "ivf":
-        # Lets reconstruct() fetch member vectors straight from the index.
+    if manifest.index_type in IVF_TYPES:
+        # Lets reconstruct() fetch member vectors straight from the index (decoded 8-bit codes for
+        # ivf_sq8, within ~0.5% of exact; LoadedIndex.vectors() gives the exact ones).
         faiss.extract_index_ivf(index).make_direct_map()
-    return LoadedIndex(index=index, manifest=manifest, path=path)
+    exact = ExactVectors.open(index_dir, manifest.row_count) if manifest.index_type == "ivf_sq8" else None
+    return LoadedIndex(index=index, manifest=manifest, path=path, exact=exact)

@@ -107,3 +107,60 @@ def test_cli_build_index_says_what_it_chose_and_why(warehouse, tmp_path):
     assert "flat" in result.output and "Why: auto" in result.output
     missing = CliRunner().invoke(main, ["--db", str(tmp_path / "nope.duckdb"), "--index-dir", str(tmp_path), "build-index"])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_auto_compresses_when_flat_vectors_exceed_the_memory_budget(warehouse, tmp_path):
+    db, data = warehouse
+    # 4,000 x 32 float32 = 512,000 bytes: over a 100 kB budget, so auto must compress.
+    manifest = build_index(db, tmp_path, memory_budget="100kB", progress=quiet)
+    assert manifest.index_type == "ivf_sq8" and "memory budget" in manifest.reason
+    assert manifest.memory["budget_bytes"] == 100_000 and manifest.memory["flat_vectors_bytes"] == 4000 * 32 * 4
+    assert manifest.memory["index_ram_bytes"] < manifest.memory["flat_vectors_bytes"] + 4000 * 40
+    assert manifest.self_check["recall"] >= 0.95 and manifest.params["code_bytes"] == 32
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["memory"] == manifest.memory
+    loaded = load_index(tmp_path, expected_model_version=MODEL_VERSION)
+    vectors = index_module.normalise(data["vectors"])
+    rows = np.arange(0, 4000, 13)
+    sims, found = loaded.search(vectors[rows], 10)
+    assert recall_at_k(exact_neighbours(data, rows), found) >= 0.93
+    # Re-ranked with the exact vectors: the similarities are exact cosines, best first.
+    by_id = dict(zip(data["ids"].tolist(), range(len(data["ids"]))))
+    expected = np.einsum("qd,qkd->qk", vectors[rows], vectors[np.vectorize(by_id.get)(found)])
+    np.testing.assert_allclose(sims, expected, atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 1e-6).all()
+    np.testing.assert_allclose(loaded.vectors(data["ids"][rows]), vectors[rows], atol=1e-6)
+    with pytest.raises(LookalikeError, match="not in the index"):
+        loaded.vectors(np.array([10**12]))
+
+
+def test_compressed_index_without_its_exact_vectors_is_a_clear_error(warehouse, tmp_path):
+    db, _ = warehouse
+    build_index(db, tmp_path, index_type="ivf_sq8", progress=quiet)
+    (tmp_path / index_module.VECTORS_FILE).unlink()
+    with pytest.raises(LookalikeError, match="exact vectors .* missing"):
+        load_index(tmp_path)
+    # A later uncompressed build replaces the index and leaves no stale exact vectors behind.
+    build_index(db, tmp_path, index_type="flat", progress=quiet)
+    assert not (tmp_path / index_module.IDS_FILE).exists() and load_index(tmp_path).exact is None
+
+
+@pytest.mark.parametrize("budget, expected", [("25%", 250), ("1.5kB", 1500), ("2KiB", 2048), (4096, 4096), (None, 250)])
+def test_memory_budget_parses_shares_and_sizes(budget, expected):
+    assert index_module.parse_memory_budget(budget, total_ram=1000) == expected
+
+
+@pytest.mark.parametrize("budget", ["lots", "0%", "150%", "-3GB"])
+def test_bad_memory_budget_is_a_clear_error(budget):
+    with pytest.raises(LookalikeError, match="memory-budget"):
+        index_module.parse_memory_budget(budget, total_ram=1000)
+
+
+def test_cli_build_index_says_when_it_compresses(warehouse, tmp_path):
+    from lookalike_cli.cli import main
+
+    db, _ = warehouse
+    result = CliRunner().invoke(main, ["--db", str(db), "--index-dir", str(tmp_path), "build-index", "--memory-budget", "200kB"])
+    assert result.exit_code == 0, result.output
+    assert "ivf_sq8" in result.output and "memory budget" in result.output and "on disk (memory-mapped)" in result.output
+    bad = CliRunner().invoke(main, ["--db", str(db), "--index-dir", str(tmp_path), "build-index", "--memory-budget", "lots"])
+    assert bad.exit_code == 1 and "--memory-budget 'lots'" in bad.output
