@@ -168,6 +168,21 @@ def hits_at(labels: np.ndarray, scores: np.ndarray, candidates: np.ndarray, size
     return np.array([cumulative[min(s, len(cumulative)) - 1] for s in sizes])
 
 
+def campaign_sql(con: duckdb.DuckDBPyConnection, campaign: str) -> tuple[str, str]:
+    """(population_sql, converters_sql) of a Complete Journey campaign: the households it targeted and
+    those of them that redeemed its coupons (`lookalike load-sample completejourney` loads both tables)."""
+    for table in ("campaigns", "coupon_redemptions"):
+        if not con.execute("select count(*) from information_schema.tables where table_schema = 'raw' and table_name = ?",
+                           [table]).fetchall()[0][0]:
+            raise LookalikeError(f"--campaign needs raw.{table} (load it with `lookalike load-sample completejourney`).")
+    quoted = campaign.replace("'", "''")
+    if not con.execute(f"select count(*) from raw.campaigns where campaign_id::varchar = '{quoted}'").fetchall()[0][0]:
+        known = [r[0] for r in con.execute("select distinct campaign_id::varchar from raw.campaigns order by 1").fetchall()]
+        raise LookalikeError(f"Campaign {campaign!r} targeted nobody in raw.campaigns; known campaigns: {', '.join(known[:40])}.")
+    return (f"select customer_id from raw.campaigns where campaign_id::varchar = '{quoted}'",
+            f"select customer_id from raw.coupon_redemptions where campaign_id::varchar = '{quoted}'")
+
+
 def run_backtest(
     db_path: Path,
     index_dir: Path,
@@ -277,6 +292,9 @@ def run_backtest(
             })
     info = {"population": int(len(population)), "converters": int(len(converters)), "seed_size": n_seed,
             "blend_weights": blend_weights,
+            # Per split, so methods can be compared pairwise (same seeds, same hidden converters).
+            "auc_per_split": {m: [float(a) for a in aucs[m]] for m in methods},
+            "lift_per_split": {m: {f"{p:g}": [float(l[i]) for l in lift[m]] for i, p in enumerate(sizes_percent)} for m in methods},
             "seconds": round(time.perf_counter() - started, 2), "model_version": model_version}
     return Backtest(name=name, table=pa.Table.from_pylist(rows), curves={m: np.array(c) for m, c in curves.items()}, info=info)
 

@@ -22,7 +22,11 @@ def register(group: click.Group) -> None:
 
     @group.command("backtest")
     @click.option("--name", required=True, help="Name of this backtest (report file name, audience_backtests.name).")
-    @click.option("--converters-sql", required=True, help="SQL returning the customer_id of the known converters.")
+    @click.option("--converters-sql", default=None, help="SQL returning the customer_id of the known converters.")
+    @click.option("--campaign", default=None,
+                  help="Complete Journey campaign id: population = households it targeted (raw.campaigns), converters = "
+                       "those that redeemed its coupons (raw.coupon_redemptions). Build the warehouse with windows that end "
+                       "before the campaign starts (docs/BACKTESTS.md).")
     @click.option("--population-sql", default=None, help="SQL returning the customer_id of the population to rank (default: every scored customer).")
     @click.option("--splits", type=int, default=5, show_default=True, help="Random seed/hidden splits of the converters.")
     @click.option("--strategy", "strategies", multiple=True,
@@ -36,7 +40,8 @@ def register(group: click.Group) -> None:
     @click.option("--note", default=None, help="A caveat printed in the report (e.g. how features were windowed).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the splits.")
     @pass_settings
-    def backtest_cmd(settings: Settings, name: str, converters_sql: str, population_sql: str | None, splits: int,
+    def backtest_cmd(settings: Settings, name: str, converters_sql: str | None, campaign: str | None,
+                     population_sql: str | None, splits: int,
                      strategies: tuple[str, ...], baselines: str, seed_fraction: float, report_dir: str | None,
                      note: str | None, seed: int) -> None:
         """Would this have worked? Hide half of known converters, expand from the other half, measure.
@@ -53,8 +58,20 @@ def register(group: click.Group) -> None:
           lookalike backtest --name campaign_18 \\
             --population-sql "select customer_id from raw.campaigns where campaign_id = '18'" \\
             --converters-sql "select customer_id from raw.coupon_redemptions where campaign_id = '18'"
+          lookalike backtest --name campaign_18 --campaign 18    # the same, shorter
         """
-        from lookalike_cli.backtest import DEFAULT_STRATEGIES, publish_backtest, run_backtest, summary_table, write_report
+        from lookalike_cli.backtest import (DEFAULT_STRATEGIES, campaign_sql, publish_backtest, run_backtest, summary_table,
+                                            write_report)
+        from lookalike_cli.errors import LookalikeError
+        from lookalike_cli.warehouse import connection
+
+        if campaign is not None:
+            if converters_sql or population_sql:
+                raise LookalikeError("Give --campaign or --converters-sql/--population-sql, not both.")
+            with connection(settings.db_path, read_only=True) as con:
+                population_sql, converters_sql = campaign_sql(con, campaign)
+        elif not converters_sql:
+            raise LookalikeError("Give --converters-sql (SQL of the known converters) or --campaign (Complete Journey).")
 
         result = run_backtest(settings.db_path, settings.index_dir, converters_sql, population_sql=population_sql, name=name,
                               splits=splits, strategies=strategies or DEFAULT_STRATEGIES,
