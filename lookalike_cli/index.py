@@ -317,14 +317,18 @@ def memory_estimate(index_type: str, rows: int, dim: int, params: dict, budget: 
     return estimate
 
 
-def collect_rows(db_path: Path, wanted: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def collect_rows(db_path: Path, wanted: np.ndarray, batch_size: int, rows: int, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of the rows at sorted positions `wanted` of the stored order, in one streaming pass."""
-    ids, vectors, offset = [], [], 0
+    ids, vectors, offset, started, last_report = [], [], 0, time.perf_counter(), 0.0
     for batch_ids, batch_vectors in iter_embeddings(db_path, batch_size):
         local = wanted[(wanted >= offset) & (wanted < offset + len(batch_ids))] - offset
         ids.append(batch_ids[local])
         vectors.append(batch_vectors[local])
         offset += len(batch_ids)
+        elapsed = time.perf_counter() - started
+        if elapsed - last_report >= 2.0 or offset == rows:
+            last_report, rate = elapsed, offset / max(elapsed, 1e-9)
+            progress(f"  sampled from {offset:,}/{rows:,} vectors ({rate:,.0f}/s, ETA {(rows - offset) / rate:.0f}s)")
     return np.concatenate(ids), np.ascontiguousarray(np.concatenate(vectors))
 
 
@@ -365,7 +369,7 @@ def build_index(
     # k-means on ~40 points per list (FAISS wants >= 39) is as good as on everything, and much faster.
     train_rows = np.sort(rng.choice(rows, size=min(rows, 40 * params["nlist"]), replace=False)) if chosen in IVF_TYPES else check_rows[:0]
     progress(f"Sampling {len(check_rows):,} self-check queries" + (f" and {len(train_rows):,} training vectors" if len(train_rows) else ""))
-    sample_ids, sample_vectors = collect_rows(db_path, np.union1d(check_rows, train_rows), batch_size)
+    sample_ids, sample_vectors = collect_rows(db_path, np.union1d(check_rows, train_rows), batch_size, rows, progress)
     sample_positions = np.union1d(check_rows, train_rows)
     queries = sample_vectors[np.isin(sample_positions, check_rows)]
     if chosen in IVF_TYPES:
