@@ -6,7 +6,7 @@ CUSTOMERS ?= 20000
 DAYS ?= 365
 SEED ?= 7
 DEMO_DIR ?= demo
-EXTRAS := sentence,sample,bi,bench,test
+EXTRAS := sentence,sample,bi,bench,test,spark
 
 .PHONY: install demo test clean
 

@@ -40,9 +40,12 @@ def pass_settings(func):
               help="Folder of exported models and manifests. Default: onnx/ in the project.")
 @click.option("--index-dir", type=click.Path(file_okay=False), envvar="LOOKALIKE_INDEX_DIR", default=None,
               help="Folder of FAISS indexes. Default: indexes/ beside --db.")
+@click.option("--spark-dir", type=click.Path(file_okay=False), envvar="LOOKALIKE_SPARK_DIR", default=None,
+              help="Local Spark metastore and tables (profile target `spark`). Default: <db>_spark/ beside --db.")
 @click.version_option(__version__, prog_name="lookalike")
 @click.pass_context
-def main(ctx: click.Context, db: str, serving_db: str | None, onnx_dir: str | None, index_dir: str | None) -> None:
+def main(ctx: click.Context, db: str, serving_db: str | None, onnx_dir: str | None, index_dir: str | None,
+         spark_dir: str | None) -> None:
     """Warehouse-native lookalike audiences.
 
     \b
@@ -53,7 +56,7 @@ def main(ctx: click.Context, db: str, serving_db: str | None, onnx_dir: str | No
       lookalike build-index
       lookalike expand --name vip --seed-sql "select customer_id from customer_features order by total_spend desc limit 500" --size 5%
     """
-    ctx.obj = Settings.resolve(db=db, serving_db=serving_db, onnx_dir=onnx_dir, index_dir=index_dir)
+    ctx.obj = Settings.resolve(db=db, serving_db=serving_db, onnx_dir=onnx_dir, index_dir=index_dir, spark_dir=spark_dir)
 
 
 @main.command("dbt", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -65,15 +68,16 @@ def dbt_cmd(settings: Settings, dbt_args: tuple[str, ...]) -> None:
     \b
     Example:
       lookalike --db shop.duckdb dbt build --select marts
+      lookalike dbt build --target spark --select marts
     """
     from lookalike_cli.dbt_runner import run_dbt
 
     run_dbt(settings, dbt_args or ("build",))
 
 
-from lookalike_cli import cli_data, cli_model, cli_personas, cli_serving, cli_trust  # noqa: E402  (commands register on `main`)
+from lookalike_cli import cli_data, cli_model, cli_personas, cli_serving, cli_spark, cli_trust  # noqa: E402  (commands register on `main`)
 
-for module in (cli_data, cli_model, cli_serving, cli_trust, cli_personas):
+for module in (cli_data, cli_model, cli_serving, cli_trust, cli_personas, cli_spark):
     module.register(main)
 
 

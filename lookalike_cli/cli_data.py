@@ -67,8 +67,10 @@ def register(group: click.Group) -> None:
     @click.option("--select", "select", default=None, help="dbt node selection (default: everything).")
     @click.option("--exclude", "exclude", default="customer_embeddings+", show_default=True,
                   help="dbt nodes to skip. Scoring needs a trained model: it runs in `lookalike score`.")
+    @click.option("--target", default=None,
+                  help="profiles.yml target: duckdb (default) or spark (a local Spark session; `lookalike spark load-raw` first).")
     @pass_settings
-    def build_cmd(settings: Settings, select: str | None, exclude: str) -> None:
+    def build_cmd(settings: Settings, select: str | None, exclude: str, target: str | None) -> None:
         """Build the warehouse layer with `dbt build` (models and tests), then print the tables.
 
         Staging, intermediate and marts (customer_features, similarity_pairs, categories)
@@ -77,14 +79,24 @@ def register(group: click.Group) -> None:
         \b
         Example:
           lookalike build --select +similarity_pairs
+          lookalike build --target spark
         """
         from lookalike_cli.dbt_runner import run_dbt
 
         started = time.perf_counter()
-        args = ["build", *(["--select", select] if select else []), *(["--exclude", exclude] if exclude else [])]
+        args = ["build", *(["--select", select] if select else []), *(["--exclude", exclude] if exclude else []),
+                *(["--target", target] if target else [])]
         run_dbt(settings, args)
         click.echo(f"dbt build finished in {time.perf_counter() - started:.1f}s")
-        _print_summary(settings.db_path)
+        from lookalike_cli.spark import is_spark_target
+
+        if is_spark_target(target, settings.env()):
+            from lookalike_cli.spark import spark_tables
+
+            for name, rows in spark_tables(settings).items():
+                click.echo(f"  {name:<45} {rows:>12,}")
+        else:
+            _print_summary(settings.db_path)
 
     @group.command("summary")
     @pass_settings

@@ -54,14 +54,28 @@ def register(group: click.Group) -> None:
     @click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
                   help="Score with the dynamic int8 model (made on first use).")
     @click.option("--model-version", default=None, help="Fail unless the model has this model_version.")
+    @click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+                  help="duckdb: the dbt Python model. spark: the Spark table, ONNX Runtime in mapInArrow (extra [spark]).")
     @pass_settings
-    def score_cmd(settings: Settings, model, quantize, model_version) -> None:
+    def score_cmd(settings: Settings, model, quantize, model_version, engine) -> None:
         """Build customer_embeddings: `dbt run -s customer_embeddings` with ONNX Runtime.
+
+        With --engine spark, reads the Spark table customer_features (`lookalike build --target
+        spark`) and writes the Spark table customer_embeddings with the same columns.
 
         \b
         Example:
           lookalike score --quantize int8
+          lookalike score --engine spark
         """
+        if engine == "spark":
+            from lookalike_cli.spark_scoring import score_spark
+
+            result = score_spark(settings, model=model, quantize=quantize, model_version=model_version,
+                                 progress=lambda message: click.echo(message, err=True))
+            click.echo(f"{result['table']}: {result['customers']:,} customers, model {result['model_version']} "
+                       f"({result['quantize']}), Spark {result['seconds']:.1f} s")
+            return
         from lookalike_cli.scoring import score
 
         result = score(settings, model=model, quantize=quantize, model_version=model_version)

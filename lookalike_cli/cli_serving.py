@@ -76,6 +76,9 @@ def register(group: click.Group) -> None:
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (k-means, classifier sample).")
     @click.option("--export-parquet", type=click.Path(file_okay=False), default=None,
                   help="Also write audiences.parquet and members/<name>/v<version>.parquet here.")
+    @click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+                  help="duckdb: FAISS index. spark: exact top-k on the Spark customer_embeddings "
+                       "(strategies centroid (its default) and multi-centroid; extra [spark]). Both publish to the serving file.")
     @pass_settings
     def expand_cmd(settings: Settings, **options) -> None:
         """Expand a seed into a lookalike audience and publish it to the serving file.
@@ -86,9 +89,25 @@ def register(group: click.Group) -> None:
             --seed-sql "select customer_id from customer_features order by total_spend desc limit 500" \\
             --size 5% --strategy knn-vote --exclude-sql "select customer_id from raw.do_not_mail"
           lookalike expand --name cooks --seed-persona "Fresh Food Cook" --size 5%
+          lookalike expand --engine spark --name vip --size 5% \\
+            --seed-sql "select customer_id from customer_features order by total_spend desc limit 500"
         """
         from lookalike_cli.audiences import create_audience
 
+        if options.pop("engine") == "spark":
+            from lookalike_cli.errors import LookalikeError
+            from lookalike_cli.spark_expand import create_audience_spark
+
+            if options.pop("seed_persona"):
+                raise LookalikeError("--seed-persona reads customer_personas in the DuckDB warehouse: use --engine duckdb.")
+            if options.pop("k_per_seed"):
+                raise LookalikeError("--k-per-seed is a knn-vote option, which --engine spark does not run.")
+            if click.get_current_context().get_parameter_source("strategy") == click.core.ParameterSource.DEFAULT:
+                options["strategy"] = "centroid"  # the default blend needs the DuckDB warehouse's raw features
+            row = create_audience_spark(settings, progress=progress, **options)
+            click.echo(f"audience {row['name']} v{row['version']} (id {row['audience_id']}): {row['size']:,} members, "
+                       f"strategy {row['strategy']} on Spark, seeds {row['seed_found']:,} found / {row['seed_missing']:,} missing")
+            return
         persona = options.pop("seed_persona")
         if persona:
             from lookalike_cli.errors import LookalikeError

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.settings import DBT_PROJECT_DIR, PROFILES_DIR, Settings
@@ -60,6 +62,10 @@ def run_dbt(
     so the message names the table, column and test that failed.
     """
     echo = echo or (lambda line: print(line, flush=True))
+    from lookalike_cli.spark import is_spark_target
+
+    if is_spark_target(target_of(args), settings.env()):
+        return run_dbt_in_process(settings, args, echo)
     lines: list[str] = []
     with subprocess.Popen(
         dbt_command(args),
@@ -77,4 +83,57 @@ def run_dbt(
         returncode = process.wait()
     if returncode != 0:
         raise LookalikeError(f"`dbt {' '.join(args)}` failed (exit {returncode}):\n{failure_summary(lines)}")
+    return lines
+
+
+def target_of(args: Sequence[str]) -> str | None:
+    """The profile target named by `--target NAME` / `-t NAME` / `--target=NAME` (None = the default)."""
+    args = list(args)
+    for position, arg in enumerate(args):
+        if arg in ("--target", "-t") and position + 1 < len(args):
+            return args[position + 1]
+        if arg.startswith("--target="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_dbt_in_process(settings: Settings, args: Sequence[str], echo: Callable[[str], None]) -> list[str]:
+    """dbt in this process, sharing its SparkSession (dbt-spark `method: session`).
+
+    A local Spark metastore (Derby) admits one JVM at a time, so dbt in a child process could
+    not open it while this process holds a session (tests, notebooks, `--engine spark` steps).
+    dbt's own console output is silenced; its messages go through `echo` like the subprocess's.
+    """
+    from dbt.cli.main import dbtRunner
+
+    from lookalike_cli.spark import spark_session
+
+    spark_session(settings, target_of(args), progress=echo)
+    lines: list[str] = []
+
+    def on_event(event) -> None:
+        if event.info.level in ("info", "warn", "error") and event.info.msg:
+            line = ANSI_ESCAPE.sub("", str(event.info.msg))
+            lines.append(line)
+            echo(line)
+
+    command = dbt_command(args)[1:]
+    if "--log-level" not in command:
+        command += ["--log-level", "none"]
+    with environment(settings.env()):
+        result = dbtRunner(callbacks=[on_event]).invoke(command)
+    if not result.success:
+        detail = failure_summary(lines) if lines else str(result.exception)
+        raise LookalikeError(f"`dbt {' '.join(args)}` failed:\n{detail}")
     return lines

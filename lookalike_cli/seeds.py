@@ -99,15 +99,24 @@ def resolve_seeds(
         ).to_arrow_table()
     finally:
         con.unregister("requested_seed_ids")
+    return seeds_from_embeddings(source, len(ids), found)
+
+
+def seeds_from_embeddings(source: str, requested: int, found: pa.Table) -> Seeds:
+    """Seeds from the (customer_id, embedding) rows found for `requested` ids, with warnings.
+
+    Shared by the DuckDB path and the Spark one (`spark_expand`), which look the ids up in
+    their own customer_embeddings.
+    """
     if found.num_rows == 0:
         raise LookalikeError(
-            f"None of the {len(ids):,} seed ids ({source}) are in customer_embeddings: "
+            f"None of the {requested:,} seed ids ({source}) are in customer_embeddings: "
             "check that the seed uses the same customer_id as the warehouse."
         )
     column = found.column("embedding").combine_chunks()
     vectors = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    seeds = Seeds(source=source, requested=len(ids), ids=found.column("customer_id").to_numpy().astype(np.int64),
+    seeds = Seeds(source=source, requested=requested, ids=found.column("customer_id").to_numpy().astype(np.int64),
                   vectors=vectors / np.maximum(norms, 1e-12), warnings=[])
     if seeds.missing:
         seeds.warnings.append(f"{seeds.missing:,} of {seeds.requested:,} seed ids are not in the population (no embedding); using {seeds.found:,}.")

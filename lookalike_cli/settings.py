@@ -29,6 +29,8 @@ class Settings:
     serving_db_path: Path
     onnx_dir: Path
     index_dir: Path
+    # Local Spark metastore + tables (the profile's `spark` target, `--engine spark`).
+    spark_dir: Path | None = None
 
     @classmethod
     def resolve(
@@ -37,13 +39,15 @@ class Settings:
         serving_db: str | os.PathLike | None = None,
         onnx_dir: str | os.PathLike | None = None,
         index_dir: str | os.PathLike | None = None,
+        spark_dir: str | os.PathLike | None = None,
     ) -> "Settings":
         db_path = Path(db or os.environ.get("LOOKALIKE_DB") or DEFAULT_DB).resolve()
         serving = serving_db or os.environ.get("LOOKALIKE_SERVING_DB")
         serving_path = Path(serving).resolve() if serving else serving_path_for(db_path)
         onnx = Path(onnx_dir or os.environ.get("LOOKALIKE_ONNX_DIR") or PROJECT_ROOT / "onnx").resolve()
         index = Path(index_dir or os.environ.get("LOOKALIKE_INDEX_DIR") or db_path.parent / "indexes").resolve()
-        return cls(db_path=db_path, serving_db_path=serving_path, onnx_dir=onnx, index_dir=index)
+        spark = Path(spark_dir or os.environ.get("LOOKALIKE_SPARK_DIR") or db_path.with_name(f"{db_path.stem}_spark")).resolve()
+        return cls(db_path=db_path, serving_db_path=serving_path, onnx_dir=onnx, index_dir=index, spark_dir=spark)
 
     def env(self) -> dict[str, str]:
         """Environment for child processes (dbt) so they agree with this process on every path."""
@@ -54,6 +58,8 @@ class Settings:
             LOOKALIKE_ONNX_DIR=str(self.onnx_dir),
             LOOKALIKE_INDEX_DIR=str(self.index_dir),
         )
+        if self.spark_dir is not None:
+            env["LOOKALIKE_SPARK_DIR"] = str(self.spark_dir)
         # Each warehouse gets its own dbt target/log folders, so runs on two databases
         # (tests, benchmarks) never share compiled state.
         dbt_state = self.db_path.parent / ".dbt" / self.db_path.stem

@@ -21,6 +21,12 @@
 {% endmacro %}
 
 
+{% macro spark__cosine_similarity(dot_product, squared_norm_a, squared_norm_b) %}
+    {#- The same expression as DuckDB's, so both engines give bit-identical labels. -#}
+    {{ return(lookalike.duckdb__cosine_similarity(dot_product, squared_norm_a, squared_norm_b)) }}
+{% endmacro %}
+
+
 {% macro vector_cosine_similarity(vector_a, vector_b) %}
     {#- Cosine of two equal-length numeric arrays (embeddings). -#}
     {{ return(adapter.dispatch('vector_cosine_similarity', 'lookalike')(vector_a, vector_b)) }}
@@ -56,6 +62,15 @@
 
 {% macro duckdb__ordered_array_agg(value, order_by) %}
     list({{ value }} order by {{ order_by }})
+{% endmacro %}
+
+
+{% macro spark__ordered_array_agg(value, order_by) %}
+    {#- collect_list has no order: collect (key, value) structs, sort them by key, keep the values. -#}
+    transform(
+        array_sort(collect_list(named_struct('sort_key', {{ order_by }}, 'value', {{ value }}))),
+        entry -> entry.value
+    )
 {% endmacro %}
 
 

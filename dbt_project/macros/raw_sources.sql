@@ -61,14 +61,14 @@
         select
             cast(customer_id as bigint) as customer_id,
             cast({{ timestamp_column }} as timestamp) as {{ timestamp_column }},
-            cast(category as varchar) as category
+            cast(category as string) as category
         from {{ source('raw', table_name) }}
     {%- else -%}
         -- Optional source absent (var {{ enable_var }}).
         select
             cast(null as bigint) as customer_id,
             cast(null as timestamp) as {{ timestamp_column }},
-            cast(null as varchar) as category
+            cast(null as string) as category
         where 1 = 0
     {%- endif -%}
 {% endmacro %}

@@ -62,7 +62,7 @@ final as (
         cast(coalesce(orders.return_line_count, 0) as double) as return_line_count,
         cast(coalesce(orders.distinct_categories, 0) as double) as distinct_categories,
         cast(coalesce(orders.active_months, 0) as double) as active_months,
-        cast(coalesce(orders.order_count, 0) / greatest(windows.feature_window_days / 30.4375, 1.0) as double) as orders_per_month,
+        cast(coalesce(orders.order_count, 0) / greatest(windows.feature_window_days / cast(30.4375 as double), 1.0) as double) as orders_per_month,
         cast(coalesce(
             {{ dbt.datediff('orders.last_ordered_at', 'windows.feature_end_at', 'day') }},
             windows.feature_window_days

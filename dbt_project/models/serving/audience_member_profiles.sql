@@ -25,7 +25,7 @@ audiences as (
 {%- else -%}
 members as (
     select
-        cast(null as varchar) as audience_name,
+        cast(null as string) as audience_name,
         cast(null as integer) as audience_version,
         cast(null as bigint) as audience_id,
         cast(null as bigint) as customer_id,
@@ -39,10 +39,10 @@ members as (
 audiences as (
     select
         cast(null as bigint) as audience_id,
-        cast(null as varchar) as strategy,
+        cast(null as string) as strategy,
         cast(null as timestamp) as created_at,
-        cast(null as varchar) as model_version,
-        cast(null as varchar) as index_version
+        cast(null as string) as model_version,
+        cast(null as string) as index_version
     where false
 ),
 {%- endif %}

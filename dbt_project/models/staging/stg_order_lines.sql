@@ -9,8 +9,8 @@ renamed as (
         cast(customer_id as bigint) as customer_id,
         cast(order_id as bigint) as order_id,
         cast(ordered_at as timestamp) as ordered_at,
-        cast(category as varchar) as category,
-        {{ column_or_null('order_lines', 'department', 'varchar') }} as department,
+        cast(category as string) as category,
+        {{ column_or_null('order_lines', 'department', 'string') }} as department,
         cast(quantity as double) as quantity,
         cast(amount as double) as amount
     from source
