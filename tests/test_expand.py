@@ -35,6 +35,8 @@ def world(tmp_path_factory):
         build_index(db, root / "ivf", progress=quiet)
     finally:
         index_module.AUTO_EXACT_MAX_ROWS = original
+    # And the compressed one auto picks above the memory budget (exact re-ranking from disk).
+    build_index(db, root / "ivf_sq8", memory_budget="100kB", progress=quiet)
     return {"root": root, "db": db, **data}
 
 
@@ -42,7 +44,7 @@ def segment_of(world, ids) -> np.ndarray:
     return world["segment"][np.asarray(ids) // 10 - 1]
 
 
-@pytest.mark.parametrize("index_name", ["flat", "ivf"])
+@pytest.mark.parametrize("index_name", ["flat", "ivf", "ivf_sq8"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_known_answer_200_seeds_of_one_segment(world, strategy, index_name):
     """Base rate of the segment is ~1/SEGMENTS (8%); the audience must be mostly that segment."""
@@ -57,7 +59,7 @@ def test_known_answer_200_seeds_of_one_segment(world, strategy, index_name):
     assert not seeds & set(members["customer_id"]), "seeds are never members"
     assert not set(world["opt_outs"].tolist()) & set(members["customer_id"]), "opted-out customers are excluded"
     assert set(members["nearest_seed_id"]) <= seeds
-    assert result.audience["seed_found"] == 200 and result.audience["index_type"] == ("flat" if index_name == "flat" else "ivf")
+    assert result.audience["seed_found"] == 200 and result.audience["index_type"] == index_name
 
 
 def test_multi_centroid_finds_both_halves_of_a_mixed_seed(world):
