@@ -9,7 +9,7 @@ What is planted (README "Ads"):
 - search queries per intent: 85% of an ad's clicks come from its own intent's queries, the
   rest from other intents of its product type or anywhere (co-clicks = shared queries);
 - revenue per click is set by the intent (lognormal, spread within a product type) times a
-  small per-ad factor; a click converts with probability 10%, so few-click ads have very
+  small per-ad factor; a click converts with probability 20%, so few-click ads have very
   noisy observed RPC and pooling over an intent cluster pays;
 - click rates are long-tailed (lognormal), historical CPCs are independent of RPC (room for
   better bids); ~10% of ads have no product type label (multi-product ads).
@@ -31,7 +31,7 @@ Progress = Callable[[str], None]
 
 CONSONANTS = list("bcdfghklmnprstvz")
 VOWELS = list("aeiou")
-CONVERSION_RATE = 0.10
+CONVERSION_RATE = 0.20
 OWN_INTENT_QUERY_SHARE = 0.85
 SAME_TYPE_QUERY_SHARE = 0.10  # the rest (5%) of clicks come from any query
 
@@ -126,12 +126,13 @@ def generate_ads(
     })
     progress(f"  {ads:,} ads over {intent_count} intents in {type_count} product types")
 
-    # Daily stats: Poisson clicks, conversions at 10%, order value gamma around rpc / 10%.
+    # Daily stats: Poisson clicks, conversions at 20%, order values gamma-distributed around rpc / 20%.
     dates = pd.date_range(start_date, periods=days, freq="D")
     clicks = rng.poisson(click_rate[:, None] * np.ones((1, days)))
     conversions = rng.binomial(clicks, CONVERSION_RATE)
-    order_value_scale = (ad_rpc / CONVERSION_RATE / 2.0)[:, None]
-    revenue = np.where(conversions > 0, rng.gamma(np.maximum(conversions, 1) * 2.0) * order_value_scale, 0.0)
+    order_value_shape = 3.0
+    order_value_scale = (ad_rpc / CONVERSION_RATE / order_value_shape)[:, None]
+    revenue = np.where(conversions > 0, rng.gamma(np.maximum(conversions, 1) * order_value_shape) * order_value_scale, 0.0)
     impressions = clicks + rng.poisson((click_rate / ctr - click_rate)[:, None] * np.ones((1, days)))
     cost = clicks * historical_cpc[:, None]
     ad_index, day_index = np.nonzero(impressions)
