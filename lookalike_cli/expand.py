@@ -36,6 +36,9 @@ STRATEGIES = ("blend", "centroid", "knn-vote", "multi-centroid", "classifier")
 DEFAULT_STRATEGY = "blend"
 # blend: most unlabelled customers the propensity classifier is fitted on (a random sample beyond).
 BLEND_UNLABELLED = 50_000
+# blend: up to this many customers every one is scored exactly; above, the blend re-ranks an ANN
+# candidate pool around the seeds and raw features are loaded only for a sample and the pool.
+BLEND_EXACT_MAX = 250_000
 # knn-vote: most neighbours one search of all seeds may return (ids + similarities ~12 bytes each).
 MAX_VOTES = 20_000_000
 Progress = Callable[[str], None]
@@ -226,6 +229,50 @@ def blend(index: LoadedIndex, seeds: Seeds, limit: int, blend_population: tuple,
     return ranked(ids, scores, similarities, -1.0)
 
 
+def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tuple, **_) -> Candidates:
+    """Large populations: the candidates near the seeds (knn-vote and centroid searches) re-ranked by the blend.
+
+    Customers that only the raw features would find (far from every seed in the embedding) are
+    missed here; the exact path (<= BLEND_EXACT_MAX customers) and the backtest score everyone.
+    """
+    db_path, fitted, scale = blend_sampled
+    pool = knn_vote(index, seeds, 2 * limit)
+    around_centroid = centroid(index, seeds, 2 * limit)
+    ids = np.union1d(pool.ids, around_centroid.ids)
+    raw = None
+    if scale is not None:
+        with connection(db_path, read_only=True) as con:
+            from lookalike_cli.raw_features import load_raw_features
+
+            raw = load_raw_features(con, ids=ids, scale=scale)
+        ids = raw.ids
+    vectors = normalise(index.index.reconstruct_batch(ids))
+    scores = fitted.score(blend_inputs(ids, vectors, raw))
+    similarities = vectors @ normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+    return ranked(ids, scores, similarities, max(pool.frontier, around_centroid.frontier), capped=pool.capped)
+
+
+def sample_blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int):
+    """Large populations: (sample ids, embeddings, RawFeatures of sample + seeds or None, warnings)."""
+    from lookalike_cli.raw_features import load_raw_features
+
+    table = con.sql(f"select customer_id, embedding from customer_embeddings using sample reservoir({BLEND_UNLABELLED} rows) "
+                    f"repeatable ({seed}) order by customer_id").to_arrow_table()
+    column = table.column("embedding").combine_chunks()
+    vectors = normalise(column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size))
+    ids = table.column("customer_id").to_numpy().astype(np.int64)
+    try:
+        raw = load_raw_features(con, ids=np.union1d(ids, seeds.ids))
+    except (LookalikeError, duckdb.Error) as exc:
+        return ids, vectors, None, [f"blend: no raw features ({str(exc).splitlines()[0]}); using the embedding components only."]
+    keep = np.isin(ids, raw.ids)
+    missing = ~np.isin(seeds.ids, raw.ids)
+    if missing.any():
+        raise LookalikeError(f"{int(missing.sum()):,} seed(s) have embeddings but no row in customer_features "
+                             f"(e.g. {seeds.ids[missing][:3].tolist()}): rebuild with `lookalike build` and re-score.")
+    return ids[keep], vectors[keep], raw, []
+
+
 def load_blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds) -> tuple[np.ndarray, np.ndarray, object, list[str]]:
     """(ids, L2-normalised embeddings, RawFeatures or None, warnings) of every scored customer.
 
@@ -330,17 +377,23 @@ def expand(
             parameters.update(info)
             progress(f"  PU classifier on {info['population_sample']:,} population vectors, label frequency c={info['label_frequency']}")
         elif strategy == "blend":
-            ids_all, vectors_all, raw, raw_warnings = load_blend_population(con, seeds)
+            exact = population <= BLEND_EXACT_MAX
+            load = load_blend_population(con, seeds) if exact else sample_blend_population(con, seeds, seed)
+            ids_all, vectors_all, raw, raw_warnings = load
             warnings += raw_warnings
             fitted = fit_blend_for(seeds, ids_all, vectors_all, raw, seed)
-            extra["blend_population"] = (ids_all, vectors_all, raw, fitted)
-            parameters["blend"] = fitted.evidence
+            if exact:
+                extra["blend_population"] = (ids_all, vectors_all, raw, fitted)
+            else:
+                extra["blend_sampled"] = (db_path, fitted, None if raw is None else raw.scale)
+                progress(f"  blend re-ranks an ANN candidate pool ({population:,} customers > {BLEND_EXACT_MAX:,})")
+            parameters["blend"] = {**fitted.evidence, "scored": "every customer" if exact else "ANN candidate pool"}
             progress(f"  blend weights {fitted.evidence['weights']} (self-validated: {fitted.evidence['folds']} folds "
                      f"of the seed, AUC of held-out seeds {fitted.evidence.get('validation_auc', 'n/a')})")
         if strategy == "knn-vote" and k_per_seed:
             parameters["k_per_seed"] = k_per_seed
     search = {"centroid": centroid, "knn-vote": knn_vote, "multi-centroid": multi_centroid, "classifier": classifier,
-              "blend": blend}[strategy]
+              "blend": blend if "blend_population" in extra else blend_pool}[strategy]
 
     # Widen the search until enough eligible customers are found (size) or the search frontier
     # drops below the threshold (min-similarity), or the whole population is covered (frontier -1).

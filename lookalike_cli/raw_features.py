@@ -33,26 +33,37 @@ class RawFeatures:
     activity: np.ndarray     # float64 [N]: RFM score (recent, frequent, high spend = high)
     spend: np.ndarray        # float64 [N]: total spend in the feature window
     shares: object           # scipy CSR float32 [N, n_categories]: category order-line shares as stored (sparse)
+    scale: tuple             # (mean, std) of the columns before z-scoring: load another subset on the same scale
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of `ids` (every id must be present)."""
         return np.searchsorted(self.ids, ids)
 
 
-def zscore(values: np.ndarray) -> np.ndarray:
-    std = values.std(axis=0)
-    return (values - values.mean(axis=0)) / np.where(std > 1e-9, std, 1.0)
+def zscore(values: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    mean, std = scale if scale is not None else (values.mean(axis=0), values.std(axis=0))
+    return (values - mean) / np.where(std > 1e-9, std, 1.0)
 
 
-def load_raw_features(con: duckdb.DuckDBPyConnection) -> RawFeatures:
+def load_raw_features(con: duckdb.DuckDBPyConnection, ids: np.ndarray | None = None,
+                      scale: tuple[np.ndarray, np.ndarray] | None = None) -> RawFeatures:
+    """Every customer's raw features, or only `ids`' (a sample, a candidate pool: memory stays bounded
+    at any population size). Columns (categorical vocabularies included) are the same either way;
+    the z-scores use `scale` (a previous load's `.scale`) when given, else the loaded rows' own."""
     require_table(con, "customer_features", FEATURES_HINT)
     available = table_columns(con, "customer_features")
     dense_columns = [c for c in DENSE_COLUMNS if c in available]
     categorical_columns = [c for c in CATEGORICAL_COLUMNS if c in available]
+    where = ""
+    if ids is not None:
+        con.register("_raw_feature_ids", pa.table({"customer_id": pa.array(np.asarray(ids, np.int64))}))
+        where = "where customer_id in (select customer_id from _raw_feature_ids)"
     table = con.sql(
         f"select customer_id, {', '.join(dense_columns + categorical_columns)}, category_ids, category_shares "
-        "from customer_features order by customer_id"
+        f"from customer_features {where} order by customer_id"
     ).to_arrow_table()
+    if ids is not None:
+        con.unregister("_raw_feature_ids")
     categories = con.sql("select category_id, category from categories order by category_id").fetchall()
     n_categories = max([c[0] for c in categories], default=-1) + 1
     category_names = {cid: name for cid, name in categories}
@@ -61,7 +72,9 @@ def load_raw_features(con: duckdb.DuckDBPyConnection) -> RawFeatures:
     blocks, names = [dense], list(dense_columns)
     for column in categorical_columns:
         values = table.column(column).combine_chunks().fill_null("unknown").cast("string")
-        vocabulary = sorted(v for v in pc.unique(values).to_pylist() if v is not None)
+        # The vocabulary of the whole table, so a subset has the same columns as a full load.
+        vocabulary = sorted(r[0] for r in con.execute(
+            f"select distinct coalesce(cast({column} as varchar), 'unknown') from customer_features").fetchall())
         codes = pc.index_in(values, value_set=pa.array(vocabulary, pa.string())).to_numpy(zero_copy_only=False)
         onehot = np.zeros((table.num_rows, len(vocabulary)))
         onehot[np.arange(table.num_rows), codes.astype(np.int64)] = 1.0
@@ -69,7 +82,10 @@ def load_raw_features(con: duckdb.DuckDBPyConnection) -> RawFeatures:
         names += [f"{column}={v}" for v in vocabulary]
     blocks.append(dense_shares(table, n_categories).astype(np.float64))
     names += [f"category:{category_names.get(i, i)}" for i in range(n_categories)]
-    matrix = np.clip(zscore(np.hstack(blocks)), -CLIP, CLIP).astype(np.float32)
+    stacked = np.hstack(blocks)
+    scale = scale if scale is not None else (stacked.mean(axis=0), stacked.std(axis=0))
+    matrix = np.clip(zscore(stacked, scale), -CLIP, CLIP).astype(np.float32)
+    del stacked
 
     def column(name: str) -> np.ndarray:
         return dense[:, dense_columns.index(name)] if name in dense_columns else np.zeros(table.num_rows)
@@ -78,7 +94,7 @@ def load_raw_features(con: duckdb.DuckDBPyConnection) -> RawFeatures:
     activity = zscore(np.column_stack([-column("recency_days"), column("order_count"), column("total_spend")])).sum(axis=1)
     return RawFeatures(ids=table.column("customer_id").to_numpy().astype(np.int64), matrix=matrix, names=names,
                        activity=activity, spend=np.expm1(column("total_spend")),
-                       shares=sparse_shares(table, n_categories))
+                       shares=sparse_shares(table, n_categories), scale=scale)
 
 
 def sparse_shares(table: pa.Table, n_categories: int):

@@ -45,3 +45,28 @@ def test_small_seed_gets_the_equal_blend_and_no_raw_features_drop_the_raw_compon
     no_raw = BlendInputs(embeddings, np.zeros((500, 0), np.float32))
     fitted = fit_blend(no_raw.take(np.arange(60)), no_raw.take(np.arange(60, 500)))
     assert fitted.weights[1] == 0.0 and all(key.split("/")[1] == "0.00" for key in fitted.evidence["validation_auc"])
+
+
+def test_blend_pool_mode_agrees_with_exact_scoring(scored_warehouse, monkeypatch):
+    """Above BLEND_EXACT_MAX customers the blend re-ranks an ANN pool with raw features loaded for a
+    sample and the pool only; on a planted segment it must find much the same audience."""
+    from lookalike_cli import expand as expansion
+
+    seed_sql = ("select customer_id from raw.planted_segments where segment_id = 1 "
+                "order by hash(customer_id) limit 80")
+    args = dict(seed_sql=seed_sql, size=150, progress=lambda _: None)
+    exact = expansion.expand(scored_warehouse.db_path, scored_warehouse.index_dir, **args)
+    monkeypatch.setattr(expansion, "BLEND_EXACT_MAX", 0)
+    pooled = expansion.expand(scored_warehouse.db_path, scored_warehouse.index_dir, **args)
+    assert exact.audience["strategy"] == pooled.audience["strategy"] == "blend"
+    assert exact.audience["parameters"]["blend"]["scored"] == "every customer"
+    assert pooled.audience["parameters"]["blend"]["scored"] == "ANN candidate pool"
+    exact_ids = set(exact.members.column("customer_id").to_pylist())
+    pooled_ids = set(pooled.members.column("customer_id").to_pylist())
+    assert len(pooled_ids) == 150 and len(exact_ids & pooled_ids) >= 0.7 * 150, len(exact_ids & pooled_ids)
+    import duckdb
+
+    with duckdb.connect(str(scored_warehouse.db_path), read_only=True) as con:
+        segment = {r[0] for r in con.execute("select customer_id from raw.planted_segments where segment_id = 1").fetchall()}
+    # 80 of the segment's customers are seeds; the rest of the segment should fill most of the audience.
+    assert len(pooled_ids & segment) >= 0.6 * min(150, len(segment) - 80), len(pooled_ids & segment)
