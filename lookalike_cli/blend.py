@@ -93,7 +93,7 @@ class FittedComponents:
 def fit_components(seeds: BlendInputs, unlabelled: BlendInputs, reference: BlendInputs, random_seed: int) -> FittedComponents:
     from sklearn.linear_model import LogisticRegression
 
-    x = np.vstack([seeds.joint(), unlabelled.joint()])
+    x = np.vstack([seeds.joint(), unlabelled.joint()]).astype(np.float64)  # lbfgs converts float32 anyway, slower
     y = np.r_[np.ones(len(seeds)), np.zeros(len(unlabelled))]
     model = LogisticRegression(C=PROPENSITY_C, max_iter=1000, class_weight="balanced", random_state=random_seed).fit(x, y)
     fitted = FittedComponents(normalise(seeds.embeddings.mean(axis=0, keepdims=True))[0], seeds.raw.mean(axis=0), model)
@@ -122,6 +122,14 @@ class Blend:
 
 def fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int = 0) -> Blend:
     """Self-validate the weightings inside the seed, then fit every component on the whole seed."""
+    from threadpoolctl import threadpool_limits
+
+    # Small fits: one BLAS thread is several times faster than oversubscribed threads on a busy machine.
+    with threadpool_limits(1):
+        return _fit_blend(seeds, unlabelled, random_seed)
+
+
+def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int) -> Blend:
     rng = np.random.default_rng(random_seed)
     reference = unlabelled.take(rng.permutation(len(unlabelled))[:REFERENCE_SIZE])
     # Without raw features (a zero-width block) only the embedding components can be weighted.
