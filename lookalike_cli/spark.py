@@ -115,8 +115,8 @@ def spark_session(settings: Settings, target: str = SPARK_TARGET, progress: Prog
 
 
 def table_exists(spark, name: str) -> bool:
-    database, _, table = name.rpartition(".")
-    return spark.catalog.tableExists(table, database or None)
+    """`name` may be qualified (schema.table); unqualified names look in the current database."""
+    return spark.catalog.tableExists(name)
 
 
 def require_spark_table(spark, name: str, hint: str) -> None:

@@ -1,0 +1,143 @@
+"""The same project on Apache Spark: dbt models on a local Spark session agree with DuckDB,
+Spark scoring equals DuckDB scoring, Spark expansion agrees with exact search.
+
+One Spark session and one `dbt build --target spark` for the module, over the shared scored
+warehouse (generated data, a trained model, DuckDB embeddings and a flat FAISS index).
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.conftest import run_cli
+from lookalike_cli.settings import Settings
+
+pyspark = pytest.importorskip("pyspark", reason="the Spark engine needs the extra [spark]")
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+LABELS = ["similarity_orders", "similarity_visits", "similarity_engagements", "jaccard_orders"]
+# Exact-valued ordering (counts, ids): both engines pick the same seed customers.
+SEED_SQL = "select customer_id from customer_features order by order_count desc, customer_id limit 150"
+
+
+def run_spark_cli(settings: Settings, *args: str, expect_exit: int | None = 0):
+    return run_cli(settings, "--spark-dir", str(settings.spark_dir), *args, expect_exit=expect_exit)
+
+
+@pytest.fixture(scope="module")
+def spark_warehouse(scored_warehouse, tmp_path_factory):
+    """The scored warehouse's raw tables loaded into Spark, every dbt model built there, and
+    customers scored on Spark with the same model. The DuckDB files are only read; audiences
+    go to a private serving file."""
+    folder = tmp_path_factory.mktemp("spark")
+    settings = Settings.resolve(db=scored_warehouse.db_path, serving_db=folder / "serving.duckdb",
+                                onnx_dir=scored_warehouse.onnx_dir, index_dir=scored_warehouse.index_dir,
+                                spark_dir=folder / "spark")
+    run_spark_cli(settings, "spark", "load-raw")
+    run_spark_cli(settings, "build", "--target", "spark")
+    run_spark_cli(settings, "score", "--engine", "spark", "--model", "shared")
+    from lookalike_cli.spark import spark_session
+
+    spark = spark_session(settings)
+    yield settings, spark
+    spark.stop()
+
+
+def duckdb_table(settings: Settings, sql: str) -> pa.Table:
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        return con.sql(sql).to_arrow_table()
+
+
+def spark_table(spark, sql: str) -> pa.Table:
+    return spark.sql(sql).toArrow()
+
+
+@pytest.mark.parametrize("table, key", [
+    ("categories", "category_id"),
+    ("int_customer_pairs_sampled", "customer_id_a, customer_id_b"),
+    ("similarity_pairs", "customer_id_a, customer_id_b"),
+    ("customer_features", "customer_id"),
+])
+def test_marts_agree_with_duckdb(spark_warehouse, table, key):
+    settings, spark = spark_warehouse
+    expected = duckdb_table(settings, f"select * from {table} order by {key}")
+    actual = spark_table(spark, f"select * from lookalike.{table} order by {key}")
+    assert actual.num_rows == expected.num_rows > 0
+    assert actual.column_names == expected.column_names
+    for name in expected.column_names:
+        want, got = expected.column(name).combine_chunks(), actual.column(name).combine_chunks()
+        if pa.types.is_floating(want.type):
+            # Labels (similarity_*, jaccard) and numeric features: sums in another order, same values.
+            a = want.to_numpy(zero_copy_only=False).astype(float)
+            b = got.to_numpy(zero_copy_only=False).astype(float)
+            assert np.array_equal(np.isnan(a), np.isnan(b)), f"{table}.{name}: nulls differ"
+            assert np.allclose(a, b, rtol=0, atol=1e-6, equal_nan=True), f"{table}.{name}: max diff {np.nanmax(np.abs(a - b))}"
+        elif pa.types.is_list(want.type) and pa.types.is_floating(want.type.value_type):
+            assert pc_lengths(want) == pc_lengths(got), f"{table}.{name}: list lengths differ"
+            assert np.allclose(want.flatten().to_numpy(), got.flatten().to_numpy(), rtol=0, atol=1e-9)
+        else:
+            assert want.to_pylist() == got.to_pylist(), f"{table}.{name} differs"
+
+
+def pc_lengths(column: pa.Array) -> list[int]:
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(column).to_pylist()
+
+
+def test_spark_scoring_equals_duckdb_scoring(spark_warehouse):
+    settings, spark = spark_warehouse
+    expected = duckdb_table(settings, "select * from customer_embeddings order by customer_id")
+    frame = spark.table("lookalike.customer_embeddings")
+    assert frame.dtypes == [("customer_id", "bigint"), ("embedding", "array<float>"), ("model_version", "string")]
+    actual = frame.orderBy("customer_id").toArrow()
+    assert actual.column("customer_id").to_pylist() == expected.column("customer_id").to_pylist()
+    assert set(actual.column("model_version").to_pylist()) == set(expected.column("model_version").to_pylist())
+    want = np.array(expected.column("embedding").to_pylist(), dtype=np.float32)
+    got = np.array(actual.column("embedding").to_pylist(), dtype=np.float32)
+    assert want.shape == got.shape and want.shape[1] > 1
+    assert np.allclose(want, got, atol=1e-5)
+
+
+def test_spark_expand_agrees_with_exact_search(spark_warehouse):
+    settings, _ = spark_warehouse
+    run_spark_cli(settings, "expand", "--name", "exact", "--strategy", "centroid", "--seed-sql", SEED_SQL, "--size", "5%")
+    run_spark_cli(settings, "expand", "--engine", "spark", "--name", "on_spark", "--seed-sql", SEED_SQL, "--size", "5%")
+    with duckdb.connect(str(settings.serving_db_path), read_only=True) as con:
+        audiences = {row[0]: row[1:] for row in con.execute(
+            "select name, strategy, index_type, size, model_version from latest_audiences").fetchall()}
+        members = {name: con.execute(
+            "select customer_id, rank, score, nearest_seed_id from latest_audience_members where audience_name = ? order by rank",
+            [name]).fetchall() for name in ("exact", "on_spark")}
+    # Below 50k customers build-index chose a flat (exact) index: the DuckDB path is exact search.
+    assert audiences["exact"][1] == "flat"
+    assert audiences["on_spark"][:3] == ("centroid", "spark-exact", audiences["exact"][2])
+    assert audiences["on_spark"][3] == audiences["exact"][3]
+    exact = [row[0] for row in members["exact"]]
+    on_spark = [row[0] for row in members["on_spark"]]
+    overlap = len(set(exact) & set(on_spark)) / len(exact)
+    assert overlap >= 0.95, overlap
+    assert [row[1] for row in members["on_spark"]] == list(range(1, len(on_spark) + 1))
+    scores = np.array([row[2] for row in members["on_spark"]])
+    assert np.all(np.diff(scores) <= 1e-12), "members must be ranked by score"
+    seeds = set(duckdb_table(settings, SEED_SQL).column("customer_id").to_pylist())
+    opted_out = set(duckdb_table(settings, "select customer_id from raw.opt_outs").column("customer_id").to_pylist())
+    assert not (set(on_spark) & (seeds | opted_out)), "seeds and opt-outs are never members"
+    assert {row[3] for row in members["on_spark"]} <= seeds
+
+
+def test_spark_errors_name_the_problem_and_keep_tables(spark_warehouse):
+    settings, spark = spark_warehouse
+    before = spark.table("lookalike.customer_embeddings").count()
+    result = run_spark_cli(settings, "score", "--engine", "spark", "--model", "shared", "--model-version", "nope", expect_exit=1)
+    assert "version nope was requested" in result.output
+    assert spark.table("lookalike.customer_embeddings").count() == before
+    result = run_spark_cli(settings, "expand", "--engine", "spark", "--name", "x", "--strategy", "knn-vote",
+                           "--seed-sql", SEED_SQL, "--size", "10", expect_exit=1)
+    assert "centroid, multi-centroid" in result.output
+    result = run_spark_cli(settings, "expand", "--engine", "spark", "--name", "x",
+                           "--seed-sql", "select customer_id from customer_features where customer_id < 0", "--size", "10", expect_exit=1)
+    assert "is empty" in result.output
