@@ -110,9 +110,9 @@ def register(group: click.Group) -> None:
                 *(["--target", target] if target else [])]
         run_dbt(settings, args)
         click.echo(f"dbt build finished in {time.perf_counter() - started:.1f}s")
-        from lookalike_cli.spark import is_spark_target
+        from lookalike_cli.spark import is_session_target
 
-        if is_spark_target(target, settings.env()):
+        if is_session_target(target, settings.env()):
             from lookalike_cli.spark import spark_tables
 
             for name, rows in spark_tables(settings).items():

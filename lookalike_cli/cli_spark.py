@@ -27,7 +27,8 @@ def register(group: click.Group) -> None:
           lookalike generate-data --customers 100000
           lookalike spark load-raw
           lookalike build --target spark
-          lookalike train                        # reads the DuckDB marts
+          lookalike train                        # the DuckDB marts, or:
+          lookalike spark export-training-data --to training.duckdb && lookalike --db training.duckdb train
           lookalike score --engine spark
           lookalike expand --engine spark --name vip --size 5% \\
             --seed-sql "select customer_id from customer_features order by total_spend desc limit 500"
@@ -54,6 +55,30 @@ def register(group: click.Group) -> None:
         counts = load_raw(settings, raw_schema=raw_schema, progress=progress)
         click.echo(f"Loaded {len(counts)} raw table(s) into Spark ({settings.spark_dir}): "
                    + ", ".join(f"{table} {rows:,}" for table, rows in counts.items()))
+
+    @spark_group.command("export-training-data")
+    @click.option("--to", "to", type=click.Path(dir_okay=False), required=True,
+                  help="DuckDB file to write (replaced): similarity_pairs, categories, customer_features of paired customers.")
+    @pass_settings
+    def export_training_data_cmd(settings: Settings, to: str) -> None:
+        """Copy the training set from the Spark marts into a DuckDB file for `lookalike train`.
+
+        Training reads only the sampled pairs (at most the dbt var max_pairs) and their
+        customers, so it fits one machine however large the Spark population is.
+
+        \b
+        Example:
+          lookalike spark export-training-data --to training.duckdb
+          lookalike --db training.duckdb train --layers 3 --location word
+          lookalike score --engine spark
+        """
+        from pathlib import Path
+
+        from lookalike_cli.spark import export_training_data
+
+        counts = export_training_data(settings, Path(to), progress=progress)
+        click.echo(f"Wrote {to}: " + ", ".join(f"{table} {rows:,}" for table, rows in counts.items())
+                   + f". Next: lookalike --db {to} train")
 
     @spark_group.command("tables")
     @pass_settings

@@ -62,9 +62,9 @@ def run_dbt(
     so the message names the table, column and test that failed.
     """
     echo = echo or (lambda line: print(line, flush=True))
-    from lookalike_cli.spark import is_spark_target
+    from lookalike_cli.spark import is_session_target
 
-    if is_spark_target(target_of(args), settings.env()):
+    if is_session_target(target_of(args), settings.env()):
         return run_dbt_in_process(settings, args, echo)
     lines: list[str] = []
     with subprocess.Popen(
@@ -131,6 +131,8 @@ def run_dbt_in_process(settings: Settings, args: Sequence[str], echo: Callable[[
     command = dbt_command(args)[1:]
     if "--log-level" not in command:
         command += ["--log-level", "none"]
+    if "--log-level-file" not in command:
+        command += ["--log-level-file", "debug"]  # dbt.log in DBT_LOG_PATH, as with the subprocess
     with environment(settings.env()):
         result = dbtRunner(callbacks=[on_event]).invoke(command)
     if not result.success:

@@ -62,8 +62,12 @@ def profile_target(target: str, env: dict[str, str] | None = None) -> dict:
     return render(outputs[target])
 
 
-def is_spark_target(target: str | None, env: dict[str, str] | None = None) -> bool:
-    return bool(target) and profile_target(target, env).get("type") == "spark"
+def is_session_target(target: str | None, env: dict[str, str] | None = None) -> bool:
+    """A dbt-spark target with `method: session`: dbt runs Spark inside its own process."""
+    if not target:
+        return False
+    output = profile_target(target, env)
+    return output.get("type") == "spark" and output.get("method") == "session"
 
 
 def session_conf(settings: Settings, target: str = SPARK_TARGET) -> dict[str, str]:
@@ -192,4 +196,44 @@ def spark_tables(settings: Settings, raw_schema: str = "raw", progress: Progress
         for table in sorted(spark.catalog.listTables(database), key=lambda t: t.name):
             if table.tableType != "VIEW":
                 counts[f"{database}.{table.name}"] = spark.table(f"{database}.{table.name}").count()
+    return counts
+
+
+def export_training_data(settings: Settings, target_db: Path, progress: Progress = print) -> dict[str, int]:
+    """Copy what `lookalike train` reads from the Spark marts into a DuckDB file.
+
+    similarity_pairs (capped by the dbt var max_pairs), categories, and the customer_features
+    rows of the customers in those pairs: a training set that fits one machine however large the
+    population. The file is written beside, then renamed over `target_db` (all or nothing).
+    """
+    from lookalike_cli.warehouse import connect
+
+    spark = spark_session(settings, progress=progress)
+    schema = schema_name(settings)
+    for table in ("similarity_pairs", "categories", "customer_features"):
+        require_spark_table(spark, f"{schema}.{table}", "Build it with `lookalike build --target spark`.")
+    pairs = spark.table(f"{schema}.similarity_pairs")
+    in_pairs = pairs.selectExpr("customer_id_a as customer_id").union(pairs.selectExpr("customer_id_b")).distinct()
+    tables = {
+        "similarity_pairs": pairs,
+        "categories": spark.table(f"{schema}.categories"),
+        "customer_features": spark.table(f"{schema}.customer_features").join(in_pairs, "customer_id", "left_semi"),
+    }
+    target_db = Path(target_db).resolve()
+    staging = target_db.with_name(f".{target_db.name}.incoming")
+    staging.unlink(missing_ok=True)
+    counts = {}
+    con = connect(staging)
+    try:
+        for name, frame in tables.items():
+            started = time.perf_counter()
+            con.register("incoming", frame.toArrow())
+            con.execute(f"create table {name} as select * from incoming")
+            con.unregister("incoming")
+            counts[name] = con.execute(f"select count(*) from {name}").fetchone()[0]
+            progress(f"  {name:<18} {counts[name]:>12,} rows in {time.perf_counter() - started:.1f}s")
+        con.execute("checkpoint")
+    finally:
+        con.close()
+    staging.replace(target_db)
     return counts

@@ -24,7 +24,8 @@
     {%- if relation is none -%}
         {{ exceptions.raise_compiler_error(
             "Raw table " ~ source(source_name, table_name) ~ " does not exist. Load data with `lookalike generate-data` or "
-            ~ "`lookalike load-sample completejourney`, or point the vars raw_schema/" ~ table_name ~ "_table at your table.") }}
+            ~ "`lookalike load-sample completejourney`" ~ (" then copy them to Spark with `lookalike spark load-raw`" if target.type == 'spark' else "")
+            ~ ", or point the vars raw_schema/" ~ table_name ~ "_table at your table.") }}
     {%- endif -%}
     {%- set present = adapter.get_columns_in_relation(relation) | map(attribute='name') | map('lower') | list -%}
     {%- set missing = [] -%}
