@@ -30,10 +30,16 @@ FEATURE_AND_LABEL_MODELS = {
 }
 
 
-def bare_aggregate_seconds(db_path: Path, repeats: int = 3) -> float:
-    """Best of `repeats`: one group-by over every order line, materialised like a dbt table."""
+def bare_aggregate_seconds(db_path: Path, repeats: int = 3, memory_limit: str | None = None) -> float:
+    """Best of `repeats`: one group-by over every order line, materialised like a dbt table.
+
+    `memory_limit` caps DuckDB like dbt's profile does (LOOKALIKE_DUCKDB_MEMORY_LIMIT), so the
+    baseline runs under the same ceiling as the models it is compared with.
+    """
     best = float("inf")
     with duckdb.connect(str(db_path)) as con:
+        if memory_limit:
+            con.execute(f"set memory_limit = '{memory_limit}'")
         for _ in range(repeats):
             start = time.perf_counter()
             con.execute("""

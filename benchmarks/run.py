@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -40,13 +42,13 @@ import numpy as np
 import psutil
 import torch
 
-from benchmarks.bench_expand import exact_index
 from benchmarks.bench_scoring import rate, synthetic_inputs
 from benchmarks.bench_warehouse import FEATURE_AND_LABEL_MODELS, bare_aggregate_seconds
 from benchmarks.results import RESULTS_PATH, markdown_table, write_section
 from lookalike_cli.expand import expand
 from lookalike_cli.export import load_tower
-from lookalike_cli.index import load_index, read_embeddings, recall_at_k
+from lookalike_cli.index import (ExactTopK, IndexManifest, LoadedIndex, build_index, embeddings_summary, iter_embeddings,
+                                 load_index, normalise, recall_at_k)
 from lookalike_cli.scoring import Encoder
 from lookalike_cli.settings import Settings
 
@@ -56,8 +58,14 @@ PROJECTED_CUSTOMERS = 100_000_000
 SAMPLE_QUERIES = 500
 K = 10
 EXPAND_SIZE = "5%"
+# The index-backed strategy: the benchmark measures the index against exact search (the default
+# `blend` scores every customer exactly and does not use the index).
+EXPAND_STRATEGY = "centroid"
+STATE_FILE = "harness_state.json"
 PQ_BYTES = 32
-CSV_FIELDS = ["stage", "step", "command", "seconds", "rows", "unit", "rows_per_s", "peak_rss_mb",
+# Above this the harness does not build a second (ivf_sq8) index for comparison: minutes more at 10M.
+COMPARE_SQ8_MAX_CUSTOMERS = 2_000_000
+CSV_FIELDS = ["stage", "step", "command", "seconds", "cpu_seconds", "rows", "unit", "rows_per_s", "peak_rss_mb",
               "baseline", "baseline_value", "ratio", "notes"]
 
 
@@ -66,6 +74,7 @@ class StageRun:
     seconds: float
     peak_rss_mb: float
     output: str
+    cpu_seconds: float  # user + system CPU of the stage's whole process tree: what the stage costs on an idle machine
 
 
 @dataclass
@@ -81,6 +90,7 @@ class Row:
     baseline_value: float | str = ""
     ratio: float | str = ""
     notes: str = ""
+    cpu_seconds: float | str = ""
 
     @property
     def rows_per_s(self) -> float:
@@ -95,8 +105,10 @@ class Context:
     epochs: int
     started: float = field(default_factory=time.perf_counter)
     rows: list[Row] = field(default_factory=list)
-    details: list[str] = field(default_factory=list)
+    details: dict[str, str] = field(default_factory=dict)  # stage -> its detail table (markdown)
     sizes: dict[str, float] = field(default_factory=dict)  # bytes per customer, for the projection
+    loads: dict[str, float] = field(default_factory=dict)  # 1-minute load average at the end of each step
+    kept: list[str] = field(default_factory=list)  # stages whose rows come from an earlier run on this workdir
 
     def say(self, message: str) -> None:
         print(f"[{time.perf_counter() - self.started:7.1f}s] {message}", flush=True)
@@ -113,6 +125,11 @@ class Context:
         return f"select customer_id from raw.planted_segments where segment_id = 0 order by customer_id limit {self.seed_count}"
 
 
+def add_row(ctx: Context, run: StageRun, row: Row) -> None:
+    row.cpu_seconds = run.cpu_seconds
+    ctx.rows.append(row)
+
+
 def tree_rss(process: psutil.Process) -> int:
     total = 0
     for member in [process, *process.children(recursive=True)]:
@@ -127,7 +144,7 @@ def run_stage(ctx: Context, label: str, args: list[str]) -> StageRun:
     """Run `lookalike ARGS` as a subprocess; wall time, peak RSS of its process tree, its output."""
     log = ctx.workdir / f"{label.replace(' ', '_')}.log"
     ctx.say(f"{label}: started `lookalike {' '.join(args)}`")
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "lookalike_cli.cli", *args], stdout=out,
                                 stderr=subprocess.STDOUT, env=ctx.settings.env())
@@ -140,11 +157,16 @@ def run_stage(ctx: Context, label: str, args: list[str]) -> StageRun:
             time.sleep(0.2)
         proc.wait()
     seconds = time.perf_counter() - start
+    # Children's CPU is added to RUSAGE_CHILDREN when they are waited for (dbt's by the stage process).
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     output = log.read_text()
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed (exit {proc.returncode}); last output:\n{output[-3000:]}")
-    ctx.say(f"{label}: finished in {seconds:.1f}s, peak RSS {peak / 2**20:,.0f} MiB")
-    return StageRun(seconds, peak / 2**20, output)
+    ctx.loads[label] = os.getloadavg()[0]
+    ctx.say(f"{label}: finished in {seconds:.1f}s ({cpu:.1f} CPU s), peak RSS {peak / 2**20:,.0f} MiB, "
+            f"load average {ctx.loads[label]:.1f}")
+    return StageRun(seconds, peak / 2**20, output, cpu)
 
 
 def bytes_per_row(con: duckdb.DuckDBPyConnection, table: str, limit: int = 100_000) -> float:
@@ -153,13 +175,19 @@ def bytes_per_row(con: duckdb.DuckDBPyConnection, table: str, limit: int = 100_0
     return sample.nbytes / max(1, sample.num_rows)
 
 
+def bare_options(ctx: Context) -> dict:
+    # Under dbt's memory cap; best of 3 below 2M customers, one run above (minutes each at 10M).
+    return {"repeats": 3 if ctx.customers <= 2_000_000 else 1,
+            "memory_limit": os.environ.get("LOOKALIKE_DUCKDB_MEMORY_LIMIT")}
+
+
 def stage_generate(ctx: Context) -> None:
     run = run_stage(ctx, "generate", ["generate-data", "--customers", str(ctx.customers), "--days", "365", "--seed", "7"])
-    bare = bare_aggregate_seconds(ctx.settings.db_path)
+    bare = bare_aggregate_seconds(ctx.settings.db_path, **bare_options(ctx))
     with ctx.connect() as con:
         lines = con.execute("select count(*) from raw.order_lines").fetchall()[0][0]
         ctx.sizes["raw order lines"] = bytes_per_row(con, "raw.order_lines") * lines / ctx.customers
-    ctx.rows.append(Row("generate", "generate-data", f"lookalike generate-data --customers {ctx.customers}", run.seconds,
+    add_row(ctx, run, Row("generate", "generate-data", f"lookalike generate-data --customers {ctx.customers}", run.seconds,
                         lines, "order lines", run.peak_rss_mb, "bare DuckDB aggregate (s)", bare, run.seconds / bare,
                         "ratio = stage wall / bare aggregate"))
 
@@ -169,12 +197,12 @@ def stage_build(ctx: Context) -> None:
     run_results = json.loads((Path(ctx.settings.env()["DBT_TARGET_PATH"]) / "run_results.json").read_text())
     models = sum(r["execution_time"] for r in run_results["results"]
                  if r["unique_id"].split(".")[-1] in FEATURE_AND_LABEL_MODELS)
-    bare = bare_aggregate_seconds(ctx.settings.db_path)
+    bare = bare_aggregate_seconds(ctx.settings.db_path, **bare_options(ctx))
     with ctx.connect() as con:
         lines = con.execute("select count(*) from raw.order_lines").fetchall()[0][0]
         pairs = con.execute("select count(*) from similarity_pairs").fetchall()[0][0]
         ctx.sizes["customer_features"] = bytes_per_row(con, "customer_features")
-    ctx.rows.append(Row("build", "dbt build", "lookalike build", run.seconds, lines, "order lines", run.peak_rss_mb,
+    add_row(ctx, run, Row("build", "dbt build", "lookalike build", run.seconds, lines, "order lines", run.peak_rss_mb,
                         "bare DuckDB aggregate (s)", bare, run.seconds / bare,
                         f"ratio = wall (dbt start-up and tests included) / bare; feature+label models alone "
                         f"{models:.1f}s = {models / bare:.2f}x bare; {pairs:,} similarity pairs"))
@@ -193,7 +221,7 @@ def stage_train(ctx: Context) -> None:
               "", f"{ctx.epochs} epochs = {steps:,} steps of 512 pairs; loop pairs/s per epoch: "
                   f"{', '.join(f'{r:,.0f}' for r in loop_rates)}; ratio = whole command pairs/s / last epoch's loop pairs/s")
     row.ratio = row.rows_per_s / loop
-    ctx.rows.append(row)
+    add_row(ctx, run, row)
 
 
 def encoder_flops(config: dict) -> tuple[list[tuple[int, int]], int]:
@@ -250,12 +278,12 @@ def stage_score(ctx: Context) -> None:
                   customers, "customers", run.peak_rss_mb, "sgemm limit for the same FLOPs (customers/s)", limit_rate,
                   "", "ratio = achieved / limit; whole command (dbt start-up, feature reads, table write) included")
         row.ratio = row.rows_per_s / limit_rate
-        ctx.rows.append(row)
+        add_row(ctx, run, row)
     table = [[name, speed, speed * flops / 1e9, speed / limit_rate, speed / network["torch eager fp32"]]
              for name, speed in network.items()]
     table += [[f"`{r.command}` end to end", r.rows_per_s, r.rows_per_s * flops / 1e9, r.ratio,
                r.rows_per_s / network["torch eager fp32"]] for r in ctx.rows if r.stage == "score"]
-    ctx.details.append(
+    ctx.details["score"] = (
         f"**Scoring vs the hardware limit.** Encoder {' -> '.join(str(i) for i, _ in shapes)} -> {shapes[-1][1]} "
         f"({manifest['config']['layers']} layers, location {manifest['config']['location']}): {flops:,} FLOPs per customer "
         f"(dense layers). torch sgemm at these shapes, batch {batch}: {limit_gflops:.1f} GFLOP/s = {limit_rate:,.0f} "
@@ -264,10 +292,37 @@ def stage_score(ctx: Context) -> None:
         + markdown_table(["engine", "customers/s", "GFLOP/s", "achieved / sgemm limit", "vs torch eager"], table))
 
 
-def seed_vectors(ctx: Context, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+def seed_vectors(ctx: Context) -> np.ndarray:
+    """L2-normalised embeddings of the seed customers, read with SQL (not the whole table)."""
     with ctx.connect() as con:
-        seeds = np.array([r[0] for r in con.execute(ctx.seed_sql()).fetchall()], dtype=np.int64)
-    return vectors[np.isin(ids, seeds)]
+        batch = con.sql(f"select embedding from customer_embeddings where customer_id in ({ctx.seed_sql()}) "
+                        "order by customer_id").to_arrow_table().column("embedding").combine_chunks()
+    return normalise(batch.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, batch.type.list_size))
+
+
+def streamed_exact(ctx: Context, queries: np.ndarray) -> tuple[float, np.ndarray, int, int]:
+    """Exact top-K of `queries` over every embedding, streamed in batches (bounded memory at any size).
+
+    Returns (seconds per query spent in brute-force search alone, true ids, rows, dim).
+    """
+    truth, searching, rows, dim = ExactTopK(queries, K), 0.0, 0, queries.shape[1]
+    for ids, vectors in iter_embeddings(ctx.settings.db_path):
+        start = time.perf_counter()
+        truth.add(ids, vectors)
+        searching += time.perf_counter() - start
+        rows += len(ids)
+    return searching / len(queries), truth.ids, rows, dim
+
+
+def streamed_exact_index(ctx: Context) -> LoadedIndex:
+    """Exact flat inner-product index over all embeddings, filled batch by batch (one copy of the vectors)."""
+    rows, dim, model_version = embeddings_summary(ctx.settings.db_path)
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    for ids, vectors in iter_embeddings(ctx.settings.db_path):
+        flat.add_with_ids(vectors, ids)
+    manifest = IndexManifest(index_version="flat-in-memory", index_type="flat", params={}, row_count=rows, dim=dim,
+                             model_version=model_version, built_at="", build_seconds=0.0, reason="benchmark exact baseline")
+    return LoadedIndex(index=flat, manifest=manifest, path=Path("(memory)"))
 
 
 def timed_search(index, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
@@ -276,72 +331,67 @@ def timed_search(index, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]
     return (time.perf_counter() - start) / len(queries), found
 
 
-def compressed(kind: str, vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe: int) -> faiss.Index:
-    index = faiss.index_factory(vectors.shape[1], f"IVF{nlist},{kind}", faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), max(40 * nlist, 10_000)), replace=False)
-    index.train(vectors[sample])
-    index.nprobe = nprobe
-    wrapped = faiss.IndexIDMap2(index)
-    wrapped.add_with_ids(vectors, ids)
-    return wrapped
-
-
 def stage_index(ctx: Context) -> None:
     run = run_stage(ctx, "build-index", ["build-index", "--seed", "0"])
     ours = load_index(ctx.settings.index_dir)
-    ids, vectors, model_version = read_embeddings(ctx.settings.db_path)
-    queries = seed_vectors(ctx, ids, vectors)
+    queries = seed_vectors(ctx)
     queries = queries[np.random.default_rng(0).choice(len(queries), size=min(SAMPLE_QUERIES, len(queries)), replace=False)]
-    start = time.perf_counter()
-    exact = exact_index(vectors, ids, model_version)
-    exact_build = time.perf_counter() - start
-    exact_per_query, truth = timed_search(exact, queries, K)
+    exact_per_query, truth, rows, dim = streamed_exact(ctx, queries)
     ours_per_query, found = timed_search(ours, queries, K)
     manifest = ours.manifest
-    ctx.sizes["embeddings float32 + id"] = (ids.nbytes + vectors.nbytes) / len(ids)
-    ctx.sizes["flat index (exact)"] = faiss.serialize_index(exact.index).nbytes / len(ids)
-    ctx.sizes[f"{manifest.index_type} index (built: {json.dumps(manifest.params)})"] = ours.path.stat().st_size / len(ids)
+    ctx.sizes["embeddings float32 + id"] = 8 + dim * 4
+    ctx.sizes["flat index (exact; from the format: vectors + id map)"] = dim * 4 + 8
+    built = sum(p.stat().st_size for p in ctx.settings.index_dir.iterdir() if not p.name.startswith("."))
+    ctx.sizes[f"{manifest.index_type} index as built (files: {json.dumps(manifest.params)})"] = built / rows
+    ctx.sizes[f"{manifest.index_type} index in RAM (manifest estimate)"] = manifest.memory["index_ram_bytes"] / rows
     lines = [[f"ours: {manifest.index_type} {json.dumps(manifest.params)}", run.seconds, ours_per_query * 1000,
-              recall_at_k(truth, found), ours.path.stat().st_size / len(ids)],
-             ["exact IndexFlatIP", exact_build, exact_per_query * 1000, 1.0, ctx.sizes["flat index (exact)"]]]
-    nlist = manifest.params.get("nlist") or max(1, min(int(2 * len(ids) ** 0.5), len(ids) // 40))
-    nprobe = min(nlist, manifest.params.get("nprobe", 16))
-    start = time.perf_counter()
-    sq8 = compressed("SQ8", vectors, ids, nlist, nprobe)
-    built = time.perf_counter() - start
-    per_query, candidates = timed_search(sq8, queries, K)
-    ctx.sizes[f"IVF{nlist},SQ8 index"] = faiss.serialize_index(sq8).nbytes / len(ids)
-    lines.append([f"IVF{nlist},SQ8 nprobe {nprobe} (not built by the CLI)", built, per_query * 1000,
-                  recall_at_k(truth, candidates), ctx.sizes[f"IVF{nlist},SQ8 index"]])
-    # PQ codebook training (32 x 256 centroids) takes minutes on a busy machine: its size follows from the format.
-    ctx.sizes[f"IVF{nlist},PQ32 index (from the format: 32 B code + 8 B list id + 8 B id map; not built)"] = PQ_BYTES + 8 + 8
-    row = Row("index", "build-index", "lookalike build-index", run.seconds, len(ids), "vectors", run.peak_rss_mb,
+              recall_at_k(truth, found), built / rows],
+             ["exact brute force (faiss.knn, streamed)", "", exact_per_query * 1000, 1.0, dim * 4 + 8]]
+    if manifest.index_type != "ivf_sq8" and ctx.customers <= COMPARE_SQ8_MAX_CUSTOMERS:
+        # The compressed index auto picks above the memory budget, built here with a budget that forces it.
+        sq8_dir = ctx.workdir / "indexes_ivf_sq8"
+        start = time.perf_counter()
+        build_index(ctx.settings.db_path, sq8_dir, index_type="ivf_sq8", nlist=manifest.params.get("nlist"), seed=0,
+                    progress=lambda message: None)
+        sq8_build = time.perf_counter() - start
+        sq8 = load_index(sq8_dir)
+        per_query, candidates = timed_search(sq8, queries, K)
+        ram = sq8.manifest.memory["index_ram_bytes"] / rows
+        ctx.sizes["ivf_sq8 index in RAM (manifest estimate; exact vectors stay on disk)"] = ram
+        lines.append([f"ivf_sq8 {json.dumps(sq8.manifest.params)}, exact re-ranking (build_index in process)", sq8_build,
+                      per_query * 1000, recall_at_k(truth, candidates), ram])
+        del sq8
+    ctx.sizes["IVF-PQ32 index (from the format: 32 B code + 8 B list id + 8 B id map; not built)"] = PQ_BYTES + 8 + 8
+    row = Row("index", "build-index", "lookalike build-index", run.seconds, rows, "vectors", run.peak_rss_mb,
               "exact flat search (ms/query)", exact_per_query * 1000, exact_per_query / ours_per_query,
               f"ratio = search speed-up over exact; recall@{K} {recall_at_k(truth, found):.3f} on {len(queries):,} seed "
-              f"queries; self-check recall {manifest.self_check.get('recall')}")
-    ctx.rows.append(row)
-    ctx.details.append(
+              f"queries; self-check recall {manifest.self_check.get('recall')}; auto chose {manifest.index_type}: "
+              f"{manifest.reason}")
+    add_row(ctx, run, row)
+    ctx.details["index"] = (
         f"**Index vs exact search.** {len(queries):,} seed customers as queries, top-{K}; `build s` for ours is the whole "
-        f"`lookalike build-index` command (reading embeddings, training, adding, self-check, writing).\n\n"
+        f"`lookalike build-index` command (reading embeddings, training, adding, self-check, writing); exact search is "
+        f"faiss.knn over every embedding, streamed in 100k batches (search time only). The last column is bytes per "
+        f"vector: files on disk for ours, RAM for ivf_sq8 (its exact vectors are memory-mapped from disk).\n\n"
         + markdown_table(["index", "build s", "ms/query", f"recall@{K} vs exact", "bytes/vector"], lines))
 
 
 def stage_expand(ctx: Context) -> None:
     seed_sql = ctx.seed_sql()
-    run = run_stage(ctx, "expand", ["expand", "--name", "bench_pipeline", "--seed-sql", seed_sql, "--size", EXPAND_SIZE])
+    run = run_stage(ctx, "expand", ["expand", "--name", "bench_pipeline", "--seed-sql", seed_sql, "--size", EXPAND_SIZE,
+                                    "--strategy", EXPAND_STRATEGY])
     ours = load_index(ctx.settings.index_dir)
-    ids, vectors, model_version = read_embeddings(ctx.settings.db_path)
-    exact = exact_index(vectors, ids, model_version)
-    del vectors
+    exact = streamed_exact_index(ctx)
     results = {}
     for label, loaded in (("ours", ours), ("exact", exact)):
         start = time.perf_counter()
-        result = expand(ctx.settings.db_path, ctx.settings.index_dir, seed_sql=seed_sql, size=EXPAND_SIZE,
+        result = expand(ctx.settings.db_path, ctx.settings.index_dir, seed_sql=seed_sql, size=EXPAND_SIZE, strategy=EXPAND_STRATEGY,
                         progress=lambda message: None, loaded_index=loaded)
         results[label] = (time.perf_counter() - start, set(result.members.column("customer_id").to_pylist()))
     seeds = ctx.seed_count
     overlap = len(results["ours"][1] & results["exact"][1]) / len(results["exact"][1])
-    ctx.rows.append(Row("expand", "expand", f'lookalike expand --seed-sql "<{seeds:,} of planted segment 0>" --size {EXPAND_SIZE}',
+    add_row(ctx, run, Row("expand", "expand", f'lookalike expand --seed-sql "<{seeds:,} of planted segment 0>" --size {EXPAND_SIZE} '
+                        f'--strategy {EXPAND_STRATEGY}',
                         run.seconds, seeds, "seeds", run.peak_rss_mb, "expand() with exact search, in process (s)",
                         results["exact"][0], results["exact"][0] / results["ours"][0],
                         f"ratio = exact / ours, both in process with the index in memory (ours {results['ours'][0]:.2f}s); "
@@ -362,21 +412,50 @@ def write_outputs(ctx: Context, results_path: Path, csv_path: Path, command: str
         writer.writeheader()
         for r in ctx.rows:
             writer.writerow({"stage": r.stage, "step": r.step, "command": r.command, "seconds": round(r.seconds, 3),
+                             "cpu_seconds": r.cpu_seconds if isinstance(r.cpu_seconds, str) else round(r.cpu_seconds, 1),
                              "rows": r.rows, "unit": r.unit, "rows_per_s": round(r.rows_per_s, 1),
                              "peak_rss_mb": round(r.peak_rss_mb, 1), "baseline": r.baseline,
                              "baseline_value": r.baseline_value if isinstance(r.baseline_value, str) else round(r.baseline_value, 4),
                              "ratio": r.ratio if isinstance(r.ratio, str) else round(r.ratio, 4), "notes": r.notes})
     table = markdown_table(
-        ["step", "wall s", "rows", "rows/s", "peak RSS MiB", "baseline", "baseline value", "ratio", "notes"],
-        [[r.step, r.seconds, f"{r.rows:,} {r.unit}", f"{r.rows_per_s:,.0f}", r.peak_rss_mb, r.baseline, r.baseline_value,
+        ["step", "wall s", "CPU s", "rows", "rows/s", "peak RSS MiB", "baseline", "baseline value", "ratio", "notes"],
+        [[r.step, r.seconds, r.cpu_seconds, f"{r.rows:,} {r.unit}", f"{r.rows_per_s:,.0f}", r.peak_rss_mb, r.baseline, r.baseline_value,
           r.ratio if isinstance(r.ratio, str) else f"{r.ratio:.3f}", r.notes] for r in ctx.rows])
     body = "\n\n".join([
         f"{ctx.customers:,} generated customers; every step is the real `lookalike` command in a subprocess; peak RSS is "
         "the step's process tree (dbt's children included), sampled every 0.2 s. Baselines run in the harness process "
-        f"right after their step. Each step's output is logged to `<workdir>/<step>.log`; the table is also in `{csv_path.name}`.",
-        table, *ctx.details, projection(ctx) if ctx.sizes else ""])
+        f"right after their step. CPU s is user + system time of the step's process tree (load-independent: "
+        f"on an idle 2-core machine wall time is between CPU s / 2 and CPU s). Each step's output is logged to `<workdir>/<step>.log`; the table is also in `{csv_path.name}`."
+        + (f" Rows of {', '.join(ctx.kept)} were measured by an earlier run of the same command on the same --workdir "
+           f"(this run redid only the other stages)." if ctx.kept else ""),
+        table,
+        f"The machine is shared with other engineers' test runs: 1-minute load average at the end of each step "
+        f"(2 cores): {', '.join(f'{label} {load:.1f}' for label, load in ctx.loads.items())}. Wall times above 2 "
+        f"runnable processes per core include waiting for a core.",
+        *ctx.details.values(), projection(ctx) if ctx.sizes else ""])
     write_section(f"pipeline_{ctx.customers}", f"Pipeline at {ctx.customers:,} customers", body, command, path=results_path)
     print(f"CSV: {csv_path}")
+
+
+def save_state(ctx: Context) -> None:
+    """Rows, details, sizes and loads so far, so a later run on the same workdir can redo some stages only."""
+    state = {"customers": ctx.customers, "rows": [asdict(r) for r in ctx.rows], "details": ctx.details,
+             "sizes": ctx.sizes, "loads": ctx.loads}
+    (ctx.workdir / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+
+def restore_state(ctx: Context, stages: list[str]) -> None:
+    """Keep the results of the stages not being re-run from an earlier run on this workdir."""
+    path = ctx.workdir / STATE_FILE
+    if not path.exists():
+        return
+    state = json.loads(path.read_text())
+    if state["customers"] != ctx.customers:
+        return
+    ctx.rows = [Row(**r) for r in state["rows"] if r["stage"] not in stages]
+    ctx.details = {k: v for k, v in state["details"].items() if k not in stages}
+    ctx.sizes, ctx.loads = state["sizes"], {k: v for k, v in state["loads"].items() if k.split()[0] not in stages}
+    ctx.say(f"kept the results of {', '.join(sorted({r.stage for r in ctx.rows})) or 'no stage'} from {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -387,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs (fixed: no early stop)")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to write the section to")
     parser.add_argument("--csv", type=Path, default=None, help="default: benchmarks/pipeline_<N>.csv")
+    parser.add_argument("--duckdb-memory-limit", default=None,
+                        help="DuckDB memory_limit for dbt (LOOKALIKE_DUCKDB_MEMORY_LIMIT), e.g. 8GB on a shared machine")
     args = parser.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = set(stages) - set(STAGES)
@@ -397,15 +478,24 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     settings = Settings.resolve(db=workdir / "pipeline.duckdb", serving_db=workdir / "pipeline_serving.duckdb",
                                 onnx_dir=workdir / "onnx", index_dir=workdir / "indexes")
+    if args.duckdb_memory_limit:
+        os.environ["LOOKALIKE_DUCKDB_MEMORY_LIMIT"] = args.duckdb_memory_limit  # Settings.env() passes it to dbt
     ctx = Context(customers=args.customers, settings=settings, workdir=workdir, epochs=args.epochs)
     ctx.say(f"pipeline at {args.customers:,} customers in {workdir}: {', '.join(stages)}")
+    restore_state(ctx, stages)
+    ctx.kept = sorted({r.stage for r in ctx.rows}, key=STAGES.index)
     runners = {"generate": stage_generate, "build": stage_build, "train": stage_train, "score": stage_score,
                "index": stage_index, "expand": stage_expand}
+    csv_path = args.csv or Path(__file__).resolve().parent / f"pipeline_{args.customers}.csv"
+    command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
+
     for stage in STAGES:
         if stage in stages:
             runners[stage](ctx)
-    csv_path = args.csv or Path(__file__).resolve().parent / f"pipeline_{args.customers}.csv"
-    write_outputs(ctx, args.results, csv_path, " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]))
+            ctx.rows.sort(key=lambda r: STAGES.index(r.stage))
+            save_state(ctx)
+            # After every stage: a run that cannot finish (10M on a shared machine) still reports what it did.
+            write_outputs(ctx, args.results, csv_path, command)
     ctx.say("done")
     if tmp:
         tmp.cleanup()

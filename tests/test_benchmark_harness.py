@@ -36,3 +36,23 @@ def test_pipeline_harness_runs_every_stage(tmp_path):
     text = results.read_text()
     assert "<!-- section:pipeline_2000 -->" in text and "<!-- end:pipeline_2000 -->" in text
     assert "Projection to 100,000,000 customers" in text and "achieved / sgemm limit" in text
+
+
+def test_rerunning_some_stages_keeps_the_other_stages_rows(tmp_path):
+    from benchmarks.run import Context, Row, restore_state, save_state
+    from lookalike_cli.settings import Settings
+
+    settings = Settings.resolve(db=tmp_path / "w.duckdb")
+    first = Context(customers=1000, settings=settings, workdir=tmp_path, epochs=1)
+    first.rows = [Row("generate", "generate-data", "g", 2.0, 10, "order lines", 100.0),
+                  Row("index", "build-index", "i", 3.0, 10, "vectors", 50.0, ratio=40.0)]
+    first.details, first.sizes = {"index": "index table"}, {"flat index": 520.0}
+    save_state(first)
+
+    again = Context(customers=1000, settings=settings, workdir=tmp_path, epochs=1)
+    restore_state(again, ["index", "expand"])
+    assert [r.stage for r in again.rows] == ["generate"] and again.rows[0].seconds == 2.0
+    assert again.details == {} and again.sizes == {"flat index": 520.0}
+    other_size = Context(customers=2000, settings=settings, workdir=tmp_path, epochs=1)
+    restore_state(other_size, ["index"])
+    assert other_size.rows == []
