@@ -67,7 +67,7 @@ def campaign_window(db_path: Path, campaign: int) -> tuple[str, str, str]:
     with duckdb.connect(str(db_path), read_only=True) as con:
         start = con.execute("select min(start_date) from raw.campaign_descriptions where campaign_id = ?",
                             [str(campaign)]).fetchall()[0][0]
-    start = start if isinstance(start, dt.date) else dt.date.fromisoformat(str(start)[:10])
+    start = dt.date.fromisoformat(str(start)[:10])  # a DATE or TIMESTAMP column: the day is what counts
     feature_end = start - dt.timedelta(weeks=LABEL_WEEKS)
     # label_end_date is inclusive: the day before the start keeps the campaign's first day out.
     return feature_end.isoformat(), (start - dt.timedelta(days=1)).isoformat(), start.isoformat()
