@@ -42,9 +42,11 @@ def register(group: click.Group) -> None:
                        "llm: an OpenAI-compatible chat-completions endpoint.")
     @click.option("--fraction", type=float, default=0.05, show_default=True, help="Share of customers to label.")
     @click.option("--diversity-share", type=float, default=0.5, show_default=True,
-                  help="Part of the sample that covers the embedding space; the rest are the least certain customers.")
+                  help="Part of the sample that covers the --graph space; the rest are the least certain customers.")
     @click.option("--neighbours", type=int, default=10, show_default=True, help="k of the k-NN graph used to find uncertain customers.")
-    @click.option("--restart", type=float, default=0.2, show_default=True, help="Restart probability of the random walk.")
+    @click.option("--restart", type=float, default=0.1, show_default=True, help="Restart probability of the random walk.")
+    @click.option("--graph", type=click.Choice(["categories", "embeddings"]), default="categories", show_default=True,
+                  help="Space of the diversity sample and the k-NN graph: category shares or the two-tower embeddings.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (k-means cells, sampling).")
     @click.option("--llm-url", default=None, help="llm: base URL of an OpenAI-compatible API (…/v1) or its …/chat/completions URL.")
     @click.option("--llm-model", default=None, help="llm: model name.")
@@ -58,7 +60,7 @@ def register(group: click.Group) -> None:
     def label_cmd(settings: Settings, **options) -> None:
         """Label a diversity-and-uncertainty sample of customers; writes persona_labels.
 
-        Half the sample covers the embedding space (one customer per k-means cell first), the
+        Half the sample covers the customer space (one customer per k-means cell first), the
         rest are the customers whose propagated labels are least certain. The llm labeller
         stores every prompt and answer in persona_label_log.
 
@@ -78,8 +80,10 @@ def register(group: click.Group) -> None:
 
     @personas_group.command("propagate")
     @click.option("--neighbours", type=int, default=10, show_default=True, help="k of the customer k-NN graph.")
-    @click.option("--restart", type=float, default=0.2, show_default=True, help="Restart probability a in p = (1-a) W p + a y.")
-    @click.option("--iterations", type=int, default=50, show_default=True, help="Maximum random-walk iterations.")
+    @click.option("--restart", type=float, default=0.1, show_default=True, help="Restart probability a in p = (1-a) W p + a y.")
+    @click.option("--iterations", type=int, default=100, show_default=True, help="Maximum random-walk iterations.")
+    @click.option("--graph", type=click.Choice(["categories", "embeddings"]), default="categories", show_default=True,
+                  help="k-NN graph over what customers buy (square-rooted category shares) or the two-tower embeddings.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (IVF training above 50k customers).")
     @pass_settings
     def propagate_cmd(settings: Settings, **options) -> None:
@@ -87,7 +91,7 @@ def register(group: click.Group) -> None:
 
         \b
         Example:
-          lookalike personas propagate --neighbours 10 --restart 0.2
+          lookalike personas propagate --neighbours 10 --restart 0.1 --graph categories
           lookalike dbt show --inline "select * from customer_personas where persona_rank = 1 limit 5"
         """
         from lookalike_cli.personas import propagate_personas, top_personas
@@ -117,27 +121,33 @@ def register(group: click.Group) -> None:
     @click.option("--k-min", type=int, default=4, show_default=True,
                   help="Smallest k tried by auto (silhouette favours 2-3 coarse groups, rarely useful for targeting).")
     @click.option("--k-max", type=int, default=15, show_default=True, help="Largest k tried by auto.")
-    @click.option("--with-embeddings/--personas-only", default=False, show_default=True,
-                  help="Also cluster on the customer embeddings (each block scaled to unit variance).")
-    @click.option("--embedding-weight", type=float, default=1.0, show_default=True, help="Weight of the embedding block.")
-    @click.option("--variance", type=float, default=0.95, show_default=True, help="PCA keeps components explaining this share of variance.")
+    @click.option("--inputs", default="categories", show_default=True,
+                  help="What to cluster on, comma-separated: categories (square roots of category shares), personas "
+                       "(customer_personas probabilities), embeddings; each block scaled to unit variance.")
+    @click.option("--components", type=int, default=16, show_default=True, help="PCA keeps at most this many components.")
+    @click.option("--variance", type=float, default=0.95, show_default=True,
+                  help="...and no more than needed to explain this share of variance.")
     @click.option("--stability-runs", type=int, default=5, show_default=True, help="k-means re-runs with other seeds for the stability ARI.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (PCA, k-means, silhouette sample).")
+    @click.option("--publish/--no-publish", default=True, show_default=True,
+                  help="Also replace the segment tables in the serving file BI tools read (atomic swap).")
     @pass_settings
-    def segment_cmd(settings: Settings, k: str, **options) -> None:
-        """Cluster customers on their persona vectors (PCA then k-means) and profile the segments.
+    def segment_cmd(settings: Settings, k: str, publish: bool, **options) -> None:
+        """Cluster customers on what they buy (PCA then k-means) and profile the segments.
 
         Writes customer_segments, segment_profiles (size, top personas, top categories, spend)
-        and segment_quality (silhouette, Calinski-Harabasz, Davies-Bouldin, stability ARI).
+        and segment_quality (silhouette, Calinski-Harabasz, Davies-Bouldin, stability ARI) to the
+        warehouse, and publishes them to the serving file (--no-publish to skip).
 
         \b
         Example:
           lookalike segment --k auto
-          lookalike segment --k 8 --with-embeddings
+          lookalike segment --k 8 --inputs categories,personas
         """
         from lookalike_cli.segments import segment_customers
 
-        quality, profiles = segment_customers(settings.db_path, k=parse_k(k), progress=progress, **options)
+        quality, profiles = segment_customers(settings.db_path, k=parse_k(k), progress=progress,
+                                              serving_path=settings.serving_db_path if publish else None, **options)
         click.echo(f"{quality.k} segments ({quality.k_chosen_by}) of {quality.customers:,} customers on {quality.inputs}: "
                    f"silhouette {quality.silhouette:.3f}, Calinski-Harabasz {quality.calinski_harabasz:,.1f}, "
                    f"Davies-Bouldin {quality.davies_bouldin:.3f}, stability ARI {quality.stability_ari_mean:.3f} "

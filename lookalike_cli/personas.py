@@ -42,6 +42,7 @@ LABELS_TABLE = "persona_labels"
 LOG_TABLE = "persona_label_log"
 RESULT_TABLE = "customer_personas"
 LABELLERS = ("zero-shot", "llm")
+SPACES = ("categories", "embeddings")
 BUILD_HINT = "Build it with `lookalike build` (the persona_definitions seed and customer_profiles_text model)."
 
 Progress = Callable[[str], None]
@@ -332,8 +333,8 @@ def knn_graph(vectors: np.ndarray, k: int = 10, seed: int = 0) -> sp.csr_matrix:
     return (sp.diags(1.0 / np.maximum(degree, 1e-12)) @ adjacency).tocsr()
 
 
-def random_walk_with_restart(transition: sp.csr_matrix, seeds: np.ndarray, restart: float = 0.2,
-                             iterations: int = 50, tolerance: float = 1e-6) -> np.ndarray:
+def random_walk_with_restart(transition: sp.csr_matrix, seeds: np.ndarray, restart: float = 0.1,
+                             iterations: int = 100, tolerance: float = 1e-6) -> np.ndarray:
     """Iterate P = (1-a) W P + a Y; each row of the result is normalised to a distribution.
 
     `seeds` (n, personas) holds the labelled customers' label distributions and zeros elsewhere.
@@ -441,6 +442,60 @@ def read_customer_vectors(db_path: Path, progress: Progress = _quiet) -> tuple[n
     return ids, vectors
 
 
+def read_category_shares(db_path: Path) -> tuple[np.ndarray, sp.csr_matrix]:
+    """(customer ids ascending, sparse (n, categories) square roots of the category shares) from customer_features.
+
+    Square roots make Euclidean distance the Hellinger distance between two customers' purchase
+    mixes (and cosine their Bhattacharyya coefficient), so a few large shares do not drown the
+    rest; customers without orders are all-zero rows.
+    """
+    with connection(db_path, read_only=True) as con:
+        require_table(con, "customer_features", "Build it with `lookalike build`.")
+        require_table(con, "categories", "Build it with `lookalike build`.")
+        categories = con.execute("select count(*) from categories").fetchall()[0][0]
+        table = con.sql("""
+            select customer_id, coalesce(category_ids, []) as category_ids, coalesce(category_shares, []) as category_shares
+            from customer_features order by customer_id
+        """).to_arrow_table()
+    category_ids = table.column("category_ids").combine_chunks()
+    columns = category_ids.flatten().to_numpy(zero_copy_only=False)
+    shares = table.column("category_shares").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    if len(columns) and (columns.min() < 0 or columns.max() >= categories):
+        raise LookalikeError("customer_features.category_ids do not index the categories table: re-run `lookalike build`.")
+    offsets = category_ids.offsets.to_numpy() - category_ids.offsets[0].as_py()
+    matrix = sp.csr_matrix((np.sqrt(np.clip(shares, 0.0, None)), columns, offsets), shape=(len(table), categories))
+    return table.column("customer_id").to_numpy(), matrix
+
+
+def category_vectors(db_path: Path, components: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(customer ids, L2-normalised float32 vectors): the square-rooted category shares projected on
+    their leading `components` principal axes, so the k-NN graph costs O(components) per pair
+    whatever the catalogue size."""
+    from sklearn.decomposition import PCA
+
+    ids, shares = read_category_shares(db_path)
+    if len(ids) < 3:
+        raise LookalikeError(f"customer_features has {len(ids)} customers; personas need at least 3.")
+    n_components = max(1, min(components, shares.shape[1], len(ids) - 1))
+    # The covariance route takes sparse input and costs categories^2, not customers x categories.
+    reduced = PCA(n_components, svd_solver="covariance_eigh", random_state=seed).fit_transform(shares)
+    return ids, normalise(reduced)
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+
+def customer_space(db_path: Path, space: str = "categories", seed: int = 0, progress: Progress = _quiet) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, L2-normalised vectors) the k-NN graph and the diversity sample work in: what customers
+    buy (`categories`) or the two-tower `embeddings`."""
+    if space == "categories":
+        return category_vectors(db_path, seed=seed)
+    if space == "embeddings":
+        return read_customer_vectors(db_path, progress)
+    raise LookalikeError(f"Unknown --graph {space!r}; choose one of {', '.join(SPACES)}.")
+
+
 LOG_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("customer_id", pa.int64()), ("attempt", pa.int32()), ("model", pa.string()),
     ("prompt", pa.string()), ("response", pa.string()), ("status", pa.string()), ("persona_id", pa.int32()),
@@ -454,7 +509,8 @@ def label_sample(
     fraction: float = 0.05,
     diversity_share: float = 0.5,
     neighbours: int = 10,
-    restart: float = 0.2,
+    restart: float = 0.1,
+    graph: str = "categories",
     seed: int = 0,
     llm_url: str | None = None,
     llm_model: str | None = None,
@@ -472,7 +528,7 @@ def label_sample(
     if not 0 < diversity_share <= 1:
         raise LookalikeError(f"--diversity-share must be in (0, 1], got {diversity_share}.")
     started = time.perf_counter()
-    ids, vectors = read_customer_vectors(db_path, progress)
+    ids, vectors = customer_space(db_path, graph, seed, progress)
     with connection(db_path, read_only=True) as con:
         personas = load_personas(con)
         require_table(con, PROFILES_TABLE, BUILD_HINT)
@@ -528,11 +584,11 @@ def label_sample(
     return summary
 
 
-def propagate_personas(db_path: Path, neighbours: int = 10, restart: float = 0.2, iterations: int = 50, seed: int = 0,
-                       progress: Progress = _quiet) -> dict:
+def propagate_personas(db_path: Path, neighbours: int = 10, restart: float = 0.1, iterations: int = 100,
+                       graph: str = "categories", seed: int = 0, progress: Progress = _quiet) -> dict:
     """Random walk with restart from `persona_labels` over the k-NN graph; replaces `customer_personas`."""
     started = time.perf_counter()
-    ids, vectors = read_customer_vectors(db_path, progress)
+    ids, vectors = customer_space(db_path, graph, seed, progress)
     with connection(db_path, read_only=True) as con:
         personas = load_personas(con)
         if not table_exists(con, LABELS_TABLE):
@@ -549,7 +605,7 @@ def propagate_personas(db_path: Path, neighbours: int = 10, restart: float = 0.2
     columns = np.array([persona_column[p] for p in labels.column("persona_id").to_pylist()], dtype=np.int64)
     seeds[rows[known], columns[known]] = labels.column("probability").to_numpy()[known]
     labelled = seeds.sum(axis=1) > 0
-    progress(f"Propagating {int(labelled.sum()):,} labelled customers to {len(ids):,} over a {neighbours}-NN graph (restart {restart})")
+    progress(f"Propagating {int(labelled.sum()):,} labelled customers to {len(ids):,} over a {neighbours}-NN graph of {graph} (restart {restart})")
     graph = knn_graph(vectors, neighbours, seed)
     probabilities = random_walk_with_restart(graph, seeds, restart, iterations)
     probabilities[labelled] = seeds[labelled] / seeds[labelled].sum(axis=1, keepdims=True)

@@ -14,18 +14,22 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.personas import PERSONAS_TABLE, RESULT_TABLE, read_customer_vectors, replace_tables
-from lookalike_cli.warehouse import connection, require_table
+from lookalike_cli.personas import PERSONAS_TABLE, RESULT_TABLE, read_category_shares, read_customer_vectors, replace_tables
+from lookalike_cli.warehouse import connection, require_table, table_exists
 
 SEGMENTS_TABLE = "customer_segments"
 PROFILES_TABLE = "segment_profiles"
 QUALITY_TABLE = "segment_quality"
+SERVING_TABLES = (SEGMENTS_TABLE, PROFILES_TABLE, QUALITY_TABLE)
+INPUTS = ("categories", "personas", "embeddings")
+DEFAULT_INPUTS = "categories"
 # Silhouette is O(n^2): score k on a sample; the final k-means sees everyone.
 SILHOUETTE_SAMPLE = 4000
 
@@ -51,7 +55,8 @@ class SegmentQuality:
 def read_persona_matrix(db_path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(customer ids ascending, (n, personas) probabilities, persona names) from customer_personas."""
     with connection(db_path, read_only=True) as con:
-        require_table(con, RESULT_TABLE, "Run `lookalike personas label` and `lookalike personas propagate` first.")
+        require_table(con, RESULT_TABLE, "Run `lookalike personas label` and `lookalike personas propagate` first, "
+                                         "or segment without personas: --inputs categories.")
         names = [r[0] for r in con.execute(f"select name from {PERSONAS_TABLE} order by persona_id").fetchall()]
         table = con.sql(f"""
             select c.customer_id, list(c.probability order by d.persona_id) as probabilities
@@ -65,24 +70,75 @@ def read_persona_matrix(db_path: Path) -> tuple[np.ndarray, np.ndarray, list[str
     return table.column("customer_id").to_numpy(), matrix, names
 
 
-def feature_matrix(db_path: Path, with_embeddings: bool, embedding_weight: float, progress: Progress) -> tuple[np.ndarray, np.ndarray, str]:
-    ids, personas, _ = read_persona_matrix(db_path)
-    if not with_embeddings:
-        return ids, personas, "personas"
-    embedding_ids, vectors = read_customer_vectors(db_path, progress)
-    if not np.array_equal(embedding_ids, ids):
-        raise LookalikeError(f"{RESULT_TABLE} and customer_embeddings cover different customers: re-run `lookalike personas propagate`.")
-    # Both blocks scaled to unit total variance, the embedding block then weighted.
-    blocks = [personas / np.sqrt(personas.var(axis=0).sum() or 1.0),
-              embedding_weight * vectors / np.sqrt(vectors.var(axis=0).sum() or 1.0)]
-    return ids, np.hstack(blocks), f"personas+embeddings(weight {embedding_weight})"
+def parse_inputs(inputs: str | Sequence[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(p.strip() for p in (inputs.split(",") if isinstance(inputs, str) else inputs) if p.strip()))
+    unknown = [name for name in names if name not in INPUTS]
+    if unknown or not names:
+        raise LookalikeError(f"Unknown segment input(s) {unknown or [inputs]}: choose from {', '.join(INPUTS)} (comma-separated).")
+    return names
+
+
+def feature_matrix(db_path: Path, inputs: Sequence[str], progress: Progress) -> tuple[np.ndarray, np.ndarray | sp.csr_matrix, str]:
+    """(customer ids, features, description): the chosen blocks side by side, each scaled to unit total
+    variance so no block dominates by its width, over the customers every block covers."""
+    blocks: list[tuple[np.ndarray, np.ndarray | sp.csr_matrix]] = []
+    for name in inputs:
+        if name == "categories":
+            blocks.append(read_category_shares(db_path))
+        elif name == "personas":
+            ids, personas, _ = read_persona_matrix(db_path)
+            blocks.append((ids, personas))
+        else:
+            blocks.append(read_customer_vectors(db_path, progress))
+    ids = blocks[0][0]
+    for other, _ in blocks[1:]:
+        ids = np.intersect1d(ids, other)
+    if any(len(block_ids) > len(ids) for block_ids, _ in blocks):
+        progress(f"  {', '.join(inputs)} cover different customers: segmenting the {len(ids):,} they share")
+    scaled = []
+    for block_ids, block in blocks:
+        block = block[np.searchsorted(block_ids, ids)]
+        if sp.issparse(block):
+            variance = float((block.multiply(block)).mean(axis=0).sum() - np.square(np.asarray(block.mean(axis=0))).sum())
+        else:
+            variance = float(block.var(axis=0).sum())
+        scaled.append(block / np.sqrt(variance or 1.0))
+    if len(scaled) == 1:
+        features = scaled[0]
+    elif any(sp.issparse(block) for block in scaled):
+        features = sp.hstack([sp.csr_matrix(block) for block in scaled]).tocsr()
+    else:
+        features = np.hstack(scaled)
+    return ids, features, "+".join(inputs)
+
+
+def reduce(features: np.ndarray | sp.csr_matrix, components: int, variance: float, seed: int) -> tuple[np.ndarray, float]:
+    """PCA to the fewest components that explain `variance` of the total, at most `components`
+    (a few leading components keep the group structure and drop per-customer noise).
+    Returns the reduced matrix and the share of variance it keeps."""
+    from sklearn.decomposition import PCA
+
+    n, width = features.shape
+    # The covariance route accepts sparse input and costs width^2, not n * width, per pass.
+    pca = PCA(n_components=max(1, min(components, width, n - 1)), svd_solver="covariance_eigh", random_state=seed)
+    reduced = pca.fit_transform(features)
+    if sp.issparse(features):
+        total = float(features.multiply(features).mean(axis=0).sum() - np.square(np.asarray(features.mean(axis=0))).sum())
+    else:
+        total = float(features.var(axis=0).sum())
+    # sklearn's explained_variance_ uses n - 1; the total above uses n.
+    explained = np.cumsum(pca.explained_variance_) * (n - 1) / n / max(total, 1e-12)
+    keep = int(np.searchsorted(explained, variance - 1e-9) + 1) if variance < 1 else len(explained)
+    keep = min(keep, len(explained))
+    return np.ascontiguousarray(reduced[:, :keep]), float(min(explained[keep - 1], 1.0))
 
 
 def cluster(
-    features: np.ndarray,
+    features: np.ndarray | sp.csr_matrix,
     k: int | None = None,
     k_min: int = 2,
     k_max: int = 15,
+    components: int = 16,
     variance: float = 0.95,
     stability_runs: int = 5,
     seed: int = 0,
@@ -90,14 +146,12 @@ def cluster(
 ) -> tuple[np.ndarray, np.ndarray, SegmentQuality]:
     """(labels, distance to own centre, quality) for a feature matrix; k=None chooses k by silhouette."""
     from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
     from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
-    n = len(features)
+    n = features.shape[0]
     if n < 3:
         raise LookalikeError(f"Segmenting needs at least 3 customers, found {n}.")
-    pca = PCA(n_components=min(variance, features.shape[1]) if variance < 1 else min(features.shape), random_state=seed)
-    reduced = pca.fit_transform(features)
+    reduced, kept_variance = reduce(features, components, variance, seed)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, min(n, SILHOUETTE_SAMPLE), replace=False))
     scores: dict[int, float] = {}
@@ -123,8 +177,8 @@ def cluster(
         davies_bouldin=round(float(davies_bouldin_score(reduced, labels)), 4),
         stability_ari_mean=round(float(np.mean(reruns)), 4) if reruns else float("nan"),
         stability_ari_min=round(float(np.min(reruns)), 4) if reruns else float("nan"),
-        silhouette_by_k=scores, inputs="", pca_components=int(pca.n_components_),
-        pca_explained_variance=round(float(pca.explained_variance_ratio_.sum()), 4), customers=n,
+        silhouette_by_k=scores, inputs="", pca_components=int(reduced.shape[1]),
+        pca_explained_variance=round(kept_variance, 4), customers=n,
     )
     return labels, distances, quality
 
@@ -137,9 +191,7 @@ sizes as (
     select segment_id, count(*) as customer_count from members group by segment_id
 ),
 persona_means as (
-    select m.segment_id, d.name, avg(c.probability) as mean_probability
-    from members m join {RESULT_TABLE} c using (customer_id) join {PERSONAS_TABLE} d using (persona_id)
-    group by m.segment_id, d.name
+    {{persona_means}}
 ),
 top_personas as (
     select segment_id,
@@ -190,7 +242,7 @@ final as (
         s.segment_id,
         s.customer_count,
         round(s.customer_count / sum(s.customer_count) over (), 4) as customer_share,
-        p.top_personas,
+        coalesce(p.top_personas, '') as top_personas,
         coalesce(c.top_categories, '') as top_categories,
         coalesce(d.distinctive_categories, '') as distinctive_categories,
         round(x.avg_spend, 2) as avg_spend,
@@ -205,6 +257,12 @@ final as (
 )
 select * from final order by customer_count desc
 """
+PERSONA_MEANS_SQL = f"""
+    select m.segment_id, d.name, avg(c.probability) as mean_probability
+    from members m join {RESULT_TABLE} c using (customer_id) join {PERSONAS_TABLE} d using (persona_id)
+    group by m.segment_id, d.name"""
+# Segments on categories alone need no personas: top_personas is then empty.
+NO_PERSONAS_SQL = "select null::integer as segment_id, null::varchar as name, null::double as mean_probability where false"
 
 
 def segment_customers(
@@ -212,26 +270,28 @@ def segment_customers(
     k: int | None = None,
     k_min: int = 4,
     k_max: int = 15,
-    with_embeddings: bool = False,
-    embedding_weight: float = 1.0,
+    inputs: str | Sequence[str] = DEFAULT_INPUTS,
+    components: int = 16,
     variance: float = 0.95,
     stability_runs: int = 5,
     seed: int = 0,
+    serving_path: Path | None = None,
     progress: Progress = print,
 ) -> tuple[SegmentQuality, pa.Table]:
-    """Cluster customers into segments; replaces customer_segments, segment_profiles, segment_quality.
+    """Cluster customers into segments; replaces customer_segments, segment_profiles, segment_quality,
+    and publishes them to `serving_path` (the file BI tools read) when given.
 
     Returns the quality metrics and the segment profiles (largest segment first).
     """
     started = time.perf_counter()
-    ids, features, inputs = feature_matrix(db_path, with_embeddings, embedding_weight, progress)
+    ids, features, inputs = feature_matrix(db_path, parse_inputs(inputs), progress)
     progress(f"Segmenting {len(ids):,} customers on {inputs} ({features.shape[1]} columns)"
              + (f", choosing k in {k_min}..{k_max} by silhouette" if k is None else f", k={k}"))
     from threadpoolctl import threadpool_limits
 
     # One BLAS/OpenMP thread: sklearn's k-means oversubscribes a shared machine (many times slower).
     with threadpool_limits(1):
-        labels, distances, quality = cluster(features, k, k_min, k_max, variance, stability_runs, seed, progress)
+        labels, distances, quality = cluster(features, k, k_min, k_max, components, variance, stability_runs, seed, progress)
     quality.inputs = inputs
     # Segment ids by size: 1 is the largest segment.
     order = np.argsort(-np.bincount(labels), kind="stable")
@@ -250,13 +310,38 @@ def segment_customers(
             con.execute(f"create or replace table {SEGMENTS_TABLE}__new as select * from incoming_segments")
         finally:
             con.unregister("incoming_segments")
-        profiles = con.sql(PROFILE_SQL).to_arrow_table()
+        has_personas = table_exists(con, RESULT_TABLE) and table_exists(con, PERSONAS_TABLE)
+        profiles = con.sql(PROFILE_SQL.replace("{persona_means}", PERSONA_MEANS_SQL if has_personas else NO_PERSONAS_SQL)).to_arrow_table()
         replace_tables(con, {SEGMENTS_TABLE: segments, PROFILES_TABLE: profiles,
                              QUALITY_TABLE: pa.Table.from_pylist([quality_row])})
     progress(f"Wrote {SEGMENTS_TABLE}, {PROFILES_TABLE}, {QUALITY_TABLE}: k={quality.k} ({quality.k_chosen_by}), "
              f"silhouette {quality.silhouette:.3f}, stability ARI {quality.stability_ari_mean:.3f} "
              f"in {time.perf_counter() - started:.1f}s")
+    if serving_path is not None:
+        publish_segments(db_path, serving_path)
+        progress(f"Published {', '.join(SERVING_TABLES)} to {serving_path}")
     return quality, profiles
+
+
+def publish_segments(db_path: Path, serving_path: Path) -> None:
+    """Replace the segment tables in the serving file with the warehouse's, in one atomic swap
+    (BI readers keep their snapshot, new connections see all the new tables or none)."""
+    from lookalike_cli.publish import publish_tables
+
+    with connection(db_path, read_only=True) as con:
+        for name in SERVING_TABLES:
+            require_table(con, name, "Run `lookalike segment` first.")
+        tables = {name: con.sql(f"select * from {name}").to_arrow_table() for name in SERVING_TABLES}
+
+    def write(con) -> None:
+        for name, table in tables.items():
+            con.register("incoming_segment_table", table)
+            try:
+                con.execute(f"create or replace table {name} as select * from incoming_segment_table")
+            finally:
+                con.unregister("incoming_segment_table")
+
+    publish_tables(serving_path, write)
 
 
 def read_profiles(db_path: Path) -> pa.Table:

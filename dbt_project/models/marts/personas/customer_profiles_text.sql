@@ -21,6 +21,25 @@ spend_quintiles as (
     where order_count > 0
 ),
 
+department_shares as (
+    select f.customer_id, c.department, sum(f.share) as share
+    from (select customer_id, unnest(category_ids) as category_id, unnest(category_shares) as share from customer_features) f
+    join categories c using (category_id)
+    where c.department <> 'unknown'
+    group by f.customer_id, c.department
+),
+
+top_departments as (
+    -- Departments first: their names carry what a shopper is about (Pet, Produce) more plainly than
+    -- category names, which mix in styles (Premium, Value Packs) that read like other personas.
+    select
+        customer_id,
+        string_agg(department || ' (' || cast(round(share * 100) as integer) || '%)', ', ' order by share desc, department) as top_departments_text
+    from (select *, row_number() over (partition by customer_id order by share desc, department) as position from department_shares)
+    where position <= 3
+    group by customer_id
+),
+
 top_categories as (
     select
         customer_id,
@@ -39,6 +58,7 @@ banded as (
         f.distinct_categories,
         f.recency_days,
         f.tenure_days,
+        d.top_departments_text,
         array_to_string(
             list_transform(t.top_pairs, lambda pair: n.names[pair[2] + 1] || ' (' || cast(round(pair[1] * 100) as integer) || '%)'),
             ', '
@@ -70,6 +90,7 @@ banded as (
         end as tenure_band
     from customer_features f
     join top_categories t using (customer_id)
+    left join top_departments d using (customer_id)
     cross join category_names n
     cross join spend_quintiles q
 ),
@@ -79,7 +100,8 @@ final as (
         customer_id,
         case
             when order_count = 0 then 'No purchases yet. '
-            else 'Buys mostly ' || top_categories_text
+            else coalesce('Shops mostly in ' || top_departments_text || '. ', '')
+                || 'Buys mostly ' || top_categories_text
                 || ' across ' || cast(distinct_categories as integer) || ' categories. '
                 || 'Shops ' || printf('%.1f', orders_per_month) || ' times a month (' || frequency_band || '). '
                 || 'Spend ' || spend_band || ' (' || printf('%.0f', total_spend) || ' total, '
