@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -109,7 +110,16 @@ def main() -> None:
     parser.add_argument("--customers", type=int, action="append", help="population size (repeatable)")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs of the model both engines score")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument("--driver-memory", default=None, help="Spark driver (= local executor) memory, e.g. 6g")
+    parser.add_argument("--shuffle-partitions", type=int, default=None, help="spark.sql.shuffle.partitions")
     args = parser.parse_args()
+    # The profile's spark target reads these, for dbt and the CLI's session alike.
+    if args.driver_memory:
+        os.environ["LOOKALIKE_SPARK_DRIVER_MEMORY"] = args.driver_memory
+    if args.shuffle_partitions:
+        os.environ["LOOKALIKE_SPARK_SHUFFLE_PARTITIONS"] = str(args.shuffle_partitions)
+    options = [f"--{name.replace('_', '-')} {value}" for name, value in
+               (("driver_memory", args.driver_memory), ("shuffle_partitions", args.shuffle_partitions), ("epochs", args.epochs)) if value]
     sizes = args.customers or [20_000]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -140,8 +150,8 @@ def main() -> None:
         "Expand = one centroid audience of 1% of the customers (DuckDB: FAISS build-index excluded; Spark: exact "
         "top-k per partition + merge); overlap = share of the DuckDB audience that Spark also selected."
     )
-    write_section("spark", "Spark vs DuckDB (same data, same dbt project)", body,
-                  "python -m benchmarks.bench_spark " + " ".join(f"--customers {s}" for s in sizes))
+    write_section("spark_" + "_".join(str(s) for s in sizes), f"Spark vs DuckDB (same data, same dbt project): {', '.join(f'{s:,}' for s in sizes)} customers", body,
+                  "python -m benchmarks.bench_spark " + " ".join([*(f"--customers {s}" for s in sizes), *options]))
 
 
 if __name__ == "__main__":

@@ -230,7 +230,7 @@ def export_training_data(settings: Settings, target_db: Path, progress: Progress
             con.register("incoming", frame.toArrow())
             con.execute(f"create table {name} as select * from incoming")
             con.unregister("incoming")
-            counts[name] = con.execute(f"select count(*) from {name}").fetchone()[0]
+            counts[name] = con.execute(f"select count(*) from {name}").fetchall()[0][0]
             progress(f"  {name:<18} {counts[name]:>12,} rows in {time.perf_counter() - started:.1f}s")
         con.execute("checkpoint")
     finally:

@@ -141,3 +141,29 @@ def test_spark_errors_name_the_problem_and_keep_tables(spark_warehouse):
     result = run_spark_cli(settings, "expand", "--engine", "spark", "--name", "x",
                            "--seed-sql", "select customer_id from customer_features where customer_id < 0", "--size", "10", expect_exit=1)
     assert "is empty" in result.output
+    # A raw schema that is not in Spark fails compilation with the Spark hint; nothing is rebuilt.
+    features = spark.table("lookalike.customer_features").count()
+    result = run_spark_cli(settings, "dbt", "run", "--target", "spark", "--select", "stg_customers",
+                           "--vars", "{raw_schema: nowhere}", expect_exit=1)
+    assert "nowhere.customers does not exist" in result.output and "lookalike spark load-raw" in result.output
+    assert spark.table("lookalike.customer_features").count() == features
+
+
+def test_training_data_exported_from_spark_trains(spark_warehouse, tmp_path):
+    settings, _ = spark_warehouse
+    training = tmp_path / "training.duckdb"
+    run_spark_cli(settings, "spark", "export-training-data", "--to", str(training))
+    expected_pairs, expected_customers = duckdb_table(settings, (
+        "select (select count(*) from similarity_pairs) as pairs, (select count(*) from customer_features where customer_id in "
+        " (select customer_id_a from similarity_pairs union select customer_id_b from similarity_pairs)) as customers"
+    )).to_pylist()[0].values()
+    with duckdb.connect(str(training), read_only=True) as con:
+        pairs, customers, unpaired = con.execute(
+            "select (select count(*) from similarity_pairs), (select count(*) from customer_features), "
+            "(select count(*) from customer_features where customer_id not in "
+            " (select customer_id_a from similarity_pairs union select customer_id_b from similarity_pairs))").fetchone()
+    assert (pairs, customers, unpaired) == (expected_pairs, expected_customers, 0)
+    onnx = tmp_path / "onnx"
+    run_cli(Settings.resolve(db=training, onnx_dir=onnx, index_dir=tmp_path / "indexes"),
+            "train", "--name", "from_spark", "--epochs", "1")
+    assert (onnx / "from_spark.onnx").exists()
