@@ -54,6 +54,8 @@ def register(group: click.Group) -> None:
     @click.option("--llm-timeout", type=float, default=30.0, show_default=True, help="llm: seconds per call.")
     @click.option("--llm-retries", type=int, default=2, show_default=True, help="llm: retries after an invalid answer, timeout, 429 or 5xx.")
     @click.option("--llm-backoff", type=float, default=1.0, show_default=True, help="llm: seconds before the first retry (doubling after).")
+    @click.option("--llm-concurrency", type=int, default=1, show_default=True,
+                  help="llm: customers labelled at once (parallel requests); the call budget holds across them.")
     @click.option("--max-calls", type=int, default=1000, show_default=True,
                   help="llm: budget of calls for this run, retries included; customers left over stay unlabelled.")
     @pass_settings
@@ -68,7 +70,7 @@ def register(group: click.Group) -> None:
         Example:
           lookalike personas label                       # 5%, zero-shot, offline
           lookalike personas label --labeller llm --llm-url http://localhost:8000/v1 \\
-            --llm-model qwen2.5-7b-instruct --max-calls 2000
+            --llm-model qwen2.5-7b-instruct --max-calls 2000 --llm-concurrency 8
         """
         from lookalike_cli.personas import label_sample
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -166,12 +167,14 @@ class LLMLabeller:
     timeout, HTTP 429 or 5xx is retried up to `retries` times with exponential backoff, and
     every attempt (prompt, raw answer, status) becomes a `persona_label_log` row. `max_calls`
     caps the calls of one run, retries included: customers left when it runs out stay unlabelled.
+    `concurrency` customers are in flight at once (threads: the work is waiting on the endpoint).
     """
 
     name = "llm"
 
     def __init__(self, personas: Sequence[Persona], url: str, model: str, api_key: str | None = None,
-                 timeout: float = 30.0, retries: int = 2, max_calls: int = 1000, backoff_seconds: float = 1.0):
+                 timeout: float = 30.0, retries: int = 2, max_calls: int = 1000, backoff_seconds: float = 1.0,
+                 concurrency: int = 1):
         if not url:
             raise LookalikeError("--labeller llm needs --llm-url (an OpenAI-compatible base URL, e.g. http://localhost:8000/v1).")
         if not model:
@@ -184,7 +187,11 @@ class LLMLabeller:
         self.retries = retries
         self.max_calls = max_calls
         self.backoff_seconds = backoff_seconds
+        if concurrency < 1:
+            raise LookalikeError(f"--llm-concurrency must be at least 1, got {concurrency}.")
+        self.concurrency = concurrency
         self.calls = 0
+        self._budget_lock = threading.Lock()
         self._by_name = {p.name.strip().lower(): i for i, p in enumerate(self.personas)}
         self._by_id = {str(p.persona_id): i for i, p in enumerate(self.personas)}
 
@@ -230,9 +237,10 @@ class LLMLabeller:
         messages = self.messages(profile)
         payload = {"model": self.model, "messages": messages, "temperature": 0, "response_format": {"type": "json_object"}}
         for attempt in range(1, self.retries + 2):
-            if self.calls >= self.max_calls:
-                return None
-            self.calls += 1
+            with self._budget_lock:  # concurrent workers must not overspend the budget
+                if self.calls >= self.max_calls:
+                    return None
+                self.calls += 1
             started = time.perf_counter()
             row = {"run_id": run_id, "customer_id": int(customer_id), "attempt": attempt, "model": self.model,
                    "prompt": json.dumps(messages), "response": None, "status": "ok", "persona_id": None, "error": None}
@@ -267,34 +275,46 @@ class LLMLabeller:
                 "called_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
 
     def label(self, customer_ids: np.ndarray, texts: Sequence[str], progress: Progress = _quiet, run_id: str = "") -> Labels:
+        from concurrent.futures import ThreadPoolExecutor
+
         n_personas = len(self.personas)
         probabilities = np.full((len(texts), n_personas), np.nan)
-        log: list[dict] = []
-        for row, (customer_id, text) in enumerate(zip(customer_ids, texts)):
-            answer = self.label_one(int(customer_id), text, run_id, log)
-            if answer is not None:
-                index, confidence = answer
-                # The named persona gets the stated confidence; the rest share what is left.
-                probabilities[row] = (1 - confidence) / (n_personas - 1) if n_personas > 1 else 0.0
-                probabilities[row, index] = max(confidence, 1.0 / n_personas)
-                probabilities[row] /= probabilities[row].sum()
-            if (row + 1) % 25 == 0 or row + 1 == len(texts):
-                progress(f"  llm labelled {int((~np.isnan(probabilities[: row + 1, 0])).sum()):,}/{row + 1:,} "
-                         f"({self.calls:,}/{self.max_calls:,} calls used)")
-            if self.calls >= self.max_calls and row + 1 < len(texts):
-                progress(f"  call budget of {self.max_calls:,} reached: {len(texts) - row - 1:,} customers left unlabelled")
-                break
-        return Labels(probabilities, log)
+        # One log list per customer, joined in customer order: the log reads the same at any concurrency.
+        logs: list[list[dict]] = [[] for _ in texts]
+
+        def work(row: int) -> tuple[int, tuple[int, float] | None]:
+            return row, self.label_one(int(customer_ids[row]), texts[row], run_id, logs[row])
+
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="llm-labeller")
+        try:
+            for row, answer in pool.map(work, range(len(texts))):  # results in submission order
+                if answer is not None:
+                    index, confidence = answer
+                    # The named persona gets the stated confidence; the rest share what is left.
+                    probabilities[row] = (1 - confidence) / (n_personas - 1) if n_personas > 1 else 0.0
+                    probabilities[row, index] = max(confidence, 1.0 / n_personas)
+                    probabilities[row] /= probabilities[row].sum()
+                if (row + 1) % 25 == 0 or row + 1 == len(texts):
+                    progress(f"  llm labelled {int((~np.isnan(probabilities[: row + 1, 0])).sum()):,}/{row + 1:,} "
+                             f"({self.calls:,}/{self.max_calls:,} calls used)")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # an auth error stops the customers not started yet
+        unlabelled = int(np.isnan(probabilities[:, 0]).sum())
+        if self.calls >= self.max_calls and unlabelled:
+            progress(f"  call budget of {self.max_calls:,} reached: {unlabelled:,} customers left unlabelled")
+        return Labels(probabilities, [row for rows in logs for row in rows])
 
 
 def make_labeller(personas: Sequence[Persona], labeller: str = "zero-shot", llm_url: str | None = None,
                   llm_model: str | None = None, llm_api_key: str | None = None, llm_timeout: float = 30.0,
-                  llm_retries: int = 2, llm_backoff: float = 1.0, max_calls: int = 1000, temperature: float = 0.02):
+                  llm_retries: int = 2, llm_backoff: float = 1.0, max_calls: int = 1000, temperature: float = 0.02,
+                  llm_concurrency: int = 1):
     if labeller == "zero-shot":
         return ZeroShotLabeller(personas, temperature=temperature)
     if labeller == "llm":
         return LLMLabeller(personas, url=llm_url or "", model=llm_model or "", api_key=llm_api_key,
-                           timeout=llm_timeout, retries=llm_retries, max_calls=max_calls, backoff_seconds=llm_backoff)
+                           timeout=llm_timeout, retries=llm_retries, max_calls=max_calls, backoff_seconds=llm_backoff,
+                           concurrency=llm_concurrency)
     raise LookalikeError(f"Unknown labeller {labeller!r}; choose one of {', '.join(LABELLERS)}.")
 
 
@@ -518,6 +538,7 @@ def label_sample(
     llm_timeout: float = 30.0,
     llm_retries: int = 2,
     llm_backoff: float = 1.0,
+    llm_concurrency: int = 1,
     max_calls: int = 1000,
     progress: Progress = _quiet,
     labeller_object=None,
@@ -533,7 +554,7 @@ def label_sample(
         personas = load_personas(con)
         require_table(con, PROFILES_TABLE, BUILD_HINT)
     worker = labeller_object or make_labeller(personas, labeller, llm_url, llm_model, llm_api_key, llm_timeout, llm_retries,
-                                                   llm_backoff, max_calls)
+                                                   llm_backoff, max_calls, llm_concurrency=llm_concurrency)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{seed}"
     budget = max(2, math.ceil(fraction * len(ids)))
     first = diversity_sample(vectors, math.ceil(budget * diversity_share), seed=seed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import duckdb
@@ -154,6 +155,7 @@ class FakeChatCompletions(BaseHTTPRequestHandler):
 
     requests: list[dict] = []
     lock = threading.Lock()
+    in_flight = most_in_flight = 0
 
     def do_POST(self):  # noqa: N802 (http.server API)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -162,6 +164,14 @@ class FakeChatCompletions(BaseHTTPRequestHandler):
             turn = (len(FakeChatCompletions.requests) - 1) % 5
         if self.path.startswith("/denied"):
             return self.reply(401, {"error": {"message": "invalid api key"}})
+        if self.path.startswith("/slow"):  # always valid, 50 ms each: shows how many calls overlap
+            with self.lock:
+                FakeChatCompletions.in_flight += 1
+                FakeChatCompletions.most_in_flight = max(FakeChatCompletions.most_in_flight, FakeChatCompletions.in_flight)
+            time.sleep(0.05)
+            with self.lock:
+                FakeChatCompletions.in_flight -= 1
+            turn = 1
         if turn == 3:
             return self.reply(500, {"error": {"message": "overloaded"}})
         content = ["this is not json", json.dumps({"persona": "Pet Parent", "confidence": 0.8}),
@@ -231,6 +241,15 @@ def test_llm_labeller_stops_on_auth_errors_and_retries_timeouts(llm_server):
     labels = unreachable.label(np.array([7]), ["profile"])
     assert not labels.valid.any()
     assert [(r["attempt"], r["status"]) for r in labels.log_rows] == [(1, "unreachable"), (2, "unreachable")]
+
+
+def test_llm_labeller_runs_calls_concurrently_within_the_budget(llm_server):
+    personas = [Persona(1, "Pet Parent", "pets"), Persona(2, "Fresh Food Cook", "fresh food")]
+    labeller = LLMLabeller(personas, url=f"{llm_server}/slow/v1", model="m", backoff_seconds=0, max_calls=30, concurrency=4)
+    labels = labeller.label(np.arange(40), [f"profile {i}" for i in range(40)])
+    assert labeller.calls == 30 and int(labels.valid.sum()) == 30 and len(labels.log_rows) == 30
+    assert [r["customer_id"] for r in labels.log_rows] == list(np.flatnonzero(labels.valid))  # logged in customer order
+    assert 2 <= FakeChatCompletions.most_in_flight <= 4
 
 
 def test_replace_tables_keeps_the_old_table_when_the_swap_fails():
