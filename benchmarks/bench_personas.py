@@ -1,9 +1,11 @@
 """Personas and segments: quality on generated data (known answers) and on Complete Journey.
 
-Generated data: labels propagated from a 5% diversity-and-uncertainty sample vs labelling
-customers directly with the same zero-shot labeller (agreement of top personas on a random
-sample of unlabelled customers, against the majority-class baseline), and segments vs the
-planted segments (adjusted Rand index). Complete Journey: segment profiles and metrics.
+Generated data: labels propagated from a 5% diversity-and-uncertainty sample vs labelling every
+customer directly with the same zero-shot labeller (agreement of top personas on the unlabelled
+customers, against the majority-class baseline and a neighbour-vote ceiling), over the category
+graph and the embedding graph; persona purity within the planted segments; segments on each
+input vs the planted segments (adjusted Rand index), against k-means on the raw category shares
+in the same run. Complete Journey: segment profiles and metrics.
 
     python -m benchmarks.bench_personas --customers 3000 --workdir /tmp/bench_personas
 """
@@ -20,7 +22,7 @@ import numpy as np
 
 from benchmarks.results import markdown_table, write_section
 from lookalike_cli.cli import main
-from lookalike_cli.personas import ZeroShotLabeller, load_personas, read_profiles
+from lookalike_cli.personas import ZeroShotLabeller, customer_space, load_personas, read_category_shares, read_profiles
 from lookalike_cli.settings import Settings
 
 
@@ -44,18 +46,44 @@ def seconds(start: float) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-def agreement(settings: Settings, sample_size: int) -> tuple[float, float, int]:
+def direct_labels(settings: Settings) -> tuple[np.ndarray, np.ndarray, list]:
+    """(customer ids, direct zero-shot top-persona index per customer, personas): everyone labelled directly."""
     with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        rows = con.execute("""
-            select customer_id, persona_id from customer_personas where persona_rank = 1 and not is_labelled
-            order by hash(customer_id) limit ?""", [sample_size]).fetchall()
         personas = load_personas(con)
-        ids = np.array([r[0] for r in rows])
+        ids = np.array([r[0] for r in con.execute("select customer_id from customer_personas where persona_rank = 1 order by customer_id").fetchall()])
         texts = read_profiles(con, ids)
-    direct = ZeroShotLabeller(personas).label(ids, texts).probabilities.argmax(axis=1)
-    direct_ids = np.array([personas[i].persona_id for i in direct])
-    propagated = np.array([r[1] for r in rows])
-    return float(np.mean(direct_ids == propagated)), float(np.bincount(direct_ids).max() / len(ids)), len(ids)
+    return ids, ZeroShotLabeller(personas).label(ids, texts).probabilities.argmax(axis=1), personas
+
+
+def propagated_labels(settings: Settings, ids: np.ndarray, personas: list) -> tuple[np.ndarray, np.ndarray]:
+    """(top-persona index, is_labelled) per customer of `ids`, from customer_personas."""
+    column = {p.persona_id: j for j, p in enumerate(personas)}
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        rows = dict((r[0], (r[1], r[2])) for r in con.execute(
+            "select customer_id, persona_id, is_labelled from customer_personas where persona_rank = 1").fetchall())
+    return np.array([column[rows[i][0]] for i in ids]), np.array([rows[i][1] for i in ids])
+
+
+def neighbour_vote(labels: np.ndarray, vectors: np.ndarray, neighbours: int = 10) -> np.ndarray:
+    """Each customer's most common label among its k nearest neighbours (itself excluded)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    _, found = index.search(vectors, neighbours + 1)
+    return np.array([np.bincount(labels[row[row != i][:neighbours]], minlength=labels.max() + 1).argmax()
+                     for i, row in enumerate(found)])
+
+
+def purity(labels: np.ndarray, planted: np.ndarray) -> float:
+    """Share of customers whose label is the most common one within their planted segment."""
+    return float(sum(np.bincount(labels[planted == s]).max() for s in np.unique(planted)) / len(labels))
+
+
+def planted(settings: Settings, ids: np.ndarray) -> np.ndarray:
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        segment = dict(con.execute("select customer_id, segment_id from raw.planted_segments").fetchall())
+    return np.array([segment[i] for i in ids])
 
 
 def planted_ari(settings: Settings) -> float:
@@ -64,6 +92,19 @@ def planted_ari(settings: Settings) -> float:
     with duckdb.connect(str(settings.db_path), read_only=True) as con:
         pairs = con.execute("select s.segment_id, p.segment_id from customer_segments s join raw.planted_segments p using (customer_id)").fetchall()
     return float(adjusted_rand_score(*zip(*pairs)))
+
+
+def raw_share_kmeans(settings: Settings, k: int) -> tuple[float, float]:
+    """Baseline: k-means straight on the raw category shares (no square root, no PCA). (ARI vs planted, seconds)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+    from threadpoolctl import threadpool_limits
+
+    ids, root_shares = read_category_shares(settings.db_path)
+    start = time.perf_counter()
+    with threadpool_limits(1):
+        labels = KMeans(k, n_init=5, random_state=0).fit_predict(root_shares.power(2).toarray())
+    return float(adjusted_rand_score(labels, planted(settings, ids))), seconds(start)
 
 
 def quality(settings: Settings) -> dict:
@@ -82,36 +123,60 @@ def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--agreement-sample", type=int, default=600)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_personas"))
     parser.add_argument("--skip-completejourney", action="store_true")
     args = parser.parse_args()
 
     sections = []
     generated = prepare(args.workdir / "generated", ["generate-data", "--customers", str(args.customers), "--seed", "11"], args.epochs)
-    start = time.perf_counter()
-    cli(generated, "personas", "label", "--fraction", "0.05")
-    label_seconds = seconds(start)
-    start = time.perf_counter()
-    cli(generated, "personas", "propagate")
-    propagate_seconds = seconds(start)
-    agree, majority, sampled = agreement(generated, args.agreement_sample)
-    rows = []
-    for label, options in (("personas, k auto (4..15)", []), ("personas + embeddings, k auto (4..15)", ["--with-embeddings"]),
-                           ("personas, k = 12 (planted)", ["--k", "12"]), ("personas + embeddings, k = 12 (planted)", ["--k", "12", "--with-embeddings"])):
+    label_rows, direct = [], None
+    # The default graph last: the segment runs below read its customer_personas.
+    for graph in ("embeddings", "categories"):
+        start = time.perf_counter()
+        cli(generated, "personas", "label", "--fraction", "0.05", "--graph", graph)
+        label_seconds = seconds(start)
+        start = time.perf_counter()
+        cli(generated, "personas", "propagate", "--graph", graph)
+        propagate_seconds = seconds(start)
+        if direct is None:
+            ids, direct, personas = direct_labels(generated)
+            truth = planted(generated, ids)
+        propagated, is_labelled = propagated_labels(generated, ids, personas)
+        space_ids, vectors = customer_space(generated.db_path, graph)
+        assert np.array_equal(space_ids, ids)
+        unlabelled = ~is_labelled
+        label_rows.append([
+            graph + (" (default)" if graph == "categories" else ""), label_seconds, propagate_seconds,
+            f"{np.mean(propagated[unlabelled] == direct[unlabelled]):.1%}",
+            f"{np.mean(neighbour_vote(direct, vectors)[unlabelled] == direct[unlabelled]):.1%}",
+            f"{np.bincount(direct[unlabelled]).max() / unlabelled.sum():.1%}",
+            f"{purity(direct, truth):.3f} / {purity(propagated, truth):.3f}",
+        ])
+    segment_rows = []
+    runs = (("embeddings", ["--inputs", "embeddings"]), ("personas", ["--inputs", "personas"]),
+            ("categories+personas", ["--inputs", "categories,personas"]), ("categories+embeddings", ["--inputs", "categories,embeddings"]),
+            ("categories (default), k = 12 (planted)", ["--k", "12"]), ("categories (default)", []))
+    for label, options in runs:
         start = time.perf_counter()
         cli(generated, "segment", *options)
         q = quality(generated)
-        rows.append([label, q["k"], round(planted_ari(generated), 3), q["silhouette"], q["calinski_harabasz"], q["davies_bouldin"],
-                     q["stability_ari_mean"], seconds(start)])
+        segment_rows.append([label, q["k"], round(planted_ari(generated), 3), q["silhouette"], q["calinski_harabasz"],
+                             q["davies_bouldin"], q["stability_ari_mean"], seconds(start)])
+    baseline_ari, baseline_seconds = raw_share_kmeans(generated, 12)
+    segment_rows.append(["baseline: k-means on raw category shares, k = 12 (planted)", 12, round(baseline_ari, 3), "", "", "", "", baseline_seconds])
     sections.append(
         f"Generated data, {args.customers:,} customers (seed 11, 12 planted segments), two-tower model {args.epochs} epochs.\n\n"
-        f"- Labelling 5% ({int(np.ceil(0.05 * args.customers))} customers, zero-shot, diversity+uncertainty): {label_seconds}s; "
-        f"propagation to everyone: {propagate_seconds}s.\n"
-        f"- Propagated top persona vs labelling directly (zero-shot) on {sampled} random unlabelled customers: "
-        f"**{agree:.1%} agreement** (majority-class baseline {majority:.1%}, chance {1 / 10:.0%}).\n\n"
+        f"Labels: 5% ({int(np.ceil(0.05 * args.customers))} customers) labelled zero-shot (diversity + uncertainty sample), "
+        "propagated by random walk with restart (10-NN graph, restart 0.1) over each graph. Agreement = propagated top persona "
+        f"vs labelling the customer directly (zero-shot), over all {int((~is_labelled).sum()):,} unlabelled customers. Ceiling = "
+        "every customer's direct label predicted by the vote of its 10 nearest neighbours' direct labels (everyone labelled). "
+        "Purity = share of customers whose top persona is the most common one in their planted segment.\n\n"
+        + markdown_table(["graph", "label 5% (s)", "propagate (s)", "agreement with direct", "neighbour-vote ceiling",
+                          "majority-class baseline", "purity in planted: direct / propagated"], label_rows)
+        + f"\n\nSegments (`lookalike segment --inputs ...`, k auto = best silhouette in 4..15, PCA to at most 16 components):\n\n"
         + markdown_table(["segment inputs", "k", "ARI vs planted", "silhouette", "Calinski-Harabasz", "Davies-Bouldin",
-                          "stability ARI (5 seeds)", "seconds"], rows)
+                          "stability ARI (5 seeds)", "seconds"], segment_rows)
+        + "\n\nDefault segment profiles:\n\n" + profiles_markdown(generated)
     )
     if not args.skip_completejourney:
         cj = prepare(args.workdir / "completejourney", ["load-sample", "completejourney"], args.epochs)
