@@ -10,6 +10,7 @@ over every ad is ever built.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.warehouse import connection, require_table
 
@@ -54,6 +56,7 @@ def read_embedded_ads(con) -> tuple[pd.DataFrame, np.ndarray, str]:
 
 def classify_product_types(vectors: np.ndarray, known: pd.Series, options: ClusterOptions, progress: Progress = _quiet) -> tuple[np.ndarray, np.ndarray, dict]:
     """Product type per ad (known label, else the classifier's) and the classifier's confidence."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
 
@@ -71,6 +74,9 @@ def classify_product_types(vectors: np.ndarray, known: pd.Series, options: Clust
 
     def classifier() -> MLPClassifier:
         return MLPClassifier(hidden_layer_sizes=(options.hidden,), max_iter=300, random_state=options.seed)
+
+    # Stopping at max_iter is the intended budget; sklearn's convergence warning would only be noise.
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
     x, y = vectors[labelled], labels[labelled].astype(str)
     if options.holdout_fraction > 0 and len(y) >= 20:
@@ -106,6 +112,11 @@ def cluster_within_types(vectors: np.ndarray, product_types: np.ndarray, distanc
     return cluster_ids
 
 
+def strings(values) -> list[str | None]:
+    return [None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value) for value in values]
+
+
+@single_blas_thread
 def cluster_ads(db_path: Path, options: ClusterOptions = ClusterOptions(), progress: Progress = _quiet) -> dict:
     """Write ad_clusters (one row per ad) in one transaction; return counts and stage-1 metrics."""
     from lookalike_cli.personas import replace_tables
@@ -127,8 +138,8 @@ def cluster_ads(db_path: Path, options: ClusterOptions = ClusterOptions(), progr
     sizes = np.bincount(cluster_ids)[cluster_ids]
     table = pa.table({
         "ad_id": pa.array(ads["ad_id"].to_numpy(np.int64)),
-        "department": pa.array(department.astype(object), type=pa.string()),
-        "category": pa.array(category.astype(object), type=pa.string()),
+        "department": pa.array(strings(department), type=pa.string()),
+        "category": pa.array(strings(category), type=pa.string()),
         "product_type": pa.array(product_types, type=pa.string()),
         "product_type_source": pa.array(np.where(known, "label", "classifier"), type=pa.string()),
         "product_type_confidence": pa.array(confidence, type=pa.float64()),

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from lookalike_cli import __version__
 from lookalike_cli.ads.model import AdEncoder, EncoderConfig, TokenizerSpec, tokenize
+from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.warehouse import connection, require_table
 
@@ -278,6 +279,7 @@ def score_ads(db_path: Path, onnx_dir: Path, name: str, progress: Progress = _qu
     return len(ads.ad_ids)
 
 
+@single_blas_thread
 def train_ad_embedding(db_path: Path, onnx_dir: Path, name: str = "ads_encoder", options: EmbeddingOptions = EmbeddingOptions(),
                        progress: Progress = _quiet) -> dict:
     """Train on the train-period pairs, report held-out AUCs, export, and score ad_embeddings."""

@@ -26,14 +26,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.warehouse import connection, require_table
 
 Progress = Callable[[str], None]
 CLICK_BUCKETS = ((0, 0, "0"), (1, 9, "1-9"), (10, 49, "10-49"), (50, None, "50+"))
 AD_FEATURES = ["ad_clicks", "ad_rpc", "ad_recent_clicks", "ad_recent_rpc", "ad_cost_per_click", "ad_click_through_rate"]
-CLUSTER_FEATURES = ["cluster_clicks", "cluster_rpc", "cluster_size", "cluster_ads_with_clicks"]
-TAXONOMY_FEATURES = ["type_clicks", "type_rpc", "category_rpc", "department_rpc"]
+CLUSTER_FEATURES = ["cluster_clicks", "cluster_rpc", "cluster_size", "cluster_ads_with_clicks", "ad_rpc_pooled_with_cluster"]
+TAXONOMY_FEATURES = ["type_clicks", "type_rpc", "category_rpc", "department_rpc", "ad_rpc_pooled_with_type"]
+# Pseudo-clicks of the group's RPC blended into an ad's own history (empirical-Bayes style), so
+# an ad with few clicks leans on its group and one with many on itself.
+POOLING_CLICKS = 10.0
 RECENT_DAYS = 14
 
 
@@ -140,6 +144,10 @@ def add_features(frame: pd.DataFrame, objective: str) -> pd.DataFrame:
         out[f"{level}_clicks"] = clicks
         out[f"{level}_rpc"] = ratio(grouped[value].transform("sum"), clicks)
     out["cluster_ads_with_clicks"] = out.groupby("cluster_id")["ad_clicks"].transform(lambda c: (c > 0).sum())
+    overall = float(out[value].sum() / max(out["ad_clicks"].sum(), 1))
+    type_prior = out["type_rpc"].fillna(overall)
+    for level, prior in (("type", type_prior), ("cluster", out["cluster_rpc"].fillna(type_prior))):
+        out[f"ad_rpc_pooled_with_{level}"] = (out[value] + POOLING_CLICKS * prior) / (out["ad_clicks"] + POOLING_CLICKS)
     out["target_rpc"] = ratio(out[f"target_{objective}"], out["target_clicks"])
     return out
 
@@ -205,6 +213,7 @@ def evaluate(train: pd.DataFrame, test: pd.DataFrame, options: RpcOptions) -> tu
     return pd.DataFrame(rows), predictions
 
 
+@single_blas_thread
 def predict_rpc(db_path: Path, onnx_dir: Path, options: RpcOptions = RpcOptions(), progress: Progress = _quiet) -> dict:
     """Evaluate on the held-out period, refit at the end of the data, write ad_rpc_predictions and ad_rpc_evaluation."""
     from lookalike_cli.personas import replace_tables
