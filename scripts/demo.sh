@@ -71,4 +71,13 @@ $LOOKALIKE personas label --fraction 0.05 --seed "$SEED"
 $LOOKALIKE personas propagate
 $LOOKALIKE segment --k auto --seed "$SEED"
 
+step "ads: 1,500 generated ads in $DEMO_DIR/ads.duckdb -> intention embeddings, clusters, RPC, bids for a budget of 3,000"
+ADS=("$LOOKALIKE" --db "$DEMO_DIR/ads.duckdb")
+"${ADS[@]}" generate-data --customers 10 --days 14 --seed "$SEED" --ads --ad-count 1500 | tail -1
+"${ADS[@]}" ads build | grep -E 'Done\.|Built'
+"${ADS[@]}" ads train-embedding --epochs 4 --seed "$SEED" | grep -v ' epoch '
+"${ADS[@]}" ads cluster
+"${ADS[@]}" ads predict-rpc
+"${ADS[@]}" ads bid --budget 3000 --objective-weights revenue=1,margin=0.5
+
 printf '\nDemo finished in %ss. Explore: .venv/bin/lookalike --db %s summary\n' "$(( $(date +%s) - start ))" "$LOOKALIKE_DB"
