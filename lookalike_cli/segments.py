@@ -1,8 +1,11 @@
-"""Customer segments from persona vectors (the GPLR paper's segmentation application).
+"""Customer segments (the GPLR paper's segmentation application).
 
-Each customer's persona probabilities (`customer_personas`), optionally concatenated with the
-customer embedding, are reduced by PCA and clustered by k-means; k is chosen by silhouette
-(on a sample) unless given. Quality: silhouette, Calinski-Harabasz, Davies-Bouldin, and
+Each customer is described by one or more blocks: what they buy (square roots of the category
+shares, the default), their persona probabilities (`customer_personas`), their embedding. The
+blocks, each scaled to unit variance, are reduced by PCA to a few components (the group
+structure survives, per-customer noise does not) and clustered by k-means; k is chosen by
+silhouette (on a sample) unless given. On generated data the category block alone recovers the
+planted segments best (benchmarks/RESULTS.md, "personas"). Quality: silhouette, Calinski-Harabasz, Davies-Bouldin, and
 stability as the adjusted Rand index between the chosen clustering and re-runs with other
 random seeds. Results, replaced atomically in the warehouse: `customer_segments`,
 `segment_profiles` (size, top personas, top and distinctive categories, spend) and `segment_quality`.
