@@ -305,6 +305,8 @@ def test_segments_recover_planted_segments_better_than_kmeans_on_raw_shares(labe
     inputs, k = query(labelled, "select inputs, k from segment_quality")[0]
     assert inputs == "personas+embeddings" and k == 6 and len(query(labelled, "select * from segment_profiles")) == 6
     assert serving("select k, inputs from segment_quality") == [(len(profiles), "categories")]  # --no-publish left it
+    bad = run_cli(labelled, "segment", "--inputs", "categories,items", expect_exit=1)
+    assert "Unknown segment input(s) ['items']" in bad.output and query(labelled, "select k from segment_quality") == [(6,)]
     print(f"\nARI vs planted segments: categories k={len(profiles)} {ari:.3f}; k-means on raw shares k=12 {ari_baseline:.3f}")
     assert ari > 0.6 and ari > ari_baseline + 0.05
 
