@@ -72,11 +72,16 @@ def classify_product_types(vectors: np.ndarray, known: pd.Series, options: Clust
         result[~labelled] = classes[0]
         return result.astype(str), confidence, metrics
 
-    def classifier() -> MLPClassifier:
-        return MLPClassifier(hidden_layer_sizes=(options.hidden,), max_iter=300, random_state=options.seed)
+    class Classifier(MLPClassifier):
+        def fit(self, x, y):
+            # Stopping at max_iter is the intended budget; the convergence warning would only be noise.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                return super().fit(x, y)
 
-    # Stopping at max_iter is the intended budget; sklearn's convergence warning would only be noise.
-    warnings.filterwarnings("ignore", category=ConvergenceWarning)
+    def classifier() -> MLPClassifier:
+        return Classifier(hidden_layer_sizes=(options.hidden,), max_iter=300, random_state=options.seed)
+
 
     x, y = vectors[labelled], labels[labelled].astype(str)
     if options.holdout_fraction > 0 and len(y) >= 20:
