@@ -101,11 +101,7 @@ def feature_matrix(db_path: Path, inputs: Sequence[str], progress: Progress) -> 
     scaled = []
     for block_ids, block in blocks:
         block = block[np.searchsorted(block_ids, ids)]
-        if sp.issparse(block):
-            variance = float((block.multiply(block)).mean(axis=0).sum() - np.square(np.asarray(block.mean(axis=0))).sum())
-        else:
-            variance = float(block.var(axis=0).sum())
-        scaled.append(block / np.sqrt(variance or 1.0))
+        scaled.append(block / np.sqrt(total_variance(block) or 1.0))
     if len(scaled) == 1:
         features = scaled[0]
     elif any(sp.issparse(block) for block in scaled):
@@ -113,6 +109,13 @@ def feature_matrix(db_path: Path, inputs: Sequence[str], progress: Progress) -> 
     else:
         features = np.hstack(scaled)
     return ids, features, "+".join(inputs)
+
+
+def total_variance(matrix: np.ndarray | sp.csr_matrix) -> float:
+    """Sum of the column variances (dense or sparse, without densifying)."""
+    if sp.issparse(matrix):
+        return float(matrix.multiply(matrix).mean(axis=0).sum() - np.square(np.asarray(matrix.mean(axis=0))).sum())
+    return float(matrix.var(axis=0).sum())
 
 
 def reduce(features: np.ndarray | sp.csr_matrix, components: int, variance: float, seed: int) -> tuple[np.ndarray, float]:
@@ -125,12 +128,8 @@ def reduce(features: np.ndarray | sp.csr_matrix, components: int, variance: floa
     # The covariance route accepts sparse input and costs width^2, not n * width, per pass.
     pca = PCA(n_components=max(1, min(components, width, n - 1)), svd_solver="covariance_eigh", random_state=seed)
     reduced = pca.fit_transform(features)
-    if sp.issparse(features):
-        total = float(features.multiply(features).mean(axis=0).sum() - np.square(np.asarray(features.mean(axis=0))).sum())
-    else:
-        total = float(features.var(axis=0).sum())
-    # sklearn's explained_variance_ uses n - 1; the total above uses n.
-    explained = np.cumsum(pca.explained_variance_) * (n - 1) / n / max(total, 1e-12)
+    # sklearn's explained_variance_ divides by n - 1; total_variance by n.
+    explained = np.cumsum(pca.explained_variance_) * (n - 1) / n / max(total_variance(features), 1e-12)
     keep = int(np.searchsorted(explained, variance - 1e-9) + 1) if variance < 1 else len(explained)
     keep = min(keep, len(explained))
     return np.ascontiguousarray(reduced[:, :keep]), float(min(explained[keep - 1], 1.0))
