@@ -157,14 +157,14 @@ def load_raw(settings: Settings, raw_schema: str = "raw", tables: tuple[str, ...
             started = time.perf_counter()
             parquet = Path(staging) / f"{table}.parquet"
             with connection(settings.db_path, read_only=True) as con:
-                con.execute(f"copy (select * from {raw_schema}.{table}) to '{parquet}' (format parquet)")
+                # COPY returns the number of rows written: no second pass to count them in Spark.
+                counts[table] = con.execute(f"copy (select * from {raw_schema}.{table}) to '{parquet}' (format parquet)").fetchall()[0][0]
             frame = spark.read.parquet(str(parquet))
             # DuckDB writes timestamps without a time zone; Spark tables hold them as TIMESTAMP.
             frame = frame.select([
                 frame[c].cast("timestamp").alias(c) if t == "timestamp_ntz" else frame[c] for c, t in frame.dtypes
             ])
             replace_table(spark, frame, f"{raw_schema}.{table}")
-            counts[table] = spark.table(f"{raw_schema}.{table}").count()
             progress(f"  {raw_schema}.{table:<12} {counts[table]:>12,} rows in {time.perf_counter() - started:.1f}s")
     for table in tables:
         if table not in present and table not in ("customers", "order_lines"):

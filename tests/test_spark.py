@@ -36,14 +36,17 @@ def spark_warehouse(scored_warehouse, tmp_path_factory):
     settings = Settings.resolve(db=scored_warehouse.db_path, serving_db=folder / "serving.duckdb",
                                 onnx_dir=scored_warehouse.onnx_dir, index_dir=scored_warehouse.index_dir,
                                 spark_dir=folder / "spark")
-    run_spark_cli(settings, "spark", "load-raw")
-    run_spark_cli(settings, "build", "--target", "spark")
-    run_spark_cli(settings, "score", "--engine", "spark", "--model", "shared")
-    from lookalike_cli.spark import spark_session
+    with pytest.MonkeyPatch.context() as patch:
+        # Small data: one shuffle partition per core instead of the profile's 8 (fewer tasks per stage).
+        patch.setenv("LOOKALIKE_SPARK_SHUFFLE_PARTITIONS", "2")
+        run_spark_cli(settings, "spark", "load-raw")
+        run_spark_cli(settings, "build", "--target", "spark")
+        run_spark_cli(settings, "score", "--engine", "spark", "--model", "shared")
+        from lookalike_cli.spark import spark_session
 
-    spark = spark_session(settings)
-    yield settings, spark
-    spark.stop()
+        spark = spark_session(settings)
+        yield settings, spark
+        spark.stop()
 
 
 def duckdb_table(settings: Settings, sql: str) -> pa.Table:
