@@ -35,10 +35,10 @@ from lookalike_cli.warehouse import connection, require_table
 STRATEGIES = ("blend", "centroid", "knn-vote", "multi-centroid", "classifier")
 DEFAULT_STRATEGY = "blend"
 # blend: most unlabelled customers the propensity classifier is fitted on (a random sample beyond).
-BLEND_UNLABELLED = 50_000
+BLEND_UNLABELLED = 20_000
 # blend: up to this many customers every one is scored exactly; above, the blend re-ranks an ANN
 # candidate pool around the seeds and raw features are loaded only for a sample and the pool.
-BLEND_EXACT_MAX = 250_000
+BLEND_EXACT_MAX = 50_000
 # knn-vote: most neighbours one search of all seeds may return (ids + similarities ~12 bytes each).
 MAX_VOTES = 20_000_000
 Progress = Callable[[str], None]
