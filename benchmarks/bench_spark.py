@@ -65,6 +65,8 @@ def run(customers: int, workdir: Path, spark_dir: Path, epochs: int) -> dict:
     duck_models = model_seconds(settings)
     with timed() as start:
         spark_session(settings, progress=quiet)
+    print(f"[{customers:,}] DuckDB dbt build {duck_build.seconds:.1f}s (models {duck_models:.1f}s); "
+          f"Spark start {start.seconds:.1f}s", flush=True)
     print(f"[{customers:,}] load raw into Spark ...", flush=True)
     with timed() as load:
         load_raw(settings, progress=quiet)
@@ -72,6 +74,7 @@ def run(customers: int, workdir: Path, spark_dir: Path, epochs: int) -> dict:
     with timed() as spark_build:
         run_dbt(settings, [*build_args, "--target", "spark"], echo=quiet)
     spark_models = model_seconds(settings)
+    print(f"[{customers:,}] Spark load-raw {load.seconds:.1f}s, dbt build {spark_build.seconds:.1f}s (models {spark_models:.1f}s)", flush=True)
 
     print(f"[{customers:,}] train ({epochs} epoch) and score on both engines ...", flush=True)
     name = f"bench_spark_{customers}"
@@ -81,6 +84,7 @@ def run(customers: int, workdir: Path, spark_dir: Path, epochs: int) -> dict:
     with timed() as spark_score:
         score_spark(settings, model=name, progress=quiet)
 
+    print(f"[{customers:,}] score: DuckDB {duck_score.seconds:.1f}s, Spark {spark_score.seconds:.1f}s", flush=True)
     print(f"[{customers:,}] expand on both engines ...", flush=True)
     seed_sql, size = SEED_SQL.format(n=max(100, customers // 1000)), max(1000, customers // 100)
     with timed() as index:
