@@ -189,6 +189,10 @@ def test_missing_raw_column_names_it(tmp_path):
     from lookalike_cli.ads.generate import generate_ads
 
     settings = make_settings(tmp_path, "broken")
+    with duckdb.connect(str(settings.db_path)) as con:
+        con.execute("create schema raw")
+    result = run_cli(settings, "ads", "build", expect_exit=1)
+    assert "does not exist" in result.output and "--ads" in result.output
     generate_ads(settings.db_path, ads=60, days=28, seed=3)
     with duckdb.connect(str(settings.db_path)) as con:
         con.execute("alter table raw.ads drop column ad_text")

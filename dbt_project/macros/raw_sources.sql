@@ -23,8 +23,9 @@
     {%- set relation = raw_relation(table_name, source_name) -%}
     {%- if relation is none -%}
         {{ exceptions.raise_compiler_error(
-            "Raw table " ~ source(source_name, table_name) ~ " does not exist. Load data with `lookalike generate-data` or "
-            ~ "`lookalike load-sample completejourney`" ~ (" then copy them to Spark with `lookalike spark load-raw`" if target.type == 'spark' else "")
+            "Raw table " ~ source(source_name, table_name) ~ " does not exist. Load data with `lookalike generate-data"
+            ~ (" --ads" if source_name == 'raw_ads' else "") ~ "` or "
+            ~ "`lookalike load-sample completejourney" ~ (" --ads" if source_name == 'raw_ads' else "") ~ "`" ~ (" then copy them to Spark with `lookalike spark load-raw`" if target.type == 'spark' else "")
             ~ ", or point the vars raw_schema/" ~ table_name ~ "_table at your table.") }}
     {%- endif -%}
     {%- set present = adapter.get_columns_in_relation(relation) | map(attribute='name') | map('lower') | list -%}
