@@ -41,10 +41,15 @@ def cli(settings: Settings, *args: str) -> None:
               standalone_mode=False)
 
 
-def prepare(folder: Path, load: list[str], build: list[str], epochs: int) -> tuple[Settings, dict[str, float]]:
+def prepare(folder: Path, load: list[str], build: list[str], epochs: int, reuse: bool = False) -> tuple[Settings, dict[str, float]]:
+    settings = Settings.resolve(db=folder / "w.duckdb", onnx_dir=folder / "onnx", index_dir=folder / "indexes")
+    times_path = folder / "times.json"
+    if reuse and times_path.exists():
+        import json
+
+        return settings, json.loads(times_path.read_text())
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    settings = Settings.resolve(db=folder / "w.duckdb", onnx_dir=folder / "onnx", index_dir=folder / "indexes")
     times = {}
     for step, args in (("load", load), ("dbt build (ads)", ["ads", "build", *build]),
                        ("train-embedding", ["ads", "train-embedding", "--epochs", str(epochs), "--seed", "1"]),
@@ -52,7 +57,32 @@ def prepare(folder: Path, load: list[str], build: list[str], epochs: int) -> tup
         started = time.perf_counter()
         cli(settings, *args)
         times[step] = round(time.perf_counter() - started, 1)
+    import json
+
+    times_path.write_text(json.dumps(times))
     return settings, times
+
+
+def threshold_sweep(settings: Settings, thresholds: list[float], default: float) -> str:
+    """How --distance-threshold trades cluster count against intent recovery and RPC error."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rows = []
+    for threshold in thresholds + [default]:
+        cli(settings, "ads", "cluster", "--distance-threshold", str(threshold))
+        cli(settings, "ads", "predict-rpc")
+        if threshold == default and len(rows) == len(thresholds):
+            break  # the last run only restores the default clusters
+        with duckdb.connect(str(settings.db_path), read_only=True) as con:
+            frame = con.execute("select c.cluster_id, p.planted_intent from ad_clusters c join raw.ad_planted_intents p using (ad_id)").df()
+            errors = dict(con.execute("""select method, wmse from ad_rpc_evaluation
+                                         where objective = 'revenue' and click_bucket = 'all'""").fetchall())
+            few = dict(con.execute("""select method, wmse from ad_rpc_evaluation
+                                      where objective = 'revenue' and click_bucket = '1-9'""").fetchall())
+        rows.append([threshold, int(frame["cluster_id"].nunique()), adjusted_rand_score(frame["planted_intent"], frame["cluster_id"]),
+                     errors["cluster mean"], errors[OURS], errors["LightGBM ad + taxonomy"], few[OURS], few["LightGBM ad + taxonomy"]])
+    return markdown_table(["distance threshold", "clusters", "ARI vs planted intents", "cluster mean WMSE", "ours WMSE",
+                           "LightGBM ad + taxonomy WMSE", "ours WMSE, 1-9 clicks", "ad + taxonomy WMSE, 1-9 clicks"], rows)
 
 
 def sentence_auc(settings: Settings) -> float | None:
@@ -167,16 +197,21 @@ def run() -> None:
     parser.add_argument("--cj-min-baskets", type=int, default=200)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_ads"))
     parser.add_argument("--skip-completejourney", action="store_true")
+    parser.add_argument("--thresholds", default="0.2,0.3,0.5", help="Extra --distance-threshold values to sweep on generated data.")
+    parser.add_argument("--reuse", action="store_true", help="Reuse the trained warehouses in --workdir from a previous run.")
     args = parser.parse_args()
     sections = []
     settings, times = prepare(args.workdir / "generated",
                               ["generate-data", "--customers", "10", "--days", "14", "--ads", "--ad-count", str(args.ads),
-                               "--ad-days", str(args.days), "--seed", "7"], [], args.epochs)
+                               "--ad-days", str(args.days), "--seed", "7"], [], args.epochs, args.reuse)
     sections.append(report(f"Generated: {args.ads:,} ads, {args.days} days (seed 7)", settings, times, truth=True))
+    if args.thresholds:
+        sweep = threshold_sweep(settings, [float(t) for t in args.thresholds.split(",")], 0.4)
+        sections.append("Cluster distance threshold sweep (generated data, default 0.4 above; RPC = revenue, held-out WMSE)\n\n" + sweep)
     if not args.skip_completejourney:
         settings, times = prepare(args.workdir / "completejourney",
                                   ["load-sample", "completejourney", "--ads", "--ads-min-baskets", str(args.cj_min_baskets)],
-                                  ["--min-interactive-metric", "0.001"], args.epochs)
+                                  ["--min-interactive-metric", "0.001"], args.epochs, args.reuse)
         sections.append(report(f"Complete Journey proxy: products in >= {args.cj_min_baskets} baskets", settings, times, truth=False))
     command = f"python -m benchmarks.bench_ads --ads {args.ads} --days {args.days} --epochs {args.epochs} --cj-min-baskets {args.cj_min_baskets}"
     write_section("ads", "Ads: intention embeddings, RPC prediction, bids", "\n\n".join(sections), command)
