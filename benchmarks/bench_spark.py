@@ -138,7 +138,7 @@ def main() -> None:
                 f"{result['spark_build_s'] / result['duck_build_s']:.1f}x",
                 f"{result['spark_models_s'] / result['duck_models_s']:.1f}x",
                 result["duck_score_s"], result["spark_score_s"], f"{result['spark_score_s'] / result['duck_score_s']:.1f}x",
-                result["duck_expand_s"], result["spark_expand_s"], f"{result['overlap']:.3f}",
+                result["duck_expand_s"], result["spark_expand_s"], f"{result['overlap']:.4f}",
             ])
     table = markdown_table(
         ["customers", "order lines", "similarity pairs", "DuckDB dbt build (s)", "Spark load-raw (s)",
