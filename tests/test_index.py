@@ -164,3 +164,13 @@ def test_cli_build_index_says_when_it_compresses(warehouse, tmp_path):
     assert "ivf_sq8" in result.output and "memory budget" in result.output and "on disk (memory-mapped)" in result.output
     bad = CliRunner().invoke(main, ["--db", str(db), "--index-dir", str(tmp_path), "build-index", "--memory-budget", "lots"])
     assert bad.exit_code == 1 and "--memory-budget 'lots'" in bad.output
+
+
+def test_recall_with_ties_counts_duplicates_of_the_kth_neighbour():
+    truth_sims = np.array([[1.0, 0.9, 0.8], [1.0, 0.5, 0.5]], dtype=np.float32)
+    # Query 0 found a different customer as similar as its 3rd neighbour (a duplicate) and one worse one;
+    # query 1 found only two results.
+    found_ids = np.array([[7, 8, 9], [3, 4, -1]])
+    found_sims = np.array([[1.0, 0.8, 0.7], [1.0, 0.5, -np.inf]], dtype=np.float32)
+    assert index_module.recall_with_ties(truth_sims, found_ids, found_sims) == 4 / 6
+    assert recall_at_k(np.array([[1, 2, 3], [3, 5, 6]]), found_ids) == 1 / 6
