@@ -348,7 +348,7 @@ def stage_index(ctx: Context) -> None:
     ctx.sizes["embeddings float32 + id"] = 8 + dim * 4
     ctx.sizes["flat index (exact; from the format: vectors + id map)"] = dim * 4 + 8
     built = sum(p.stat().st_size for p in ctx.settings.index_dir.iterdir() if not p.name.startswith("."))
-    ctx.sizes[f"{manifest.index_type} index as built (files: {json.dumps(manifest.params)})"] = built / rows
+    ctx.sizes[f"{manifest.index_type} index as built (files on disk)"] = built / rows
     ctx.sizes[f"{manifest.index_type} index in RAM (manifest estimate)"] = manifest.memory["index_ram_bytes"] / rows
     lines = [[f"ours: {manifest.index_type} {json.dumps(manifest.params)}", run.seconds, ours_per_query * 1000,
               *recalls(truth, found), built / rows],
@@ -371,8 +371,8 @@ def stage_index(ctx: Context) -> None:
     row = Row("index", "build-index", "lookalike build-index", run.seconds, rows, "vectors", run.peak_rss_mb,
               "exact flat search (ms/query)", exact_per_query * 1000, exact_per_query / ours_per_query,
               f"ratio = search speed-up over exact; recall@{K} {recalls(truth, found)[0]:.3f} by id, "
-              f"{recalls(truth, found)[1]:.3f} with ties counted, on {len(queries):,} seed queries; self-check recall "
-              f"{manifest.self_check.get('recall')} (ties counted); auto chose {manifest.index_type}: "
+              f"{recalls(truth, found)[1]:.3f} with ties counted, on {len(queries):,} seed queries; self-check "
+              f"{manifest.self_check.get('criterion', 'recall')} {manifest.self_check.get('recall')}; auto chose {manifest.index_type}: "
               f"{manifest.reason}")
     add_row(ctx, run, row)
     ctx.details["index"] = (
@@ -461,7 +461,9 @@ def restore_state(ctx: Context, stages: list[str]) -> None:
         return
     ctx.rows = [Row(**r) for r in state["rows"] if r["stage"] not in stages]
     ctx.details = {k: v for k, v in state["details"].items() if k not in stages}
-    ctx.sizes, ctx.loads = state["sizes"], {k: v for k, v in state["loads"].items() if k.split()[0] not in stages}
+    # Index sizes are re-measured by the index stage; table sizes by generate and build.
+    ctx.sizes = {k: v for k, v in state["sizes"].items() if not ("index" in stages and "index" in k)}
+    ctx.loads = state["loads"]
     ctx.say(f"kept the results of {', '.join(sorted({r.stage for r in ctx.rows})) or 'no stage'} from {path}")
 
 
