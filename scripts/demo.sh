@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the main job end to end on generated data in $DEMO_DIR (default ./demo):
 # generate -> dbt build -> train (+ the paper's baseline) -> export -> score -> build-index
-# -> expand -> read the published audience back with SQL -> backtest -> personas and segments.
+# -> expand -> read the published audience back with SQL -> backtest -> personas and segments -> ads bids.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CUSTOMERS=${CUSTOMERS:-20000}
@@ -16,14 +16,14 @@ LOOKALIKE=".venv/bin/lookalike"
 start=$(date +%s)
 step() { printf '\n== %s (%ss elapsed) ==\n' "$1" "$(( $(date +%s) - start ))"; }
 
-step "1/9 generate $CUSTOMERS customers, $DAYS days"
+step "1/10 generate $CUSTOMERS customers, $DAYS days"
 $LOOKALIKE generate-data --customers "$CUSTOMERS" --days "$DAYS" --seed "$SEED"
 
-step "2/9 dbt build (staging, intermediate, marts, tests)"
+step "2/10 dbt build (staging, intermediate, marts, tests)"
 $LOOKALIKE build | grep -vE ' (START|PASS|OK created) '
 
 EPOCHS=${EPOCHS:-8}
-step "3/9 train the paper's baseline (2 layers, no location) and the recommended model (3 layers + word location)"
+step "3/10 train the paper's baseline (2 layers, no location) and the recommended model (3 layers + word location)"
 $LOOKALIKE train --name baseline --layers 2 --location none --epochs "$EPOCHS" --seed "$SEED"
 $LOOKALIKE train --name demo --layers 3 --location word --epochs "$EPOCHS" --seed "$SEED"
 .venv/bin/python - <<'PY'
@@ -34,18 +34,18 @@ model, base = (json.loads((folder / f"{name}.json").read_text())["metrics"]["tes
 print(f"\ntest MAE: model {model:.4f} vs baseline {base:.4f} ({model / base:.0%} of baseline)")
 PY
 
-step "4/9 score every customer with ONNX Runtime inside dbt"
+step "4/10 score every customer with ONNX Runtime inside dbt"
 $LOOKALIKE score --model demo | grep -vE ' (START|PASS|OK created) '
 
-step "5/9 build the FAISS index"
+step "5/10 build the FAISS index"
 $LOOKALIKE build-index
 
-step "6/9 expand a seed of 200 customers from planted segment 0 to 5% of customers"
+step "6/10 expand a seed of 200 customers from planted segment 0 to 5% of customers"
 $LOOKALIKE expand --name demo_segment_0 \
   --seed-sql "select customer_id from raw.planted_segments where segment_id = 0 order by customer_id limit 200" \
   --size 5%
 
-step "7/9 the published audience, read back with SQL from the serving file"
+step "7/10 the published audience, read back with SQL from the serving file"
 $LOOKALIKE audiences show demo_segment_0 --limit 10
 .venv/bin/python - <<'PY'
 import os, duckdb
@@ -62,16 +62,16 @@ with duckdb.connect(db, read_only=True) as con:
 print(f"\nserving.latest_audience_members: {size:,} members of demo_segment_0; "
       f"{in_segment:.0%} are in planted segment 0 (base rate {base_rate:.0%}, lift {in_segment / base_rate:.1f}x)")
 PY
-step "8/9 backtest: would demo_segment_0 have worked? (hide half of planted segment 0, expand from the rest; 2 splits)"
+step "8/10 backtest: would demo_segment_0 have worked? (hide half of planted segment 0, expand from the rest; 2 splits)"
 $LOOKALIKE backtest --name demo_segment_0 --splits 2 \
   --converters-sql "select customer_id from raw.planted_segments where segment_id = 0"
 
-step "9/9 personas: label 5% zero-shot, propagate by random walk over the k-NN graph, segment"
+step "9/10 personas: label 5% zero-shot, propagate by random walk over the k-NN graph, segment"
 $LOOKALIKE personas label --fraction 0.05 --seed "$SEED"
 $LOOKALIKE personas propagate
 $LOOKALIKE segment --k auto --seed "$SEED"
 
-step "ads: 1,500 generated ads in $DEMO_DIR/ads.duckdb -> intention embeddings, clusters, RPC, bids for a budget of 3,000"
+step "10/10 ads: 1,500 generated ads in $DEMO_DIR/ads.duckdb -> intention embeddings, clusters, RPC, bids for a budget of 3,000"
 ADS=("$LOOKALIKE" --db "$DEMO_DIR/ads.duckdb")
 "${ADS[@]}" generate-data --customers 10 --days 14 --seed "$SEED" --ads --ad-count 1500 | tail -1
 "${ADS[@]}" ads build | grep -E 'Done\.|Built'
