@@ -136,6 +136,9 @@ def bid_replay(settings: Settings, truth: bool) -> list[list]:
         "ad-level history RPC (per ad)": predictions["ad history"],
         "taxonomy mean RPC (per product type)": predictions["taxonomy mean"],
         "LightGBM RPC, bid per cluster (ours)": per_cluster(np.maximum(predictions[OURS], 0)),
+        # The same predictions without grouping: separates RPC quality from the one-bid-per-cluster constraint.
+        "LightGBM RPC, bid per ad": np.maximum(predictions[OURS], 0),
+        "empirical Bayes RPC (ad pooled with cluster), per ad": predictions["empirical Bayes: ad pooled with cluster"],
     }
     if true_rpc is not None:
         policies["true RPC (oracle)"] = true_rpc.set_index("ad_id").loc[test["ad_id"], "true_rpc"].to_numpy()
@@ -194,7 +197,7 @@ def run() -> None:
     parser.add_argument("--ads", type=int, default=5000, help="Generated ads.")
     parser.add_argument("--days", type=int, default=84)
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--cj-min-baskets", type=int, default=200)
+    parser.add_argument("--cj-min-baskets", type=int, default=50)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_ads"))
     parser.add_argument("--skip-completejourney", action="store_true")
     parser.add_argument("--thresholds", default="0.2,0.3,0.5", help="Extra --distance-threshold values to sweep on generated data.")

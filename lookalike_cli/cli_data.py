@@ -55,7 +55,7 @@ def register(group: click.Group) -> None:
     @click.argument("name", type=click.Choice(["completejourney"]))
     @click.option("--ads", "with_ads", is_flag=True,
                   help="Also write the ads proxy: raw.ads (products), raw.ad_daily_stats, raw.ad_query_clicks (baskets).")
-    @click.option("--ads-min-baskets", type=click.IntRange(min=1), default=200, show_default=True,
+    @click.option("--ads-min-baskets", type=click.IntRange(min=1), default=50, show_default=True,
                   help="With --ads: products bought in at least this many baskets become ads.")
     @pass_settings
     def load_sample_cmd(settings: Settings, name: str, with_ads: bool, ads_min_baskets: int) -> None:
