@@ -85,3 +85,51 @@
 {% macro duckdb__empty_array(element_type) %}
     cast([] as {{ element_type }}[])
 {% endmacro %}
+
+
+{% macro unnest_parallel_arrays(first_array, first_alias, second_array, second_alias) %}
+    {#- Select-list items: one row per position of two equal-length arrays, the elements side by side. -#}
+    {{ return(adapter.dispatch('unnest_parallel_arrays', 'lookalike')(first_array, first_alias, second_array, second_alias)) }}
+{% endmacro %}
+
+{% macro default__unnest_parallel_arrays(first_array, first_alias, second_array, second_alias) %}
+    {#- DuckDB (and Postgres) unnest several arrays in one select list position by position. -#}
+    unnest({{ first_array }}) as {{ first_alias }}, unnest({{ second_array }}) as {{ second_alias }}
+{% endmacro %}
+
+{% macro spark__unnest_parallel_arrays(first_array, first_alias, second_array, second_alias) %}
+    {#- Spark allows one generator per select: zip the arrays into structs and explode those into columns. -#}
+    inline(arrays_zip({{ first_array }}, {{ second_array }})) as ({{ first_alias }}, {{ second_alias }})
+{% endmacro %}
+
+
+{% macro ordered_string_agg(value, separator, order_by) %}
+    {#- Strings of a group joined by `separator` in the order of `order_by` (one sort key: Spark's
+        ordered_array_agg sorts on a single key). -#}
+    {{ return(adapter.dispatch('ordered_string_agg', 'lookalike')(value, separator, order_by)) }}
+{% endmacro %}
+
+{% macro default__ordered_string_agg(value, separator, order_by) %}
+    string_agg({{ value }}, {{ separator }} order by {{ order_by }})
+{% endmacro %}
+
+{% macro spark__ordered_string_agg(value, separator, order_by) %}
+    array_join({{ lookalike.spark__ordered_array_agg(value, order_by) }}, {{ separator }})
+{% endmacro %}
+
+
+{% macro format_fixed_decimals(value, decimals) %}
+    {#- A number as text with exactly `decimals` digits after the point and no grouping, rounded
+        like C printf: from the exact binary value, exact halves to even (0.25 -> '0.2', 0.35 -> '0.3'). -#}
+    {{ return(adapter.dispatch('format_fixed_decimals', 'lookalike')(value, decimals)) }}
+{% endmacro %}
+
+{% macro default__format_fixed_decimals(value, decimals) %}
+    printf('%.{{ decimals }}f', {{ value }})
+{% endmacro %}
+
+{% macro spark__format_fixed_decimals(value, decimals) %}
+    {#- format_string is Java's Formatter, which rounds the shortest decimal form half up (0.35 -> '0.4');
+        format_number with a pattern is DecimalFormat: HALF_EVEN on the exact binary value, as printf. -#}
+    format_number(cast({{ value }} as double), '0{{ "." ~ ("0" * decimals) if decimals > 0 else "" }}')
+{% endmacro %}

@@ -10,23 +10,32 @@ categories as (
     select * from {{ ref('categories') }}
 ),
 
-category_names as (
-    -- One row: category names indexed by category_id + 1 (DuckDB lists are 1-based).
-    select list(category order by category_id) as names from categories
-),
-
 spend_quintiles as (
-    select approx_quantile(total_spend, [0.2, 0.4, 0.6, 0.8]) as cuts
+    -- Quintile by rank, ties broken by customer_id: exact and the same on every engine (an
+    -- approximate quantile sketch gives each engine its own cut points). Spend is rounded to 6
+    -- decimals wherever it decides something: engines sum order amounts in different orders, and
+    -- the last bits of a float sum must not decide a rank or a rounding (216.5 vs 216.50000000000003).
+    select customer_id, ntile(5) over (order by round(total_spend, 6), customer_id) as spend_quintile
     from customer_features
     where order_count > 0
 ),
 
+category_shares as (
+    -- One row per (customer, category bought) with its share of the customer's order lines.
+    select f.customer_id, f.category_id, f.share, c.category, c.department
+    from (
+        select customer_id, {{ unnest_parallel_arrays('category_ids', 'category_id', 'category_shares', 'share') }}
+        from customer_features
+    ) f
+    join categories c on c.category_id = f.category_id
+),
+
 department_shares as (
-    select f.customer_id, c.department, sum(f.share) as share
-    from (select customer_id, unnest(category_ids) as category_id, unnest(category_shares) as share from customer_features) f
-    join categories c using (category_id)
-    where c.department <> 'unknown'
-    group by f.customer_id, c.department
+    -- Rounded for the same reason: the sum's last bits depend on the engine's summation order.
+    select customer_id, department, round(sum(share), 9) as share
+    from category_shares
+    where department <> 'unknown'
+    group by customer_id, department
 ),
 
 top_departments as (
@@ -34,41 +43,48 @@ top_departments as (
     -- category names, which mix in styles (Premium, Value Packs) that read like other personas.
     select
         customer_id,
-        string_agg(department || ' (' || cast(round(share * 100) as integer) || '%)', ', ' order by share desc, department) as top_departments_text
-    from (select *, row_number() over (partition by customer_id order by share desc, department) as position from department_shares)
+        {{ ordered_string_agg("department || ' (' || cast(round(share * 100) as integer) || '%)'", "', '", 'position') }} as top_departments_text
+    from (
+        select customer_id, department, share,
+            row_number() over (partition by customer_id order by share desc, department) as position
+        from department_shares
+    ) ranked
     where position <= 3
     group by customer_id
 ),
 
 top_categories as (
+    -- The three largest shares; equal shares list the higher category_id first.
     select
         customer_id,
-        -- (share, id) pairs sorted by share descending, the first three kept.
-        list_reverse_sort(list_zip(category_shares, category_ids))[1:3] as top_pairs
-    from customer_features
+        {{ ordered_string_agg("category || ' (' || cast(round(share * 100) as integer) || '%)'", "', '", 'position') }} as top_categories_text
+    from (
+        select customer_id, category, share,
+            row_number() over (partition by customer_id order by share desc, category_id desc) as position
+        from category_shares
+    ) ranked
+    where position <= 3
+    group by customer_id
 ),
 
 banded as (
     select
         f.customer_id,
         f.order_count,
-        f.total_spend,
-        f.avg_order_value,
+        round(f.total_spend, 6) as total_spend,
+        round(f.avg_order_value, 6) as avg_order_value,
         f.orders_per_month,
         f.distinct_categories,
         f.recency_days,
         f.tenure_days,
         d.top_departments_text,
-        array_to_string(
-            list_transform(t.top_pairs, lambda pair: n.names[pair[2] + 1] || ' (' || cast(round(pair[1] * 100) as integer) || '%)'),
-            ', '
-        ) as top_categories_text,
+        coalesce(t.top_categories_text, '') as top_categories_text,
         case
             when f.order_count = 0 then 'none'
-            when f.total_spend < q.cuts[1] then 'very low'
-            when f.total_spend < q.cuts[2] then 'low'
-            when f.total_spend < q.cuts[3] then 'medium'
-            when f.total_spend < q.cuts[4] then 'high'
+            when q.spend_quintile = 1 then 'very low'
+            when q.spend_quintile = 2 then 'low'
+            when q.spend_quintile = 3 then 'medium'
+            when q.spend_quintile = 4 then 'high'
             else 'very high'
         end as spend_band,
         case
@@ -89,10 +105,9 @@ banded as (
             else 'loyal'
         end as tenure_band
     from customer_features f
-    join top_categories t using (customer_id)
-    left join top_departments d using (customer_id)
-    cross join category_names n
-    cross join spend_quintiles q
+    left join top_categories t on t.customer_id = f.customer_id
+    left join top_departments d on d.customer_id = f.customer_id
+    left join spend_quintiles q on q.customer_id = f.customer_id
 ),
 
 final as (
@@ -103,9 +118,9 @@ final as (
             else coalesce('Shops mostly in ' || top_departments_text || '. ', '')
                 || 'Buys mostly ' || top_categories_text
                 || ' across ' || cast(distinct_categories as integer) || ' categories. '
-                || 'Shops ' || printf('%.1f', orders_per_month) || ' times a month (' || frequency_band || '). '
-                || 'Spend ' || spend_band || ' (' || printf('%.0f', total_spend) || ' total, '
-                || printf('%.0f', avg_order_value) || ' per order). '
+                || 'Shops ' || {{ format_fixed_decimals('orders_per_month', 1) }} || ' times a month (' || frequency_band || '). '
+                || 'Spend ' || spend_band || ' (' || {{ format_fixed_decimals('total_spend', 0) }} || ' total, '
+                || {{ format_fixed_decimals('avg_order_value', 0) }} || ' per order). '
                 || 'Last order ' || cast(recency_days as integer) || ' days ago (' || recency_band || '). '
         end || 'Customer for ' || cast(tenure_days as integer) || ' days (' || tenure_band || ').' as profile_text,
         spend_band,
