@@ -222,3 +222,43 @@ def test_solve_bids_closed_form_caps_and_replay():
     uniform = replay(np.array([1.0, 1.0]), clicks, revenue, cpc, budget=200.0)
     assert better["spend"] == uniform["spend"] == 200.0
     assert better["revenue"] > uniform["revenue"]
+
+
+def price_level_frame(seed: int, ads: int = 400):
+    """Feature-frame rows for ads whose RPC (price) spans 0.5 .. 40 and holds steady over time."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    price = np.exp(rng.uniform(np.log(0.5), np.log(40.0), ads))
+    clicks = rng.integers(50, 500, ads).astype(float)
+    recent = np.floor(clicks / 6)
+    target = np.floor(clicks / 3)
+    ids = np.arange(ads)
+    return pd.DataFrame({
+        "ad_id": ids, "cluster_id": ids // 4, "cluster_size": 4, "product_type": (ids // 8).astype(str),
+        "category": (ids // 40).astype(str), "department": (ids // 200).astype(str),
+        "ad_clicks": clicks, "ad_revenue": clicks * price, "ad_margin": 0.0, "ad_cost": clicks * 0.5, "ad_impressions": np.nan,
+        "ad_recent_clicks": recent, "ad_recent_revenue": recent * price, "ad_recent_margin": 0.0,
+        "target_clicks": target, "target_revenue": target * price * rng.normal(1.0, 0.02, ads), "target_margin": 0.0,
+    }), price
+
+
+def test_rpc_model_keeps_each_ads_price_level():
+    # Regression test for the Complete Journey failure: trees fitted to RPC itself predicted a few
+    # leaf averages for price-like RPCs (here 37x ad history's click-weighted MSE) and lost to plain
+    # ad history; the model corrects each ad's empirical-Bayes prior instead, and with steady prices
+    # and 50+ clicks per ad it must learn to trust the ad's own history over its cluster's.
+    from lookalike_cli.ads.rpc import (AD_FEATURES, CLUSTER_FEATURES, TAXONOMY_FEATURES, RpcOptions, add_features,
+                                       fit_lightgbm, weighted_errors)
+
+    features = AD_FEATURES + CLUSTER_FEATURES + TAXONOMY_FEATURES
+    train = add_features(price_level_frame(seed=1)[0], "revenue")
+    test = add_features(price_level_frame(seed=2)[0], "revenue")
+    model = fit_lightgbm(train, features, RpcOptions())
+
+    def wmse(values):
+        return weighted_errors(values, test["target_rpc"].to_numpy(), test["target_clicks"].to_numpy(float))[0]
+
+    ours, history, prior = wmse(model.predict(test)), wmse(test["ad_rpc"].to_numpy()), wmse(test["ad_rpc_pooled_with_cluster"].to_numpy())
+    assert ours < 2 * history  # history is the noise floor here (prices hold steady)
+    assert ours < 0.6 * prior  # the cluster pulls cheap ads in dear clusters up; the trees undo it
