@@ -63,6 +63,8 @@ def spark_table(spark, sql: str) -> pa.Table:
     ("int_customer_pairs_sampled", "customer_id_a, customer_id_b"),
     ("similarity_pairs", "customer_id_a, customer_id_b"),
     ("customer_features", "customer_id"),
+    # Strings compare exactly: every customer's profile_text and bands are identical on both engines.
+    ("customer_profiles_text", "customer_id"),
 ])
 def test_marts_agree_with_duckdb(spark_warehouse, table, key):
     settings, spark = spark_warehouse
@@ -83,6 +85,33 @@ def test_marts_agree_with_duckdb(spark_warehouse, table, key):
             assert np.allclose(want.flatten().to_numpy(), got.flatten().to_numpy(), rtol=0, atol=1e-9)
         else:
             assert want.to_pylist() == got.to_pylist(), f"{table}.{name} differs"
+
+
+# Exact halves (0.25, 2.5, 216.5), halves that are not exact in binary (0.35, 2.675, 99.95),
+# and values that Java's Formatter and C printf round differently.
+FORMAT_VALUES = [0.0, 0.05, 0.25, 0.35, 0.45, 0.75, 1.5, 2.5, 2.675, 3.5, 99.95, 216.5, 217.5, 1234567.85, 0.3 * 3, 1e-7]
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 2])
+def test_format_fixed_decimals_rounds_like_printf_on_spark(spark_warehouse, decimals):
+    """The profile text's numbers: the spark__ macro must print what DuckDB's printf prints."""
+    settings, spark = spark_warehouse
+    values = ", ".join(f"({i}, cast({v!r} as double))" for i, v in enumerate(FORMAT_VALUES))
+    sql = "select {} as text from values {} as t(i, x) order by i"
+    expected = duckdb_table(settings, sql.format(render_macro("default__format_fixed_decimals", "x", decimals), values))
+    actual = spark_table(spark, sql.format(render_macro("spark__format_fixed_decimals", "x", decimals), values))
+    assert actual.column("text").to_pylist() == expected.column("text").to_pylist()
+
+
+def render_macro(name: str, *args) -> str:
+    """One dispatch implementation from macros/portable_sql.sql as SQL (plain Jinja: it calls no dbt context)."""
+    import jinja2
+
+    from lookalike_cli.settings import DBT_PROJECT_DIR
+
+    macros = (DBT_PROJECT_DIR / "macros" / "portable_sql.sql").read_text()
+    call = "{{ " + name + "(" + ", ".join(repr(a) for a in args) + ") }}"
+    return jinja2.Environment().from_string(macros + call).render().strip()
 
 
 def pc_lengths(column: pa.Array) -> list[int]:
