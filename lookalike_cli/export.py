@@ -81,16 +81,11 @@ def input_description(spec: FeatureSpec) -> list[dict]:
     return described
 
 
-def export_model(result, onnx_dir: Path, name: str) -> Path:
-    """Write <name>.onnx and <name>.json for a train.TrainResult; returns the manifest path."""
-    onnx_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = onnx_dir / f"{name}.onnx"
-    export_onnx(result.tower, result.spec, onnx_path)
+def artifact_identity(name: str, onnx_path: Path) -> dict:
+    """The manifest fields naming an exported model: the version is the name plus the graph's hash, so scoring can
+    refuse embeddings of another export; the torch weights are saved as <name>.pt beside the graph."""
     digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    # The torch weights stay beside the graph: the parity test and the torch-vs-ORT benchmark load them.
-    torch.save(result.tower.state_dict(), onnx_dir / f"{name}.pt")
-    manifest = {
-        "format_version": MANIFEST_FORMAT,
+    return {
         "name": name,
         "model_version": f"{name}-{digest[:12]}",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -98,6 +93,19 @@ def export_model(result, onnx_dir: Path, name: str) -> Path:
         "onnx_file": onnx_path.name,
         "onnx_sha256": digest,
         "weights_file": f"{name}.pt",
+    }
+
+
+def export_model(result, onnx_dir: Path, name: str) -> Path:
+    """Write <name>.onnx and <name>.json for a train.TrainResult; returns the manifest path."""
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = onnx_dir / f"{name}.onnx"
+    export_onnx(result.tower, result.spec, onnx_path)
+    # The torch weights stay beside the graph: the parity test and the torch-vs-ORT benchmark load them.
+    torch.save(result.tower.state_dict(), onnx_dir / f"{name}.pt")
+    manifest = {
+        "format_version": MANIFEST_FORMAT,
+        **artifact_identity(name, onnx_path),
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", result.tower.config.dim], "l2_normalised": True},
         "inputs": input_description(result.spec),
         "config": result.tower.config.to_dict(),

@@ -25,10 +25,10 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from lookalike_cli import __version__
 from lookalike_cli.ads.model import AdEncoder, EncoderConfig, TokenizerSpec, tokenize
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
+from lookalike_cli.export import artifact_identity
 from lookalike_cli.warehouse import connection, require_table
 
 Progress = Callable[[str], None]
@@ -203,17 +203,10 @@ def export_encoder(model: AdEncoder, tokenizer: TokenizerSpec, options: Embeddin
         )
     program.save(str(onnx_path), external_data=False)
     torch.save(model.state_dict(), onnx_dir / f"{name}.pt")
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     parity = float(np.abs(embed_onnx(onnx_path, sample_ids) - embed_torch(model, sample_ids)).max())
     manifest = {
         "kind": MANIFEST_KIND,
-        "name": name,
-        "model_version": f"{name}-{digest[:12]}",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "created_by": f"lookalike {__version__}, torch {torch.__version__}",
-        "onnx_file": onnx_path.name,
-        "onnx_sha256": digest,
-        "weights_file": f"{name}.pt",
+        **artifact_identity(name, onnx_path),
         "input": {"name": "token_ids", "dtype": "int64", "shape": ["batch", "tokens"],
                   "encoding": "lookalike_cli.ads.model.tokenize with `tokenizer`: lower-cased [a-z0-9]+ words as 'w:<word>' "
                               "and char n-grams of '#<word>#' as 'c:<gram>', crc32 mod (buckets-1) + 1, 0 = padding"},
