@@ -47,6 +47,7 @@ from benchmarks.bench_warehouse import FEATURE_AND_LABEL_MODELS, bare_aggregate_
 from benchmarks.results import RESULTS_PATH, markdown_table, write_section
 from lookalike_cli.expand import expand
 from lookalike_cli.export import load_tower
+from lookalike_cli.features import encode
 from lookalike_cli.index import (ExactTopK, IndexManifest, LoadedIndex, build_index, embeddings_summary, iter_embeddings,
                                  load_index, normalise, recall_at_k, recall_with_ties)
 from lookalike_cli.scoring import Encoder
@@ -261,6 +262,29 @@ def sgemm_gflops(shapes: list[tuple[int, int]], batch: int, repeats: int = 5) ->
     return flops / best / 1e9
 
 
+ROUNDS = 3
+
+
+def network_inputs(ctx: Context, encoder: Encoder, rows: int) -> tuple[dict[str, np.ndarray], str]:
+    """The encoder's inputs for the first `rows` customers of the warehouse's customer_features."""
+    with ctx.connect() as con:
+        table = con.sql(f"select * from customer_features order by customer_id limit {rows}").to_arrow_table()
+    if table.num_rows == 0 or encoder.spec.location == "sentence":
+        return synthetic_inputs(encoder.spec, rows, seed=0), "synthetic customers shaped like the manifest"
+    return encode(table, encoder.spec), "customers' real features from customer_features"
+
+
+def interleaved_rates(engines: dict, inputs: dict[str, np.ndarray], batch: int,
+                      shapes: list[tuple[int, int]]) -> tuple[float, dict[str, float]]:
+    """The sgemm limit (GFLOP/s) and each engine's customers/s, best over interleaved rounds."""
+    limit, network = 0.0, {name: 0.0 for name in engines}
+    for _ in range(ROUNDS):
+        limit = max(limit, sgemm_gflops(shapes, batch))
+        for name, run in engines.items():
+            network[name] = max(network[name], rate(run, inputs, batch, repeats=1)[0])
+    return limit, network
+
+
 def stage_score(ctx: Context) -> None:
     manifest_path = ctx.settings.onnx_dir / f"{MODEL_NAME}.json"
     runs = {}
@@ -272,10 +296,8 @@ def stage_score(ctx: Context) -> None:
     manifest = json.loads(manifest_path.read_text())
     shapes, flops = encoder_flops(manifest["config"])
     batch = 8192
-    limit_gflops = sgemm_gflops(shapes, batch)
-    limit_rate = limit_gflops * 1e9 / flops
     fp32, int8, tower = Encoder(manifest_path), Encoder(manifest_path, quantize="int8"), load_tower(manifest_path)
-    inputs = synthetic_inputs(fp32.spec, min(ctx.customers, 65_536), seed=0)
+    inputs, source = network_inputs(ctx, fp32, min(ctx.customers, 65_536))
 
     @torch.inference_mode()
     def eager(b):
@@ -283,7 +305,8 @@ def stage_score(ctx: Context) -> None:
 
     engines = {"torch eager fp32": eager, "ORT fp32": lambda b: fp32.session.run(None, b)[0],
                "ORT int8 (dynamic)": lambda b: int8.session.run(None, b)[0]}
-    network = {name: rate(run, inputs, batch, repeats=2)[0] for name, run in engines.items()}
+    limit_gflops, network = interleaved_rates(engines, inputs, batch, shapes)
+    limit_rate = limit_gflops * 1e9 / flops
     for quantize, step in (("none", "score ORT fp32"), ("int8", "score ORT int8")):
         run = runs[quantize]
         row = Row("score", step, "lookalike score" + (" --quantize int8" if quantize == "int8" else ""), run.seconds,
@@ -300,7 +323,9 @@ def stage_score(ctx: Context) -> None:
         f"({manifest['config']['layers']} layers, location {manifest['config']['location']}): {flops:,} FLOPs per customer "
         f"(dense layers). torch sgemm at these shapes, batch {batch}: {limit_gflops:.1f} GFLOP/s = {limit_rate:,.0f} "
         f"customers/s (the limit; int8 is held to the same fp32 limit). Network-only rates on "
-        f"{len(inputs['dense']):,} synthetic customers shaped like the manifest, batch {batch}, best of 2.\n\n"
+        f"{len(inputs['dense']):,} {source}, batch {batch}; the limit and every engine measured in "
+        f"{ROUNDS} interleaved rounds, best of each (this machine is shared: interleaving gives each the same "
+        "chances of a quiet moment).\n\n"
         + markdown_table(["engine", "customers/s", "GFLOP/s", "achieved / sgemm limit", "vs torch eager"], table))
 
 

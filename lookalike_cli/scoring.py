@@ -72,6 +72,10 @@ class Encoder:
         else:
             raise LookalikeError(f"{self.manifest_path.name} has no {quantize} model yet: run `lookalike score --quantize {quantize}`.")
         options = ort.SessionOptions()
+        # Values below float32's normal range (a share of 1e-39) make the CPU's FMA units take a
+        # microcode assist per operand: one customer batch with ~1% such values ran the first layer
+        # 1.4x slower. Flushing them to zero changes no output above 1e-38.
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(self.manifest_path.parent / onnx_file), options, providers=["CPUExecutionProvider"])
