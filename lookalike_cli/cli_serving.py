@@ -26,15 +26,19 @@ def register(group: click.Group) -> None:
     from lookalike_cli.cli import pass_settings  # cli.py defines it before calling register()
 
     @group.command("build-index")
-    @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf", "ivf_sq8", "hnsw"]), default="auto", show_default=True,
-                  help="auto: exact below 50k customers, IVF tuned to recall@10 >= 0.95 above, and IVF with 8-bit codes "
-                       "re-ranked by exact vectors on disk (ivf_sq8) when the flat vectors exceed --memory-budget.")
+    @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"]), default="auto",
+                  show_default=True,
+                  help="auto: exact below 50k customers, IVF tuned to recall@10 >= 0.95 above; when the flat vectors exceed "
+                       "--memory-budget, IVF with codes re-ranked by exact vectors on disk: 8-bit codes (ivf_sq8) if they fit "
+                       "the budget, else product-quantised codes (ivf_pq, 32 B a vector at dim 128).")
     @click.option("--memory-budget", default=None,
                   help="RAM the flat float32 vectors may take before auto compresses them: a share of RAM (25%) or a size "
                        "(6GiB, 500MB). Default: 25% of RAM.")
     @click.option("--nlist", type=int, default=None, help="IVF lists (default ~2*sqrt(rows)).")
     @click.option("--nprobe", type=int, default=None, help="IVF lists probed: starting point, raised until the self-check passes.")
     @click.option("--m", "m", type=int, default=None, help="HNSW links per node (default 32).")
+    @click.option("--pq-m", "pq_m", type=int, default=None,
+                  help="ivf_pq sub-quantisers = code bytes a vector; must divide the dimension (default dim/4: 32 at dim 128).")
     @click.option("--ef-search", type=int, default=None, help="HNSW search breadth: starting point, raised until the self-check passes.")
     @click.option("--ef-construction", type=int, default=80, show_default=True, help="HNSW build breadth.")
     @click.option("--check-queries", type=int, default=500, show_default=True, help="Sampled queries for the recall@10 self-check.")
@@ -47,7 +51,8 @@ def register(group: click.Group) -> None:
         Example:
           lookalike build-index                  # auto: says what it chose and why
           lookalike build-index --index-type hnsw --m 32
-          lookalike build-index --memory-budget 2GiB   # compressed (ivf_sq8) above 2 GiB of vectors
+          lookalike build-index --memory-budget 2GiB   # compressed (ivf_sq8, else ivf_pq) above 2 GiB of vectors
+          lookalike build-index --index-type ivf_pq --pq-m 16
         """
         from lookalike_cli.index import build_index
 

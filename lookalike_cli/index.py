@@ -24,14 +24,27 @@ from lookalike_cli.warehouse import connection, require_table
 INDEX_FILE = "customer_embeddings.faiss"
 MANIFEST_FILE = "customer_embeddings.json"
 VECTORS_FILE = "customer_embeddings.vectors.npy"  # exact vectors for re-ranking a compressed index (memory-mapped)
-IDS_FILE = "customer_embeddings.ids.npy"
-INDEX_TYPES = ("auto", "flat", "ivf", "ivf_sq8", "hnsw")
-IVF_TYPES = ("ivf", "ivf_sq8")
+IDS_FILE = "customer_embeddings.ids.npy"  # customer ids, sorted (memory-mapped)
+ROWS_FILE = "customer_embeddings.rows.npy"  # row of VECTORS_FILE holding each sorted id (memory-mapped)
+EXACT_FILES = (VECTORS_FILE, IDS_FILE, ROWS_FILE)
+INDEX_TYPES = ("auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw")
+IVF_TYPES = ("ivf", "ivf_sq8", "ivf_pq")
+# Compressed: codes in RAM, candidates re-ranked with the exact vectors memory-mapped from disk.
+COMPRESSED_TYPES = ("ivf_sq8", "ivf_pq")
 # auto: above this share of RAM the flat float32 vectors do not "fit comfortably" and the index is compressed.
 DEFAULT_MEMORY_SHARE = 0.25
 # A compressed index searches this many times k candidates, then re-ranks them with the exact vectors.
-RERANK_FACTOR = 4  # starting point; the self-check doubles it with nprobe (up to MAX_RERANK_FACTOR)
+# Starting points; the self-check doubles them with nprobe (up to MAX_RERANK_FACTOR). Product-quantised
+# codes are coarser than 8-bit scalar ones, so ivf_pq starts wider.
+RERANK_FACTOR = 4
+PQ_RERANK_FACTOR = 8
 MAX_RERANK_FACTOR = 64
+PQ_BITS = 8  # 256 centroids per sub-quantiser: one byte per sub-vector
+PQ_MIN_ROWS = 1_000  # PQ k-means needs more points than its 256 centroids; below this ivf_pq is refused
+PQ_TRAIN_ROWS = 65_536  # at least this many training vectors for ivf_pq (FAISS uses <= 256 per PQ centroid)
+# IndexIDMap2 keeps an id array (8 B) and an id -> row hash map: measured 51-65 B per row with FAISS 1.15
+# at 500k rows. Compressed indexes store the ids in their inverted lists instead and do without it.
+ID_MAP2_ROW_BYTES = 60
 RERANK_SLICE = 262_144  # candidate vectors gathered from disk at once when re-ranking
 # Below this population exact search is fast enough (a few ms per query) and has recall 1.
 AUTO_EXACT_MAX_ROWS = 50_000
@@ -62,25 +75,31 @@ class IndexManifest:
 
 
 class ExactVectors:
-    """The exact float32 vectors beside a compressed index, memory-mapped: the OS pages in only the
-    rows a re-ranking touches, so they cost disk, not RAM."""
+    """The exact float32 vectors beside a compressed index, with the sorted ids and their rows, all
+    memory-mapped: the OS pages in only what a lookup touches, so they cost disk, not RAM."""
 
-    def __init__(self, vectors: np.ndarray, ids: np.ndarray):
-        self.vectors = vectors
-        self.order = np.argsort(ids, kind="stable")
-        self.sorted_ids = ids[self.order]
+    def __init__(self, vectors: np.ndarray, sorted_ids: np.ndarray, order: np.ndarray):
+        self.vectors, self.sorted_ids, self.order = vectors, sorted_ids, order
+
+    @classmethod
+    def from_row_order(cls, vectors: np.ndarray, ids: np.ndarray) -> "ExactVectors":
+        """`ids[i]` is the customer of `vectors[i]`; the id lookup is built in RAM (16 B a row)."""
+        order = np.argsort(ids, kind="stable")
+        return cls(vectors, ids[order], order)
 
     @classmethod
     def open(cls, index_dir: Path, rows: int) -> "ExactVectors":
         try:
-            vectors, ids = np.load(index_dir / VECTORS_FILE, mmap_mode="r"), np.load(index_dir / IDS_FILE)
+            vectors, ids = np.load(index_dir / VECTORS_FILE, mmap_mode="r"), np.load(index_dir / IDS_FILE, mmap_mode="r")
+            # No rows file: built before the lookup was stored; its ids are in row order.
+            order = np.load(index_dir / ROWS_FILE, mmap_mode="r") if (index_dir / ROWS_FILE).exists() else None
         except (OSError, ValueError) as exc:
             raise LookalikeError(f"The exact vectors of the compressed index in {index_dir} are missing or corrupt ({exc}). "
                                  "Rebuild it with `lookalike build-index`.") from exc
-        if len(vectors) != rows or len(ids) != rows:
+        if len(vectors) != rows or len(ids) != rows or (order is not None and len(order) != rows):
             raise LookalikeError(f"The exact vectors in {index_dir} ({len(vectors):,} rows) do not match the index manifest "
                                  f"({rows:,} rows). Rebuild it with `lookalike build-index`.")
-        return cls(vectors, ids)
+        return cls.from_row_order(vectors, np.asarray(ids)) if order is None else cls(vectors, ids, order)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Vectors of `ids` (all must exist), in the order given."""
@@ -106,7 +125,7 @@ class LoadedIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (similarities, customer ids) per query; ids are -1 where fewer than k were found.
 
-        A compressed index (ivf_sq8) searches rerank_factor*k candidates by their 8-bit codes and
+        A compressed index (ivf_sq8, ivf_pq) searches rerank_factor*k candidates by their codes and
         returns the best k by exact cosine, so similarities are exact.
         """
         queries = normalise(queries)
@@ -224,7 +243,19 @@ def default_nlist(rows: int) -> int:
     return max(1, min(int(2 * math.sqrt(rows)), rows // 40))
 
 
-def make_index(index_type: str, dim: int, rows: int, nlist: int | None, m: int | None, ef_construction: int) -> tuple[faiss.Index, dict]:
+def default_pq_m(dim: int) -> int:
+    """Sub-quantisers for ivf_pq: 4 dimensions each (32 bytes a vector at dim 128), m dividing dim."""
+    return max([m for m in range(1, dim + 1) if dim % m == 0 and dim // m >= 4] or [1])
+
+
+def check_pq_m(pq_m: int, dim: int) -> None:
+    if pq_m <= 0 or dim % pq_m:
+        divisors = [m for m in range(1, dim + 1) if dim % m == 0]
+        raise LookalikeError(f"--pq-m {pq_m} must divide the embedding dimension {dim} (one of {divisors}).")
+
+
+def make_index(index_type: str, dim: int, rows: int, nlist: int | None, m: int | None, ef_construction: int,
+               pq_m: int | None = None) -> tuple[faiss.Index, dict]:
     if index_type == "flat":
         return faiss.IndexFlatIP(dim), {}
     if index_type in IVF_TYPES:
@@ -233,6 +264,14 @@ def make_index(index_type: str, dim: int, rows: int, nlist: int | None, m: int |
         if index_type == "ivf_sq8":
             return (faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT),
                     {"nlist": nlist, "code_bytes": dim, "rerank_factor": RERANK_FACTOR})
+        if index_type == "ivf_pq":
+            pq_m = pq_m or default_pq_m(dim)
+            check_pq_m(pq_m, dim)
+            if rows < PQ_MIN_ROWS:
+                raise LookalikeError(f"ivf_pq needs at least {PQ_MIN_ROWS:,} vectors to train its codebooks ({rows:,} here); "
+                                     "use --index-type flat or ivf_sq8.")
+            return (faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, PQ_BITS, faiss.METRIC_INNER_PRODUCT),
+                    {"nlist": nlist, "pq_m": pq_m, "code_bytes": pq_m * PQ_BITS // 8, "rerank_factor": PQ_RERANK_FACTOR})
         return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT), {"nlist": nlist}
     if index_type == "hnsw":
         m = m or 32
@@ -266,7 +305,7 @@ def recall_with_ties(truth_sims: np.ndarray, found_ids: np.ndarray, found_sims: 
 
     Customers with identical features have identical embeddings: 8% of sampled customers at 1M have
     ten or more exact duplicates, and which ten of them exact search lists is arbitrary. `found_sims`
-    must be exact similarities (every index here returns them; ivf_sq8 after re-ranking).
+    must be exact similarities (every index here returns them; compressed ones after re-ranking).
     """
     kth = truth_sims[:, -1:] - TIE_TOLERANCE
     hits = np.minimum(((found_sims >= kth) & (found_ids >= 0)).sum(axis=1), truth_sims.shape[1])
@@ -302,9 +341,9 @@ def tune(loaded: LoadedIndex, queries: np.ndarray, truth: "ExactTopK | None", pr
         sims, ids = loaded.search(queries, SELF_CHECK_K)
         by_id, with_ties = recall_at_k(truth.ids, ids), recall_with_ties(truth.sims, ids, sims)
         # Indexes holding the float32 vectors break exact ties like exact search (in insertion order), so
-        # recall by id is the criterion; ivf_sq8's re-ranked candidates come in code order, so exact
-        # duplicates of the 10th neighbour are an arbitrary pick there and count as found.
-        recall = with_ties if manifest.index_type == "ivf_sq8" else by_id
+        # recall by id is the criterion; a compressed index's re-ranked candidates come in code order, so
+        # exact duplicates of the 10th neighbour are an arbitrary pick there and count as found.
+        recall = with_ties if manifest.index_type in COMPRESSED_TYPES else by_id
         manifest.self_check.update(recall_by_id=round(by_id, 4), recall_with_ties=round(with_ties, 4))
         rerank = manifest.params.get("rerank_factor")
         progress(f"  self-check {key}={manifest.params[key]}" + (f", rerank_factor={rerank}" if rerank else "")
@@ -313,37 +352,68 @@ def tune(loaded: LoadedIndex, queries: np.ndarray, truth: "ExactTopK | None", pr
             return recall
         value *= 2
         if rerank:
-            # 8-bit codes blur near-ties among close neighbours: re-rank more candidates as well as probing more lists.
+            # Codes blur near-ties among close neighbours: re-rank more candidates as well as probing more lists.
             manifest.params["rerank_factor"] = min(MAX_RERANK_FACTOR, 2 * rerank)
 
 
-def choose_index_type(index_type: str, rows: int, flat_bytes: int, budget: int) -> tuple[str, str]:
-    """The index `auto` picks for this population and memory budget, and why (recorded in the manifest)."""
-    fits = f"flat float32 vectors {flat_bytes / 2**30:.2f} GiB {'<=' if flat_bytes <= budget else '>'} memory budget {budget / 2**30:.2f} GiB"
+def human_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def choose_index_type(index_type: str, rows: int, dim: int, budget: int, nlist: int | None = None,
+                      pq_m: int | None = None) -> tuple[str, str]:
+    """The index `auto` picks for this population and memory budget, and why (recorded in the manifest).
+
+    Flat float32 vectors within the budget: exact search (small populations) or IVF. Over it: the
+    compressed index whose estimated RAM fits, ivf_sq8 first (finer codes), else ivf_pq.
+    """
+    flat_bytes = rows * dim * 4
+    fits = f"flat float32 vectors {human_bytes(flat_bytes)} {'<=' if flat_bytes <= budget else '>'} memory budget {human_bytes(budget)}"
     if index_type != "auto":
         return index_type, f"requested --index-type {index_type} ({fits})"
-    if flat_bytes > budget:
-        return "ivf_sq8", (f"auto: {fits}, so compressed: IVF with 8-bit scalar codes (4x smaller), rerank_factor*k "
-                           f"candidates re-ranked by exact vectors memory-mapped from disk; nprobe raised until "
-                           f"self-check recall@{SELF_CHECK_K} >= {TARGET_RECALL}")
-    if rows <= AUTO_EXACT_MAX_ROWS:
-        return "flat", f"auto: {rows:,} rows <= {AUTO_EXACT_MAX_ROWS:,}, exact search is fast enough and has recall 1 ({fits})"
-    return "ivf", (f"auto: {rows:,} rows > {AUTO_EXACT_MAX_ROWS:,}, IVF with ~2*sqrt(n) lists ({fits}); "
-                   f"nprobe raised until self-check recall@{SELF_CHECK_K} >= {TARGET_RECALL}")
+    if flat_bytes <= budget:
+        if rows <= AUTO_EXACT_MAX_ROWS:
+            return "flat", f"auto: {rows:,} rows <= {AUTO_EXACT_MAX_ROWS:,}, exact search is fast enough and has recall 1 ({fits})"
+        return "ivf", (f"auto: {rows:,} rows > {AUTO_EXACT_MAX_ROWS:,}, IVF with ~2*sqrt(n) lists ({fits}); "
+                       f"nprobe raised until self-check recall@{SELF_CHECK_K} >= {TARGET_RECALL}")
+    params = {"nlist": nlist or default_nlist(rows), "pq_m": pq_m or default_pq_m(dim)}
+    sq8 = memory_estimate("ivf_sq8", rows, dim, params, budget)["index_ram_bytes"]
+    tuning = (f"rerank_factor*k candidates re-ranked by exact vectors memory-mapped from disk; nprobe and "
+              f"rerank_factor raised until self-check recall@{SELF_CHECK_K} >= {TARGET_RECALL}")
+    if sq8 <= budget or rows < PQ_MIN_ROWS:
+        return "ivf_sq8", (f"auto: {fits}, so compressed: ivf_sq8, IVF with 8-bit scalar codes ({dim} B a vector), "
+                           f"~{human_bytes(sq8)} in RAM {'<=' if sq8 <= budget else '> (too few rows for ivf_pq)'} budget; {tuning}")
+    pq = memory_estimate("ivf_pq", rows, dim, params, budget)["index_ram_bytes"]
+    over = "" if pq <= budget else " (still over the budget: the smallest index here; lower --pq-m or raise --memory-budget)"
+    return "ivf_pq", (f"auto: {fits}, and ivf_sq8 would take ~{human_bytes(sq8)} in RAM > budget, so ivf_pq: IVF with "
+                      f"product-quantised codes ({params['pq_m']} B a vector), ~{human_bytes(pq)} in RAM{over}; {tuning}")
 
 
 def memory_estimate(index_type: str, rows: int, dim: int, params: dict, budget: int) -> dict:
-    """Bytes each part takes in RAM once loaded (and on disk for the exact vectors of a compressed index)."""
-    ids_and_maps = rows * 8 * (2 if index_type in IVF_TYPES else 1)  # id map (+ IVF direct map / list ids)
+    """Bytes each part takes in RAM once loaded (and on disk for the exact vectors of a compressed index).
+
+    Per row: flat and hnsw hold float32 vectors (+ HNSW links) and an IndexIDMap2; ivf adds its list
+    ids and the direct map `load_index` makes for reconstruct(); compressed indexes hold only codes
+    and list ids (customer ids), their exact vectors and id lookup are memory-mapped from disk.
+    """
+    centroids = params.get("nlist", 0) * dim * 4
     if index_type == "ivf_sq8":
-        resident = rows * dim + ids_and_maps + params["nlist"] * dim * 4 + rows * 16  # + sorted ids and order for re-ranking
+        resident = rows * (dim + 8) + centroids + 2 * dim * 4  # codes + ids; per-dimension min and range
+    elif index_type == "ivf_pq":
+        m = params.get("pq_m") or default_pq_m(dim)
+        resident = rows * (m * PQ_BITS // 8 + 8) + centroids + (2**PQ_BITS) * dim * 4  # codes + ids; codebooks
     elif index_type == "hnsw":
-        resident = rows * (dim * 4 + 2 * params["m"] * 4) + ids_and_maps
+        resident = rows * (dim * 4 + 2 * params["m"] * 4 + ID_MAP2_ROW_BYTES)  # level-0 links dominate
+    elif index_type == "ivf":
+        resident = rows * (dim * 4 + 8 + 8 + ID_MAP2_ROW_BYTES) + centroids
     else:
-        resident = rows * dim * 4 + ids_and_maps + params.get("nlist", 0) * dim * 4
+        resident = rows * (dim * 4 + ID_MAP2_ROW_BYTES)
     estimate = {"budget_bytes": budget, "flat_vectors_bytes": rows * dim * 4, "index_ram_bytes": resident}
-    if index_type == "ivf_sq8":
-        estimate["exact_vectors_disk_bytes"] = rows * dim * 4
+    if index_type in COMPRESSED_TYPES:
+        estimate["exact_vectors_disk_bytes"] = rows * (dim * 4 + 16)  # vectors + sorted ids + their rows
     return estimate
 
 
@@ -375,48 +445,57 @@ def build_index(
     seed: int = 0,
     batch_size: int = 100_000,
     memory_budget: str | int | None = None,
+    pq_m: int | None = None,
     progress: Progress = print,
 ) -> IndexManifest:
     """Build the index over customer_embeddings, self-check recall@10, write index + manifest atomically.
 
     `auto` uses exact search up to AUTO_EXACT_MAX_ROWS rows and IVF above that, with nprobe
     raised until the self-check recall@10 is at least TARGET_RECALL; when the flat float32
-    vectors exceed `memory_budget` (default 25% of RAM) it compresses them (ivf_sq8) and
-    re-ranks with exact vectors kept on disk. Explicit nprobe / ef_search are starting points
-    for the same tuning. Vectors are streamed: IVF trains on a sample, then adds batch by batch,
-    and the self-check's exact neighbours are merged batch by batch too.
+    vectors exceed `memory_budget` (default 25% of RAM) it compresses them (ivf_sq8, or ivf_pq
+    when even ivf_sq8 would exceed the budget) and re-ranks with exact vectors kept on disk.
+    Explicit nprobe / ef_search are starting points for the same tuning. Vectors are streamed: IVF
+    trains on a sample, then adds batch by batch, and the self-check's exact neighbours are merged
+    batch by batch too.
     """
     if index_type not in INDEX_TYPES:
         raise LookalikeError(f"Unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}.")
     start = time.perf_counter()
     rows, dim, model_version = embeddings_summary(db_path)
     budget = parse_memory_budget(memory_budget)
-    chosen, reason = choose_index_type(index_type, rows, rows * dim * 4, budget)
+    if pq_m is not None:
+        check_pq_m(pq_m, dim)
+    chosen, reason = choose_index_type(index_type, rows, dim, budget, nlist, pq_m)
     progress(f"customer_embeddings in {db_path}: {rows:,} vectors of dim {dim}; index {chosen}")
-    inner, params = make_index(chosen, dim, rows, nlist, m, ef_construction)
+    inner, params = make_index(chosen, dim, rows, nlist, m, ef_construction, pq_m)
     rng = np.random.default_rng(seed)
     check_rows = np.sort(rng.choice(rows, size=min(check_queries, rows), replace=False))
     # k-means on ~40 points per list (FAISS wants >= 39) is as good as on everything, and much faster.
-    train_rows = np.sort(rng.choice(rows, size=min(rows, 40 * params["nlist"]), replace=False)) if chosen in IVF_TYPES else check_rows[:0]
+    # PQ codebooks (256 centroids per sub-quantiser) want more points than that.
+    train_size = max(40 * params["nlist"], PQ_TRAIN_ROWS if chosen == "ivf_pq" else 0) if chosen in IVF_TYPES else 0
+    train_rows = np.sort(rng.choice(rows, size=min(rows, train_size), replace=False))
     progress(f"Sampling {len(check_rows):,} self-check queries" + (f" and {len(train_rows):,} training vectors" if len(train_rows) else ""))
     sample_ids, sample_vectors = collect_rows(db_path, np.union1d(check_rows, train_rows), batch_size, rows, progress)
     sample_positions = np.union1d(check_rows, train_rows)
     queries = sample_vectors[np.isin(sample_positions, check_rows)]
     if chosen in IVF_TYPES:
         params["nprobe"] = nprobe or 8
-        progress(f"Training IVF coarse quantizer{' and 8-bit codes' if chosen == 'ivf_sq8' else ''}: "
+        codes = {"ivf_sq8": " and 8-bit codes", "ivf_pq": f" and {params.get('pq_m')} PQ codebooks"}.get(chosen, "")
+        progress(f"Training IVF coarse quantizer{codes}: "
                  f"{params['nlist']} lists on {len(train_rows):,} vectors")
         inner.cp.seed = seed
         inner.train(sample_vectors[np.isin(sample_positions, train_rows)])
     elif chosen == "hnsw":
         params["ef_search"] = ef_search or 32
     del sample_vectors, sample_ids
-    index = faiss.IndexIDMap2(inner)
+    # Compressed: the inverted lists hold the customer ids (8 B a row); IndexIDMap2's id -> row map
+    # (~50 B a row) would cost more than the codes, and the exact vectors serve lookups by id.
+    index = inner if chosen in COMPRESSED_TYPES else faiss.IndexIDMap2(inner)
 
     index_dir.mkdir(parents=True, exist_ok=True)
-    tmp = {name: index_dir / f".{name}.{os.getpid()}.tmp" for name in (VECTORS_FILE, IDS_FILE)}
+    tmp = {name: index_dir / f".{name}.{os.getpid()}.tmp" for name in EXACT_FILES}
     exact_store = None
-    if chosen == "ivf_sq8":
+    if chosen in COMPRESSED_TYPES:
         exact_store = (np.lib.format.open_memmap(tmp[VECTORS_FILE], mode="w+", dtype=np.float32, shape=(rows, dim)),
                        np.lib.format.open_memmap(tmp[IDS_FILE], mode="w+", dtype=np.int64, shape=(rows,)))
     truth = ExactTopK(queries, SELF_CHECK_K) if chosen != "flat" else None
@@ -446,20 +525,24 @@ def build_index(
         )
         exact = None
         if exact_store is not None:
-            for array in exact_store:
-                array.flush()
-            exact = ExactVectors(exact_store[0], np.asarray(exact_store[1]))
+            exact_store[0].flush()
+            exact = ExactVectors.from_row_order(exact_store[0], np.array(exact_store[1]))
+            # The ids file holds them sorted, beside the row of each: lookups by id memory-map both.
+            with open(tmp[ROWS_FILE], "wb") as rows_file:  # np.save(path) would append ".npy" to the temp name
+                np.save(rows_file, exact.order)
+            exact_store[1][:] = exact.sorted_ids
+            exact_store[1].flush()
         loaded = LoadedIndex(index=index, manifest=manifest, path=index_dir / INDEX_FILE, exact=exact)
         recall = tune(loaded, queries, truth, progress)
         manifest.self_check = {"k": SELF_CHECK_K, "queries": min(check_queries, rows), "recall": round(recall, 4),
                                "recall_by_id": manifest.self_check.get("recall_by_id", 1.0),
                                "recall_with_ties": manifest.self_check.get("recall_with_ties", 1.0),
-                               "criterion": "recall_with_ties" if chosen == "ivf_sq8" else "recall_by_id",
+                               "criterion": "recall_with_ties" if chosen in COMPRESSED_TYPES else "recall_by_id",
                                "target": TARGET_RECALL, "passed": recall >= TARGET_RECALL}
         manifest.memory = memory_estimate(chosen, rows, dim, params, budget)
         if recall < TARGET_RECALL:
             progress(f"Warning: self-check recall@{SELF_CHECK_K} {recall:.3f} is below {TARGET_RECALL}; "
-                     "use --index-type auto or raise --nlist/--m.")
+                     "use --index-type auto or raise --nlist/--m/--pq-m.")
         manifest.build_seconds = round(time.perf_counter() - start, 2)
         del exact_store, exact, loaded
         write_index(index, manifest, index_dir, exact_files={name: path for name, path in tmp.items() if path.exists()})
@@ -467,7 +550,7 @@ def build_index(
         for path in tmp.values():
             path.unlink(missing_ok=True)
     progress(f"Index {manifest.index_version}: {chosen} {params}, {rows:,} rows, recall@{SELF_CHECK_K} "
-             f"{recall:.3f}, RAM ~{manifest.memory['index_ram_bytes'] / 2**30:.2f} GiB, built in {manifest.build_seconds:.1f}s ({reason})")
+             f"{recall:.3f}, RAM ~{human_bytes(manifest.memory['index_ram_bytes'])}, built in {manifest.build_seconds:.1f}s ({reason})")
     return manifest
 
 
@@ -478,7 +561,7 @@ def write_index(index: faiss.Index, manifest: IndexManifest, index_dir: Path, ex
     for name, path in (exact_files or {}).items():
         os.replace(path, index_dir / name)
     if not exact_files:
-        for name in (VECTORS_FILE, IDS_FILE):  # left by an earlier compressed build
+        for name in EXACT_FILES:  # left by an earlier compressed build
             (index_dir / name).unlink(missing_ok=True)
     tmp_index = index_dir / f".{INDEX_FILE}.{os.getpid()}.tmp"
     tmp_manifest = index_dir / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
@@ -522,9 +605,10 @@ def load_index(index_dir: Path, expected_model_version: str | None = None) -> Lo
             f"({manifest.row_count:,} rows, dim {manifest.dim}). Rebuild it with `lookalike build-index`."
         )
     check_model_version(manifest, expected_model_version)
-    if manifest.index_type in IVF_TYPES:
-        # Lets reconstruct() fetch member vectors straight from the index (decoded 8-bit codes for
-        # ivf_sq8, within ~0.5% of exact; LoadedIndex.vectors() gives the exact ones).
+    if manifest.index_type == "ivf":
+        # Lets reconstruct() fetch member vectors straight from the index (LoadedIndex.vectors()).
+        # Compressed indexes serve vectors from their exact vectors instead: decoded codes are
+        # approximate (8-bit: within ~0.5%; PQ: much coarser) and a direct map costs 8 B a row.
         faiss.extract_index_ivf(index).make_direct_map()
-    exact = ExactVectors.open(index_dir, manifest.row_count) if manifest.index_type == "ivf_sq8" else None
+    exact = ExactVectors.open(index_dir, manifest.row_count) if manifest.index_type in COMPRESSED_TYPES else None
     return LoadedIndex(index=index, manifest=manifest, path=path, exact=exact)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import duckdb
 import faiss
@@ -111,10 +112,11 @@ def test_cli_build_index_says_what_it_chose_and_why(warehouse, tmp_path):
 
 def test_auto_compresses_when_flat_vectors_exceed_the_memory_budget(warehouse, tmp_path):
     db, data = warehouse
-    # 4,000 x 32 float32 = 512,000 bytes: over a 100 kB budget, so auto must compress.
-    manifest = build_index(db, tmp_path, memory_budget="100kB", progress=quiet)
+    # 4,000 x 32 float32 = 512,000 bytes: over a 300 kB budget, so auto must compress; 8-bit codes
+    # (4,000 x (32 + 8 id) bytes + 100 centroids) fit it.
+    manifest = build_index(db, tmp_path, memory_budget="300kB", progress=quiet)
     assert manifest.index_type == "ivf_sq8" and "memory budget" in manifest.reason
-    assert manifest.memory["budget_bytes"] == 100_000 and manifest.memory["flat_vectors_bytes"] == 4000 * 32 * 4
+    assert manifest.memory["budget_bytes"] == 300_000 and manifest.memory["flat_vectors_bytes"] == 4000 * 32 * 4
     assert manifest.memory["index_ram_bytes"] < manifest.memory["flat_vectors_bytes"] + 4000 * 40
     assert manifest.self_check["recall"] >= 0.95 and manifest.params["code_bytes"] == 32
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["memory"] == manifest.memory
@@ -174,3 +176,87 @@ def test_recall_with_ties_counts_duplicates_of_the_kth_neighbour():
     found_sims = np.array([[1.0, 0.8, 0.7], [1.0, 0.5, -np.inf]], dtype=np.float32)
     assert index_module.recall_with_ties(truth_sims, found_ids, found_sims) == 4 / 6
     assert recall_at_k(np.array([[1, 2, 3], [3, 5, 6]]), found_ids) == 1 / 6
+
+
+def exact_similarities(data: dict, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
+    by_id = dict(zip(data["ids"].tolist(), range(len(data["ids"]))))
+    vectors = index_module.normalise(data["vectors"])
+    return np.einsum("qd,qkd->qk", queries, vectors[np.vectorize(by_id.get)(found)])
+
+
+def test_ivf_pq_meets_the_recall_target_with_exact_similarities(warehouse, tmp_path, monkeypatch):
+    db, data = warehouse
+    # Start narrow (1 list, 1 x k candidates: recall ~0.4 here) so the self-check must widen both.
+    monkeypatch.setattr(index_module, "PQ_RERANK_FACTOR", 1)
+    manifest = build_index(db, tmp_path, index_type="ivf_pq", nprobe=1, progress=quiet)
+    # dim 32: 8 sub-quantisers of 4 dimensions, one byte each.
+    assert manifest.params["pq_m"] == 8 and manifest.params["code_bytes"] == 8
+    assert manifest.params["nprobe"] > 1 and manifest.params["rerank_factor"] > 1
+    assert manifest.self_check["passed"] and manifest.self_check["criterion"] == "recall_with_ties"
+    assert manifest.memory["index_ram_bytes"] < 4000 * (8 + 8) + 100 * 32 * 4 + 256 * 32 * 4 + 1
+    loaded = load_index(tmp_path, expected_model_version=MODEL_VERSION)
+    assert loaded.exact is not None and not isinstance(loaded.index, faiss.IndexIDMap2)
+    vectors = index_module.normalise(data["vectors"])
+    rows = np.arange(0, 4000, 13)
+    sims, found = loaded.search(vectors[rows], 10)
+    assert recall_at_k(exact_neighbours(data, rows), found) >= 0.93
+    np.testing.assert_allclose(sims, exact_similarities(data, vectors[rows], found), atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 1e-6).all()
+    # Member vectors come from the exact vectors, not decoded PQ codes.
+    np.testing.assert_allclose(loaded.vectors(data["ids"][rows[::-1]]), vectors[rows[::-1]], atol=1e-6)
+
+
+def test_auto_picks_ivf_pq_when_even_8_bit_codes_exceed_the_budget(warehouse, tmp_path):
+    db, _ = warehouse
+    # ivf_sq8 ~173 kB (4,000 x 40 B + centroids) > 150 kB >= ivf_pq ~110 kB (4,000 x 16 B + centroids + codebooks).
+    manifest = build_index(db, tmp_path, memory_budget="150kB", progress=quiet)
+    assert manifest.index_type == "ivf_pq" and "ivf_sq8 would take" in manifest.reason and "still over" not in manifest.reason
+    assert manifest.memory["index_ram_bytes"] <= 150_000 and manifest.self_check["passed"]
+    sq8 = index_module.memory_estimate("ivf_sq8", 4000, 32, manifest.params, 0)["index_ram_bytes"]
+    assert sq8 > 150_000 and index_module.human_bytes(sq8) in manifest.reason
+    # A budget too small for anything: still the smallest index, and the reason says so.
+    chosen, reason = index_module.choose_index_type("auto", 4000, 32, 10_000)
+    assert chosen == "ivf_pq" and "still over the budget" in reason
+
+
+def test_memory_estimate_at_100m_customers_chooses_ivf_pq_under_the_default_budget():
+    rows, dim, budget = 100_000_000, 128, index_module.parse_memory_budget("25%", total_ram=24 * 2**30)
+    chosen, reason = index_module.choose_index_type("auto", rows, dim, budget)
+    assert chosen == "ivf_pq" and "32 B a vector" in reason
+    params = {"nlist": index_module.default_nlist(rows), "pq_m": index_module.default_pq_m(dim)}
+    pq = index_module.memory_estimate("ivf_pq", rows, dim, params, budget)
+    assert pq["index_ram_bytes"] < budget < index_module.memory_estimate("ivf_sq8", rows, dim, params, budget)["index_ram_bytes"]
+    assert pq["exact_vectors_disk_bytes"] == rows * (dim * 4 + 16)
+
+
+@pytest.mark.parametrize("pq_m", [7, 0])
+def test_pq_m_must_divide_the_dimension(warehouse, tmp_path, pq_m):
+    db, _ = warehouse
+    with pytest.raises(LookalikeError, match="--pq-m .* must divide the embedding dimension 32"):
+        build_index(db, tmp_path, index_type="ivf_pq", pq_m=pq_m, progress=quiet)
+    assert not (tmp_path / INDEX_FILE).exists()
+
+
+@pytest.fixture(scope="module")
+def pq_index(warehouse, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pq_index")
+    build_index(warehouse[0], path, index_type="ivf_pq", progress=quiet)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated ids"])
+def test_ivf_pq_with_damaged_exact_vectors_is_a_clear_error(pq_index, tmp_path, damage):
+    tmp_path = tmp_path / "index"
+    shutil.copytree(pq_index, tmp_path)
+    assert load_index(tmp_path).exact is not None
+    if damage == "missing":
+        (tmp_path / index_module.VECTORS_FILE).unlink()
+        match = "exact vectors .* missing or corrupt"
+    elif damage == "corrupt":
+        (tmp_path / index_module.ROWS_FILE).write_bytes(b"garbage, not an npy file")
+        match = "exact vectors .* missing or corrupt"
+    else:
+        np.save(tmp_path / index_module.IDS_FILE, np.arange(10, dtype=np.int64))
+        match = "do not match the index manifest"
+    with pytest.raises(LookalikeError, match=match):
+        load_index(tmp_path)
