@@ -35,8 +35,10 @@ def world(tmp_path_factory):
         build_index(db, root / "ivf", progress=quiet)
     finally:
         index_module.AUTO_EXACT_MAX_ROWS = original
-    # And the compressed one auto picks above the memory budget (exact re-ranking from disk).
-    build_index(db, root / "ivf_sq8", memory_budget="100kB", progress=quiet)
+    # And the compressed ones auto picks above the memory budget (exact re-ranking from disk): 6,000 x 32
+    # float32 = 768 kB; 8-bit codes ~259 kB fit 300 kB; product-quantised ~148 kB fit 160 kB.
+    build_index(db, root / "ivf_sq8", memory_budget="300kB", progress=quiet)
+    build_index(db, root / "ivf_pq", memory_budget="160kB", progress=quiet)
     return {"root": root, "db": db, **data}
 
 
@@ -44,7 +46,7 @@ def segment_of(world, ids) -> np.ndarray:
     return world["segment"][np.asarray(ids) // 10 - 1]
 
 
-@pytest.mark.parametrize("index_name", ["flat", "ivf", "ivf_sq8"])
+@pytest.mark.parametrize("index_name", ["flat", "ivf", "ivf_sq8", "ivf_pq"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_known_answer_200_seeds_of_one_segment(world, strategy, index_name):
     """Base rate of the segment is ~1/SEGMENTS (8%); the audience must be mostly that segment."""
@@ -60,6 +62,22 @@ def test_known_answer_200_seeds_of_one_segment(world, strategy, index_name):
     assert not set(world["opt_outs"].tolist()) & set(members["customer_id"]), "opted-out customers are excluded"
     assert set(members["nearest_seed_id"]) <= seeds
     assert result.audience["seed_found"] == 200 and result.audience["index_type"] == index_name
+
+
+@pytest.mark.parametrize("strategy", ["centroid", "classifier"])
+def test_compressed_index_members_get_their_exact_nearest_seed_in_slices(world, monkeypatch, strategy):
+    """ivf_pq's codes are coarse; member vectors come from its exact vectors, a few at a time."""
+    from lookalike_cli import expand as expand_module
+
+    monkeypatch.setattr(expand_module, "VECTOR_SLICE", 37)
+    result = expand(world["db"], world["root"] / "ivf_pq", seed_sql=SEED_SQL, size=300, strategy=strategy, progress=quiet)
+    members = result.members.to_pydict()
+    vectors = index_module.normalise(world["vectors"])
+    seeds = duckdb.connect(str(world["db"]), read_only=True).sql(SEED_SQL).fetchnumpy()["customer_id"]
+    similarities = vectors[np.asarray(members["customer_id"]) // 10 - 1] @ vectors[seeds // 10 - 1].T
+    best = similarities.max(axis=1)
+    chosen = similarities[np.arange(len(best)), np.searchsorted(seeds, members["nearest_seed_id"])]
+    np.testing.assert_allclose(chosen, best, atol=1e-6)  # the nearest seed, or one exactly as near
 
 
 def test_multi_centroid_finds_both_halves_of_a_mixed_seed(world):
