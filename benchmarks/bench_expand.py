@@ -5,9 +5,11 @@ L2-normalised: segments, each a few sub-centres plus noise), so the benchmark ne
 model layer. Our index searches every seed; the exact baselines (a full scan per query) are
 timed on a sample of the seeds and extrapolated per query. Run:
 
-    python -m benchmarks.bench_expand --customers 1000000 [--no-hnswlib]
+    python -m benchmarks.bench_expand --customers 1000000 [--no-hnswlib] [--compare-index-types ivf_sq8,ivf_pq]
 
-At 1M the hnswlib build (M=16, efC=100) takes ~11 minutes on 2 busy cores; the rest ~5.
+At 1M the hnswlib build (M=16, efC=100) takes ~11 minutes on 2 busy cores; the rest ~5. The
+other index types (default: the compressed ones, ivf_sq8 and ivf_pq) are built explicitly on the
+same embeddings and searched for every seed, with their RAM per vector from the manifest.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_info
 
-from benchmarks.results import markdown_table, timed, write_section
+from benchmarks.results import RESULTS_PATH, markdown_table, timed, write_section
 from lookalike_cli.expand import expand, parse_size
-from lookalike_cli.index import IndexManifest, LoadedIndex, build_index, load_index, recall_at_k
+from lookalike_cli.index import INDEX_TYPES, IndexManifest, LoadedIndex, build_index, load_index, memory_estimate, recall_at_k
 
 
 def synthesise(db_path: Path, customers: int, dim: int, segments: int, seed: int, chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,10 +98,17 @@ def main() -> None:
                         help="end-to-end runs are also made on this many of the seeds (exact knn-vote: one full scan per seed)")
     parser.add_argument("--duckdb-queries", type=int, default=10, help="DuckDB brute force is timed on this many seeds and extrapolated")
     parser.add_argument("--no-hnswlib", action="store_true", help="skip the hnswlib comparison")
+    parser.add_argument("--compare-index-types", default="ivf_sq8,ivf_pq",
+                        help="comma-separated index types built explicitly besides auto's choice ('' for none)")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="the RESULTS.md to write this section to")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="faiss OpenMP threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir, removed afterwards")
     args = parser.parse_args()
+    compared = [name for name in args.compare_index_types.split(",") if name]
+    unknown = [name for name in compared if name not in INDEX_TYPES or name == "auto"]
+    if unknown:
+        parser.error(f"--compare-index-types: unknown {unknown}; choose from {', '.join(INDEX_TYPES[1:])}")
 
     faiss.omp_set_num_threads(args.threads)
     blas = thread_pools()
@@ -152,15 +161,38 @@ def main() -> None:
     duck_per_query = t_duck.seconds / len(duck_sample)
     duck_recall = recall_at_k(truth[:len(duck_sample)], duck_ids)
 
-    def row(name: str, build: float, per_query: float, measured: str, recall: float) -> list:
-        return [name, build, per_query * n, per_query * 1000, measured, recall, exact_per_query / per_query]
+    def row(name: str, build: float, per_query: float, measured: str, recall: float, ram: object) -> list:
+        return [name, build, per_query * n, per_query * 1000, measured, recall, exact_per_query / per_query, ram]
+
+    def ram_per_vector(loaded: LoadedIndex) -> str:
+        memory = loaded.manifest.memory
+        disk = f" + {memory['exact_vectors_disk_bytes'] / len(ids):.0f} on disk" if "exact_vectors_disk_bytes" in memory else ""
+        return f"{memory['index_ram_bytes'] / len(ids):.0f}{disk}"
 
     ann_per_query = t_ann.seconds / n
+    flat_ram = memory_estimate("flat", len(ids), args.dim, {}, 0)["index_ram_bytes"] / len(ids)
     rows = [
-        row(f"FAISS {manifest.index_type} {json.dumps(manifest.params)} (ours)", t_build.seconds, ann_per_query, f"all {n:,}", ann_recall),
-        row("FAISS IndexFlatIP (exact)", t_exact_build.seconds, exact_per_query, f"{len(sample):,}, extrapolated", 1.0),
-        row("DuckDB array_cosine_similarity (brute force)", 0.0, duck_per_query, f"{len(duck_sample):,}, extrapolated", duck_recall),
+        row(f"FAISS {manifest.index_type} {json.dumps(manifest.params)} (ours, auto)", t_build.seconds, ann_per_query,
+            f"all {n:,}", ann_recall, ram_per_vector(ann)),
+        row("FAISS IndexFlatIP (exact)", t_exact_build.seconds, exact_per_query, f"{len(sample):,}, extrapolated", 1.0,
+            f"{flat_ram:.0f}"),
+        row("DuckDB array_cosine_similarity (brute force)", 0.0, duck_per_query, f"{len(duck_sample):,}, extrapolated", duck_recall,
+            "0 (table on disk)"),
     ]
+    for index_type in compared:
+        if index_type == manifest.index_type:
+            continue
+        # Same embeddings and nlist as auto's index; each one's self-check tunes its own nprobe / rerank_factor.
+        print(f"Building {index_type} for comparison")
+        with timed() as t_other_build:
+            other_manifest = build_index(db, work / index_type, index_type=index_type, nlist=manifest.params.get("nlist"),
+                                         seed=args.seed)
+        other = load_index(work / index_type)
+        with timed() as t_other:
+            _, other_ids = other.search(queries, k)
+        rows.append(row(f"FAISS {index_type} {json.dumps(other_manifest.params)}", t_other_build.seconds, t_other.seconds / n,
+                        f"all {n:,}", recall_at_k(truth, other_ids[sample]), ram_per_vector(other)))
+        del other, other_ids
 
     if not args.no_hnswlib:
         import hnswlib
@@ -178,7 +210,10 @@ def main() -> None:
             h_recall = recall_at_k(truth, graph.knn_query(queries[sample], k)[0].astype(np.int64))
         with timed() as t_h:
             graph.knn_query(queries, k)
-        rows.append(row(f"hnswlib M=16 efC=100 ef={ef}", t_h_build.seconds, t_h.seconds / n, f"all {n:,}", h_recall))
+        # hnswlib's layout per element: vector, level-0 links (2M + count), label, upper-level pointer and level,
+        # a std::mutex (40 B) and ~50 B of label hash map (like IndexIDMap2's).
+        rows.append(row(f"hnswlib M=16 efC=100 ef={ef}", t_h_build.seconds, t_h.seconds / n, f"all {n:,}", h_recall,
+                        f"~{args.dim * 4 + (2 * 16 + 1) * 4 + 8 + 8 + 4 + 40 + 50} (from its layout)"))
         del graph
 
     # End-to-end expand (seed resolution, search, exclusion, ranking, nearest seed) with the
@@ -218,8 +253,10 @@ def main() -> None:
         f"{' (hnswlib skipped: --no-hnswlib)' if args.no_hnswlib else ''}. Exact FAISS search is timed on {len(sample):,} of them and "
         f"DuckDB brute force on {len(duck_sample):,}, extrapolated per query to {n:,}; recall@{k} is measured on the "
         f"{len(sample):,} sampled seeds (DuckDB: on its {len(duck_sample):,}).",
+        "RAM bytes/vector: `memory_estimate` in each index's manifest (codes, ids, maps; the compressed indexes' exact "
+        "vectors and id lookup are memory-mapped from disk, shown as `+ N on disk`).",
         markdown_table(["search", "build s", f"query s ({n:,} seeds)", "ms/query", "seeds timed",
-                        f"recall@{k} vs exact", "speed-up vs exact"], rows),
+                        f"recall@{k} vs exact", "speed-up vs exact", "RAM bytes/vector"], rows),
         "End-to-end `expand()` with the index in memory, as a serving process holds it (seed SQL, search, exclusions, "
         f"ranking, nearest seed). Exact knn-vote scans the population once per seed ({exact_per_query * 1000:.0f} ms "
         f"each here), so it is compared on {len(sample_rows):,} of the seeds; on all {n:,} only our index runs. "
@@ -232,7 +269,7 @@ def main() -> None:
         f"Machine load average (1 min) {load_before:.1f} at start, {load_after:.1f} at the end: other jobs shared the 2 cores.",
     ])
     write_section("bench_expand", "Expansion: approximate vs exact vs DuckDB brute force", body,
-                  " ".join(["python -m benchmarks.bench_expand", *sys.argv[1:]]))
+                  " ".join(["python -m benchmarks.bench_expand", *sys.argv[1:]]), path=args.results)
     if tmp:
         tmp.cleanup()
 
