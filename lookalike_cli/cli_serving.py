@@ -54,14 +54,14 @@ def register(group: click.Group) -> None:
           lookalike build-index --memory-budget 2GiB   # compressed (ivf_sq8, else ivf_pq) above 2 GiB of vectors
           lookalike build-index --index-type ivf_pq --pq-m 16
         """
-        from lookalike_cli.index import build_index
+        from lookalike_cli.index import build_index, human_bytes
 
         manifest = build_index(settings.db_path, settings.index_dir, progress=progress, **options)
         click.echo(f"{manifest.index_version}: {manifest.index_type} {json.dumps(manifest.params)} rows={manifest.row_count} "
                    f"recall@10={manifest.self_check['recall']} -> {settings.index_dir}")
         click.echo(f"Why: {manifest.reason}")
-        click.echo(f"Memory: index ~{manifest.memory['index_ram_bytes'] / 2**30:.2f} GiB in RAM"
-                   + (f", exact vectors {manifest.memory['exact_vectors_disk_bytes'] / 2**30:.2f} GiB on disk (memory-mapped)"
+        click.echo(f"Memory: index ~{human_bytes(manifest.memory['index_ram_bytes'])} in RAM"
+                   + (f", exact vectors {human_bytes(manifest.memory['exact_vectors_disk_bytes'])} on disk (memory-mapped)"
                       if "exact_vectors_disk_bytes" in manifest.memory else ""))
 
     @group.command("expand")

@@ -164,6 +164,10 @@ def test_cli_build_index_says_when_it_compresses(warehouse, tmp_path):
     result = CliRunner().invoke(main, ["--db", str(db), "--index-dir", str(tmp_path), "build-index", "--memory-budget", "200kB"])
     assert result.exit_code == 0, result.output
     assert "ivf_sq8" in result.output and "memory budget" in result.output and "on disk (memory-mapped)" in result.output
+    pq = CliRunner().invoke(main, ["--db", str(db), "--index-dir", str(tmp_path), "build-index", "--index-type", "ivf_pq",
+                                   "--pq-m", "16"])
+    assert pq.exit_code == 0, pq.output
+    assert '"pq_m": 16' in pq.output and "KiB in RAM" in pq.output and "on disk (memory-mapped)" in pq.output
     bad = CliRunner().invoke(main, ["--db", str(db), "--index-dir", str(tmp_path), "build-index", "--memory-budget", "lots"])
     assert bad.exit_code == 1 and "--memory-budget 'lots'" in bad.output
 
