@@ -91,8 +91,8 @@ def main(customers: int, batch_size: int, repeats: int, manifest: str | None, se
 
         results = {}
         for name, run in [("torch eager fp32", eager),
-                          ("ONNX Runtime fp32", lambda b: fp32.session.run(None, b)[0]),
-                          ("ONNX Runtime int8 (dynamic)", lambda b: int8.session.run(None, b)[0])]:
+                          ("ONNX Runtime fp32", fp32.run),
+                          ("ONNX Runtime int8 (dynamic)", int8.run)]:
             results[name] = rate(run, inputs, batch_size, repeats)
             print(f"{name}: {results[name][0]:,.0f} customers/s", flush=True)
         reference = results["ONNX Runtime fp32"][1]
