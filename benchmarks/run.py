@@ -303,8 +303,8 @@ def stage_score(ctx: Context) -> None:
     def eager(b):
         return tower(**{k: torch.from_numpy(v) for k, v in b.items()}).numpy()
 
-    engines = {"torch eager fp32": eager, "ORT fp32": lambda b: fp32.session.run(None, b)[0],
-               "ORT int8 (dynamic)": lambda b: int8.session.run(None, b)[0]}
+    engines = {"torch eager fp32": eager, "ORT fp32": fp32.run,
+               "ORT int8 (dynamic)": int8.run}
     limit_gflops, network = interleaved_rates(engines, inputs, batch, shapes)
     limit_rate = limit_gflops * 1e9 / flops
     for quantize, step in (("none", "score ORT fp32"), ("int8", "score ORT int8")):
