@@ -48,8 +48,9 @@ from benchmarks.results import RESULTS_PATH, markdown_table, write_section
 from lookalike_cli.expand import expand
 from lookalike_cli.export import load_tower
 from lookalike_cli.features import encode
-from lookalike_cli.index import (ExactTopK, IndexManifest, LoadedIndex, build_index, embeddings_summary, iter_embeddings,
-                                 load_index, normalise, recall_at_k, recall_with_ties)
+from lookalike_cli.index import (COMPRESSED_TYPES, ExactTopK, IndexManifest, LoadedIndex, build_index, choose_index_type,
+                                 default_nlist, default_pq_m, embeddings_summary, human_bytes, iter_embeddings, load_index,
+                                 memory_estimate, normalise, parse_memory_budget, recall_at_k, recall_with_ties)
 from lookalike_cli.scoring import Encoder
 from lookalike_cli.settings import Settings
 
@@ -63,9 +64,8 @@ EXPAND_SIZE = "5%"
 # `blend` scores every customer exactly and does not use the index).
 EXPAND_STRATEGY = "centroid"
 STATE_FILE = "harness_state.json"
-PQ_BYTES = 32
-# Above this the harness does not build a second (ivf_sq8) index for comparison: minutes more at 10M.
-COMPARE_SQ8_MAX_CUSTOMERS = 2_000_000
+# Above this the harness does not build the compressed indexes (ivf_sq8, ivf_pq) for comparison: minutes more at 10M.
+COMPARE_COMPRESSED_MAX_CUSTOMERS = 2_000_000
 CSV_FIELDS = ["stage", "step", "command", "seconds", "cpu_seconds", "rows", "unit", "rows_per_s", "peak_rss_mb",
               "baseline", "baseline_value", "ratio", "notes"]
 
@@ -390,21 +390,33 @@ def stage_index(ctx: Context) -> None:
     lines = [[f"ours: {manifest.index_type} {json.dumps(manifest.params)}", run.seconds, ours_per_query * 1000,
               *recalls(truth, found), built / rows],
              ["exact brute force (faiss.knn, streamed)", "", exact_per_query * 1000, 1.0, 1.0, dim * 4 + 8]]
-    if manifest.index_type != "ivf_sq8" and ctx.customers <= COMPARE_SQ8_MAX_CUSTOMERS:
-        # The compressed index auto picks above the memory budget, built here with a budget that forces it.
-        sq8_dir = ctx.workdir / "indexes_ivf_sq8"
+    for compressed in COMPRESSED_TYPES:
+        if compressed == manifest.index_type or ctx.customers > COMPARE_COMPRESSED_MAX_CUSTOMERS:
+            continue
+        # The compressed indexes auto picks above the memory budget, built here explicitly.
         start = time.perf_counter()
-        build_index(ctx.settings.db_path, sq8_dir, index_type="ivf_sq8", nlist=manifest.params.get("nlist"), seed=0,
-                    progress=lambda message: None)
-        sq8_build = time.perf_counter() - start
-        sq8 = load_index(sq8_dir)
-        per_query, candidates = timed_search(sq8, queries, K)
-        ram = sq8.manifest.memory["index_ram_bytes"] / rows
-        ctx.sizes["ivf_sq8 index in RAM (manifest estimate; exact vectors stay on disk)"] = ram
-        lines.append([f"ivf_sq8 {json.dumps(sq8.manifest.params)}, exact re-ranking (build_index in process)", sq8_build,
+        build_index(ctx.settings.db_path, ctx.workdir / f"indexes_{compressed}", index_type=compressed,
+                    nlist=manifest.params.get("nlist"), seed=0, progress=lambda message: None)
+        seconds = time.perf_counter() - start
+        other = load_index(ctx.workdir / f"indexes_{compressed}")
+        per_query, candidates = timed_search(other, queries, K)
+        # Its RAM at this size (fixed codebooks and centroids spread over few rows) is in the table, not the
+        # projection: the projection below takes memory_estimate at 100M itself.
+        ram = other.manifest.memory["index_ram_bytes"] / rows
+        lines.append([f"{compressed} {json.dumps(other.manifest.params)}, exact re-ranking (build_index in process)", seconds,
                       per_query * 1000, *recalls(truth, candidates), ram])
-        del sq8
-    ctx.sizes["IVF-PQ32 index (from the format: 32 B code + 8 B list id + 8 B id map; not built)"] = PQ_BYTES + 8 + 8
+        del other
+    # At 100M, from the same memory_estimate build-index's auto decides with (nlist ~2*sqrt(n) is sublinear).
+    projected = {"nlist": default_nlist(PROJECTED_CUSTOMERS), "pq_m": default_pq_m(dim)}
+    for compressed in COMPRESSED_TYPES:
+        estimate = memory_estimate(compressed, PROJECTED_CUSTOMERS, dim, projected, 0)
+        settings = f"nlist {projected['nlist']:,}" + (f", pq_m {projected['pq_m']}" if compressed == "ivf_pq" else "")
+        ctx.sizes[f"{compressed} index in RAM at {PROJECTED_CUSTOMERS // 1_000_000}M (memory_estimate, {settings})"] = (
+            estimate["index_ram_bytes"] / PROJECTED_CUSTOMERS)
+    ctx.sizes["ivf_sq8 / ivf_pq index: exact vectors + sorted ids + rows (disk, memory-mapped)"] = (
+        estimate["exact_vectors_disk_bytes"] / PROJECTED_CUSTOMERS)
+    budget = parse_memory_budget(None)
+    chosen, why = choose_index_type("auto", PROJECTED_CUSTOMERS, dim, budget)
     row = Row("index", "build-index", "lookalike build-index", run.seconds, rows, "vectors", run.peak_rss_mb,
               "exact flat search (ms/query)", exact_per_query * 1000, exact_per_query / ours_per_query,
               f"ratio = search speed-up over exact; recall@{K} {recalls(truth, found)[0]:.3f} by id, "
@@ -416,8 +428,11 @@ def stage_index(ctx: Context) -> None:
         f"**Index vs exact search.** {len(queries):,} seed customers as queries, top-{K}; `build s` for ours is the whole "
         f"`lookalike build-index` command (reading embeddings, training, adding, self-check, writing); exact search is "
         f"faiss.knn over every embedding, streamed in 100k batches (search time only). The last column is bytes per "
-        f"vector: files on disk for ours, RAM for ivf_sq8 (its exact vectors are memory-mapped from disk).\n\n"
-        + markdown_table(["index", "build s", "ms/query", f"recall@{K} by id", f"recall@{K} ties counted", "bytes/vector"], lines))
+        f"vector: files on disk for ours, RAM for the compressed indexes (their exact vectors are memory-mapped from "
+        f"disk).\n\n"
+        + markdown_table(["index", "build s", "ms/query", f"recall@{K} by id", f"recall@{K} ties counted", "bytes/vector"], lines)
+        + f"\n\nAt {PROJECTED_CUSTOMERS:,} customers x {dim} dims, `build-index --index-type auto` with this machine's default "
+        f"budget ({human_bytes(budget)}) would choose **{chosen}**: {why}.")
 
 
 def stage_expand(ctx: Context) -> None:
