@@ -89,12 +89,15 @@ def main(customers: int, batch_size: int, repeats: int, manifest: str | None, se
         def eager(batch):
             return tower(**{k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
 
-        results = {}
-        for name, run in [("torch eager fp32", eager),
-                          ("ONNX Runtime fp32", fp32.run),
-                          ("ONNX Runtime int8 (dynamic)", int8.run)]:
-            results[name] = rate(run, inputs, batch_size, repeats)
-            print(f"{name}: {results[name][0]:,.0f} customers/s", flush=True)
+        engines = {"torch eager fp32": eager, "ONNX Runtime fp32": fp32.run, "ONNX Runtime int8 (dynamic)": int8.run}
+        results = {name: (0.0, None) for name in engines}
+        # Interleaved passes, best of each: on a shared machine every engine gets the same chances of a quiet moment.
+        for _ in range(repeats):
+            for name, run in engines.items():
+                speed, out = rate(run, inputs, batch_size, 1)
+                results[name] = max(results[name], (speed, out), key=lambda pair: pair[0])
+        for name, (speed, _) in results.items():
+            print(f"{name}: {speed:,.0f} customers/s", flush=True)
         reference = results["ONNX Runtime fp32"][1]
         torch_rate = results["torch eager fp32"][0]
         rows = []
@@ -103,7 +106,8 @@ def main(customers: int, batch_size: int, repeats: int, manifest: str | None, se
             rows.append([name, speed, speed / torch_rate, speed / results["ONNX Runtime fp32"][0], f"{cosine.min():.5f}"])
         model_name = Path(manifest_path).stem
     body = (f"Model `{model_name}` ({fp32.manifest['config']['layers']} layers, hidden {fp32.manifest['config']['hidden']}, "
-            f"location {fp32.spec.location}, d={fp32.dim}); {customers:,} customers, batch {batch_size}, best of {repeats}; "
+            f"location {fp32.spec.location}, d={fp32.dim}); {customers:,} customers, batch {batch_size}, best of {repeats} "
+            "interleaved passes; "
             "network only (inputs pre-encoded). int8 = ORT quantize_dynamic on every layer but the first.\n\n"
             + markdown_table(["engine", "customers/s", "vs torch", "vs ORT fp32", "min cosine to ORT fp32"], rows))
     if write:
