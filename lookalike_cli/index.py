@@ -292,9 +292,25 @@ def apply_search_params(index: faiss.Index, manifest: IndexManifest, k: int) -> 
         faiss.downcast_index(index.index).hnsw.efSearch = int(max(params["ef_search"], k))
 
 
+def per_query_recall(truth_ids: np.ndarray, found_ids: np.ndarray) -> np.ndarray:
+    return np.array([len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth_ids, found_ids)]) / truth_ids.shape[1]
+
+
 def recall_at_k(truth_ids: np.ndarray, found_ids: np.ndarray) -> float:
-    hits = sum(len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth_ids, found_ids))
-    return hits / truth_ids.size
+    return float(per_query_recall(truth_ids, found_ids).mean())
+
+
+# One-sided 95% normal quantile: the self-check asks that recall's lower confidence bound, not its
+# sample mean, reach the target. 500 random customers are not the seeds a user will bring: at 10M
+# a mean of 0.953 on them came out at 0.940 on a planted segment's customers.
+CONFIDENCE_Z = 1.645
+
+
+def lower_confidence_bound(per_query: np.ndarray) -> float:
+    """Mean recall minus CONFIDENCE_Z standard errors over the queries."""
+    if len(per_query) < 2:
+        return float(per_query.mean())
+    return float(per_query.mean() - CONFIDENCE_Z * per_query.std(ddof=1) / math.sqrt(len(per_query)))
 
 
 TIE_TOLERANCE = 1e-6
@@ -307,9 +323,13 @@ def recall_with_ties(truth_sims: np.ndarray, found_ids: np.ndarray, found_sims: 
     ten or more exact duplicates, and which ten of them exact search lists is arbitrary. `found_sims`
     must be exact similarities (every index here returns them; compressed ones after re-ranking).
     """
+    return float(per_query_recall_with_ties(truth_sims, found_ids, found_sims).mean())
+
+
+def per_query_recall_with_ties(truth_sims: np.ndarray, found_ids: np.ndarray, found_sims: np.ndarray) -> np.ndarray:
     kth = truth_sims[:, -1:] - TIE_TOLERANCE
     hits = np.minimum(((found_sims >= kth) & (found_ids >= 0)).sum(axis=1), truth_sims.shape[1])
-    return float(hits.sum() / truth_sims.size)
+    return hits / truth_sims.shape[1]
 
 
 class ExactTopK:
@@ -330,7 +350,8 @@ class ExactTopK:
 
 
 def tune(loaded: LoadedIndex, queries: np.ndarray, truth: "ExactTopK | None", progress: Progress) -> float:
-    """Raise nprobe / efSearch until the self-check recall@10 reaches TARGET_RECALL (or exact search)."""
+    """Raise nprobe / efSearch until the self-check recall@10's lower confidence bound reaches
+    TARGET_RECALL (or exact search); returns the mean recall (the bound is in manifest.self_check)."""
     manifest = loaded.manifest
     if manifest.index_type == "flat":
         return 1.0
@@ -339,16 +360,18 @@ def tune(loaded: LoadedIndex, queries: np.ndarray, truth: "ExactTopK | None", pr
     while True:
         manifest.params[key] = min(value, ceiling)
         sims, ids = loaded.search(queries, SELF_CHECK_K)
-        by_id, with_ties = recall_at_k(truth.ids, ids), recall_with_ties(truth.sims, ids, sims)
+        by_id, with_ties = per_query_recall(truth.ids, ids), per_query_recall_with_ties(truth.sims, ids, sims)
         # Indexes holding the float32 vectors break exact ties like exact search (in insertion order), so
         # recall by id is the criterion; a compressed index's re-ranked candidates come in code order, so
         # exact duplicates of the 10th neighbour are an arbitrary pick there and count as found.
-        recall = with_ties if manifest.index_type in COMPRESSED_TYPES else by_id
-        manifest.self_check.update(recall_by_id=round(by_id, 4), recall_with_ties=round(with_ties, 4))
+        per_query = with_ties if manifest.index_type in COMPRESSED_TYPES else by_id
+        recall, lower = float(per_query.mean()), lower_confidence_bound(per_query)
+        manifest.self_check.update(recall_by_id=round(float(by_id.mean()), 4), recall_with_ties=round(float(with_ties.mean()), 4),
+                                   recall_lower_bound=round(lower, 4))
         rerank = manifest.params.get("rerank_factor")
         progress(f"  self-check {key}={manifest.params[key]}" + (f", rerank_factor={rerank}" if rerank else "")
-                 + f": recall@{SELF_CHECK_K}={recall:.3f}")
-        if recall >= TARGET_RECALL or value >= ceiling:
+                 + f": recall@{SELF_CHECK_K}={recall:.3f} (95% lower bound {lower:.3f})")
+        if lower >= TARGET_RECALL or value >= ceiling:
             return recall
         value *= 2
         if rerank:
@@ -378,11 +401,11 @@ def choose_index_type(index_type: str, rows: int, dim: int, budget: int, nlist: 
         if rows <= AUTO_EXACT_MAX_ROWS:
             return "flat", f"auto: {rows:,} rows <= {AUTO_EXACT_MAX_ROWS:,}, exact search is fast enough and has recall 1 ({fits})"
         return "ivf", (f"auto: {rows:,} rows > {AUTO_EXACT_MAX_ROWS:,}, IVF with ~2*sqrt(n) lists ({fits}); "
-                       f"nprobe raised until self-check recall@{SELF_CHECK_K} >= {TARGET_RECALL}")
+                       f"nprobe raised until self-check recall@{SELF_CHECK_K} (95% lower bound) >= {TARGET_RECALL}")
     params = {"nlist": nlist or default_nlist(rows), "pq_m": pq_m or default_pq_m(dim)}
     sq8 = memory_estimate("ivf_sq8", rows, dim, params, budget)["index_ram_bytes"]
     tuning = (f"rerank_factor*k candidates re-ranked by exact vectors memory-mapped from disk; nprobe and "
-              f"rerank_factor raised until self-check recall@{SELF_CHECK_K} >= {TARGET_RECALL}")
+              f"rerank_factor raised until self-check recall@{SELF_CHECK_K} (95% lower bound) >= {TARGET_RECALL}")
     if sq8 <= budget or rows < PQ_MIN_ROWS:
         return "ivf_sq8", (f"auto: {fits}, so compressed: ivf_sq8, IVF with 8-bit scalar codes ({dim} B a vector), "
                            f"~{human_bytes(sq8)} in RAM {'<=' if sq8 <= budget else '> (too few rows for ivf_pq)'} budget; {tuning}")
@@ -537,11 +560,14 @@ def build_index(
         manifest.self_check = {"k": SELF_CHECK_K, "queries": min(check_queries, rows), "recall": round(recall, 4),
                                "recall_by_id": manifest.self_check.get("recall_by_id", 1.0),
                                "recall_with_ties": manifest.self_check.get("recall_with_ties", 1.0),
+                               "recall_lower_bound": manifest.self_check.get("recall_lower_bound", 1.0),
                                "criterion": "recall_with_ties" if chosen in COMPRESSED_TYPES else "recall_by_id",
-                               "target": TARGET_RECALL, "passed": recall >= TARGET_RECALL}
+                               "target": TARGET_RECALL}
+        manifest.self_check["passed"] = manifest.self_check["recall_lower_bound"] >= TARGET_RECALL
         manifest.memory = memory_estimate(chosen, rows, dim, params, budget)
-        if recall < TARGET_RECALL:
-            progress(f"Warning: self-check recall@{SELF_CHECK_K} {recall:.3f} is below {TARGET_RECALL}; "
+        if not manifest.self_check["passed"]:
+            progress(f"Warning: self-check recall@{SELF_CHECK_K} {recall:.3f} (95% lower bound "
+                     f"{manifest.self_check['recall_lower_bound']:.3f}) is below {TARGET_RECALL}; "
                      "use --index-type auto or raise --nlist/--m/--pq-m.")
         manifest.build_seconds = round(time.perf_counter() - start, 2)
         del exact_store, exact, loaded

@@ -54,6 +54,9 @@ def test_auto_picks_a_tuned_ivf_above_the_threshold(warehouse, tmp_path, monkeyp
     manifest = build_index(db, tmp_path, nprobe=1, progress=quiet)
     assert manifest.index_type == "ivf" and "4000 rows" in manifest.reason.replace(",", "")
     assert manifest.params["nprobe"] > 1 and manifest.self_check["recall"] >= 0.95
+    # The stopping rule is the lower confidence bound, which sits below the mean.
+    assert 0.95 <= manifest.self_check["recall_lower_bound"] <= manifest.self_check["recall"]
+    assert manifest.self_check["passed"]
     loaded = load_index(tmp_path)
     rows = np.arange(0, 4000, 13)
     _, found = loaded.search(data["vectors"][rows], 10)
@@ -264,3 +267,12 @@ def test_ivf_pq_with_damaged_exact_vectors_is_a_clear_error(pq_index, tmp_path, 
         match = "do not match the index manifest"
     with pytest.raises(LookalikeError, match=match):
         load_index(tmp_path)
+
+
+def test_a_mean_just_over_the_target_is_not_enough_when_queries_disagree():
+    # 500 queries averaging 0.953 with ~10% spread: the mean passes, the 95% lower bound does not.
+    rng = np.random.default_rng(0)
+    per_query = np.clip(rng.normal(0.953, 0.1, 500), 0, 1)
+    per_query += 0.953 - per_query.mean()
+    assert per_query.mean() >= 0.95 and index_module.lower_confidence_bound(per_query) < 0.95
+    assert index_module.lower_confidence_bound(np.full(500, 0.97)) == pytest.approx(0.97)
