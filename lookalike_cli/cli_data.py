@@ -91,23 +91,27 @@ def register(group: click.Group) -> None:
                   help="dbt nodes to skip. Scoring needs a trained model: it runs in `lookalike score`.")
     @click.option("--target", default=None,
                   help="profiles.yml target: duckdb (default) or spark (a local Spark session; `lookalike spark load-raw` first).")
+    @click.option("--vars", "dbt_vars", default=None,
+                  help="dbt vars as YAML/JSON, passed to `dbt build --vars` (dbt's semantics), e.g. '{as_of_date: 2025-06-30}'.")
     @pass_settings
-    def build_cmd(settings: Settings, select: str | None, exclude: str, target: str | None) -> None:
+    def build_cmd(settings: Settings, select: str | None, exclude: str, target: str | None, dbt_vars: str | None) -> None:
         """Build the warehouse layer with `dbt build` (models and tests), then print the tables.
 
-        Staging, intermediate and marts (customer_features, similarity_pairs, categories)
-        with every schema test and unit test.
+        Staging, intermediate and marts: training_features (as of feature_end_date) with the later
+        similarity labels (similarity_pairs), and customer_features (as of as_of_date: by default
+        every order line), categories, with every schema test and unit test.
 
         \b
         Example:
           lookalike build --select +similarity_pairs
+          lookalike build --vars '{as_of_date: 2025-06-30}'   # everything as known on that day
           lookalike build --target spark
         """
         from lookalike_cli.dbt_runner import run_dbt
 
         started = time.perf_counter()
         args = ["build", *(["--select", select] if select else []), *(["--exclude", exclude] if exclude else []),
-                *(["--target", target] if target else [])]
+                *(["--target", target] if target else []), *(["--vars", dbt_vars] if dbt_vars else [])]
         run_dbt(settings, args)
         click.echo(f"dbt build finished in {time.perf_counter() - started:.1f}s")
         from lookalike_cli.spark import is_session_target
@@ -140,7 +144,11 @@ def _print_summary(db_path: Path) -> None:
         click.echo(f"  {table:<28} {rows:>12,} rows")
     windows = window_summary(db_path)
     if windows:
-        start, end = windows["feature_window"]
-        click.echo(f"  feature window {start} .. {end}")
-        start, end = windows["label_window"]
-        click.echo(f"  label window   {start} .. {end}")
+        start, end = windows["data"]
+        click.echo(f"  order lines                  {start} .. {end}")
+        start, end = windows["training_features"]
+        click.echo(f"  training features  {start} .. {end}  (feature_end_date {windows['feature_end_date']}, exclusive)")
+        start, end = windows["labels"]
+        click.echo(f"  similarity labels  {start} .. {end}  (label_end_date {windows['label_end_date']})")
+        start, end = windows["serving_features"]
+        click.echo(f"  serving features   {start} .. {end}  (as_of_date {windows['as_of_date']}: score, expand, BI)")

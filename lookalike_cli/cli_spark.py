@@ -58,7 +58,7 @@ def register(group: click.Group) -> None:
 
     @spark_group.command("export-training-data")
     @click.option("--to", "to", type=click.Path(dir_okay=False), required=True,
-                  help="DuckDB file to write (replaced): similarity_pairs, categories, customer_features of paired customers.")
+                  help="DuckDB file to write (replaced): similarity_pairs, categories, training_features of paired customers.")
     @pass_settings
     def export_training_data_cmd(settings: Settings, to: str) -> None:
         """Copy the training set from the Spark marts into a DuckDB file for `lookalike train`.

@@ -29,6 +29,7 @@ DENSE_COLUMNS = (
     "order_count", "order_line_count", "total_quantity", "total_spend", "avg_order_value",
     "avg_lines_per_order", "return_line_count", "distinct_categories", "active_months",
     "orders_per_month", "recency_days", "tenure_days", "visit_count", "engagement_count",
+    "recent_order_count", "recent_spend",
 )
 CATEGORICAL_COLUMNS = ("gender", "age_band", "income_band", "education", "occupation")
 LOCATION_COLUMN = "location_area"

@@ -202,22 +202,22 @@ def spark_tables(settings: Settings, raw_schema: str = "raw", progress: Progress
 def export_training_data(settings: Settings, target_db: Path, progress: Progress = print) -> dict[str, int]:
     """Copy what `lookalike train` reads from the Spark marts into a DuckDB file.
 
-    similarity_pairs (capped by the dbt var max_pairs), categories, and the customer_features
-    rows of the customers in those pairs: a training set that fits one machine however large the
+    similarity_pairs (capped by the dbt var max_pairs), categories, and the training_features
+    rows of the customers in those pairs (features as of feature_end_date): a training set that fits one machine however large the
     population. The file is written beside, then renamed over `target_db` (all or nothing).
     """
     from lookalike_cli.warehouse import connect
 
     spark = spark_session(settings, progress=progress)
     schema = schema_name(settings)
-    for table in ("similarity_pairs", "categories", "customer_features"):
+    for table in ("similarity_pairs", "categories", "training_features"):
         require_spark_table(spark, f"{schema}.{table}", "Build it with `lookalike build --target spark`.")
     pairs = spark.table(f"{schema}.similarity_pairs")
     in_pairs = pairs.selectExpr("customer_id_a as customer_id").union(pairs.selectExpr("customer_id_b")).distinct()
     tables = {
         "similarity_pairs": pairs,
         "categories": spark.table(f"{schema}.categories"),
-        "customer_features": spark.table(f"{schema}.customer_features").join(in_pairs, "customer_id", "left_semi"),
+        "training_features": spark.table(f"{schema}.training_features").join(in_pairs, "customer_id", "left_semi"),
     }
     target_db = Path(target_db).resolve()
     staging = target_db.with_name(f".{target_db.name}.incoming")

@@ -1,5 +1,10 @@
 """Train the two-tower encoder on `similarity_pairs` and export it (seed 000, sections 4-5).
 
+Offline training, online serving: the encoder reads `training_features` (features as of
+feature_end_date) and learns to predict the similarity of behaviour AFTER that date (the
+labels of `similarity_pairs`); `lookalike score` then applies it to `customer_features`, the
+same features as of now.
+
 Loss = L1 between cos(e_a, e_b) and the pair's label, early stopping on the valid split's
 MAE, test MAE reported in the manifest. Only the customers that appear in a pair are read
 into memory (a semi-join in DuckDB), as Arrow, encoded once.
@@ -70,8 +75,8 @@ class TrainResult:
 
 
 def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_buckets: int = 4096) -> Dataset:
-    for table in ("customer_features", "similarity_pairs", "categories"):
-        require_table(con, table, "Build the marts with `lookalike dbt build`.")
+    for table in ("training_features", "similarity_pairs", "categories"):
+        require_table(con, table, "Build the marts with `lookalike build`.")
     if label not in LABEL_COLUMNS:
         raise LookalikeError(f"--label must be one of {', '.join(LABEL_COLUMNS)}, got {label!r}.")
     if label not in table_columns(con, "similarity_pairs"):
@@ -83,7 +88,7 @@ def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_bu
     if pairs.num_rows == 0:
         raise LookalikeError(f"similarity_pairs has no rows with a {label} label: nothing to train on.")
     features = con.sql(
-        """select f.* from customer_features f
+        """select f.* from training_features f
            where f.customer_id in (select customer_id_a from similarity_pairs union select customer_id_b from similarity_pairs)
            order by f.customer_id"""
     ).to_arrow_table()
@@ -113,7 +118,7 @@ def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_bu
 def data_fingerprint(con: duckdb.DuckDBPyConnection, label: str) -> str:
     """A hash of the exact rows trained on, so a manifest says which data made it."""
     parts = con.execute(
-        f"""select (select count(*) || ':' || coalesce(sum(hash(f)::hugeint), 0) from customer_features f),
+        f"""select (select count(*) || ':' || coalesce(sum(hash(f)::hugeint), 0) from training_features f),
                    (select count(*) || ':' || coalesce(sum(hash(customer_id_a, customer_id_b, {label}, split))::hugeint, 0)
                     from similarity_pairs)"""
     ).fetchall()[0]

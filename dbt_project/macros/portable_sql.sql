@@ -133,3 +133,18 @@
         format_number with a pattern is DecimalFormat: HALF_EVEN on the exact binary value, as printf. -#}
     format_number(cast({{ value }} as double), '0{{ "." ~ ("0" * decimals) if decimals > 0 else "" }}')
 {% endmacro %}
+
+
+{% macro raise_error(message) %}
+    {#- Stops the query with `message` (a SQL string expression) when evaluated, e.g. inside a CASE:
+        bad vars fail the model that reads them, and dbt skips everything downstream. -#}
+    {{ return(adapter.dispatch('raise_error', 'lookalike')(message)) }}
+{% endmacro %}
+
+{% macro default__raise_error(message) %}
+    raise_error({{ message }})
+{% endmacro %}
+
+{% macro duckdb__raise_error(message) %}
+    cast(error({{ message }}) as boolean)
+{% endmacro %}

@@ -1,15 +1,18 @@
--- Sparse per-category vectors from the LABEL window, one row per customer, signal and
--- category: orders (distinct orders), visits and engagements (counts). Similarity labels
--- are cosines of these vectors.
-with order_lines as (
-    select * from {{ ref('int_order_lines_windowed') }}
-    where window_name = 'label'
-      and not is_return
-      and category is not null
+-- Sparse per-category vectors from the LABEL window [feature_end_at, label_end_at), one row per
+-- customer, signal and category: orders (distinct orders), visits and engagements (counts).
+-- Similarity labels are cosines of these vectors: behaviour after the training features' cutoff.
+with windows as (
+    select * from {{ ref('int_time_windows') }}
 ),
 
-windows as (
-    select * from {{ ref('int_time_windows') }}
+order_lines as (
+    select order_lines.*
+    from {{ ref('stg_order_lines') }} as order_lines
+    cross join windows
+    where order_lines.ordered_at >= windows.feature_end_at
+      and order_lines.ordered_at < windows.label_end_at
+      and not (order_lines.quantity < 0 or order_lines.amount < 0)
+      and order_lines.category is not null
 ),
 
 visits as (

@@ -1,7 +1,9 @@
--- One row per product category purchased in the feature window, with a dense category_id
--- (0..n-1, by department then category) that indexes customer_features.category_ids.
+-- One row per product category purchased before as_of_date, with a dense category_id
+-- (0..n-1, by department then category) that indexes category_ids in both customer_features
+-- and training_features (serving sees every category training sees, and newer ones).
 with category_counts as (
     select * from {{ ref('int_customer_category_counts') }}
+    where point_in_time = 'serving'
 ),
 
 by_department as (
