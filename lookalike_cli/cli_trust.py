@@ -25,8 +25,13 @@ def register(group: click.Group) -> None:
     @click.option("--converters-sql", default=None, help="SQL returning the customer_id of the known converters.")
     @click.option("--campaign", default=None,
                   help="Complete Journey campaign id: population = households it targeted (raw.campaigns), converters = "
-                       "those that redeemed its coupons (raw.coupon_redemptions). Build the warehouse with windows that end "
-                       "before the campaign starts (docs/BACKTESTS.md).")
+                       "those that redeemed its coupons (raw.coupon_redemptions); --as-of defaults to the campaign's start.")
+    @click.option("--as-of", "as_of", default=None,
+                  help="Backtest as of this date (YYYY-MM-DD): features, labels, model, scores and index are rebuilt "
+                       "with the product's defaults from data before it, in a scratch copy; the warehouse is not touched.")
+    @click.option("--epochs", type=click.IntRange(1), default=None,
+                  help="With --as-of: maximum training epochs (default: `lookalike train`'s).")
+    @click.option("--keep-scratch", is_flag=True, help="With --as-of: keep the scratch warehouse (in .backtests/ beside --db).")
     @click.option("--population-sql", default=None, help="SQL returning the customer_id of the population to rank (default: every scored customer).")
     @click.option("--splits", type=int, default=5, show_default=True, help="Random seed/hidden splits of the converters.")
     @click.option("--strategy", "strategies", multiple=True,
@@ -41,7 +46,7 @@ def register(group: click.Group) -> None:
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the splits.")
     @pass_settings
     def backtest_cmd(settings: Settings, name: str, converters_sql: str | None, campaign: str | None,
-                     population_sql: str | None, splits: int,
+                     as_of: str | None, epochs: int | None, keep_scratch: bool, population_sql: str | None, splits: int,
                      strategies: tuple[str, ...], baselines: str, seed_fraction: float, report_dir: str | None,
                      note: str | None, seed: int) -> None:
         """Would this have worked? Hide half of known converters, expand from the other half, measure.
@@ -51,6 +56,11 @@ def register(group: click.Group) -> None:
         cosine, raw-feature cosine, raw-feature classifier); writes audience_backtests (serving
         file) and a Markdown report with lift-curve PNGs.
 
+        Without --as-of (and --campaign) it ranks with the warehouse's current embeddings and index.
+        With --as-of DATE (or --campaign C, which sets DATE to C's start) it first rebuilds everything
+        from data before DATE in a scratch copy, with the product's defaults (build, train, score,
+        build-index), so converters may be defined by what happened on or after DATE.
+
         \b
         Example:
           lookalike backtest --name segment_3 --splits 5 \\
@@ -58,25 +68,41 @@ def register(group: click.Group) -> None:
           lookalike backtest --name campaign_18 \\
             --population-sql "select customer_id from raw.campaigns where campaign_id = '18'" \\
             --converters-sql "select customer_id from raw.coupon_redemptions where campaign_id = '18'"
-          lookalike backtest --name campaign_18 --campaign 18    # the same, shorter
+          lookalike backtest --name campaign_18 --campaign 18    # the same, as of the campaign's start
+          lookalike backtest --name later_pet_buyers --as-of 2025-10-01 \
+            --converters-sql "select customer_id from raw.order_lines where category like 'Pet%' group by 1
+                              having min(ordered_at) >= date '2025-10-01'"
         """
         from lookalike_cli.backtest import (DEFAULT_STRATEGIES, campaign_sql, publish_backtest, run_backtest, summary_table,
                                             write_report)
         from lookalike_cli.errors import LookalikeError
         from lookalike_cli.warehouse import connection
 
+        from lookalike_cli.backtest_as_of import backtest_as_of, campaign_start, parse_date
+
+        as_of_date = parse_date(as_of, "--as-of") if as_of else None
         if campaign is not None:
             if converters_sql or population_sql:
                 raise LookalikeError("Give --campaign or --converters-sql/--population-sql, not both.")
             with connection(settings.db_path, read_only=True) as con:
                 population_sql, converters_sql = campaign_sql(con, campaign)
+                as_of_date = as_of_date or campaign_start(con, campaign)
         elif not converters_sql:
             raise LookalikeError("Give --converters-sql (SQL of the known converters) or --campaign (Complete Journey).")
+        if as_of_date is None and (epochs or keep_scratch):
+            raise LookalikeError("--epochs and --keep-scratch apply to --as-of (or --campaign) backtests only.")
 
-        result = run_backtest(settings.db_path, settings.index_dir, converters_sql, population_sql=population_sql, name=name,
-                              splits=splits, strategies=strategies or DEFAULT_STRATEGIES,
-                              baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
-                              seed_fraction=seed_fraction, seed=seed, progress=progress)
+        options = dict(population_sql=population_sql, name=name, splits=splits, strategies=strategies or DEFAULT_STRATEGIES,
+                       baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
+                       seed_fraction=seed_fraction, seed=seed, progress=progress)
+        if as_of_date is not None:
+            result = backtest_as_of(settings, as_of_date, converters_sql, keep_scratch=keep_scratch,
+                                    train_options={"epochs": epochs} if epochs else None, **options)
+            windows = result.info["windows"]
+            note = "; ".join(filter(None, [note, f"as of {as_of_date}: training features before {windows['feature_end_date']}, "
+                                                 f"labels to {windows['label_end_date']}, serving features to {windows['as_of_date']}"]))
+        else:
+            result = run_backtest(settings.db_path, settings.index_dir, converters_sql, **options)
         backtest_id = publish_backtest(settings.serving_db_path, result)
         report = write_report(result, Path(report_dir) if report_dir else default_report_dir(settings), note=note)
         click.echo(f"backtest {name} (id {backtest_id}): population {result.info['population']:,}, "

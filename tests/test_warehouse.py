@@ -128,22 +128,76 @@ def test_customer_features_one_row_per_customer(generated_warehouse):
     assert scalar(w, "select count(distinct gender) from customer_features") >= 3
 
 
-def test_features_come_from_the_feature_window_only(generated_warehouse):
-    w = generated_warehouse
-    mismatches = scalar(w, """
-        with windows as (select * from int_time_windows),
-        direct as (
-            select o.customer_id, count(distinct o.order_id) as order_count, sum(o.amount) as total_spend
-            from raw.order_lines o, windows
-            where o.ordered_at < windows.feature_end_at and o.quantity > 0 and o.amount > 0
-            group by o.customer_id
-        )
-        select count(*) from direct join customer_features f using (customer_id)
-        where direct.order_count <> f.order_count
+RECOUNT_FROM_RAW = """
+    -- Straight from the raw lines, before a cutoff: what a point-in-time feature table must hold.
+    with lines as (
+        select o.*, o.quantity < 0 or o.amount < 0 as is_return
+        from raw.order_lines o where o.ordered_at < {cutoff}
+    ),
+    orders as (
+        select customer_id, order_id, sum(case when not is_return then 1 else 0 end) as lines, sum(amount) as amount
+        from lines group by 1, 2
+    )
+    select customer_id, sum(case when lines > 0 then 1 else 0 end)::double as order_count,
+           sum(lines)::double as order_line_count, sum(amount) as total_spend
+    from orders group by 1
+"""
+
+
+def _recount_mismatches(w, table: str, cutoff: str) -> int:
+    return scalar(w, f"""
+        with direct as ({RECOUNT_FROM_RAW.format(cutoff=cutoff)})
+        select count(*) from {table} f left join direct using (customer_id)
+        where coalesce(direct.order_count, 0) <> f.order_count
+           or coalesce(direct.order_line_count, 0) <> f.order_line_count
+           or abs(coalesce(direct.total_spend, 0) - f.total_spend) > 1e-6
     """)
-    assert mismatches == 0
-    feature_end, label_end = query(w, "select feature_end_at, label_end_at from int_time_windows")[0]
-    assert feature_end < label_end
+
+
+def test_training_features_never_see_the_label_window(generated_warehouse):
+    """The leak test: training_features equal a recount of the raw lines before feature_end_at, and
+    every customer whose first order line falls in the label window has no training activity."""
+    w = generated_warehouse
+    feature_end, label_end, as_of = query(w, "select feature_end_at, label_end_at, as_of_at from int_time_windows")[0]
+    assert feature_end < label_end <= as_of
+    label_lines = scalar(w, "select count(*) from raw.order_lines, int_time_windows t where ordered_at >= t.feature_end_at")
+    assert label_lines > 1000  # the label window holds data that could leak
+    assert _recount_mismatches(w, "training_features", "(select feature_end_at from int_time_windows)") == 0
+    assert scalar(w, """
+        with first_line as (select customer_id, min(ordered_at) as first_at from raw.order_lines group by 1)
+        select count(*) from training_features f join first_line using (customer_id), int_time_windows t
+        where first_line.first_at >= t.feature_end_at
+          and (f.order_line_count > 0 or f.total_spend <> 0 or len(f.category_ids) > 0 or f.recent_order_count > 0)
+    """) == 0
+    assert scalar(w, "select count(*) from training_features f, int_time_windows t where f.features_as_of <> t.feature_end_at") == 0
+    # Recency is measured back from the training cutoff, so it can never be negative.
+    assert scalar(w, "select min(recency_days) from training_features") >= 0
+
+
+def test_serving_features_include_the_latest_order_line(generated_warehouse):
+    """customer_features are as of the end of the data: every line counts, the latest one included."""
+    w = generated_warehouse
+    assert _recount_mismatches(w, "customer_features", "timestamp '9999-01-01'") == 0
+    latest_customer, latest_at = query(w, """
+        select customer_id, ordered_at from raw.order_lines where quantity > 0 and amount > 0
+        order by ordered_at desc, customer_id limit 1
+    """)[0]
+    as_of = scalar(w, "select as_of_at from int_time_windows")
+    assert as_of > latest_at and (as_of - latest_at).days < 1
+    # The latest customer's recency is measured to the day after the data: 0 or 1 day, never the
+    # training window's stale value.
+    assert scalar(w, f"select recency_days from customer_features where customer_id = {latest_customer}") <= 1
+    assert scalar(w, f"select recency_days from training_features where customer_id = {latest_customer}") >= 0
+    more = scalar(w, """
+        select count(*) from customer_features s join training_features t using (customer_id)
+        where s.order_line_count > t.order_line_count
+    """)
+    assert more > 0.5 * GENERATED_CUSTOMERS  # most customers bought again after the training cutoff
+
+
+def test_both_feature_sets_have_the_same_columns(generated_warehouse):
+    columns = "select column_name, data_type from information_schema.columns where table_name = '{}' order by ordinal_position"
+    assert query(generated_warehouse, columns.format("customer_features")) == query(generated_warehouse, columns.format("training_features"))
 
 
 def test_similarity_pairs_labels(generated_warehouse):
@@ -205,8 +259,15 @@ def test_completejourney_sample_builds(completejourney_warehouse):
 
 def test_summary_command(generated_warehouse):
     result = run_cli(generated_warehouse, "summary")
-    assert "main.customer_features" in result.output
+    assert "main.customer_features" in result.output and "main.training_features" in result.output
     assert f"{GENERATED_CUSTOMERS:,}" in result.output
+    # The three dates of the point-in-time design, as the dbt vars spell them.
+    feature_end, label_end, as_of = query(generated_warehouse, """
+        select cast(feature_end_at as date), cast(label_end_at as date) - 1, cast(as_of_at as date) - 1 from int_time_windows
+    """)[0]
+    assert f"feature_end_date {feature_end}" in result.output
+    assert f"label_end_date {label_end}" in result.output
+    assert f"as_of_date {as_of}" in result.output
 
 
 # --- bad input: clear errors, nothing built is dropped ----------------------------------
@@ -245,6 +306,20 @@ def test_window_without_data_is_reported(broken_copy):
     result = run_cli(broken_copy, "dbt", "build", "--exclude", "customer_embeddings+",
                      "--vars", "{feature_end_date: '2040-01-01'}", expect_exit=1)
     assert "assert_windows_have_orders" in result.output
+    _marts_unchanged(broken_copy)
+
+
+@pytest.mark.parametrize("dbt_vars, expected", [
+    ("{as_of_date: '2020-01-01'}", "var as_of_date = 2020-01-01 is outside the data"),
+    ("{as_of_date: '2040-01-01'}", "var as_of_date = 2040-01-01 is outside the data"),
+    ("{label_end_date: '2040-01-01'}", "ends after as_of_date"),
+    ("{feature_end_date: '2000-01-01'}", "leaves the training feature window with no orders"),
+])
+def test_bad_point_in_time_vars_name_the_var_and_the_data_dates(broken_copy, dbt_vars, expected):
+    result = run_cli(broken_copy, "build", "--vars", dbt_vars, expect_exit=1)
+    assert expected in result.output
+    first, last = query(broken_copy, "select min(ordered_at)::date, max(ordered_at)::date from raw.order_lines")[0]
+    assert f"the data's order lines run from {first} to {last}" in result.output
     _marts_unchanged(broken_copy)
 
 
