@@ -48,6 +48,18 @@ def make_settings(folder: Path, name: str = "warehouse") -> Settings:
     )
 
 
+def query(settings: Settings, sql: str, params=None) -> list[tuple]:
+    """Rows of a SQL query on the warehouse, opened read-only."""
+    import duckdb
+
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def scalar(settings: Settings, sql: str, params=None):
+    return query(settings, sql, params)[0][0]
+
+
 def copy_warehouse(source: Settings, folder: Path, name: str = "copy") -> Settings:
     """A private copy of a built warehouse (database, serving file, models, indexes) to mutate."""
     target = make_settings(folder, name)

@@ -6,16 +6,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from tests.conftest import GENERATED_CUSTOMERS, copy_warehouse, run_cli
-
-
-def query(settings, sql, params=None):
-    with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        return con.execute(sql, params or []).fetchall()
-
-
-def scalar(settings, sql, params=None):
-    return query(settings, sql, params)[0][0]
+from tests.conftest import GENERATED_CUSTOMERS, copy_warehouse, query, run_cli, scalar
 
 
 # --- generated data -------------------------------------------------------------------

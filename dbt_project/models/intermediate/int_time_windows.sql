@@ -56,7 +56,7 @@ windows as (
     from history
 ),
 
-{%- set data_dates = "' (the data''s order lines run from ' || cast(cast(data_start_at as date) as varchar) || ' to ' || cast(cast(data_end_at as date) as varchar) || ')'" %}
+{%- set data_dates = "' (the data''s order lines run from ' || cast(cast(data_start_at as date) as string) || ' to ' || cast(cast(data_end_at as date) as string) || ')'" %}
 
 checked as (
     select
@@ -65,11 +65,11 @@ checked as (
             when as_of_at <= data_start_at or as_of_at > data_after_end_at then {{ raise_error(
                 "'var as_of_date = " ~ var('as_of_date', none) ~ " is outside the data" ~ "' || " ~ data_dates) }}
             when feature_end_at <= data_start_at then {{ raise_error(
-                "'var feature_end_date = ' || cast(cast(feature_end_at as date) as varchar) || ' leaves the training feature window with no orders" ~ "' || " ~ data_dates) }}
+                "'var feature_end_date = ' || cast(cast(feature_end_at as date) as string) || ' leaves the training feature window with no orders" ~ "' || " ~ data_dates) }}
             when label_end_at <= feature_end_at then {{ raise_error(
-                "'var label_end_date = ' || cast(cast(label_end_at as date) - 1 as varchar) || ' must come after feature_end_date ' || cast(cast(feature_end_at as date) as varchar) || '" ~ "' || " ~ data_dates) }}
+                "'var label_end_date = ' || cast(cast(label_end_at as date) - 1 as string) || ' must come after feature_end_date ' || cast(cast(feature_end_at as date) as string) || '" ~ "' || " ~ data_dates) }}
             when label_end_at > as_of_at then {{ raise_error(
-                "'var label_end_date = ' || cast(cast(label_end_at as date) - 1 as varchar) || ' ends after as_of_date ' || cast(cast(as_of_at as date) - 1 as varchar) || ' (labels may only use data known at as_of_date)" ~ "' || " ~ data_dates) }}
+                "'var label_end_date = ' || cast(cast(label_end_at as date) - 1 as string) || ' ends after as_of_date ' || cast(cast(as_of_at as date) - 1 as string) || ' (labels may only use data known at as_of_date)" ~ "' || " ~ data_dates) }}
             else true
         end as windows_are_valid
     from windows
