@@ -62,6 +62,8 @@ def spark_table(spark, sql: str) -> pa.Table:
     ("categories", "category_id"),
     ("int_customer_pairs_sampled", "customer_id_a, customer_id_b"),
     ("similarity_pairs", "customer_id_a, customer_id_b"),
+    # Both points in time: one feature definition, the same two tables on either engine.
+    ("training_features", "customer_id"),
     ("customer_features", "customer_id"),
     # Strings compare exactly: every customer's profile_text and bands are identical on both engines.
     ("customer_profiles_text", "customer_id"),
@@ -80,6 +82,10 @@ def test_marts_agree_with_duckdb(spark_warehouse, table, key):
             b = got.to_numpy(zero_copy_only=False).astype(float)
             assert np.array_equal(np.isnan(a), np.isnan(b)), f"{table}.{name}: nulls differ"
             assert np.allclose(a, b, rtol=0, atol=1e-6, equal_nan=True), f"{table}.{name}: max diff {np.nanmax(np.abs(a - b))}"
+        elif pa.types.is_timestamp(want.type):
+            # Spark's TIMESTAMP arrives as UTC-aware, DuckDB's as naive: the same instants (session time zone UTC).
+            assert want.cast(pa.timestamp("us")).to_pylist() == got.cast(pa.timestamp("us", tz="UTC")).cast(
+                pa.timestamp("us")).to_pylist(), f"{table}.{name} differs"
         elif pa.types.is_list(want.type) and pa.types.is_floating(want.type.value_type):
             assert pc_lengths(want) == pc_lengths(got), f"{table}.{name}: list lengths differ"
             assert np.allclose(want.flatten().to_numpy(), got.flatten().to_numpy(), rtol=0, atol=1e-9)
@@ -186,13 +192,13 @@ def test_training_data_exported_from_spark_trains(spark_warehouse, tmp_path):
     training = tmp_path / "training.duckdb"
     run_spark_cli(settings, "spark", "export-training-data", "--to", str(training))
     expected_pairs, expected_customers = duckdb_table(settings, (
-        "select (select count(*) from similarity_pairs) as pairs, (select count(*) from customer_features where customer_id in "
+        "select (select count(*) from similarity_pairs) as pairs, (select count(*) from training_features where customer_id in "
         " (select customer_id_a from similarity_pairs union select customer_id_b from similarity_pairs)) as customers"
     )).to_pylist()[0].values()
     with duckdb.connect(str(training), read_only=True) as con:
         pairs, customers, unpaired = con.execute(
-            "select (select count(*) from similarity_pairs), (select count(*) from customer_features), "
-            "(select count(*) from customer_features where customer_id not in "
+            "select (select count(*) from similarity_pairs), (select count(*) from training_features), "
+            "(select count(*) from training_features where customer_id not in "
             " (select customer_id_a from similarity_pairs union select customer_id_b from similarity_pairs))").fetchone()
     assert (pairs, customers, unpaired) == (expected_pairs, expected_customers, 0)
     onnx = tmp_path / "onnx"
