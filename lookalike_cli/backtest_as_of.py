@@ -21,6 +21,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -92,14 +93,27 @@ def copy_raw_tables(source: Path, target: Path) -> list[str]:
     return tables
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """One known outcome to backtest: who converted (SQL), among whom (SQL, default everyone)."""
+    name: str
+    converters_sql: str
+    population_sql: str | None = None
+
+
 def backtest_as_of(settings: Settings, as_of: dt.date, converters_sql: str, population_sql: str | None = None,
-                   name: str = "backtest", splits: int = 5, strategies: tuple[str, ...] | None = None,
-                   baselines: tuple[str, ...] | None = None, seed_fraction: float = 0.5, seed: int = 0,
-                   train_options: dict | None = None, dbt_vars: dict | None = None, keep_scratch: bool = False,
-                   progress: Progress = print):
+                   name: str = "backtest", **options):
     """Rebuild everything from the data before `as_of` in a scratch warehouse, then run the backtest there.
 
-    Returns the Backtest (see lookalike_cli.backtest), with info["as_of"] and the stage timings."""
+    Returns the Backtest (see lookalike_cli.backtest), with info["as_of"], info["windows"] and the stage timings."""
+    return backtests_as_of(settings, as_of, [Holdout(name, converters_sql, population_sql)], **options)[0]
+
+
+def backtests_as_of(settings: Settings, as_of: dt.date, holdouts: list[Holdout], splits: int = 5,
+                    strategies: tuple[str, ...] | None = None, baselines: tuple[str, ...] | None = None,
+                    seed_fraction: float = 0.5, seed: int = 0, train_options: dict | None = None,
+                    dbt_vars: dict | None = None, keep_scratch: bool = False, progress: Progress = print) -> list:
+    """One scratch rebuild as of `as_of`, then one backtest per holdout on it (same model, same index)."""
     from lookalike_cli import backtest as backtesting
     from lookalike_cli.dbt_runner import run_dbt
     from lookalike_cli.index import build_index
@@ -112,7 +126,7 @@ def backtest_as_of(settings: Settings, as_of: dt.date, converters_sql: str, popu
     check_as_of(as_of, first, last)
     parent = settings.db_path.parent / SCRATCH_FOLDER
     parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{name}_", dir=parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{holdouts[0].name}_", dir=parent))
     scratch_settings = Settings.resolve(db=scratch / "warehouse.duckdb", serving_db=scratch / "serving.duckdb",
                                         onnx_dir=scratch / "onnx", index_dir=scratch / "indexes")
     timings: dict[str, float] = {}
@@ -147,16 +161,21 @@ def backtest_as_of(settings: Settings, as_of: dt.date, converters_sql: str, popu
         build_index(scratch_settings.db_path, scratch_settings.index_dir, progress=lambda message: None)
         stage("lookalike build-index", started)
 
-        result = backtesting.run_backtest(
-            scratch_settings.db_path, scratch_settings.index_dir, converters_sql, population_sql=population_sql,
-            name=name, splits=splits, strategies=strategies or backtesting.DEFAULT_STRATEGIES,
-            baselines=baselines or backtesting.BASELINES, seed_fraction=seed_fraction, seed=seed, progress=progress)
-        result.info.update(as_of=as_of.isoformat(), stage_seconds=timings, model_manifest=Path(manifest).name)
         with connection(scratch_settings.db_path, read_only=True) as con:
             row = con.execute("select cast(feature_end_at as date), cast(label_end_at as date) - 1, "
                               "cast(as_of_at as date) - 1 from int_time_windows").fetchone()
-        result.info["windows"] = {"feature_end_date": str(row[0]), "label_end_date": str(row[1]), "as_of_date": str(row[2])}
-        return result
+        windows = {"feature_end_date": str(row[0]), "label_end_date": str(row[1]), "as_of_date": str(row[2])}
+        results = []
+        for holdout in holdouts:
+            result = backtesting.run_backtest(
+                scratch_settings.db_path, scratch_settings.index_dir, holdout.converters_sql,
+                population_sql=holdout.population_sql, name=holdout.name, splits=splits,
+                strategies=strategies or backtesting.DEFAULT_STRATEGIES, baselines=baselines or backtesting.BASELINES,
+                seed_fraction=seed_fraction, seed=seed, progress=progress)
+            result.info.update(as_of=as_of.isoformat(), stage_seconds=timings, model_manifest=Path(manifest).name,
+                               windows=windows)
+            results.append(result)
+        return results
     finally:
         if not keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -37,8 +37,8 @@ def register(group: click.Group) -> None:
     @click.option("--strategy", "strategies", multiple=True,
                   type=click.Choice(["blend", "centroid", "knn-vote", "multi-centroid", "classifier"]),
                   help="Model strategies to test (repeatable; default blend, expand's default, and centroid).")
-    @click.option("--baselines", default="random,spend,rfm,raw-shares-cosine,raw-cosine,raw-classifier", show_default=True,
-                  help="Comma-separated baselines: random, spend, rfm, raw-shares-cosine, raw-cosine, raw-classifier.")
+    @click.option("--baselines", default=None,
+                  help="Comma-separated baselines to rank beside the model (default: every baseline; see README).")
     @click.option("--seed-fraction", type=float, default=0.5, show_default=True, help="Share of converters used as the seed.")
     @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
                   help="Where backtest_<name>.md and its lift-curve PNGs go. Default: reports/ beside --db.")
@@ -92,8 +92,10 @@ def register(group: click.Group) -> None:
         if as_of_date is None and (epochs or keep_scratch):
             raise LookalikeError("--epochs and --keep-scratch apply to --as-of (or --campaign) backtests only.")
 
+        from lookalike_cli.backtest import BASELINES
+
         options = dict(population_sql=population_sql, name=name, splits=splits, strategies=strategies or DEFAULT_STRATEGIES,
-                       baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
+                       baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines else BASELINES,
                        seed_fraction=seed_fraction, seed=seed, progress=progress)
         if as_of_date is not None:
             result = backtest_as_of(settings, as_of_date, converters_sql, keep_scratch=keep_scratch,
