@@ -154,7 +154,7 @@ def backtests_as_of(settings: Settings, as_of: dt.date, holdouts: list[Holdout],
         stage("lookalike train", started)
 
         started = time.perf_counter()
-        score(scratch_settings, model=MODEL_NAME)
+        score(scratch_settings, model=MODEL_NAME, echo=lambda line: None)
         stage("lookalike score", started)
 
         started = time.perf_counter()

@@ -185,8 +185,11 @@ def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, mod
                                              encoder.score_batches(reader, progress=progress, total=total))
 
 
-def score(settings, model: str | None = None, quantize: str = "none", model_version: str | None = None) -> dict:
-    """Build customer_embeddings with the dbt Python model; prepares location vectors and the int8 file first."""
+def score(settings, model: str | None = None, quantize: str = "none", model_version: str | None = None,
+          echo=None) -> dict:
+    """Build customer_embeddings with the dbt Python model; prepares location vectors and the int8 file first.
+
+    dbt's output goes to `echo` (stdout by default)."""
     from lookalike_cli.dbt_runner import run_dbt
     from lookalike_cli.export import quantize_int8
     from lookalike_cli.locations import embed_locations
@@ -205,7 +208,7 @@ def score(settings, model: str | None = None, quantize: str = "none", model_vers
         quantize_int8(manifest_path)
     dbt_vars = {"lookalike_model": str(manifest_path), "lookalike_quantize": quantize, "lookalike_model_version": model_version or ""}
     start = time.perf_counter()
-    run_dbt(settings, ["run", "--select", "customer_embeddings", "--vars", json.dumps(dbt_vars)])
+    run_dbt(settings, ["run", "--select", "customer_embeddings", "--vars", json.dumps(dbt_vars)], echo=echo)
     seconds = time.perf_counter() - start
     with connection(settings.db_path, read_only=True) as con:
         rows, version = con.execute("select count(*), any_value(model_version) from customer_embeddings").fetchall()[0]
