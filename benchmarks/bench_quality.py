@@ -124,6 +124,14 @@ def holdout_table(results: list) -> tuple[str, list[list], int]:
     return markdown_table(headers, rows), checks, wins
 
 
+def summarise_weights(per_split: list[dict]) -> str:
+    """'raw 0.5 + propensity 0.5 (5/5)': each distinct weighting the blend chose, with how often."""
+    from collections import Counter
+
+    named = Counter(" + ".join(f"{k} {v:g}" for k, v in weights.items() if v) for weights in per_split)
+    return ", ".join(f"{text} ({count}/{len(per_split)})" for text, count in named.most_common()) or "none"
+
+
 def main_(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_quality"))
@@ -156,7 +164,7 @@ def main_(argv: list[str] | None = None) -> None:
     table, checks, wins = holdout_table(results)
     stages = "; ".join(f"{r.name}: " + ", ".join(f"{k.split(' (')[0]} {v:.0f}s" for k, v in r.info["stage_seconds"].items())
                        for r in results if r.info.get("stage_seconds"))
-    weights = "; ".join(f"{r.name}: {r.info['blend_weights']}" for r in results)
+    weights = "; ".join(f"{r.name}: {summarise_weights(r.info['blend_weights'])}" for r in results)
     body = (f"Every holdout through `backtest --as-of` (product defaults: `lookalike build` as of the day before, "
             f"`lookalike train`, `score`, `build-index`), {args.splits} splits, mean ± sd; seed = half the converters. "
             f"Generated data: {args.customers:,} customers, `generate-data --seed {GENERATED_SEED}`.\n\n"
