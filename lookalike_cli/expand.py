@@ -219,21 +219,27 @@ def classifier(index: LoadedIndex, seeds: Seeds, limit: int, pu: PUClassifier, *
 
 
 def blend_inputs(ids: np.ndarray, vectors: np.ndarray, raw) -> "BlendInputs":
-    """Embeddings (aligned to `ids`) beside the customers' standardised raw features (none: a zero-width block)."""
+    """Embeddings (aligned to `ids`) beside the customers' standardised raw features (none: a zero-width block),
+    with the raw columns' names and scale so the blend finds its activity and preference columns."""
     from lookalike_cli.blend import BlendInputs
 
-    return BlendInputs(vectors, raw.matrix[raw.rows(ids)] if raw is not None else np.zeros((len(ids), 0), np.float32))
+    if raw is None:
+        return BlendInputs(vectors, np.zeros((len(ids), 0), np.float32))
+    return BlendInputs(vectors, raw.matrix[raw.rows(ids)], tuple(raw.names), raw.scale)
 
 
-def fit_blend_for(seeds: Seeds, population_ids: np.ndarray, population_vectors: np.ndarray, raw, seed: int):
-    """The self-validated blend of a seed against the unlabelled population (every non-seed customer, sampled)."""
+def fit_blend_for(seeds: Seeds, population_ids: np.ndarray, population_vectors: np.ndarray, raw, seed: int,
+                  embeddings: bool = True):
+    """The self-validated blend of a seed against the unlabelled population (every non-seed customer, sampled).
+
+    `embeddings=False` fits it without the encoder (a benchmark's ablation; expand always uses them)."""
     from lookalike_cli.blend import fit_blend
 
     unlabelled = np.flatnonzero(~np.isin(population_ids, seeds.ids))
     if len(unlabelled) > BLEND_UNLABELLED:
         unlabelled = np.sort(np.random.default_rng(seed).choice(unlabelled, BLEND_UNLABELLED, replace=False))
     return fit_blend(blend_inputs(seeds.ids, seeds.vectors, raw),
-                     blend_inputs(population_ids[unlabelled], population_vectors[unlabelled], raw), seed)
+                     blend_inputs(population_ids[unlabelled], population_vectors[unlabelled], raw), seed, embeddings)
 
 
 def blend(index: LoadedIndex, seeds: Seeds, limit: int, blend_population: tuple, **_) -> Candidates:
