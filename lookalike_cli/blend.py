@@ -26,13 +26,15 @@ Each component is turned into a percentile against a reference sample of the pop
 customer's blended score does not depend on who else is scored: a candidate pool and the whole
 population rank the same customers the same way), and the blend is a weighted mean of the
 percentiles. The weights come from self-validation: the seed (and the unlabelled sample) are split
-into FOLDS folds; for each fold every fitted component is refitted without it, which gives
-out-of-fold percentiles of every component for every seed and every sampled unlabelled customer.
+into FOLDS folds; for each fold every fitted component is refitted without it (on at most
+FOLD_UNLABELLED unlabelled customers, for speed), which gives out-of-fold percentiles of every
+component for every seed and for SELECTION_UNLABELLED held-out unlabelled customers.
 On those, greedy forward selection with replacement (Caruana et al. 2004) adds, STEPS times, the
-component that most raises the AUC of held-out seeds against held-out unlabelled customers (and
-stops when no component adds MIN_GAIN); weights are the selection counts / steps. The selection is
-repeated on BAGS bootstrap resamples of the held-out rows and the weights averaged: shrinkage for
-small seeds, whose AUC differences are noisy (near-ties share the weight instead of flipping).
+component that most raises the AUC of held-out seeds against held-out unlabelled customers (a
+component may be picked again; there is no early stop, so late picks average rather than chase
+noise); weights are the selection counts / STEPS. The selection is repeated on BAGS bootstrap
+resamples of the held-out rows and the weights averaged: shrinkage for small seeds, whose AUC
+differences are noisy (near-ties share the weight instead of flipping from one to the other).
 The evidence (held-out AUC of every component and of the chosen blend, the weights) is stored with
 the audience. Seeds too small to validate (< MIN_VALIDATION_SEEDS) get equal weights on every
 available component: an uninformed prior, not a choice made on any dataset.
@@ -50,16 +52,16 @@ COMPONENTS = ("embedding", "raw", "propensity", "activity", "rfm", "spend", "sha
 STATIC = ("activity", "rfm", "spend")      # no fitting: a function of one customer's features
 FOLDS = 3
 STEPS = 10            # greedy selection steps: weights in multiples of 1/STEPS per bag
-BAGS = 8              # bootstrap resamples of the held-out rows the selection is averaged over
-MIN_GAIN = 0.0005     # held-out AUC a step must add, else the selection stops
+BAGS = 16             # bootstrap resamples of the held-out rows the selection is averaged over
 MIN_VALIDATION_SEEDS = 30
 SELECTION_UNLABELLED = 5_000  # held-out unlabelled customers the selection ranks the seeds against
+FOLD_UNLABELLED = 6_000       # most unlabelled customers a fold's classifiers are fitted on (the final fit: all)
 PROPENSITY_C = 0.0003     # inverse L2 strength of `propensity`; one value for every audience
 SHARES_LR_C = 1.0         # scikit-learn's default: `shares_lr` on unscaled shares + log lines
 GBM_PARAMS = dict(n_estimators=60, learning_rate=0.1, num_leaves=7, max_depth=3, min_child_samples=20,
                   subsample=0.8, subsample_freq=1, colsample_bytree=0.5, reg_lambda=5.0, max_bin=63,
                   n_jobs=1, deterministic=True, force_col_wise=True, verbose=-1)
-GBM_UNLABELLED = 10_000   # most unlabelled customers one LightGBM fit sees (a random sample beyond)
+GBM_UNLABELLED = 5_000    # most unlabelled customers one LightGBM fit sees (a random sample beyond)
 REFERENCE_SIZE = 20_000   # population customers the percentiles are measured against
 
 LINES, ORDERS, RECENCY, SPEND = "order_line_count", "order_count", "recency_days", "total_spend"
@@ -234,13 +236,9 @@ def greedy_selection(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray
     """Selection counts [K] of greedy forward selection with replacement over percentile columns."""
     counts = np.zeros(positives.shape[1])
     current_pos, current_neg = np.zeros(len(positives)), np.zeros(len(negatives))
-    best = -np.inf
     for _ in range(STEPS):
         trial = [auc(current_pos + positives[:, k], current_neg + negatives[:, k]) for k in range(positives.shape[1])]
         k = int(np.argmax(trial))
-        if trial[k] < best + MIN_GAIN:
-            break
-        best = trial[k]
         counts[k] += 1
         current_pos += positives[:, k]
         current_neg += negatives[:, k]
@@ -256,6 +254,24 @@ def select_weights(positives: np.ndarray, negatives: np.ndarray, rng: np.random.
         counts = greedy_selection(pos, neg)
         total += counts / max(counts.sum(), 1.0)
     return total / BAGS
+
+
+def out_of_fold(seeds: BlendInputs, unlabelled: BlendInputs, reference: BlendInputs, rng: np.random.Generator,
+                random_seed: int, active: tuple[str, ...], embeddings: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold percentiles [n, len(active)] of every seed and of (a sample of) the unlabelled customers:
+    each fold's rows scored by components fitted on the other folds."""
+    seed_fold = rng.permutation(len(seeds)) % FOLDS
+    unlabelled_fold = rng.permutation(len(unlabelled)) % FOLDS
+    held_pos, held_neg = [], []
+    for fold in range(FOLDS):
+        # Time goes into the fits, which grow with the unlabelled rows; the seeds are what is scarce.
+        train = rng.permutation(np.flatnonzero(unlabelled_fold != fold))[:FOLD_UNLABELLED]
+        held = rng.permutation(np.flatnonzero(unlabelled_fold == fold))[:SELECTION_UNLABELLED // FOLDS + 1]
+        fitted = fit_components(seeds.take(np.flatnonzero(seed_fold != fold)), unlabelled.take(np.sort(train)),
+                                reference, random_seed, active, embeddings)
+        held_pos.append(fitted.percentiles(seeds.take(np.flatnonzero(seed_fold == fold))))
+        held_neg.append(fitted.percentiles(unlabelled.take(np.sort(held))))
+    return np.vstack(held_pos), np.vstack(held_neg)
 
 
 @dataclass
@@ -288,18 +304,7 @@ def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int, em
     evidence: dict = {"components": list(active), "folds": 0, "unlabelled": int(len(unlabelled)),
                       "selection": "equal weights (seed too small to validate)"}
     if len(seeds) >= MIN_VALIDATION_SEEDS and len(unlabelled) >= 2 * FOLDS:
-        seed_fold = rng.permutation(len(seeds)) % FOLDS
-        unlabelled_fold = rng.permutation(len(unlabelled)) % FOLDS
-        held_pos, held_neg = [], []
-        for fold in range(FOLDS):
-            fitted = fit_components(seeds.take(np.flatnonzero(seed_fold != fold)),
-                                    unlabelled.take(np.flatnonzero(unlabelled_fold != fold)), reference, random_seed,
-                                    active, embeddings)
-            held_pos.append(fitted.percentiles(seeds.take(np.flatnonzero(seed_fold == fold))))
-            held_neg.append(fitted.percentiles(unlabelled.take(np.flatnonzero(unlabelled_fold == fold))))
-        positives, negatives = np.vstack(held_pos), np.vstack(held_neg)
-        if len(negatives) > SELECTION_UNLABELLED:
-            negatives = negatives[rng.permutation(len(negatives))[:SELECTION_UNLABELLED]]
+        positives, negatives = out_of_fold(seeds, unlabelled, reference, rng, random_seed, active, embeddings)
         weights = select_weights(positives, negatives, rng)
         evidence.update(
             folds=FOLDS, bags=BAGS, steps=STEPS,
