@@ -38,7 +38,11 @@ def holdout_sql(kind: str, value: str) -> tuple[str, str | None]:
                 f"select customer_id from raw.campaigns where campaign_id = '{value}'")
     if kind == "segment":
         return f"select customer_id from raw.planted_segments where segment_id = {int(value)}", None
-    raise SystemExit(f"unknown holdout kind {kind!r} (campaign, segment)")
+    if kind == "active-segment":  # taste and activity both matter: the segment's more active half
+        return (f"select customer_id from customer_features where customer_id in (select customer_id from "
+                f"raw.planted_segments where segment_id = {int(value)}) qualify order_line_count >= "
+                f"median(order_line_count) over ()"), None
+    raise SystemExit(f"unknown holdout kind {kind!r} (campaign, segment, active-segment)")
 
 
 def per_method(result) -> dict:
@@ -95,7 +99,7 @@ def report(name: str, data: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--holdout", action="append", required=True,
-                        help="name=DB:campaign:ID or name=DB:segment:ID (indexes/ beside DB)")
+                        help="name=DB:campaign:ID, name=DB:segment:ID or name=DB:active-segment:ID (indexes/ beside DB)")
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

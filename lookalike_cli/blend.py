@@ -58,7 +58,7 @@ SELECTION_UNLABELLED = 5_000  # held-out unlabelled customers the selection rank
 FOLD_UNLABELLED = 6_000       # most unlabelled customers a fold's classifiers are fitted on (the final fit: all)
 PROPENSITY_C = 0.0003     # inverse L2 strength of `propensity`; one value for every audience
 SHARES_LR_C = 1.0         # scikit-learn's default: `shares_lr` on unscaled shares + log lines
-GBM_PARAMS = dict(n_estimators=60, learning_rate=0.1, num_leaves=7, max_depth=3, min_child_samples=20,
+GBM_PARAMS = dict(n_estimators=40, learning_rate=0.15, num_leaves=7, max_depth=3, min_child_samples=20,
                   subsample=0.8, subsample_freq=1, colsample_bytree=0.5, reg_lambda=5.0, max_bin=63,
                   n_jobs=1, deterministic=True, force_col_wise=True, verbose=-1)
 GBM_UNLABELLED = 5_000    # most unlabelled customers one LightGBM fit sees (a random sample beyond)
@@ -79,9 +79,11 @@ class BlendInputs:
     raw: np.ndarray
     names: tuple = ()
     scale: tuple | None = None
+    cached_preference: np.ndarray | None = field(default=None, repr=False)  # preference(), once computed
 
     def take(self, rows: np.ndarray) -> "BlendInputs":
-        return BlendInputs(self.embeddings[rows], self.raw[rows], self.names, self.scale)
+        cached = None if self.cached_preference is None else self.cached_preference[rows]
+        return BlendInputs(self.embeddings[rows], self.raw[rows], self.names, self.scale, cached)
 
     def joint(self, embeddings: bool = True) -> np.ndarray:
         # Unit embeddings scaled to the raw features' per-column variance (~1), so the
@@ -116,6 +118,11 @@ class BlendInputs:
 
     def preference(self) -> np.ndarray:
         """[n, categories + 1]: category shares as stored and log1p(order lines), for the PU classifiers."""
+        if self.cached_preference is None:
+            self.cached_preference = self._preference()
+        return self.cached_preference
+
+    def _preference(self) -> np.ndarray:
         shares = [i for i, n in enumerate(self.names) if n.startswith(SHARE_PREFIX)]
         block = self.raw[:, shares].astype(np.float64)
         if self.scale is not None:
@@ -262,6 +269,7 @@ def out_of_fold(seeds: BlendInputs, unlabelled: BlendInputs, reference: BlendInp
     each fold's rows scored by components fitted on the other folds."""
     seed_fold = rng.permutation(len(seeds)) % FOLDS
     unlabelled_fold = rng.permutation(len(unlabelled)) % FOLDS
+    reference = reference.take(np.arange(min(len(reference), SELECTION_UNLABELLED)))  # enough resolution to select
     held_pos, held_neg = [], []
     for fold in range(FOLDS):
         # Time goes into the fits, which grow with the unlabelled rows; the seeds are what is scarce.
@@ -298,8 +306,10 @@ def fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int = 0,
 
 def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int, embeddings: bool) -> Blend:
     rng = np.random.default_rng(random_seed)
-    reference = unlabelled.take(rng.permutation(len(unlabelled))[:REFERENCE_SIZE])
     active = seeds.available(embeddings)
+    if "shares_lr" in active:  # computed once, sliced by every fold
+        seeds.preference(), unlabelled.preference()
+    reference = unlabelled.take(rng.permutation(len(unlabelled))[:REFERENCE_SIZE])
     weights = np.full(len(active), 1.0 / len(active))
     evidence: dict = {"components": list(active), "folds": 0, "unlabelled": int(len(unlabelled)),
                       "selection": "equal weights (seed too small to validate)"}

@@ -1,8 +1,10 @@
 """Expansion: seed customers -> ranked lookalike audience, by one of five strategies.
 
-- blend (default): embedding similarity, raw-feature similarity and a seed-vs-population
-  propensity classifier, as percentiles blended with weights chosen per audience by
-  cross-validation inside the seed (`blend.py`); scores every customer exactly.
+- blend (default): candidate rankings (embedding and raw-feature similarity, a seed-vs-population
+  propensity, activity, RFM, spend, and seed-vs-population logistic regression and LightGBM on
+  category shares + log order lines) as percentiles, mixed with weights chosen per audience by
+  cross-validation inside the seed (`blend.py`); scores every customer exactly up to
+  BLEND_EXACT_MAX customers, re-ranks an ANN candidate pool above.
 - centroid: cosine to the mean seed vector (one ANN query; fast, assumes one homogeneous seed).
 - knn-vote: each seed's k nearest neighbours vote with their similarity (follows mixed seeds).
 - multi-centroid: k-means sub-clusters of the seed (k by silhouette), cosine to the nearest one.
