@@ -42,7 +42,10 @@ def holdout_sql(kind: str, value: str) -> tuple[str, str | None]:
         return (f"select customer_id from customer_features where customer_id in (select customer_id from "
                 f"raw.planted_segments where segment_id = {int(value)}) qualify order_line_count >= "
                 f"median(order_line_count) over ()"), None
-    raise SystemExit(f"unknown holdout kind {kind!r} (campaign, segment, active-segment)")
+    if kind == "noisy-activity":  # converters defined by activity alone: log order lines + a hash-uniform noise
+        return (f"select customer_id from customer_features order by ln(order_line_count + 1) + "
+                f"(hash(customer_id) % 1000) / 1000.0 desc limit {int(value)}"), None
+    raise SystemExit(f"unknown holdout kind {kind!r} (campaign, segment, active-segment, noisy-activity)")
 
 
 def per_method(result) -> dict:
