@@ -255,8 +255,10 @@ def blend(index: LoadedIndex, seeds: Seeds, limit: int, blend_population: tuple,
 def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tuple, **_) -> Candidates:
     """Large populations: the candidates near the seeds (knn-vote and centroid searches) re-ranked by the blend.
 
-    Customers that only the raw features would find (far from every seed in the embedding) are
-    missed here; the exact path (<= BLEND_EXACT_MAX customers) and the backtest score everyone.
+    When the blend weighs activity-like components (activity, RFM, spend, the preference classifiers,
+    which see log order lines), the most active and biggest-spending customers join the pool too,
+    wherever they are in the embedding. Customers that only the raw-feature similarity would find
+    are still missed here; the exact path (<= BLEND_EXACT_MAX customers) and the backtest score everyone.
     """
     db_path, fitted, scale = blend_sampled
     pool = knn_vote(index, seeds, 2 * limit)
@@ -264,9 +266,12 @@ def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tupl
     ids = np.union1d(pool.ids, around_centroid.ids)
     raw = None
     if scale is not None:
+        weights = dict(zip(fitted.components.active, fitted.weights))
         with connection(db_path, read_only=True) as con:
             from lookalike_cli.raw_features import load_raw_features
 
+            if sum(weights.get(c, 0.0) for c in ACTIVITY_LIKE) > 0:
+                ids = np.union1d(ids, top_active(con, 2 * limit))
             raw = load_raw_features(con, ids=ids, scale=scale)
         ids = raw.ids
     centre = normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
@@ -277,6 +282,23 @@ def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tupl
 
     scores, similarities = over_vectors(index, ids, score)
     return ranked(ids, scores, similarities, max(pool.frontier, around_centroid.frontier), capped=pool.capped)
+
+
+ACTIVITY_LIKE = ("activity", "rfm", "spend", "shares_lr", "shares_gbm")
+
+
+def top_active(con: duckdb.DuckDBPyConnection, limit: int) -> np.ndarray:
+    """The `limit` scored customers with the most order lines, and the `limit` with the highest spend."""
+    from lookalike_cli.warehouse import table_columns
+
+    available = table_columns(con, "customer_features")
+    found = []
+    for column in ("order_line_count", "total_spend"):
+        if column in available:
+            found += [r[0] for r in con.execute(
+                f"select customer_id from customer_features where customer_id in (select customer_id from customer_embeddings) "
+                f"order by {column} desc nulls last, customer_id limit {int(limit)}").fetchall()]
+    return np.unique(np.array(found, dtype=np.int64))
 
 
 def sample_blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int):
