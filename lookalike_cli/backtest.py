@@ -13,11 +13,16 @@ Methods, all ranking the same candidates:
   (blend: its propensity classifier's unlabelled customers are the candidates, as for
   `raw-classifier`);
 - `random`: a random order (lift 1 by construction, the floor);
+- `activity`: order-line count in the feature window, biggest first;
 - `spend`: total spend in the feature window, biggest first;
-- `rfm`: activity ranking: recency, frequency and spend (z-scores, equal weights);
+- `rfm`: recency, frequency and spend (z-scores of their logs, equal weights);
 - `raw-shares-cosine`: cosine to the seed centroid on the raw per-category shares (no scaling);
 - `raw-cosine`: cosine to the seed centroid on standardised raw features (no model);
-- `raw-classifier`: logistic regression seed vs population on the same raw features.
+- `raw-classifier`: logistic regression seed vs population (a sample of the other candidates) on the
+  category shares as stored + log order-line count (scikit-learn's default C, class-balanced);
+- `raw-gbm`: the same classifier with LightGBM (60 shallow trees, one thread, deterministic).
+The blend (`blend.py`) has activity, RFM, spend and both classifiers among its components, so its
+self-validation can choose them when a seed favours them.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from lookalike_cli.warehouse import connection
 
 Progress = Callable[[str], None]
 SIZES_PERCENT = (1.0, 2.0, 5.0, 10.0, 20.0)
-BASELINES = ("random", "spend", "rfm", "raw-shares-cosine", "raw-cosine", "raw-classifier")
+BASELINES = ("random", "activity", "spend", "rfm", "raw-shares-cosine", "raw-cosine", "raw-classifier", "raw-gbm")
 DEFAULT_STRATEGIES = ("blend", "centroid")
 CURVE_PERCENT = tuple(float(p) for p in (1, 2, 3, 4, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50))
 MIN_CONVERTERS = 10
@@ -141,16 +146,31 @@ def raw_shares_cosine(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.nda
     return np.asarray(rows @ centre).ravel() / np.maximum(norms, 1e-12)
 
 
-def raw_classifier(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.ndarray, seed: int) -> np.ndarray:
-    """Seed (1) vs a sample of the other candidates (0), logistic regression on raw features."""
+def preference_inputs(raw: RawFeatures, ids: np.ndarray):
+    """Blend inputs without embeddings: the same activity and category-share columns the blend uses."""
+    from lookalike_cli.blend import BlendInputs
+
+    return BlendInputs(np.zeros((len(ids), 0), np.float32), raw.matrix[raw.rows(ids)], tuple(raw.names), raw.scale)
+
+
+def preference_classifier(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.ndarray, seed: int,
+                          boosted: bool = False) -> np.ndarray:
+    """Seed (1) vs a sample of the other candidates (0) on category shares (as stored) + log order lines:
+    logistic regression (`raw-classifier`) or LightGBM (`raw-gbm`), as the blend's shares_lr / shares_gbm."""
     from sklearn.linear_model import LogisticRegression
 
+    from lookalike_cli import blend
+
     rng = np.random.default_rng(seed)
-    negatives = rng.choice(candidates, size=min(len(candidates), max(5_000, 5 * len(seed_ids))), replace=False)
-    x = raw.matrix[raw.rows(np.r_[seed_ids, negatives])]
+    size = blend.GBM_UNLABELLED if boosted else expansion.BLEND_UNLABELLED
+    negatives = rng.choice(candidates, size=min(len(candidates), size), replace=False)
+    x = np.vstack([preference_inputs(raw, seed_ids).preference(), preference_inputs(raw, negatives).preference()])
     y = np.r_[np.ones(len(seed_ids)), np.zeros(len(negatives))]
-    model = LogisticRegression(C=0.1, max_iter=500, class_weight="balanced").fit(x, y)
-    return model.decision_function(raw.matrix[raw.rows(candidates)])
+    everyone = preference_inputs(raw, candidates).preference()
+    if boosted:
+        return blend.fit_gbm(x, y, seed).predict(everyone, raw_score=True)
+    model = LogisticRegression(C=blend.SHARES_LR_C, max_iter=1000, class_weight="balanced").fit(x, y)
+    return model.decision_function(everyone)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -254,10 +274,14 @@ def run_backtest(
                     scores = raw.activity[raw.rows(candidates)]
                 elif method == "raw-shares-cosine":
                     scores = raw_shares_cosine(raw, seed_ids, candidates)
+                elif method == "activity":
+                    scores = raw.lines[raw.rows(candidates)]
                 elif method == "raw-cosine":
                     scores = raw_cosine(raw, seed_ids, candidates)
+                elif method == "raw-gbm":
+                    scores = preference_classifier(raw, seed_ids, candidates, seed + split, boosted=True)
                 else:
-                    scores = raw_classifier(raw, seed_ids, candidates, seed + split)
+                    scores = preference_classifier(raw, seed_ids, candidates, seed + split)
                 hits = hits_at(labels, scores, candidates, sizes)
                 recall[method].append(hits / len(hidden))
                 precision[method].append(hits / np.minimum(sizes, len(candidates)))

@@ -1,8 +1,10 @@
 """Expansion: seed customers -> ranked lookalike audience, by one of five strategies.
 
-- blend (default): embedding similarity, raw-feature similarity and a seed-vs-population
-  propensity classifier, as percentiles blended with weights chosen per audience by
-  cross-validation inside the seed (`blend.py`); scores every customer exactly.
+- blend (default): candidate rankings (embedding and raw-feature similarity, a seed-vs-population
+  propensity, activity, RFM, spend, and seed-vs-population logistic regression and LightGBM on
+  category shares + log order lines) as percentiles, mixed with weights chosen per audience by
+  cross-validation inside the seed (`blend.py`); scores every customer exactly up to
+  BLEND_EXACT_MAX customers, re-ranks an ANN candidate pool above.
 - centroid: cosine to the mean seed vector (one ANN query; fast, assumes one homogeneous seed).
 - knn-vote: each seed's k nearest neighbours vote with their similarity (follows mixed seeds).
 - multi-centroid: k-means sub-clusters of the seed (k by silhouette), cosine to the nearest one.
@@ -219,21 +221,27 @@ def classifier(index: LoadedIndex, seeds: Seeds, limit: int, pu: PUClassifier, *
 
 
 def blend_inputs(ids: np.ndarray, vectors: np.ndarray, raw) -> "BlendInputs":
-    """Embeddings (aligned to `ids`) beside the customers' standardised raw features (none: a zero-width block)."""
+    """Embeddings (aligned to `ids`) beside the customers' standardised raw features (none: a zero-width block),
+    with the raw columns' names and scale so the blend finds its activity and preference columns."""
     from lookalike_cli.blend import BlendInputs
 
-    return BlendInputs(vectors, raw.matrix[raw.rows(ids)] if raw is not None else np.zeros((len(ids), 0), np.float32))
+    if raw is None:
+        return BlendInputs(vectors, np.zeros((len(ids), 0), np.float32))
+    return BlendInputs(vectors, raw.matrix[raw.rows(ids)], tuple(raw.names), raw.scale)
 
 
-def fit_blend_for(seeds: Seeds, population_ids: np.ndarray, population_vectors: np.ndarray, raw, seed: int):
-    """The self-validated blend of a seed against the unlabelled population (every non-seed customer, sampled)."""
+def fit_blend_for(seeds: Seeds, population_ids: np.ndarray, population_vectors: np.ndarray, raw, seed: int,
+                  embeddings: bool = True):
+    """The self-validated blend of a seed against the unlabelled population (every non-seed customer, sampled).
+
+    `embeddings=False` fits it without the encoder (a benchmark's ablation; expand always uses them)."""
     from lookalike_cli.blend import fit_blend
 
     unlabelled = np.flatnonzero(~np.isin(population_ids, seeds.ids))
     if len(unlabelled) > BLEND_UNLABELLED:
         unlabelled = np.sort(np.random.default_rng(seed).choice(unlabelled, BLEND_UNLABELLED, replace=False))
     return fit_blend(blend_inputs(seeds.ids, seeds.vectors, raw),
-                     blend_inputs(population_ids[unlabelled], population_vectors[unlabelled], raw), seed)
+                     blend_inputs(population_ids[unlabelled], population_vectors[unlabelled], raw), seed, embeddings)
 
 
 def blend(index: LoadedIndex, seeds: Seeds, limit: int, blend_population: tuple, **_) -> Candidates:
@@ -247,8 +255,10 @@ def blend(index: LoadedIndex, seeds: Seeds, limit: int, blend_population: tuple,
 def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tuple, **_) -> Candidates:
     """Large populations: the candidates near the seeds (knn-vote and centroid searches) re-ranked by the blend.
 
-    Customers that only the raw features would find (far from every seed in the embedding) are
-    missed here; the exact path (<= BLEND_EXACT_MAX customers) and the backtest score everyone.
+    When the blend weighs activity-like components (activity, RFM, spend, the preference classifiers,
+    which see log order lines), the most active and biggest-spending customers join the pool too,
+    wherever they are in the embedding. Customers that only the raw-feature similarity would find
+    are still missed here; the exact path (<= BLEND_EXACT_MAX customers) and the backtest score everyone.
     """
     db_path, fitted, scale = blend_sampled
     pool = knn_vote(index, seeds, 2 * limit)
@@ -256,9 +266,12 @@ def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tupl
     ids = np.union1d(pool.ids, around_centroid.ids)
     raw = None
     if scale is not None:
+        weights = dict(zip(fitted.components.active, fitted.weights))
         with connection(db_path, read_only=True) as con:
             from lookalike_cli.raw_features import load_raw_features
 
+            if sum(weights.get(c, 0.0) for c in ACTIVITY_LIKE) > 0:
+                ids = np.union1d(ids, top_active(con, 2 * limit))
             raw = load_raw_features(con, ids=ids, scale=scale)
         ids = raw.ids
     centre = normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
@@ -269,6 +282,23 @@ def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tupl
 
     scores, similarities = over_vectors(index, ids, score)
     return ranked(ids, scores, similarities, max(pool.frontier, around_centroid.frontier), capped=pool.capped)
+
+
+ACTIVITY_LIKE = ("activity", "rfm", "spend", "shares_lr", "shares_gbm")
+
+
+def top_active(con: duckdb.DuckDBPyConnection, limit: int) -> np.ndarray:
+    """The `limit` scored customers with the most order lines, and the `limit` with the highest spend."""
+    from lookalike_cli.warehouse import table_columns
+
+    available = table_columns(con, "customer_features")
+    found = []
+    for column in ("order_line_count", "total_spend"):
+        if column in available:
+            found += [r[0] for r in con.execute(
+                f"select customer_id from customer_features where customer_id in (select customer_id from customer_embeddings) "
+                f"order by {column} desc nulls last, customer_id limit {int(limit)}").fetchall()]
+    return np.unique(np.array(found, dtype=np.int64))
 
 
 def sample_blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int):

@@ -1,8 +1,9 @@
 """Raw `customer_features` as one standardised matrix, with no model in between.
 
-Used where an answer must not depend on the encoder: the backtest baselines (cosine to the
-seed centroid, a seed-vs-population classifier, an activity ranking) and the explanations of
-what sets an audience apart (standardised mean differences per feature).
+Used where an answer must not depend on the encoder: the blend's non-embedding components, the
+backtest baselines (cosine to the seed centroid, seed-vs-population classifiers, activity, spend and
+RFM rankings) and the explanations of what sets an audience apart (standardised mean differences
+per feature).
 
 Columns: log1p of the dense numerics, one-hot categoricals (`gender=F`), and the per-category
 order-line shares (`category:<name>`), each z-scored over the population and clipped to
@@ -32,6 +33,7 @@ class RawFeatures:
     names: list[str]
     activity: np.ndarray     # float64 [N]: RFM score (recent, frequent, high spend = high)
     spend: np.ndarray        # float64 [N]: total spend in the feature window
+    lines: np.ndarray        # float64 [N]: order-line count in the feature window (order count without the column)
     shares: object           # scipy CSR float32 [N, n_categories]: category order-line shares as stored (sparse)
     scale: tuple             # (mean, std) of the columns before z-scoring: load another subset on the same scale
 
@@ -94,6 +96,7 @@ def load_raw_features(con: duckdb.DuckDBPyConnection, ids: np.ndarray | None = N
     activity = zscore(np.column_stack([-column("recency_days"), column("order_count"), column("total_spend")])).sum(axis=1)
     return RawFeatures(ids=table.column("customer_id").to_numpy().astype(np.int64), matrix=matrix, names=names,
                        activity=activity, spend=np.expm1(column("total_spend")),
+                       lines=np.expm1(column("order_line_count" if "order_line_count" in dense_columns else "order_count")),
                        shares=sparse_shares(table, n_categories), scale=scale)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lookalike_cli.blend import DEFAULT_WEIGHTS, BlendInputs, auc, fit_blend
+from lookalike_cli.blend import BlendInputs, auc, fit_blend
+
+SIMILARITY = ("embedding", "raw", "propensity")
+ACTIVITY = ("activity", "rfm", "spend")
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -13,7 +16,8 @@ def unit(rows: np.ndarray) -> np.ndarray:
 
 
 def planted(signal_in: str, n: int = 3000, positives: int = 300, seed: int = 0):
-    """Positives differ from the rest only in the embeddings or only in the raw features."""
+    """Positives differ from the rest only in the embeddings or only in the raw features (no names:
+    only the embedding, raw-cosine and propensity components exist)."""
     rng = np.random.default_rng(seed)
     is_positive = np.zeros(n, dtype=bool)
     is_positive[rng.choice(n, positives, replace=False)] = True
@@ -26,44 +30,100 @@ def planted(signal_in: str, n: int = 3000, positives: int = 300, seed: int = 0):
     return BlendInputs(unit(embeddings), raw.astype(np.float32)), np.flatnonzero(is_positive)
 
 
-def test_self_validation_leaves_the_default_for_a_clearly_better_weighting():
-    """Raw features are noise here, so the default (raw similarity + propensity) must be replaced by
-    a weighting without the raw similarity, and the hidden positives must still rank on top."""
-    inputs, positive_rows = planted("embeddings")
-    seed_rows, hidden_rows = positive_rows[:150], positive_rows[150:]
+def shop(converters: str, n: int = 4000, positives: int = 300, categories: int = 30, seed: int = 0):
+    """A small shop laid out as `load_raw_features` lays it out (log1p numerics, category shares,
+    z-scored with their scale, named columns), with converters defined purely by activity (the
+    most active customers, noisily) or purely by category preference (a taste for 3 categories)."""
+    rng = np.random.default_rng(seed)
+    lines = np.round(np.exp(rng.normal(3.0, 1.0, n)))
+    orders = np.maximum(1, np.round(lines / rng.uniform(2, 6, n)))
+    spend = lines * np.exp(rng.normal(1.5, 0.5, n))
+    recency = rng.exponential(30, n) / (1 + orders / 10)
+    taste = rng.dirichlet(np.full(categories, 0.3), n)
+    if converters == "activity":
+        utility = np.log1p(lines) + rng.normal(0, 0.5, n)
+    else:
+        utility = taste[:, :3].sum(axis=1) + rng.normal(0, 0.1, n)
+    rows = np.argsort(-utility)[:positives]
+    if converters == "preference":
+        taste[rows, :3] += 0.3
+        taste /= taste.sum(axis=1, keepdims=True)
+    dense = np.log1p(np.column_stack([orders, lines, spend, recency]))
+    stacked = np.hstack([dense, taste])
+    scale = (stacked.mean(axis=0), stacked.std(axis=0))
+    names = ("order_count", "order_line_count", "total_spend", "recency_days") + tuple(f"category:c{i}" for i in range(categories))
+    embeddings = unit(taste @ rng.normal(size=(categories, 16)) + rng.normal(0, 0.3, (n, 16)))
+    inputs = BlendInputs(embeddings, ((stacked - scale[0]) / scale[1]).astype(np.float32), names, scale)
+    return inputs, rng.permutation(rows)
+
+
+def split(inputs: BlendInputs, positive_rows: np.ndarray):
+    seed_rows, hidden_rows = positive_rows[: len(positive_rows) // 2], positive_rows[len(positive_rows) // 2 :]
     unlabelled_rows = np.setdiff1d(np.arange(len(inputs)), seed_rows)
+    return seed_rows, unlabelled_rows, np.isin(unlabelled_rows, hidden_rows)
+
+
+def test_self_validation_drops_a_component_that_is_noise():
+    """Raw features are noise here, so the raw similarity gets (almost) no weight, the embedding
+    cosine most of it, and the hidden positives must still rank on top."""
+    inputs, positive_rows = planted("embeddings")
+    seed_rows, unlabelled_rows, hidden = split(inputs, positive_rows)
 
     blend = fit_blend(inputs.take(seed_rows), inputs.take(unlabelled_rows), random_seed=1)
 
-    assert blend.weights[1] == 0.0 and blend.weights[0] > 0, blend.evidence
-    assert blend.evidence["folds"] == 3 and len(blend.evidence["validation_auc"]) == 7
+    weights = blend.evidence["weights"]
+    assert set(weights) == set(SIMILARITY) and abs(sum(blend.weights) - 1.0) < 1e-9
+    assert weights["raw"] <= 0.1 and weights["embedding"] >= 0.5, blend.evidence
+    assert blend.evidence["folds"] == 3 and set(blend.evidence["validation_auc"]) == set(SIMILARITY)
+    assert blend.evidence["validation_auc"]["embedding"] > blend.evidence["validation_auc"]["raw"] + 0.3
     scores = blend.score(inputs.take(unlabelled_rows))
-    hidden = np.isin(unlabelled_rows, hidden_rows)
     assert auc(scores[hidden], scores[~hidden]) > 0.9
     # Percentiles are measured against a fixed reference: scoring a subset gives the same scores.
     assert np.allclose(blend.score(inputs.take(unlabelled_rows[:50])), scores[:50])
 
 
-def test_self_validation_keeps_the_default_when_it_is_right():
-    inputs, positive_rows = planted("raw")
-    seed_rows, hidden_rows = positive_rows[:150], positive_rows[150:]
-    unlabelled_rows = np.setdiff1d(np.arange(len(inputs)), seed_rows)
+def test_self_validation_picks_activity_when_converters_are_the_most_active():
+    inputs, positive_rows = shop("activity")
+    seed_rows, unlabelled_rows, hidden = split(inputs, positive_rows)
     blend = fit_blend(inputs.take(seed_rows), inputs.take(unlabelled_rows), random_seed=1)
-    assert blend.weights == DEFAULT_WEIGHTS, blend.evidence
+    weights = blend.evidence["weights"]
+    assert set(weights) == {*SIMILARITY, *ACTIVITY, "shares_lr", "shares_gbm"}
+    # Activity (alone, or inside the classifiers that see log order lines) carries the blend; the
+    # embedding (taste, which says nothing here) gets little. (Raw cosine sees activity too: its
+    # standardised columns include log order lines, so it is not ruled out.)
+    assert weights["activity"] >= 0.4 and weights["activity"] == max(weights.values()), blend.evidence
+    assert sum(weights[c] for c in (*ACTIVITY, "shares_lr", "shares_gbm")) >= 0.7, blend.evidence
+    assert weights["embedding"] <= 0.1, blend.evidence
+    validation = blend.evidence["validation_auc"]
+    assert validation["activity"] > validation["raw"] and validation["activity"] > validation["embedding"] + 0.2
     scores = blend.score(inputs.take(unlabelled_rows))
-    hidden = np.isin(unlabelled_rows, hidden_rows)
-    assert auc(scores[hidden], scores[~hidden]) > 0.95
+    activity = inputs.take(unlabelled_rows).static("activity")
+    assert auc(scores[hidden], scores[~hidden]) >= auc(activity[hidden], activity[~hidden]) - 0.01
 
 
-def test_small_seed_gets_the_default_and_no_raw_features_drop_the_raw_component():
-    rng = np.random.default_rng(2)
-    embeddings = unit(rng.normal(size=(500, 8)))
-    inputs = BlendInputs(embeddings, rng.normal(size=(500, 5)).astype(np.float32))
-    small = fit_blend(inputs.take(np.arange(10)), inputs.take(np.arange(10, 500)))
-    assert small.evidence["folds"] == 0 and small.weights == DEFAULT_WEIGHTS
-    no_raw = BlendInputs(embeddings, np.zeros((500, 0), np.float32))
-    fitted = fit_blend(no_raw.take(np.arange(60)), no_raw.take(np.arange(60, 500)))
-    assert fitted.weights[1] == 0.0 and all(key.split("/")[1] == "0.00" for key in fitted.evidence["validation_auc"])
+def test_self_validation_picks_preference_when_converters_share_a_taste():
+    inputs, positive_rows = shop("preference")
+    seed_rows, unlabelled_rows, hidden = split(inputs, positive_rows)
+    blend = fit_blend(inputs.take(seed_rows), inputs.take(unlabelled_rows), random_seed=1)
+    weights = blend.evidence["weights"]
+    assert sum(weights[c] for c in ACTIVITY) <= 0.1, blend.evidence
+    assert sum(weights[c] for c in ("embedding", "raw", "propensity", "shares_lr", "shares_gbm")) >= 0.9
+    validation = blend.evidence["validation_auc"]
+    assert max(validation[c] for c in ACTIVITY) < 0.65 < validation["raw"]
+    scores = blend.score(inputs.take(unlabelled_rows))
+    assert auc(scores[hidden], scores[~hidden]) > 0.9
+
+
+def test_small_seed_gets_equal_weights_and_no_raw_features_drop_the_raw_components():
+    inputs, _ = shop("activity", n=600)
+    small = fit_blend(inputs.take(np.arange(10)), inputs.take(np.arange(10, 600)))
+    assert small.evidence["folds"] == 0 and len(set(small.weights)) == 1 and len(small.weights) == 8
+    no_raw = BlendInputs(inputs.embeddings, np.zeros((600, 0), np.float32))
+    fitted = fit_blend(no_raw.take(np.arange(60)), no_raw.take(np.arange(60, 600)))
+    assert set(fitted.evidence["weights"]) == {"embedding", "propensity"} and fitted.evidence["folds"] == 3
+    without_embeddings = fit_blend(inputs.take(np.arange(60)), inputs.take(np.arange(60, 600)), embeddings=False)
+    assert "embedding" not in without_embeddings.evidence["weights"]
+    assert without_embeddings.components.models["propensity"].coef_.shape[1] == inputs.raw.shape[1]
 
 
 def test_blend_pool_mode_agrees_with_exact_scoring(scored_warehouse, monkeypatch):

@@ -32,11 +32,14 @@ def serving(settings) -> duckdb.DuckDBPyConnection:
 
 
 def test_backtest_model_beats_random(trust_warehouse, segment, tmp_path):
+    from lookalike_cli.backtest import BASELINES
+
     result = run_cli(
         trust_warehouse, "backtest", "--name", "planted", "--splits", "2", "--report-dir", str(tmp_path),
         "--converters-sql", f"select customer_id from raw.planted_segments where segment_id = {segment}",
+        "--baselines", ",".join(BASELINES),
     )
-    assert "model:blend" in result.output and "raw-classifier" in result.output
+    assert "model:blend" in result.output and "raw-classifier" in result.output and "raw-gbm" in result.output
     with serving(trust_warehouse) as con:
         rows = {(m, s): (lift, auc, recall, n) for m, s, lift, auc, recall, n in con.execute("""
             select method, size_percent, lift_mean, auc_mean, recall_mean, splits
@@ -44,7 +47,8 @@ def test_backtest_model_beats_random(trust_warehouse, segment, tmp_path):
         """).fetchall()}
         parameters = json.loads(con.execute("select any_value(parameters) from audience_backtests where name = 'planted'").fetchall()[0][0])
     methods = {m for m, _ in rows}
-    assert methods == {"model:blend", "model:centroid", "random", "spend", "rfm", "raw-shares-cosine", "raw-cosine", "raw-classifier"}
+    assert methods == {"model:blend", "model:centroid", "random", "activity", "spend", "rfm", "raw-shares-cosine",
+                       "raw-cosine", "raw-classifier", "raw-gbm"}
     assert {s for _, s in rows} == {1.0, 2.0, 5.0, 10.0, 20.0}
     model_lift, model_auc, _, splits = rows[("model:centroid", 5.0)]
     random_lift, random_auc, _, _ = rows[("random", 5.0)]
@@ -52,18 +56,21 @@ def test_backtest_model_beats_random(trust_warehouse, segment, tmp_path):
     assert model_lift > max(3.0, 2 * random_lift), (model_lift, random_lift)
     assert model_auc > random_auc + 0.2
     # The default strategy (blend) beats random by far and is at least as good as the strongest
-    # baseline here, cosine on standardised raw features (issue 6's quality goal, at test scale).
+    # baseline, whichever it is (issue 16's goal, at test scale: AUC within 0.005, lift@5% within 0.25).
     blend_lift, blend_auc, _, _ = rows[("model:blend", 5.0)]
-    raw_lift, raw_auc, _, _ = rows[("raw-cosine", 5.0)]
     assert blend_lift > 5 * max(random_lift, 1.0) and blend_auc > 0.95, (blend_lift, blend_auc)
-    assert blend_lift >= raw_lift - 0.25 and blend_auc >= raw_auc - 0.005, (blend_lift, raw_lift, blend_auc, raw_auc)
+    best_auc = max(rows[(b, 5.0)][1] for b in BASELINES)
+    best_lift = max(rows[(b, 5.0)][0] for b in BASELINES)
+    assert blend_auc >= best_auc - 0.005 and blend_lift >= best_lift - 0.25, (blend_auc, best_auc, blend_lift, best_lift)
     assert blend_lift > rows[("model:centroid", 5.0)][0]
+    # Activity does not define a planted segment: the activity ranking is far below the blend.
+    assert rows[("activity", 5.0)][1] < blend_auc - 0.2
     # The new baselines ran: category-share cosine finds the planted segment, spend does not.
     assert rows[("raw-shares-cosine", 5.0)][0] > 5 * max(random_lift, 1.0)
     assert rows[("spend", 5.0)][1] < 0.8
     # The blend's per-split weights (chosen by self-validation inside each seed) are stored.
     assert len(parameters["blend_weights_per_split"]) == 2
-    assert all(abs(sum(w.values()) - 1.0) < 1e-6 for w in parameters["blend_weights_per_split"])
+    assert all(abs(sum(w.values()) - 1.0) < 0.01 for w in parameters["blend_weights_per_split"])  # rounded to 3 digits
     # Recall can only grow with the audience size.
     recalls = [rows[("model:centroid", s)][2] for s in (1.0, 2.0, 5.0, 10.0, 20.0)]
     assert recalls == sorted(recalls)
@@ -111,7 +118,9 @@ def test_expand_saves_seed_diagnostics_and_explain_reads_them(trust_warehouse, s
     evidence = json.loads(parameters)["blend"]
     assert strategy == "blend" and evidence["folds"] == 3
     assert max(evidence["validation_auc"].values()) > 0.9
-    assert set(evidence["weights"]) == {"embedding", "raw", "propensity"}
+    assert set(evidence["weights"]) == set(evidence["validation_auc"]) == {
+        "embedding", "raw", "propensity", "activity", "rfm", "spend", "shares_lr", "shares_gbm"}
+    assert evidence["blend_validation_auc"] >= max(evidence["validation_auc"].values()) - 0.01
     result = run_cli(trust_warehouse, "explain", "--audience", "explained", "--limit", "3")
     assert "nearest seeds" in result.output
     with serving(trust_warehouse) as con:
