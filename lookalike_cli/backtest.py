@@ -50,7 +50,10 @@ from lookalike_cli.warehouse import connection
 Progress = Callable[[str], None]
 SIZES_PERCENT = (1.0, 2.0, 5.0, 10.0, 20.0)
 BASELINES = ("random", "activity", "spend", "rfm", "raw-shares-cosine", "raw-cosine", "raw-classifier", "raw-gbm")
-DEFAULT_STRATEGIES = ("blend", "centroid")
+# The default, the default without its embedding components (does the encoder earn its place?) and
+# embedding-only ranking. The ablation is a backtest method, not an expand strategy.
+ABLATION = "blend-no-embedding"
+DEFAULT_STRATEGIES = ("blend", ABLATION, "centroid")
 CURVE_PERCENT = tuple(float(p) for p in (1, 2, 3, 4, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50))
 MIN_CONVERTERS = 10
 
@@ -112,11 +115,12 @@ def model_scores(index: LoadedIndex, con: duckdb.DuckDBPyConnection, seeds: Seed
                  candidates: np.ndarray, seed: int, embeddings: tuple | None = None, raw: RawFeatures | None = None,
                  evidence: list | None = None) -> np.ndarray:
     """Expand's ranking for `strategy`, asked for every customer (knn-vote: customers no seed reached rank last)."""
-    if strategy == "blend":
+    if strategy in ("blend", ABLATION):
         embedding_ids, vectors = embeddings
         candidate_vectors = vectors[np.searchsorted(embedding_ids, candidates)]
-        fitted = expansion.fit_blend_for(seeds, candidates, candidate_vectors, raw, seed)
-        if evidence is not None:
+        fitted = expansion.fit_blend_for(seeds, candidates, candidate_vectors, raw, seed,
+                                         embeddings=strategy == "blend")
+        if evidence is not None and strategy == "blend":
             evidence.append(fitted.evidence["weights"])
         return fitted.score(expansion.blend_inputs(candidates, candidate_vectors, raw))
     extra: dict = {}
@@ -218,7 +222,7 @@ def run_backtest(
     progress: Progress = print,
 ) -> Backtest:
     """Run the protocol for every method (nothing is written); see the module docstring."""
-    unknown = [s for s in strategies if s not in expansion.STRATEGIES] + [b for b in baselines if b not in BASELINES]
+    unknown = [s for s in strategies if s not in (*expansion.STRATEGIES, ABLATION)] + [b for b in baselines if b not in BASELINES]
     if unknown:
         raise LookalikeError(f"Unknown method(s) {unknown}: strategies are {', '.join(expansion.STRATEGIES)}, "
                              f"baselines {', '.join(BASELINES)}.")

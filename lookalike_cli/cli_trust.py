@@ -35,8 +35,9 @@ def register(group: click.Group) -> None:
     @click.option("--population-sql", default=None, help="SQL returning the customer_id of the population to rank (default: every scored customer).")
     @click.option("--splits", type=int, default=5, show_default=True, help="Random seed/hidden splits of the converters.")
     @click.option("--strategy", "strategies", multiple=True,
-                  type=click.Choice(["blend", "centroid", "knn-vote", "multi-centroid", "classifier"]),
-                  help="Model strategies to test (repeatable; default blend, expand's default, and centroid).")
+                  type=click.Choice(["blend", "blend-no-embedding", "centroid", "knn-vote", "multi-centroid", "classifier"]),
+                  help="Model strategies to test (repeatable; default: blend (expand's default), blend-no-embedding "
+                       "(the same without the encoder's components) and centroid (embeddings only)).")
     @click.option("--baselines", default=None,
                   help="Comma-separated baselines to rank beside the model (default: every baseline; see README).")
     @click.option("--seed-fraction", type=float, default=0.5, show_default=True, help="Share of converters used as the seed.")
