@@ -1,22 +1,61 @@
 """Synthetic raw tables with planted structure: the project's ground truth.
 
-What is planted (tests and benchmarks rely on it; README "Generated data" documents it):
+What is planted (tests and benchmarks rely on it; README "Generated data" documents it). Day d is
+`start_date + d`; `label_day = int(days * (1 - label_fraction))` (day 292 of 365 by default) starts
+the label period, the last 20% of the days.
+
+Customers and their baskets:
 - a two-level taxonomy: `departments` x `categories_per_department` categories;
 - `segments` latent customer segments, each a sparse Dirichlet preference over categories
-  concentrated in three "home" departments; each customer has a primary segment and, with
-  probability 0.3, a secondary one mixed in with weight 0.2-0.5;
+  concentrated in three "home" departments chosen by department popularity, so popular departments
+  are home to several segments and segments overlap; each customer has a primary segment
+  (`raw.planted_segments.segment_id`) and, with probability `secondary_probability` (0.5), a
+  secondary one mixed in with weight 0.15-0.5;
+- every order line comes from one of three sources: the population-wide staples basket
+  (`staples_share`, 30%), one of the customer's three personal favourite categories
+  (`favourites_share`, 10%), or the customer's segment mix (the rest). A customer's category shares
+  therefore carry the segment, diluted and noisy, never a clean copy of it;
 - demographics (gender, age, income, education, occupation) drawn 70% from a per-segment
   distribution and 30% uniformly; 60% of a segment's customers live in its three home cities,
   so location text carries real signal;
-- activity (orders per month, basket size, price level) varies by segment and by customer,
-  so a pure activity ranking is a meaningful baseline;
+- activity: a per-customer order-rate multiplier, log-normal with log-sd `activity_sigma` (1.0) and
+  mean 1, times a per-segment rate (~1.5 orders a month) and basket size: heavy-tailed like a retail
+  panel (p90/p50 of order lines ~4-5x, 35-85 lines per customer depending on the seed);
+  ~3% of customers never order;
+- lapsing: a customer stops ordering, visiting and engaging at a uniform day of their history with
+  probability ~`lapse_probability` (30%; logistic, likelier for light customers), so recency matters;
 - preferences drift over time towards a second per-segment preference (up to `drift` at the end),
   so the label window is not a copy of the feature window;
 - dirty rows: ~1% returns (negative quantity and amount), ~0.3% lines with a null category,
   ~3% customers with no orders at all, ~1% customers in `raw.opt_outs`.
 
+Conversions, `raw.planted_conversions (conversion_name, customer_id, converted_at)`, one row per
+converter and kind. Each is a Bernoulli draw of a logistic of latent preference, log activity
+(`log a`), recency and N(0, 1) noise, so preference, activity and recency all matter and nothing
+is separable; base rates after the cutoff are 1-10% of customers:
+- `segment_response`: a campaign sent on `label_day`, aimed at segment RESPONSE_SEGMENT's (1) taste:
+  logit = -3.9 + 1.0 z(affinity) + 0.8 log a - 2 [lapsed or not yet signed up on label_day] + noise,
+  affinity = the customer's segment mix of the cosine between segment preferences and segment 1's.
+  converted_at = label_day + Exponential(7 days). ~3-4.5% of customers.
+- `category_adoption`: the first purchase of one target category (the top category of the most
+  popular department that the segments drift towards; no customer buys it any other way):
+  logit = -3.0 + 2.0 z(drifted affinity to the target's department) + 0.5 log a + noise; adoption
+  day = start + sqrt(U) * (days - start) (adoption accelerates), kept only if the customer has not
+  lapsed by then. converted_at is exactly the timestamp of an order line of the target category,
+  the adopter's first (never a return or a null category); afterwards 8% of the adopter's lines are
+  the target. ~5-14% of customers in all (seed-dependent), ~1.5-4.5% after label_day.
+- `high_value_next`: customers active on label_day who upgrade during the first half of the label
+  period: logit = -4.3 + 1.5 z(latent value segment mix: segment price level + noise) + 0.6 log a +
+  noise. After converted_at the customer orders 2.5x as often at 1.4x the prices. ~2-3% of customers.
+
+Recommended backtest (benchmarks/bench_generated_separation.py does this on the raw tables):
+features from order lines before `cutoff = start_date + label_day`; converters = a kind's rows with
+converted_at >= cutoff; for category_adoption the customers with converted_at < cutoff (earlier
+buyers) are not candidates, and make the natural seed ("seed = earlier buyers, converters = later
+first buyers"). Planted segment 0 is a non-time-based converter set.
+
 Everything is vectorised numpy, written to DuckDB in Arrow chunks of customers, so 1M
-customers (~50M order lines) takes minutes.
+customers (~45M order lines) takes minutes; the same --seed gives the same tables.
 """
 
 from __future__ import annotations
