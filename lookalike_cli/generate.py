@@ -34,7 +34,7 @@ converter and kind. Each is a Bernoulli draw of a logistic of latent preference,
 (`log a`), recency and N(0, 1) noise, so preference, activity and recency all matter and nothing
 is separable; base rates after the cutoff are 1-10% of customers:
 - `segment_response`: a campaign sent on `label_day`, aimed at segment RESPONSE_SEGMENT's (1) taste:
-  logit = -3.9 + 1.0 z(affinity) + 0.8 log a - 2 [lapsed or not yet signed up on label_day] + noise,
+  logit = -4.0 + 1.0 z(affinity) + 1.0 log a - 2 [lapsed or not yet signed up on label_day] + noise,
   affinity = the customer's segment mix of the cosine between segment preferences and segment 1's.
   converted_at = label_day + Exponential(7 days). ~3-4.5% of customers.
 - `category_adoption`: the first purchase of one target category (the top category of the most
@@ -373,7 +373,7 @@ def _conversions(config: GeneratorConfig, world: World, rng: np.random.Generator
     # segment_response: a campaign aimed at segment RESPONSE_SEGMENT's taste, sent on label_day.
     similarity = world.segment_similarity[:, RESPONSE_SEGMENT]
     affinity = (mix(similarity) - similarity.mean()) / (similarity.std() + 1e-12)
-    logit = -3.9 + 1.0 * affinity + 0.8 * log_activity + np.where(active_at_label, 0.0, -2.0) + rng.normal(0, 1.0, n)
+    logit = -4.0 + 1.0 * affinity + 1.0 * log_activity + np.where(active_at_label, 0.0, -2.0) + rng.normal(0, 1.0, n)
     responds = rng.random(n) < _logistic(logit)
     response_day = np.where(responds, np.minimum(label_day + rng.exponential(7.0, n).astype(np.int64), config.days - 1), -1)
 
