@@ -27,8 +27,9 @@ def register(group: click.Group) -> None:
         """Write synthetic raw tables with planted segments into the `raw` schema.
 
         Replaces raw.customers, raw.order_lines, raw.visits, raw.engagements, raw.opt_outs
-        and the ground truth raw.planted_segments in one transaction (dbt-built tables are
-        kept). See README "Generated data" for what is planted.
+        and the ground truth raw.planted_segments and raw.planted_conversions (segment_response,
+        category_adoption, high_value_next) in one transaction (dbt-built tables are kept).
+        See README "Generated data" for what is planted.
 
         \b
         Example:

@@ -1,22 +1,61 @@
 """Synthetic raw tables with planted structure: the project's ground truth.
 
-What is planted (tests and benchmarks rely on it; README "Generated data" documents it):
+What is planted (tests and benchmarks rely on it; README "Generated data" documents it). Day d is
+`start_date + d`; `label_day = int(days * (1 - label_fraction))` (day 292 of 365 by default) starts
+the label period, the last 20% of the days.
+
+Customers and their baskets:
 - a two-level taxonomy: `departments` x `categories_per_department` categories;
 - `segments` latent customer segments, each a sparse Dirichlet preference over categories
-  concentrated in three "home" departments; each customer has a primary segment and, with
-  probability 0.3, a secondary one mixed in with weight 0.2-0.5;
+  concentrated in three "home" departments chosen by department popularity, so popular departments
+  are home to several segments and segments overlap; each customer has a primary segment
+  (`raw.planted_segments.segment_id`) and, with probability `secondary_probability` (0.5), a
+  secondary one mixed in with weight 0.15-0.5;
+- every order line comes from one of three sources: the population-wide staples basket
+  (`staples_share`, 30%), one of the customer's three personal favourite categories
+  (`favourites_share`, 10%), or the customer's segment mix (the rest). A customer's category shares
+  therefore carry the segment, diluted and noisy, never a clean copy of it;
 - demographics (gender, age, income, education, occupation) drawn 70% from a per-segment
   distribution and 30% uniformly; 60% of a segment's customers live in its three home cities,
   so location text carries real signal;
-- activity (orders per month, basket size, price level) varies by segment and by customer,
-  so a pure activity ranking is a meaningful baseline;
+- activity: a per-customer order-rate multiplier, log-normal with log-sd `activity_sigma` (1.0) and
+  mean 1, times a per-segment rate (~1.5 orders a month) and basket size: heavy-tailed like a retail
+  panel (p90/p50 of order lines ~4-5x, 35-85 lines per customer depending on the seed);
+  ~3% of customers never order;
+- lapsing: a customer stops ordering, visiting and engaging at a uniform day of their history with
+  probability ~`lapse_probability` (30%; logistic, likelier for light customers), so recency matters;
 - preferences drift over time towards a second per-segment preference (up to `drift` at the end),
   so the label window is not a copy of the feature window;
 - dirty rows: ~1% returns (negative quantity and amount), ~0.3% lines with a null category,
   ~3% customers with no orders at all, ~1% customers in `raw.opt_outs`.
 
+Conversions, `raw.planted_conversions (conversion_name, customer_id, converted_at)`, one row per
+converter and kind. Each is a Bernoulli draw of a logistic of latent preference, log activity
+(`log a`), recency and N(0, 1) noise, so preference, activity and recency all matter and nothing
+is separable; base rates after the cutoff are 1-10% of customers:
+- `segment_response`: a campaign sent on `label_day`, aimed at segment RESPONSE_SEGMENT's (1) taste:
+  logit = -4.0 + 1.0 z(affinity) + 1.0 log a - 2 [lapsed or not yet signed up on label_day] + noise,
+  affinity = the customer's segment mix of the cosine between segment preferences and segment 1's.
+  converted_at = label_day + Exponential(7 days). ~3-4.5% of customers.
+- `category_adoption`: the first purchase of one target category (the top category of the most
+  popular department that the segments drift towards; no customer buys it any other way):
+  logit = -3.0 + 2.0 z(drifted affinity to the target's department) + 0.5 log a + noise; adoption
+  day = start + sqrt(U) * (days - start) (adoption accelerates), kept only if the customer has not
+  lapsed by then. converted_at is exactly the timestamp of an order line of the target category,
+  the adopter's first (never a return or a null category); afterwards 8% of the adopter's lines are
+  the target. ~5-14% of customers in all (seed-dependent), ~1.5-4.5% after label_day.
+- `high_value_next`: customers active on label_day who upgrade during the first half of the label
+  period: logit = -4.3 + 1.5 z(latent value segment mix: segment price level + noise) + 0.6 log a +
+  noise. After converted_at the customer orders 2.5x as often at 1.4x the prices. ~2-3% of customers.
+
+Recommended backtest (benchmarks/bench_generated_separation.py does this on the raw tables):
+features from order lines before `cutoff = start_date + label_day`; converters = a kind's rows with
+converted_at >= cutoff; for category_adoption the customers with converted_at < cutoff (earlier
+buyers) are not candidates, and make the natural seed ("seed = earlier buyers, converters = later
+first buyers"). Planted segment 0 is a non-time-based converter set.
+
 Everything is vectorised numpy, written to DuckDB in Arrow chunks of customers, so 1M
-customers (~50M order lines) takes minutes.
+customers (~45M order lines) takes minutes; the same --seed gives the same tables.
 """
 
 from __future__ import annotations
@@ -45,6 +84,8 @@ CATEGORY_STYLES = [
     "Family Size", "Single Serve", "Specialty", "Store Brand", "Gifts", "Eco", "Classics",
     "New Arrivals", "Bulk", "Regional", "Diet & Light", "Limited Edition", "Accessories",
 ]
+RESPONSE_SEGMENT = 1  # segment_response's campaign is aimed at this segment's taste
+CONVERSION_KINDS = ("segment_response", "category_adoption", "high_value_next")
 GENDERS = ["female", "male", "nonbinary"]
 AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
 INCOME_BANDS = ["<25K", "25-49K", "50-74K", "75-99K", "100-149K", "150K+"]
@@ -78,6 +119,13 @@ class GeneratorConfig:
     drift: float = 0.3
     start_date: date = date(2025, 1, 1)
     chunk_customers: int = 100_000
+    # Where a customer's order lines come from (the rest: their segment mix's preference).
+    staples_share: float = 0.3  # the population-wide staples basket everyone buys
+    favourites_share: float = 0.1  # three personal favourite categories per customer
+    secondary_probability: float = 0.5  # customers mixing in a second segment
+    activity_sigma: float = 1.0  # log-sd of the per-customer order rate (heavy-tailed, mean kept)
+    lapse_probability: float = 0.3  # mean share of customers who stop ordering part-way
+    label_fraction: float = 0.2  # the campaign / upgrade period: the last 20% of the days
 
     def validate(self) -> None:
         if self.customers < 10:
@@ -90,6 +138,18 @@ class GeneratorConfig:
             raise LookalikeError(f"departments must be between 1 and {len(DEPARTMENTS)}.")
         if not 1 <= self.categories_per_department <= len(CATEGORY_STYLES):
             raise LookalikeError(f"categories_per_department must be between 1 and {len(CATEGORY_STYLES)}.")
+        if self.departments * self.categories_per_department < 2:
+            raise LookalikeError("the taxonomy needs at least 2 categories (one is category_adoption's target).")
+        if not (0 <= self.staples_share and 0 <= self.favourites_share and self.staples_share + self.favourites_share < 1):
+            raise LookalikeError("staples_share and favourites_share must be >= 0 and sum to less than 1.")
+        if not 0 <= self.secondary_probability <= 1:
+            raise LookalikeError("secondary_probability must be between 0 and 1.")
+        if not 0 <= self.lapse_probability < 1:
+            raise LookalikeError("lapse_probability must be in [0, 1).")
+        if not 0 <= self.activity_sigma <= 3:
+            raise LookalikeError("activity_sigma must be between 0 and 3.")
+        if not 0.05 <= self.label_fraction <= 0.5:
+            raise LookalikeError("label_fraction must be between 0.05 and 0.5.")
 
 
 @dataclass
@@ -107,6 +167,11 @@ class World:
     segment_visit_rate: np.ndarray  # (S,) visits per order
     segment_demographics: dict[str, np.ndarray]  # attribute -> (S, K) probabilities
     segment_home_cities: np.ndarray  # (S, 3) city indices
+    staples: np.ndarray  # (C,) the population-wide staples basket
+    target_category: int  # category_adoption's category (nobody buys it before adopting)
+    segment_similarity: np.ndarray  # (S, S) cosine of the segments' preferences
+    segment_adoption: np.ndarray  # (S,) z-scored drifted affinity to the target category's department
+    segment_value: np.ndarray  # (S,) z-scored latent value propensity (price level + noise)
     category_price: np.ndarray  # (C,)
     city_names: np.ndarray
     city_states: np.ndarray
@@ -136,9 +201,32 @@ def build_world(config: GeneratorConfig, rng: np.random.Generator) -> World:
         preference += 0.1 * rng.dirichlet(np.full(n_categories, 0.1))
         return preference / preference.sum()
 
-    homes = [rng.choice(len(departments), size=min(3, len(departments)), replace=False) for _ in range(config.segments)]
+    # Segments choose home departments by popularity, so popular departments are home to several
+    # segments and segments overlap, as they do in a real store.
+    popularity = rng.dirichlet(np.full(len(departments), 1.5))
+    homes = [rng.choice(len(departments), size=min(3, len(departments)), replace=False, p=popularity)
+             for _ in range(config.segments)]
     preferences = np.stack([sparse_preference(h) for h in homes])
     drifted = np.stack([sparse_preference(h) for h in homes])
+    staples = popularity[category_departments] ** 2 * rng.gamma(0.5, 1.0, n_categories)
+
+    # category_adoption's target: the category of the most popular department that the segments
+    # drift towards most. Nobody buys it except through adoption (README "Generated data").
+    target_department = int(np.argmax(popularity))
+    in_target = category_departments == target_department
+    target = int(np.flatnonzero(in_target)[np.argmax(drifted[:, in_target].sum(axis=0))])
+    adoption = drifted[:, in_target].sum(axis=1) + drifted[:, target] * 5
+    for matrix in (preferences, drifted):
+        matrix[:, target] = 0.0
+        matrix /= matrix.sum(axis=1, keepdims=True)
+    staples[target] = 0.0
+    staples /= staples.sum()
+    unit = preferences / np.linalg.norm(preferences, axis=1, keepdims=True)
+    price_level = np.exp(rng.normal(0.0, 0.35, config.segments))
+    value = np.log(price_level) / 0.35 + rng.normal(0.0, 1.0, config.segments)
+
+    def zscore(values: np.ndarray) -> np.ndarray:
+        return (values - values.mean()) / (values.std() + 1e-12)
 
     n_cities = len(STATES) * config.cities_per_state
     city_names = np.array([
@@ -155,15 +243,20 @@ def build_world(config: GeneratorConfig, rng: np.random.Generator) -> World:
         segment_preferences=preferences,
         segment_drifted=drifted,
         segment_weights=rng.dirichlet(np.full(config.segments, 4.0)),
-        segment_order_rate=np.exp(rng.normal(math.log(0.9), 0.45, config.segments)),
+        segment_order_rate=np.exp(rng.normal(math.log(1.5), 0.45, config.segments)),
         segment_basket=rng.uniform(1.5, 5.0, config.segments),
-        segment_price_level=np.exp(rng.normal(0.0, 0.35, config.segments)),
+        segment_price_level=price_level,
         segment_visit_rate=rng.uniform(0.8, 2.0, config.segments),
         segment_demographics={
             name: rng.dirichlet(np.full(len(values), 0.7), size=config.segments)
             for name, values in DEMOGRAPHIC_VALUES.items()
         },
         segment_home_cities=np.stack([rng.choice(n_cities, size=3, replace=False) for _ in range(config.segments)]),
+        staples=staples,
+        target_category=target,
+        segment_similarity=unit @ unit.T,
+        segment_adoption=zscore(adoption),
+        segment_value=zscore(value),
         category_price=np.exp(rng.normal(math.log(6.0), 0.8, n_categories)),
         city_names=city_names,
         city_states=city_states,
@@ -190,9 +283,9 @@ def _customers_chunk(config: GeneratorConfig, world: World, rng: np.random.Gener
     segments = config.segments
     customer_id = np.arange(first_id, first_id + n, dtype=np.int64)
     primary = rng.choice(segments, size=n, p=world.segment_weights)
-    has_secondary = rng.random(n) < 0.3
+    has_secondary = rng.random(n) < config.secondary_probability
     secondary = np.where(has_secondary, (primary + rng.integers(1, segments, n)) % segments, -1)
-    secondary_weight = np.where(has_secondary, rng.uniform(0.2, 0.5, n), 0.0)
+    secondary_weight = np.where(has_secondary, rng.uniform(0.15, 0.5, n), 0.0)
 
     columns: dict[str, np.ndarray] = {"customer_id": customer_id}
     for name, values in DEMOGRAPHIC_VALUES.items():
@@ -226,18 +319,86 @@ def _customers_chunk(config: GeneratorConfig, world: World, rng: np.random.Gener
         missing = rng.random(n) < 0.05
         columns[name] = np.where(missing, None, columns[name])
 
-    activity = np.exp(rng.normal(0.0, 0.6, n))
+    # Heavy-tailed order rates (log-normal, mean 1), as in retail panels: most customers order a
+    # few times, a few order every week.
+    sigma = config.activity_sigma
+    activity = np.exp(rng.normal(-sigma * sigma / 2, sigma, n))
     activity[rng.random(n) < 0.03] = 0.0  # customers who never ordered
-    favourite = rng.integers(0, len(world.category_names), n)
-    return {
+    # Three personal favourite categories (never the adoption target).
+    n_categories = len(world.category_names)
+    favourites = rng.integers(0, n_categories - 1, (n, 3))
+    favourites += favourites >= world.target_category
+    # Lapsing: light customers are likelier to stop ordering, at a uniform day of their history.
+    start_day = np.maximum(signup_offset, 0)
+    lapses = np.zeros(n, dtype=bool)
+    if config.lapse_probability > 0:
+        lapse_logit = math.log(config.lapse_probability / (1 - config.lapse_probability)) - 0.5 * np.log(np.maximum(activity, 1e-3))
+        lapses = rng.random(n) < _logistic(lapse_logit)
+    end_day = np.where(lapses, start_day + (rng.random(n) * (config.days - start_day)).astype(np.int64), config.days)
+    chunk = {
         "customers": columns,
         "primary": primary,
         "secondary": secondary,
         "secondary_weight": secondary_weight,
         "activity": activity,
-        "favourite": favourite,
+        "favourites": favourites,
         "signup_offset": signup_offset,
+        "start_day": start_day,
+        "end_day": end_day,
+        "price_level": np.exp(rng.normal(0.0, 0.25, n)),
     }
+    chunk.update(_conversions(config, world, rng, chunk))
+    return chunk
+
+
+def _logistic(logit: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(logit, -30, 30)))
+
+
+def _conversions(config: GeneratorConfig, world: World, rng: np.random.Generator, chunk: dict) -> dict[str, np.ndarray]:
+    """Latent conversion days (-1: none) and seconds per customer; see the module docstring."""
+    n = len(chunk["primary"])
+    primary, secondary, weight = chunk["primary"], chunk["secondary"], chunk["secondary_weight"]
+    secondary_or_primary = np.where(secondary >= 0, secondary, primary)
+
+    def mix(per_segment: np.ndarray) -> np.ndarray:
+        return (1 - weight) * per_segment[primary] + weight * per_segment[secondary_or_primary]
+
+    log_activity = np.log(np.maximum(chunk["activity"], 0.02))  # never-orderers: as a very light customer
+    start, end = chunk["start_day"], chunk["end_day"]
+    label_day = int(config.days * (1 - config.label_fraction))
+    active_at_label = (start <= label_day) & (end > label_day) & (chunk["activity"] > 0)
+    label_days = config.days - label_day
+
+    # segment_response: a campaign aimed at segment RESPONSE_SEGMENT's taste, sent on label_day.
+    similarity = world.segment_similarity[:, RESPONSE_SEGMENT]
+    affinity = (mix(similarity) - similarity.mean()) / (similarity.std() + 1e-12)
+    logit = -4.0 + 1.0 * affinity + 1.0 * log_activity + np.where(active_at_label, 0.0, -2.0) + rng.normal(0, 1.0, n)
+    responds = rng.random(n) < _logistic(logit)
+    response_day = np.where(responds, np.minimum(label_day + rng.exponential(7.0, n).astype(np.int64), config.days - 1), -1)
+
+    # category_adoption: first purchase of the target category, likelier for customers whose segment
+    # mix drifts towards it; adoption spreads over the history, faster towards the end (drift).
+    logit = -3.0 + 2.0 * mix(world.segment_adoption) + 0.5 * log_activity + rng.normal(0, 1.0, n)
+    adopts = rng.random(n) < _logistic(logit)
+    adoption_day = start + (np.sqrt(rng.random(n)) * (config.days - start)).astype(np.int64)
+    adoption_day = np.where(adopts & (adoption_day < end) & (chunk["activity"] > 0), adoption_day, -1)
+
+    # high_value_next: an upgrade in the first half of the label period, after which the customer
+    # orders 2.5x as often at 1.4x the prices; driven by activity and a latent value segment mix.
+    logit = -4.3 + 1.5 * mix(world.segment_value) + 0.6 * log_activity + rng.normal(0, 1.0, n)
+    upgrades = active_at_label & (rng.random(n) < _logistic(logit))
+    upgrade_day = np.where(upgrades, label_day + (rng.random(n) * label_days / 2).astype(np.int64), -1)
+    return {
+        "response_day": response_day,
+        "adoption_day": adoption_day,
+        "upgrade_day": upgrade_day,
+        "conversion_seconds": rng.integers(6 * 3600, 22 * 3600, (n, 3)),
+    }
+
+
+ADOPTER_REPEAT = 0.08  # after adopting, this share of a customer's lines are the target category
+UPGRADE_RATE, UPGRADE_PRICE = 2.5, 1.4  # high_value_next: order rate and price multipliers after the upgrade
 
 
 def _events(
@@ -248,35 +409,62 @@ def _events(
     per_customer_rate: np.ndarray,
     lines_mean: np.ndarray | None,
     flatten: float,
+    extra: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = (),
 ) -> dict[str, np.ndarray]:
-    """Timestamped (customer, category) events: orders (with lines) or visits/engagements."""
+    """Timestamped (customer, category) events: orders (with lines) or visits/engagements.
+
+    Events fall uniformly in each customer's active days [start_day, end_day) (end_day: lapse).
+    `extra` adds (owner, day, seconds, forced) events; the first line of a `forced` one is the
+    adoption target (the adopter's first purchase of it)."""
     n = len(per_customer_rate)
-    start_day = np.maximum(chunk["signup_offset"], 0)
-    active_days = np.maximum(config.days - start_day, 1)
+    start_day, end_day = chunk["start_day"], chunk["end_day"]
+    active_days = np.maximum(end_day - start_day, 0)
     counts = rng.poisson(per_customer_rate * active_days / 30.0)
     owner = np.repeat(np.arange(n), counts)
     day = start_day[owner] + (rng.random(len(owner)) * active_days[owner]).astype(np.int64)
     seconds = rng.integers(6 * 3600, 22 * 3600, len(owner))
+    forced = np.zeros(len(owner), dtype=bool)
+    if extra:
+        owner = np.concatenate([owner, *(e[0] for e in extra)])
+        day = np.concatenate([day, *(e[1] for e in extra)])
+        seconds = np.concatenate([seconds, *(e[2] for e in extra)])
+        forced = np.concatenate([forced, *(np.full(len(e[0]), e[3]) for e in extra)])
+        order = np.lexsort((seconds, day, owner))
+        owner, day, seconds, forced = owner[order], day[order], seconds[order], forced[order]
     if lines_mean is not None:
         lines = 1 + rng.poisson(np.maximum(lines_mean[owner] - 1, 0.1))
         event_index = np.repeat(np.arange(len(owner)), lines)
+        first_line = np.zeros(len(event_index), dtype=bool)
+        first_line[np.cumsum(lines) - lines] = True
         line_owner = owner[event_index]
         line_day = day[event_index]
+        forced_line = first_line & forced[event_index]
     else:
         event_index = np.arange(len(owner))
-        line_owner, line_day = owner, day
+        line_owner, line_day, forced_line = owner, day, forced
 
     m = len(line_owner)
     use_secondary = (chunk["secondary"][line_owner] >= 0) & (rng.random(m) < chunk["secondary_weight"][line_owner])
     segment = np.where(use_secondary, chunk["secondary"][line_owner], chunk["primary"][line_owner])
     drifted = rng.random(m) < config.drift * line_day / config.days
-    group = segment * 2 + drifted
-    preferences = np.stack([world.segment_preferences, world.segment_drifted], axis=1).reshape(-1, world.segment_preferences.shape[1])
+    source = rng.random(m)
+    staple = source < config.staples_share
+    favourite = ~staple & (source < config.staples_share + config.favourites_share)
+    segments = world.segment_preferences.shape[0]
+    group = np.where(staple, 2 * segments, segment * 2 + drifted)
+    preferences = np.concatenate([
+        np.stack([world.segment_preferences, world.segment_drifted], axis=1).reshape(-1, world.segment_preferences.shape[1]),
+        world.staples[None, :],
+    ])
     if flatten:
         preferences = (1 - flatten) * preferences + flatten / preferences.shape[1]
+        preferences[:, world.target_category] = 0.0
     category = _sample_grouped(rng, group, np.cumsum(preferences, axis=1))
-    favourite = rng.random(m) < 0.12
-    category[favourite] = chunk["favourite"][line_owner[favourite]]
+    category[favourite] = chunk["favourites"][line_owner[favourite], rng.integers(0, 3, int(favourite.sum()))]
+    # Adopters keep buying the target category after their first purchase of it.
+    adoption_day = chunk["adoption_day"][line_owner]
+    repeat = (adoption_day >= 0) & (line_day > adoption_day) & (rng.random(m) < ADOPTER_REPEAT)
+    category[repeat | forced_line] = world.target_category
     return {
         "owner": line_owner,
         "event_index": event_index,
@@ -284,6 +472,7 @@ def _events(
         "seconds": seconds[event_index],
         "segment": segment,
         "category": category,
+        "forced": forced_line,
     }
 
 
@@ -303,15 +492,28 @@ def _labels(codes: np.ndarray, names, null: np.ndarray | None = None) -> pa.Arra
 def _order_lines(config: GeneratorConfig, world: World, rng: np.random.Generator, chunk: dict, first_order_id: int) -> tuple[pa.Table, int]:
     primary = chunk["primary"]
     rate = world.segment_order_rate[primary] * chunk["activity"]
-    events = _events(config, world, rng, chunk, rate, world.segment_basket[primary], flatten=0.0)
+    # The adopter's first purchase of the target category, and the upgraded customers' extra orders.
+    adopters = np.flatnonzero(chunk["adoption_day"] >= 0)
+    upgraded = np.flatnonzero(chunk["upgrade_day"] >= 0)
+    upgrade_days = np.maximum(chunk["end_day"][upgraded] - chunk["upgrade_day"][upgraded], 0)
+    extra_counts = rng.poisson(rate[upgraded] * (UPGRADE_RATE - 1) * upgrade_days / 30.0)
+    extra_owner = np.repeat(upgraded, extra_counts)
+    extra_day = chunk["upgrade_day"][extra_owner] + (rng.random(len(extra_owner)) * upgrade_days.repeat(extra_counts)).astype(np.int64)
+    events = _events(config, world, rng, chunk, rate, world.segment_basket[primary], flatten=0.0, extra=[
+        (adopters, chunk["adoption_day"][adopters], chunk["conversion_seconds"][adopters, 1], True),
+        (extra_owner, extra_day, rng.integers(6 * 3600, 22 * 3600, len(extra_owner)), False),
+    ])
     m = len(events["owner"])
     quantity = 1 + rng.poisson(0.6, m)
-    price = world.category_price[events["category"]] * world.segment_price_level[events["segment"]] * np.exp(rng.normal(0, 0.2, m))
+    upgrade_day = chunk["upgrade_day"][events["owner"]]
+    price = (world.category_price[events["category"]] * world.segment_price_level[events["segment"]]
+             * chunk["price_level"][events["owner"]] * np.where((upgrade_day >= 0) & (events["day"] >= upgrade_day), UPGRADE_PRICE, 1.0)
+             * np.exp(rng.normal(0, 0.2, m)))
     amount = np.round(quantity * price, 2)
-    is_return = rng.random(m) < 0.01
+    is_return = (rng.random(m) < 0.01) & ~events["forced"]
     quantity = np.where(is_return, -quantity, quantity)
     amount = np.where(is_return, -amount, amount)
-    null_category = rng.random(m) < 0.003
+    null_category = (rng.random(m) < 0.003) & ~events["forced"]
     category = _labels(events["category"], world.category_names, null_category)
     department = _labels(world.category_departments[events["category"]], DEPARTMENTS, null_category)
     table = pa.table({
@@ -358,6 +560,7 @@ RAW_TABLE_COLUMNS = {
     "engagements": "customer_id bigint, engaged_at timestamp, category varchar",
     "opt_outs": "customer_id bigint, opted_out_at timestamp",
     "planted_segments": "customer_id bigint, segment_id integer, secondary_segment_id integer, secondary_weight double",
+    "planted_conversions": "conversion_name varchar, customer_id bigint, converted_at timestamp",
     "generator_runs": "generated_at timestamp, config varchar, customers bigint, order_lines bigint, seconds double",
 }
 # New tables are written under this prefix in `raw`, committed chunk by chunk, and renamed over the
@@ -426,6 +629,21 @@ def generate_data(
     return counts
 
 
+def _planted_conversions(config: GeneratorConfig, chunk: dict) -> pa.Table:
+    days = [chunk["response_day"], chunk["adoption_day"], chunk["upgrade_day"]]
+    names, owners, timestamps = [], [], []
+    for k, day in enumerate(days):
+        who = np.flatnonzero(day >= 0)
+        names.append(np.full(len(who), k, dtype=np.int32))
+        owners.append(chunk["customers"]["customer_id"][who])
+        timestamps.append(_timestamps(config, day[who], chunk["conversion_seconds"][who, k]))
+    return pa.table({
+        "conversion_name": _labels(np.concatenate(names), CONVERSION_KINDS),
+        "customer_id": pa.array(np.concatenate(owners), pa.int64()),
+        "converted_at": pa.array(np.concatenate(timestamps), pa.timestamp("s")),
+    })
+
+
 def _write_chunks(db_path: Path, config: GeneratorConfig, world: World, seed: int, counts: dict, say, started: float) -> None:
     next_order_id = 1
     for first in range(0, config.customers, config.chunk_customers):
@@ -455,12 +673,14 @@ def _write_chunks(db_path: Path, config: GeneratorConfig, world: World, seed: in
             "secondary_segment_id": pa.array(np.where(chunk["secondary"] >= 0, chunk["secondary"], None), pa.int32()),
             "secondary_weight": pa.array(chunk["secondary_weight"], pa.float64()),
         })
+        conversions = _planted_conversions(config, chunk)
         # A connection per chunk: a long-lived one grew by ~50 MB per 100k customers (DuckDB keeps what
         # it wrote cached), 6.9 GiB at 10M; closing it after each chunk keeps the peak flat.
         with connection(db_path) as con:
             for name, table in (
                 ("customers", customers_table), ("order_lines", order_lines), ("visits", visits),
                 ("engagements", engagements), ("opt_outs", opt_outs), ("planted_segments", planted),
+                ("planted_conversions", conversions),
             ):
                 con.register("generated_chunk", table)
                 con.execute(f"insert into raw.{STAGING_PREFIX}{name} select * from generated_chunk")
