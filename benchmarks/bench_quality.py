@@ -67,12 +67,11 @@ def raw_warehouse(folder: Path, load: list[str], rebuild: bool) -> Settings:
     return settings
 
 
-def generated_holdouts(settings: Settings) -> tuple[dt.date, list[Holdout]]:
-    """The generator's planted conversions, each as a holdout, as of the conversion date."""
-    from lookalike_cli.generate import planted_holdouts
+def generated_holdouts(customers: int) -> tuple[dt.date, list[Holdout]]:
+    """The generator's planted conversions, each as a holdout, as of the first day of their period."""
+    from lookalike_cli.generate import GeneratorConfig, planted_holdouts
 
-    with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        as_of, holdouts = planted_holdouts(con)
+    as_of, holdouts = planted_holdouts(GeneratorConfig(customers=customers, seed=GENERATED_SEED))
     return as_of, [Holdout(f"gen_{name}", converters, population) for name, converters, population in holdouts]
 
 
@@ -157,7 +156,7 @@ def main_(argv: list[str] | None = None) -> None:
         generated = raw_warehouse(args.workdir / f"generated_{args.customers}",
                                   ["generate-data", "--customers", str(args.customers), "--seed", str(GENERATED_SEED)],
                                   args.rebuild)
-        as_of, holdouts = generated_holdouts(generated)
+        as_of, holdouts = generated_holdouts(args.customers)
         results += backtests_as_of(generated, as_of, holdouts, splits=args.splits, strategies=STRATEGIES,
                                    baselines=BASELINES, progress=log)
     table, checks, wins = holdout_table(results)

@@ -700,3 +700,31 @@ def _write_chunks(db_path: Path, config: GeneratorConfig, world: World, seed: in
             [str({k: str(v) for k, v in asdict(config).items()}), counts["customers"], counts["order_lines"], seconds],
         )
 
+
+
+def conversion_cutoff(config: GeneratorConfig) -> date:
+    """The first day of the planted conversions' period (`start_date + label_day`): a backtest of
+    them is as of this date (`lookalike backtest --as-of`), so nothing from the period feeds it."""
+    from datetime import timedelta
+
+    return config.start_date + timedelta(days=int(config.days * (1 - config.label_fraction)))
+
+
+def planted_holdouts(config: GeneratorConfig) -> tuple[date, list[tuple[str, str, str | None]]]:
+    """(as_of, [(name, converters_sql, population_sql)]): the three planted conversions as backtest
+    holdouts, defined as the module docstring recommends (SQL over the raw tables)."""
+    cutoff = conversion_cutoff(config)
+    after = f"converted_at >= timestamp '{cutoff}'"
+
+    def converters(kind: str) -> str:
+        return f"select customer_id from raw.planted_conversions where conversion_name = '{kind}' and {after}"
+
+    earlier_adopters = ("select customer_id from raw.planted_conversions where conversion_name = 'category_adoption' "
+                        f"and converted_at < timestamp '{cutoff}'")
+    return cutoff, [
+        ("segment_response", converters("segment_response"), None),
+        # Earlier adopters already bought the category: they are not candidates.
+        ("category_adoption", converters("category_adoption"),
+         f"select customer_id from raw.customers where customer_id not in ({earlier_adopters})"),
+        ("high_value_next", converters("high_value_next"), None),
+    ]
