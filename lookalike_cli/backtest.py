@@ -356,6 +356,22 @@ def summary_table(result: Backtest) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
+def ranking_table(result: Backtest, lift_percent: float = 10.0, precision_percent: float = 5.0) -> pa.Table:
+    """One row per method, best mean AUC first: AUC, lift at `lift_percent` and precision at `precision_percent`."""
+    rows = {}
+    for r in result.table.to_pylist():
+        row = rows.setdefault(r["method"], {"method": r["method"], "auc": f"{r['auc_mean']:.3f} ± {r['auc_std']:.3f}",
+                                            "_auc": r["auc_mean"]})
+        if r["size_percent"] == lift_percent:
+            row[f"lift@{lift_percent:g}%"] = f"{r['lift_mean']:.2f} ± {r['lift_std']:.2f}"
+        if r["size_percent"] == precision_percent:
+            row[f"precision@{precision_percent:g}%"] = f"{r['precision_mean']:.3f}"
+    ranked = sorted(rows.values(), key=lambda row: -row.pop("_auc"))
+    for rank, row in enumerate(ranked, 1):
+        row["rank"] = rank
+    return pa.Table.from_pylist([{"rank": row.pop("rank"), **row} for row in ranked])
+
+
 def write_report(result: Backtest, report_dir: Path, note: str | None = None) -> Path:
     """backtest_<name>.md plus one lift-curve PNG per method (and one with every method) in `report_dir`."""
     import matplotlib

@@ -45,11 +45,12 @@ def register(group: click.Group) -> None:
                   help="Where backtest_<name>.md and its lift-curve PNGs go. Default: reports/ beside --db.")
     @click.option("--note", default=None, help="A caveat printed in the report (e.g. how features were windowed).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the splits.")
+    @click.option("--full-table", is_flag=True, help="Also print recall, precision, lift and AUC at every size.")
     @pass_settings
     def backtest_cmd(settings: Settings, name: str, converters_sql: str | None, campaign: str | None,
                      as_of: str | None, epochs: int | None, keep_scratch: bool, population_sql: str | None, splits: int,
                      strategies: tuple[str, ...], baselines: str, seed_fraction: float, report_dir: str | None,
-                     note: str | None, seed: int) -> None:
+                     note: str | None, seed: int, full_table: bool) -> None:
         """Would this have worked? Hide half of known converters, expand from the other half, measure.
 
         Reports recall, precision, lift and AUC of the hidden converters at 1/2/5/10/20% of the
@@ -74,8 +75,8 @@ def register(group: click.Group) -> None:
             --converters-sql "select customer_id from raw.order_lines where category like 'Pet%' group by 1
                               having min(ordered_at) >= date '2025-10-01'"
         """
-        from lookalike_cli.backtest import (DEFAULT_STRATEGIES, campaign_sql, publish_backtest, run_backtest, summary_table,
-                                            write_report)
+        from lookalike_cli.backtest import (DEFAULT_STRATEGIES, campaign_sql, publish_backtest, ranking_table, run_backtest,
+                                            summary_table, write_report)
         from lookalike_cli.errors import LookalikeError
         from lookalike_cli.warehouse import connection
 
@@ -110,7 +111,10 @@ def register(group: click.Group) -> None:
         report = write_report(result, Path(report_dir) if report_dir else default_report_dir(settings), note=note)
         click.echo(f"backtest {name} (id {backtest_id}): population {result.info['population']:,}, "
                    f"converters {result.info['converters']:,}, seed {result.info['seed_size']:,} per split, {splits} split(s)")
-        echo_table(summary_table(result))
+        if full_table:
+            echo_table(summary_table(result))
+        click.echo("Methods ranked by mean AUC over the splits (every size: --full-table, or the report):")
+        echo_table(ranking_table(result))
         click.echo(f"Report: {report} (+ {len(result.plot_paths)} PNG); table audience_backtests in {settings.serving_db_path}")
 
     @group.command("explain")

@@ -62,9 +62,10 @@ with duckdb.connect(db, read_only=True) as con:
 print(f"\nserving.latest_audience_members: {size:,} members of demo_segment_0; "
       f"{in_segment:.0%} are in planted segment 0 (base rate {base_rate:.0%}, lift {in_segment / base_rate:.1f}x)")
 PY
-step "8/10 backtest: would demo_segment_0 have worked? (hide half of planted segment 0, expand from the rest; 2 splits)"
-$LOOKALIKE backtest --name demo_segment_0 --splits 2 \
-  --converters-sql "select customer_id from raw.planted_segments where segment_id = 0"
+CUTOFF=$(.venv/bin/python -c "from lookalike_cli.generate import GeneratorConfig, conversion_cutoff; print(conversion_cutoff(GeneratorConfig(days=$DAYS)))")
+step "8/10 backtest as of $CUTOFF: rebuild everything from the data before it, hide half of the customers who answered the planted campaign, rank everyone else (3 splits)"
+$LOOKALIKE backtest --name demo_segment_response --as-of "$CUTOFF" --splits 3 --epochs "$EPOCHS" \
+  --converters-sql "select customer_id from raw.planted_conversions where conversion_name = 'segment_response'"
 
 step "9/10 personas: label 5% zero-shot, propagate by random walk over the k-NN graph, segment"
 $LOOKALIKE personas label --fraction 0.05 --seed "$SEED"
