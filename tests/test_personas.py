@@ -309,7 +309,9 @@ def test_segments_recover_planted_segments_better_than_kmeans_on_raw_shares(labe
     bad = run_cli(labelled, "segment", "--inputs", "categories,items", expect_exit=1)
     assert "Unknown segment input(s) ['items']" in bad.output and query(labelled, "select k from segment_quality") == [(6,)]
     print(f"\nARI vs planted segments: categories k={len(profiles)} {ari:.3f}; k-means on raw shares k=12 {ari_baseline:.3f}")
-    assert ari > 0.6 and ari > ari_baseline + 0.05
+    # The generator dilutes segments with staples and favourites (issue 16: data where methods
+    # separate), so no clustering recovers them cleanly: 0.48 against k-means' 0.20 at seed 11.
+    assert ari > 0.4 and ari > ari_baseline + 0.15
 
 
 def test_expand_from_a_persona_seed(labelled):

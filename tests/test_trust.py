@@ -47,7 +47,7 @@ def test_backtest_model_beats_random(trust_warehouse, segment, tmp_path):
         """).fetchall()}
         parameters = json.loads(con.execute("select any_value(parameters) from audience_backtests where name = 'planted'").fetchall()[0][0])
     methods = {m for m, _ in rows}
-    assert methods == {"model:blend", "model:centroid", "random", "activity", "spend", "rfm", "raw-shares-cosine",
+    assert methods == {"model:blend", "model:blend-no-embedding", "model:centroid", "random", "activity", "spend", "rfm", "raw-shares-cosine",
                        "raw-cosine", "raw-classifier", "raw-gbm"}
     assert {s for _, s in rows} == {1.0, 2.0, 5.0, 10.0, 20.0}
     model_lift, model_auc, _, splits = rows[("model:centroid", 5.0)]
