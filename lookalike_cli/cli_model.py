@@ -29,6 +29,12 @@ def register(group: click.Group) -> None:
     @click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS.schedule, show_default=True,
                   help="Learning rate over training: constant, or cosine decay to 0 over --epochs.")
     @click.option("--weight-decay", type=click.FloatRange(0), default=DEFAULTS.weight_decay, show_default=True, help="AdamW decoupled weight decay.")
+    @click.option("--contrastive", type=click.FloatRange(0), default=DEFAULTS.contrastive, show_default=True,
+                  help="Weight of the label-weighted in-batch contrastive term beside the L1 loss (0: the paper's L1 only).")
+    @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=DEFAULTS.temperature, show_default=True,
+                  help="Softmax temperature of the contrastive term.")
+    @click.option("--scale-shares/--no-scale-shares", default=DEFAULTS.scale_shares, show_default=True,
+                  help="z-score the category shares inside the graph (constants in the manifest's config).")
     @click.option("--patience", type=click.IntRange(1), default=DEFAULTS.patience, show_default=True, help="Epochs without valid improvement before stopping.")
     @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed for initialisation and shuffling (same seed, same model).")
     @click.option("--threads", type=click.IntRange(1), default=DEFAULTS.threads, show_default=True,

@@ -97,6 +97,14 @@ def evaluate_models(db_path: Path, epochs: int = EVAL_EPOCHS, seed: int = 0, lab
     return rows
 
 
+def loss_description(options: TrainOptions | None = None) -> str:
+    """How the setups were trained beyond layers/location: the loss terms and input scaling."""
+    options = options or TrainOptions()
+    loss = "L1" + (f" + {options.contrastive:g} x in-batch contrastive (temperature {options.temperature:g})"
+                   if options.contrastive > 0 else "")
+    return f"loss {loss}, category shares {'z-scored' if options.scale_shares else 'as stored'}"
+
+
 def write_results(rows: list[dict], customers: int, one_off: tuple[int, float] | None, epochs: int, seed: int,
                   label: str, locations: tuple[str, ...], dataset: str, command: str) -> None:
     # benchmarks/ sits beside the package in the checkout but is not installed: make the checkout
@@ -116,7 +124,7 @@ def write_results(rows: list[dict], customers: int, one_off: tuple[int, float] |
              for n in layer_options]
     body = (
         f"Table 1, test MAE relative to {base['layers']} layers / location {base['location']} (absolute MAE in brackets; "
-        f"label {label}, seed {seed}, up to {epochs} epochs, early stopping on valid):\n\n"
+        f"label {label}, seed {seed}, up to {epochs} epochs, early stopping on valid; {loss_description()}):\n\n"
         + markdown_table(headers, quality)
         + f"\n\nTable 2, ONNX Runtime scoring time (features re-coding + inference, {customers:,} customers, "
         "best of 3) relative to the same baseline (customers/s in brackets):\n\n"

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+SHARE_CLIP = 10.0
+
+
 @dataclass
 class TowerConfig:
     n_dense: int
@@ -29,6 +32,11 @@ class TowerConfig:
     dim: int = 128
     dense_mean: list[float] = field(default_factory=list)
     dense_std: list[float] = field(default_factory=list)
+    # Per-category z-score of the shares input (empty: shares enter as stored, as in manifests
+    # written before this option). Shares of a few hundred categories are mostly ~0.01; scaled
+    # to unit variance, a rare category's signal is as easy to learn as a common one's.
+    share_mean: list[float] = field(default_factory=list)
+    share_std: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,6 +50,10 @@ class CustomerTower(nn.Module):
         std = config.dense_std or [1.0] * config.n_dense
         self.register_buffer("dense_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(std, dtype=torch.float32))
+        self.scale_shares = bool(config.share_mean)
+        if self.scale_shares:
+            self.register_buffer("share_mean", torch.tensor(config.share_mean, dtype=torch.float32))
+            self.register_buffer("share_std", torch.tensor(config.share_std, dtype=torch.float32))
         for i, cardinality in enumerate(config.cardinalities):
             self.register_buffer(f"levels_{i}", torch.arange(cardinality, dtype=torch.int64), persistent=False)
         width = config.n_dense + sum(config.cardinalities) + config.n_categories
@@ -65,6 +77,10 @@ class CustomerTower(nn.Module):
         for i in range(len(self.config.cardinalities)):
             levels = getattr(self, f"levels_{i}")
             parts.append((categorical[:, i : i + 1] == levels).to(dense.dtype))
+        if self.scale_shares:
+            # Clipped like raw_features' z-scores: a share of a category 1 customer in 1,000 buys
+            # would otherwise be a z of ~30, and a range int8 quantisation cannot keep.
+            shares = ((shares - self.share_mean) / self.share_std).clamp(-SHARE_CLIP, SHARE_CLIP)
         parts.append(shares)
         if self.config.location == "word":
             vectors = self.location_embedding(location)

@@ -22,6 +22,7 @@ import click
 import duckdb
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.features import FeatureSpec, encode, fit_spec
@@ -29,7 +30,23 @@ from lookalike_cli.locations import embed_locations, load_location_lookup
 from lookalike_cli.model import CustomerTower, TowerConfig, pair_cosine
 from lookalike_cli.warehouse import require_table, table_columns
 
-LABEL_COLUMNS = ("similarity_orders", "similarity_visits", "similarity_engagements", "jaccard_orders")
+SIGNAL_COLUMNS = ("similarity_orders", "similarity_visits", "similarity_engagements")
+# similarity_combined: the mean of the pair's defined order, visit and engagement cosines (the
+# paper's three business metrics in one label; a signal either customer lacks is left out).
+LABEL_COLUMNS = (*SIGNAL_COLUMNS, "jaccard_orders", "similarity_combined")
+COMBINED_LABEL = (
+    "(" + " + ".join(f"coalesce({c}, 0)" for c in SIGNAL_COLUMNS) + ") / nullif("
+    + " + ".join(f"cast({c} is not null as integer)" for c in SIGNAL_COLUMNS) + ", 0)"
+)
+
+
+def label_expression(label: str) -> str:
+    """SQL over similarity_pairs' columns giving the label (null: the pair is not trained on)."""
+    return COMBINED_LABEL if label == "similarity_combined" else label
+
+
+def label_inputs(label: str) -> tuple[str, ...]:
+    return SIGNAL_COLUMNS if label == "similarity_combined" else (label,)
 SPLITS = ("train", "valid", "test")
 SCHEDULES = ("constant", "cosine")
 
@@ -50,6 +67,19 @@ class TrainOptions:
     seed: int = 0
     word_dim: int = 32
     n_buckets: int = 4096
+    # Weight of an in-batch contrastive term beside the paper's L1 loss (0: L1 only). Each pair's
+    # b is the target among the batch's b's for its a (and vice versa), weighted by the pair's
+    # label: it spreads unrelated customers apart, which a cosine-regression loss alone does not
+    # ask for, and ranking by cosine to a seed centroid needs. Early stopping and the reported
+    # metrics stay the L1 (MAE) of seed 000.
+    # Defaults from 20k generated customers (seed 7), centroid AUC over 6 planted segments:
+    # L1 only 0.963, + scale_shares 0.975, + contrastive 0.1 / temperature 0.2 0.987 (raw-feature
+    # cosine 0.986), at the cost of a higher test MAE (0.124 vs 0.120 after 12 epochs; 0.121 vs
+    # 0.116 at the default 30).
+    contrastive: float = 0.1
+    temperature: float = 0.2
+    # z-score the category shares inside the graph (constants from the training customers).
+    scale_shares: bool = True
     # One intra-op thread by default: batches of a few hundred pairs gain little from a
     # second thread, and on a shared machine torch's spinning threads ran 20x slower.
     threads: int = 1
@@ -79,11 +109,15 @@ def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_bu
         require_table(con, table, "Build the marts with `lookalike build`.")
     if label not in LABEL_COLUMNS:
         raise LookalikeError(f"--label must be one of {', '.join(LABEL_COLUMNS)}, got {label!r}.")
-    if label not in table_columns(con, "similarity_pairs"):
-        raise LookalikeError(f"similarity_pairs has no column {label}. Rebuild the marts with `lookalike dbt build`.")
+    columns = table_columns(con, "similarity_pairs")
+    for column in label_inputs(label):
+        if column not in columns:
+            raise LookalikeError(f"similarity_pairs has no column {column}. Rebuild the marts with `lookalike dbt build`.")
+    expression = label_expression(label)
     pairs = con.sql(
-        f"""select customer_id_a, customer_id_b, {label} as label, split
-            from similarity_pairs where {label} is not null order by customer_id_a, customer_id_b"""
+        f"""select customer_id_a, customer_id_b, label, split
+            from (select *, {expression} as label from similarity_pairs)
+            where label is not null order by customer_id_a, customer_id_b"""
     ).to_arrow_table()
     if pairs.num_rows == 0:
         raise LookalikeError(f"similarity_pairs has no rows with a {label} label: nothing to train on.")
@@ -119,7 +153,7 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, label: str) -> str:
     """A hash of the exact rows trained on, so a manifest says which data made it."""
     parts = con.execute(
         f"""select (select count(*) || ':' || coalesce(sum(hash(f)::hugeint), 0) from training_features f),
-                   (select count(*) || ':' || coalesce(sum(hash(customer_id_a, customer_id_b, {label}, split))::hugeint, 0)
+                   (select count(*) || ':' || coalesce(sum(hash(customer_id_a, customer_id_b, {label_expression(label)}, split))::hugeint, 0)
                     from similarity_pairs)"""
     ).fetchall()[0]
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
@@ -140,7 +174,7 @@ def mean_absolute_error(tower: CustomerTower, data: Dataset, split: str, batch_s
     return total / len(labels)
 
 
-def build_tower(spec: FeatureSpec, options: TrainOptions) -> CustomerTower:
+def build_tower(spec: FeatureSpec, options: TrainOptions, shares: torch.Tensor | None = None) -> CustomerTower:
     if options.layers < 1:
         raise LookalikeError("--layers must be at least 1.")
     config = TowerConfig(
@@ -157,14 +191,34 @@ def build_tower(spec: FeatureSpec, options: TrainOptions) -> CustomerTower:
         dense_mean=spec.dense_mean,
         dense_std=spec.dense_std,
     )
+    if options.scale_shares and shares is not None:
+        mean, std = shares.mean(dim=0), shares.std(dim=0)
+        config.share_mean = mean.tolist()
+        # A category no training customer bought maps to 0 (std 1), not NaN.
+        config.share_std = torch.where(std > 1e-6, std, torch.ones_like(std)).tolist()
     return CustomerTower(config)
+
+
+def contrastive_loss(tower: CustomerTower, inputs_a: dict[str, torch.Tensor], inputs_b: dict[str, torch.Tensor],
+                     labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosines of the pairs, label-weighted symmetric in-batch InfoNCE) from one forward pass."""
+    n = labels.shape[0]
+    both = tower(**{k: torch.cat([inputs_a[k], inputs_b[k]]) for k in inputs_a})
+    e_a, e_b = both[:n], both[n:]
+    logits = e_a @ e_b.T / temperature
+    targets = torch.arange(n)
+    per_pair = 0.5 * (F.cross_entropy(logits, targets, reduction="none") + F.cross_entropy(logits.T, targets, reduction="none"))
+    weights = labels.clamp(min=0.0)
+    return logits.diagonal() * temperature, (weights * per_pair).sum() / weights.sum().clamp(min=1e-6)
 
 
 def fit(data: Dataset, options: TrainOptions, progress: bool = False) -> TrainResult:
     """Train with AdamW (cosine-decayed learning rate by default); keep the weights of the epoch with the best valid MAE."""
     torch.manual_seed(options.seed)
     torch.set_num_threads(options.threads)
-    tower = build_tower(data.spec, options)
+    if options.contrastive < 0 or options.temperature <= 0:
+        raise LookalikeError("--contrastive must be >= 0 and --temperature > 0.")
+    tower = build_tower(data.spec, options, data.inputs["shares"])
     optimizer = torch.optim.AdamW(tower.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     rows_a, rows_b, labels = data.pairs["train"]
     shuffle = torch.Generator().manual_seed(options.seed)
@@ -183,14 +237,20 @@ def fit(data: Dataset, options: TrainOptions, progress: bool = False) -> TrainRe
                                item_show_func=lambda loss: f"L1 {loss:.4f}" if loss is not None else "") as bar:
             for b in range(n_batches):
                 batch = order[b * options.batch_size : (b + 1) * options.batch_size]
-                cos = pair_cosine(tower, gather(data.inputs, rows_a[batch]), gather(data.inputs, rows_b[batch]))
-                loss = (cos - labels[batch]).abs().mean()
+                inputs_a, inputs_b = gather(data.inputs, rows_a[batch]), gather(data.inputs, rows_b[batch])
+                if options.contrastive > 0:
+                    cos, spread = contrastive_loss(tower, inputs_a, inputs_b, labels[batch], options.temperature)
+                    l1 = (cos - labels[batch]).abs().mean()
+                    loss = l1 + options.contrastive * spread
+                else:
+                    cos = pair_cosine(tower, inputs_a, inputs_b)
+                    loss = l1 = (cos - labels[batch]).abs().mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
-                running = loss.item() if b == 0 else 0.95 * running + 0.05 * loss.item()
+                running = l1.item() if b == 0 else 0.95 * running + 0.05 * l1.item()
                 bar.update(1, running)
         valid_mae = mean_absolute_error(tower, data, "valid")
         if progress:
