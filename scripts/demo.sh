@@ -63,8 +63,8 @@ print(f"\nserving.latest_audience_members: {size:,} members of demo_segment_0; "
       f"{in_segment:.0%} are in planted segment 0 (base rate {base_rate:.0%}, lift {in_segment / base_rate:.1f}x)")
 PY
 CUTOFF=$(.venv/bin/python -c "from lookalike_cli.generate import GeneratorConfig, conversion_cutoff; print(conversion_cutoff(GeneratorConfig(days=$DAYS)))")
-step "8/10 backtest as of $CUTOFF: rebuild everything from the data before it, hide half of the customers who answered the planted campaign, rank everyone else (3 splits)"
-$LOOKALIKE backtest --name demo_segment_response --as-of "$CUTOFF" --splits 3 --epochs "$EPOCHS" \
+step "8/10 backtest as of $CUTOFF: rebuild everything from the data before it, hide half of the customers who answered the planted campaign, rank everyone else (2 splits)"
+$LOOKALIKE backtest --name demo_segment_response --as-of "$CUTOFF" --splits 2 --epochs "$EPOCHS" \
   --converters-sql "select customer_id from raw.planted_conversions where conversion_name = 'segment_response'"
 
 step "9/10 personas: label 5% zero-shot, propagate by random walk over the k-NN graph, segment"
