@@ -122,6 +122,44 @@ def holdout_table(results: list) -> tuple[str, list[list], int]:
     return markdown_table(headers, rows), checks, wins
 
 
+def run_speed(settings: Settings, seed_count: int = 500, size: str = "5%") -> str:
+    """expand() wall time per strategy on one warehouse (index in memory, as a service holds it):
+    centroid (one ANN query), blend scoring every customer, and blend re-ranking an ANN pool (the
+    path above BLEND_EXACT_MAX customers, forced here) with its overlap with the exact audience."""
+    import sklearn.linear_model  # noqa: F401  (imported once by a long-lived process; not part of a call)
+
+    from lookalike_cli import expand as expansion
+    from lookalike_cli.index import load_index, read_embeddings
+
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        population = con.execute("select count(*) from customer_embeddings").fetchall()[0][0]
+        segment = con.execute("select segment_id from raw.planted_segments group by 1 order by count(*) desc limit 1").fetchall()[0][0]
+        members = {r[0] for r in con.execute(f"select customer_id from raw.planted_segments where segment_id = {segment}").fetchall()}
+    seed_sql = (f"select customer_id from raw.planted_segments where segment_id = {segment} "
+                f"order by hash(customer_id) limit {seed_count}")
+    index = load_index(settings.index_dir, expected_model_version=read_embeddings(settings.db_path)[2])
+    rows, audiences = [], {}
+    for label, strategy, exact_max in (("centroid", "centroid", None), ("blend, every customer", "blend", 10**12),
+                                       ("blend, ANN pool", "blend", 0)):
+        original = expansion.BLEND_EXACT_MAX
+        expansion.BLEND_EXACT_MAX = exact_max if exact_max is not None else original
+        try:
+            started = time.perf_counter()
+            result = expansion.expand(settings.db_path, settings.index_dir, seed_sql=seed_sql, size=size, strategy=strategy,
+                                      progress=lambda _: None, loaded_index=index)
+            seconds = time.perf_counter() - started
+        finally:
+            expansion.BLEND_EXACT_MAX = original
+        ids = set(result.members.column("customer_id").to_pylist())
+        audiences[label] = ids
+        rows.append([label, f"{seconds:.2f}", f"{len(ids & members) / len(ids):.3f}"])
+    overlap = len(audiences["blend, ANN pool"] & audiences["blend, every customer"]) / len(audiences["blend, every customer"])
+    return (f"expand() on {population:,} generated customers, {seed_count} seeds from the largest planted segment, --size {size} "
+            f"(index in memory; blend's time includes reading the raw features and its self-validation):\n\n"
+            + markdown_table(["strategy", "seconds", "share of the audience in the seed's segment"], rows)
+            + f"\n\nANN-pool blend audience overlaps the every-customer blend audience by {overlap:.3f}.")
+
+
 def summarise_weights(per_split: list[dict]) -> str:
     """'propensity 0.58, raw 0.20, ...': each component's mean weight over the splits, biggest first."""
     totals: dict[str, float] = {}
@@ -141,7 +179,15 @@ def main_(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-generated", action="store_true")
     parser.add_argument("--skip-completejourney", action="store_true")
     parser.add_argument("--results", type=Path, default=None, help="Write the section here instead of benchmarks/RESULTS.md.")
+    parser.add_argument("--speed-db", type=Path, default=None,
+                        help="Only time expand() per strategy on this scored, indexed generated warehouse (indexes/ beside it); "
+                             "writes the section quality_speed.")
     args = parser.parse_args(argv)
+    if args.speed_db:
+        settings = Settings.resolve(db=args.speed_db)
+        write_section("quality_speed", "Audience quality: expand() time of the blend strategy",
+                      run_speed(settings), f"python -m benchmarks.bench_quality --speed-db {args.speed_db}", args.results)
+        return
     started = time.perf_counter()
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     results = []
