@@ -63,11 +63,12 @@ def test_word_location_beats_no_location(generated_warehouse):
     # must carry signal the other features lack (seed 11, 3,000 customers: 0.146 vs 0.151).
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
         none, word = (load_dataset(con, "similarity_orders", location) for location in ("none", "word"))
-    # Under seed 000's L1 loss (z-scored shares: 0.132 vs 0.137). The default contrastive term
-    # trades MAE for ranking and at 3,000 customers leaves location no MAE gain (0.1334 vs 0.1332);
-    # at 20,000 it keeps one (evaluate-model: 0.1257 vs 0.1287).
+    # Under seed 000's L1 loss. The default contrastive term trades MAE for ranking and at 3,000
+    # customers leaves location no MAE gain; at 20,000 it keeps one (evaluate-model: 0.1257 vs 0.1287).
+    # On the harder generated data (segments diluted by staples and favourites, issue 16) the gain at
+    # 3,000 customers is ~1% (0.1374 vs 0.1387; it was 0.132 vs 0.137 on the earlier, easier data).
     options = {"layers": 2, "epochs": 8, "seed": 0, "contrastive": 0.0}
-    assert fit(word, TrainOptions(location="word", **options)).metrics["test_mae"] < 0.99 * fit(none, TrainOptions(**options)).metrics["test_mae"]
+    assert fit(word, TrainOptions(location="word", **options)).metrics["test_mae"] < 0.995 * fit(none, TrainOptions(**options)).metrics["test_mae"]
 
 
 def test_manifest_describes_the_graph(scored_warehouse):
