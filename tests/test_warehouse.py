@@ -300,11 +300,11 @@ def test_window_without_data_is_reported(broken_copy):
     _marts_unchanged(broken_copy)
 
 
-# Each case is a dbt build (~15 s): the two ends of the data; the other checks (as_of_date after the
-# data, feature_end_date before it) are the same CASE in int_time_windows.
+# Each case is a dbt build (~15 s); as_of_date after the data is the same CASE branch as before it.
 @pytest.mark.parametrize("dbt_vars, expected", [
     ("{as_of_date: '2020-01-01'}", "var as_of_date = 2020-01-01 is outside the data"),
     ("{label_end_date: '2040-01-01'}", "ends after as_of_date"),
+    ("{feature_end_date: '2000-01-01'}", "leaves the training feature window with no orders"),
 ])
 def test_bad_point_in_time_vars_name_the_var_and_the_data_dates(broken_copy, dbt_vars, expected):
     result = run_cli(broken_copy, "build", "--vars", dbt_vars, expect_exit=1)
