@@ -22,7 +22,7 @@ $LOOKALIKE generate-data --customers "$CUSTOMERS" --days "$DAYS" --seed "$SEED"
 step "2/10 dbt build (staging, intermediate, marts, tests)"
 $LOOKALIKE build | grep -vE ' (START|PASS|OK created) '
 
-EPOCHS=${EPOCHS:-6}
+EPOCHS=${EPOCHS:-4}
 step "3/10 train the paper's baseline (2 layers, no location) and the recommended model (3 layers + word location)"
 $LOOKALIKE train --name baseline --layers 2 --location none --epochs "$EPOCHS" --seed "$SEED"
 $LOOKALIKE train --name demo --layers 3 --location word --epochs "$EPOCHS" --seed "$SEED"
@@ -71,7 +71,7 @@ $LOOKALIKE backtest --name demo_segment_response --as-of "$CUTOFF" --splits 2 --
 step "9/10 personas: label 5% zero-shot, propagate by random walk over the k-NN graph, segment"
 $LOOKALIKE personas label --fraction 0.05 --seed "$SEED"
 $LOOKALIKE personas propagate
-$LOOKALIKE segment --k auto --seed "$SEED"
+$LOOKALIKE segment --k auto --stability-runs 2 --seed "$SEED"
 
 step "10/10 ads: 1,500 generated ads in $DEMO_DIR/ads.duckdb -> intention embeddings, clusters, RPC, bids for a budget of 3,000"
 ADS=("$LOOKALIKE" --db "$DEMO_DIR/ads.duckdb")
