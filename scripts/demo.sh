@@ -22,7 +22,7 @@ $LOOKALIKE generate-data --customers "$CUSTOMERS" --days "$DAYS" --seed "$SEED"
 step "2/10 dbt build (staging, intermediate, marts, tests)"
 $LOOKALIKE build | grep -vE ' (START|PASS|OK created) '
 
-EPOCHS=${EPOCHS:-4}
+EPOCHS=${EPOCHS:-6}
 step "3/10 train the paper's baseline (2 layers, no location) and the recommended model (3 layers + word location)"
 $LOOKALIKE train --name baseline --layers 2 --location none --epochs "$EPOCHS" --seed "$SEED"
 $LOOKALIKE train --name demo --layers 3 --location word --epochs "$EPOCHS" --seed "$SEED"
