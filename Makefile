@@ -26,4 +26,4 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(DEMO_DIR) dbt_project/target dbt_project/logs
+	rm -rf $(DEMO_DIR) lookalike_cli/warehouse/dbt_project/target lookalike_cli/warehouse/dbt_project/logs

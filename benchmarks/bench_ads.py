@@ -30,7 +30,7 @@ from benchmarks.results import markdown_table, write_section
 from lookalike_cli.ads.bid import replay
 from lookalike_cli.ads.embedding import cosine_pairs, read_ad_texts, read_pairs
 from lookalike_cli.ads.rpc import RpcOptions, add_features, evaluate, feature_frame, read_windows, rolling_frames
-from lookalike_cli.cli import main
+from lookalike_cli.cli.main import main
 from lookalike_cli.settings import Settings
 
 OURS = "LightGBM ad + cluster + taxonomy"
@@ -88,7 +88,7 @@ def threshold_sweep(settings: Settings, thresholds: list[float], default: float)
 def sentence_auc(settings: Settings) -> float | None:
     """AUC of the packaged MiniLM sentence encoder (no co-click training), when installed."""
     try:
-        from lookalike_cli.locations import load_sentence_model
+        from lookalike_cli.model.locations import load_sentence_model
 
         model = load_sentence_model()
     except Exception:

@@ -29,8 +29,8 @@ import pyarrow as pa
 from threadpoolctl import threadpool_info
 
 from benchmarks.results import RESULTS_PATH, markdown_table, timed, write_section
-from lookalike_cli.expand import expand, parse_size
-from lookalike_cli.index import INDEX_TYPES, IndexManifest, LoadedIndex, build_index, load_index, memory_estimate, recall_at_k
+from lookalike_cli.audiences.expand import expand, parse_size
+from lookalike_cli.index.faiss_index import INDEX_TYPES, IndexManifest, LoadedIndex, build_index, load_index, memory_estimate, recall_at_k
 
 
 def synthesise(db_path: Path, customers: int, dim: int, segments: int, seed: int, chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

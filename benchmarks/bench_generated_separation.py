@@ -223,7 +223,7 @@ def main() -> None:
     methods = tuple(args.methods.split(","))
     db = args.db
     if db is None:
-        from lookalike_cli.generate import generate_data
+        from lookalike_cli.warehouse.generate import generate_data
 
         db = Path(tempfile.mkdtemp()) / "separation.duckdb"
         counts = generate_data(db, customers=args.customers, days=args.days, seed=args.seed, progress=None)

@@ -21,8 +21,8 @@ import duckdb
 import numpy as np
 
 from benchmarks.results import markdown_table, write_section
-from lookalike_cli.cli import main
-from lookalike_cli.personas import ZeroShotLabeller, customer_space, load_personas, read_category_shares, read_profiles
+from lookalike_cli.cli.main import main
+from lookalike_cli.personas.labels import ZeroShotLabeller, customer_space, load_personas, read_category_shares, read_profiles
 from lookalike_cli.settings import Settings
 
 

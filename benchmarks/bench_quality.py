@@ -1,7 +1,7 @@
 """Audience quality: does the default `lookalike expand` strategy beat every simple baseline?
 
 Only the product's own commands, with their defaults: every holdout is a `backtest --as-of`
-(lookalike_cli.backtest_as_of), which copies the raw tables to a scratch warehouse, builds with
+(lookalike_cli.trust.backtest_as_of), which copies the raw tables to a scratch warehouse, builds with
 as_of_date = the day before the holdout's date, trains, scores and indexes with the defaults,
 then ranks. Nothing after the date feeds features, labels, the model or any baseline.
 
@@ -33,9 +33,9 @@ import duckdb
 import numpy as np
 
 from benchmarks.results import markdown_table, write_section
-from lookalike_cli.backtest import BASELINES, DEFAULT_STRATEGIES, campaign_sql
-from lookalike_cli.backtest_as_of import Holdout, backtests_as_of, campaign_start
-from lookalike_cli.cli import main
+from lookalike_cli.trust.backtest import BASELINES, DEFAULT_STRATEGIES, campaign_sql
+from lookalike_cli.trust.backtest_as_of import Holdout, backtests_as_of, campaign_start
+from lookalike_cli.cli.main import main
 from lookalike_cli.settings import Settings
 
 CAMPAIGNS = (18, 13, 8)
@@ -69,7 +69,7 @@ def raw_warehouse(folder: Path, load: list[str], rebuild: bool) -> Settings:
 
 def generated_holdouts(customers: int) -> tuple[dt.date, list[Holdout]]:
     """The generator's planted conversions, each as a holdout, as of the first day of their period."""
-    from lookalike_cli.generate import GeneratorConfig, planted_holdouts
+    from lookalike_cli.warehouse.generate import GeneratorConfig, planted_holdouts
 
     as_of, holdouts = planted_holdouts(GeneratorConfig(customers=customers, seed=GENERATED_SEED))
     return as_of, [Holdout(f"gen_{name}", converters, population) for name, converters, population in holdouts]
@@ -128,8 +128,8 @@ def run_speed(settings: Settings, seed_count: int = 500, size: str = "5%") -> st
     path above BLEND_EXACT_MAX customers, forced here) with its overlap with the exact audience."""
     import sklearn.linear_model  # noqa: F401  (imported once by a long-lived process; not part of a call)
 
-    from lookalike_cli import expand as expansion
-    from lookalike_cli.index import load_index, read_embeddings
+    from lookalike_cli.audiences import expand as expansion
+    from lookalike_cli.index.faiss_index import load_index, read_embeddings
 
     with duckdb.connect(str(settings.db_path), read_only=True) as con:
         population = con.execute("select count(*) from customer_embeddings").fetchall()[0][0]

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from benchmarks.results import markdown_table, write_section
-from lookalike_cli.export import export_model, load_tower, quantize_int8
-from lookalike_cli.features import CATEGORICAL_COLUMNS, DENSE_COLUMNS, FeatureSpec
-from lookalike_cli.scoring import Encoder
-from lookalike_cli.train import TrainOptions, TrainResult, build_tower
+from lookalike_cli.model.export import export_model, load_tower, quantize_int8
+from lookalike_cli.model.features import CATEGORICAL_COLUMNS, DENSE_COLUMNS, FeatureSpec
+from lookalike_cli.model.scoring import Encoder
+from lookalike_cli.model.train import TrainOptions, TrainResult, build_tower
 
 
 def synthetic_inputs(spec: FeatureSpec, customers: int, seed: int) -> dict[str, np.ndarray]:

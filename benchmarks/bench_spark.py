@@ -42,15 +42,15 @@ def audience_ids(serving: Path, name: str) -> list[int]:
 
 
 def run(customers: int, workdir: Path, spark_dir: Path, epochs: int) -> dict:
-    from lookalike_cli.audiences import create_audience
-    from lookalike_cli.dbt_runner import run_dbt
-    from lookalike_cli.generate import generate_data
-    from lookalike_cli.index import build_index
-    from lookalike_cli.scoring import score
-    from lookalike_cli.spark import load_raw, spark_session
-    from lookalike_cli.spark_expand import create_audience_spark
-    from lookalike_cli.spark_scoring import score_spark
-    from lookalike_cli.train import train
+    from lookalike_cli.audiences.catalog import create_audience
+    from lookalike_cli.warehouse.dbt_runner import run_dbt
+    from lookalike_cli.warehouse.generate import generate_data
+    from lookalike_cli.index.faiss_index import build_index
+    from lookalike_cli.model.scoring import score
+    from lookalike_cli.spark.session import load_raw, spark_session
+    from lookalike_cli.spark.expand import create_audience_spark
+    from lookalike_cli.spark.scoring import score_spark
+    from lookalike_cli.model.train import train
 
     quiet = lambda *_: None  # noqa: E731
     db = workdir / f"bench_spark_{customers}.duckdb"

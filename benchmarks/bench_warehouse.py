@@ -19,8 +19,8 @@ from pathlib import Path
 import duckdb
 
 from benchmarks.results import markdown_table, timed, write_section
-from lookalike_cli.dbt_runner import run_dbt
-from lookalike_cli.generate import generate_data
+from lookalike_cli.warehouse.dbt_runner import run_dbt
+from lookalike_cli.warehouse.generate import generate_data
 from lookalike_cli.settings import Settings
 
 FEATURE_AND_LABEL_MODELS = {

@@ -18,7 +18,7 @@ import faiss
 
 from benchmarks.results import markdown_table
 from benchmarks.run import K, Context, seed_vectors, streamed_exact
-from lookalike_cli.index import IVF_TYPES, load_index, per_query_recall
+from lookalike_cli.index.faiss_index import IVF_TYPES, load_index, per_query_recall
 from lookalike_cli.settings import Settings
 
 

@@ -45,13 +45,13 @@ import torch
 from benchmarks.bench_scoring import rate, synthetic_inputs
 from benchmarks.bench_warehouse import FEATURE_AND_LABEL_MODELS, bare_aggregate_seconds
 from benchmarks.results import RESULTS_PATH, markdown_table, write_section
-from lookalike_cli.expand import expand
-from lookalike_cli.export import load_tower
-from lookalike_cli.features import encode
-from lookalike_cli.index import (COMPRESSED_TYPES, ExactTopK, IndexManifest, LoadedIndex, build_index, choose_index_type,
+from lookalike_cli.audiences.expand import expand
+from lookalike_cli.model.export import load_tower
+from lookalike_cli.model.features import encode
+from lookalike_cli.index.faiss_index import (COMPRESSED_TYPES, ExactTopK, IndexManifest, LoadedIndex, build_index, choose_index_type,
                                  default_nlist, default_pq_m, embeddings_summary, human_bytes, iter_embeddings, load_index,
                                  memory_estimate, normalise, parse_memory_budget, recall_at_k, recall_with_ties)
-from lookalike_cli.scoring import Encoder
+from lookalike_cli.model.scoring import Encoder
 from lookalike_cli.settings import Settings
 
 STAGES = ("generate", "build", "train", "score", "index", "expand")
@@ -147,7 +147,7 @@ def run_stage(ctx: Context, label: str, args: list[str]) -> StageRun:
     ctx.say(f"{label}: started `lookalike {' '.join(args)}`")
     start, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lookalike_cli.cli", *args], stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "lookalike_cli.cli.main", *args], stdout=out,
                                 stderr=subprocess.STDOUT, env=ctx.settings.env())
         handle, peak = psutil.Process(proc.pid), 0
         while proc.poll() is None:

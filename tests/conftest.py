@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lookalike_cli.cli import main
+from lookalike_cli.cli.main import main
 from lookalike_cli.settings import Settings
 
 GENERATED_CUSTOMERS = 3000

@@ -14,7 +14,7 @@ import pytest
 from lookalike_cli.ads.bid import parse_objective_weights, replay, solve_bids
 from lookalike_cli.ads.embedding import embed_onnx, load_manifest
 from lookalike_cli.ads.model import TokenizerSpec, tokenize
-from lookalike_cli.dbt_runner import run_dbt
+from lookalike_cli.warehouse.dbt_runner import run_dbt
 from lookalike_cli.errors import LookalikeError
 from tests.conftest import copy_warehouse, make_settings, run_cli
 

@@ -81,8 +81,8 @@ def test_default_beats_every_baseline_on_a_generated_conversion(tmp_path):
     """Issue 16's acceptance at demo scale: on the planted campaign (segment_response, 20,000 customers,
     backtest as of its date with the product's defaults), expand's default strategy has a higher mean
     AUC than every baseline (bench_quality: +0.015 over raw-cosine, ahead in 5/5 splits)."""
-    from lookalike_cli.backtest import BASELINES
-    from lookalike_cli.generate import GeneratorConfig, planted_holdouts
+    from lookalike_cli.trust.backtest import BASELINES
+    from lookalike_cli.warehouse.generate import GeneratorConfig, planted_holdouts
     from tests.conftest import make_settings
 
     settings = make_settings(tmp_path)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lookalike_cli import index as index_module
-from lookalike_cli.audiences import create_audience
+from lookalike_cli.index import faiss_index as index as index_module
+from lookalike_cli.audiences.catalog import create_audience
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.expand import STRATEGIES, expand, parse_size
-from lookalike_cli.index import INDEX_FILE, build_index
+from lookalike_cli.audiences.expand import STRATEGIES, expand, parse_size
+from lookalike_cli.index.faiss_index import INDEX_FILE, build_index
 from serving_fixtures import build_warehouse
 
 SEGMENT = 3
@@ -67,7 +67,7 @@ def test_known_answer_200_seeds_of_one_segment(world, strategy, index_name):
 @pytest.mark.parametrize("strategy", ["centroid", "classifier"])
 def test_compressed_index_members_get_their_exact_nearest_seed_in_slices(world, monkeypatch, strategy):
     """ivf_pq's codes are coarse; member vectors come from its exact vectors, a few at a time."""
-    from lookalike_cli import expand as expand_module
+    from lookalike_cli.audiences import expand as expand_module
 
     monkeypatch.setattr(expand_module, "VECTOR_SLICE", 37)
     result = expand(world["db"], world["root"] / "ivf_pq", seed_sql=SEED_SQL, size=300, strategy=strategy, progress=quiet)
@@ -89,7 +89,7 @@ def test_multi_centroid_finds_both_halves_of_a_mixed_seed(world):
 
 
 def test_knn_vote_widens_by_the_observed_shortfall_and_stops_at_its_cap(world, monkeypatch):
-    from lookalike_cli import expand as expand_module
+    from lookalike_cli.audiences import expand as expand_module
 
     searched_k = []
     original = expand_module.search_union
@@ -178,7 +178,7 @@ def test_stale_or_corrupt_index_fails_and_publishes_nothing(world, tmp_path):
 
 
 def test_cli_expand_show_diff_drop(world, tmp_path):
-    from lookalike_cli.cli import main
+    from lookalike_cli.cli.main import main
 
     base = ["--db", str(world["db"]), "--serving-db", str(tmp_path / "serving.duckdb"), "--index-dir", str(world["root"] / "flat")]
     runner = CliRunner()

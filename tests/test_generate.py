@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.bench_generated_separation import evaluate, load_features, tasks
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.generate import CONVERSION_KINDS, generate_data
+from lookalike_cli.warehouse.generate import CONVERSION_KINDS, generate_data
 
 CUSTOMERS = 3000
 DAYS = 365

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lookalike_cli import index as index_module
+from lookalike_cli.index import faiss_index as index as index_module
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.index import INDEX_FILE, MANIFEST_FILE, build_index, load_index, recall_at_k
+from lookalike_cli.index.faiss_index import INDEX_FILE, MANIFEST_FILE, build_index, load_index, recall_at_k
 from serving_fixtures import MODEL_VERSION, build_warehouse
 
 
@@ -103,7 +103,7 @@ def test_embeddings_with_two_model_versions_are_refused(tmp_path):
 
 
 def test_cli_build_index_says_what_it_chose_and_why(warehouse, tmp_path):
-    from lookalike_cli.cli import main
+    from lookalike_cli.cli.main import main
 
     db, _ = warehouse
     result = CliRunner().invoke(main, ["--db", str(db), "--index-dir", str(tmp_path), "build-index"])
@@ -161,7 +161,7 @@ def test_bad_memory_budget_is_a_clear_error(budget):
 
 
 def test_cli_build_index_says_when_it_compresses(warehouse, tmp_path):
-    from lookalike_cli.cli import main
+    from lookalike_cli.cli.main import main
 
     db, _ = warehouse
     result = CliRunner().invoke(main, ["--db", str(db), "--index-dir", str(tmp_path), "build-index", "--memory-budget", "200kB"])

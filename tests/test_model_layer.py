@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.export import load_tower
-from lookalike_cli.features import dense_shares, encode, location_tokens
-from lookalike_cli.model import pair_cosine
-from lookalike_cli.scoring import Encoder
-from lookalike_cli.train import TrainOptions, contrastive_loss, fit, gather, load_dataset
+from lookalike_cli.model.export import load_tower
+from lookalike_cli.model.features import dense_shares, encode, location_tokens
+from lookalike_cli.model.tower import pair_cosine
+from lookalike_cli.model.scoring import Encoder
+from lookalike_cli.model.train import TrainOptions, contrastive_loss, fit, gather, load_dataset
 from tests.conftest import copy_warehouse, run_cli
 
 
@@ -212,7 +212,7 @@ def test_contrastive_term_and_share_scaling_change_training(generated_warehouse)
 
 
 def test_scaled_shares_export_and_onnx_agree(generated_warehouse, tmp_path):
-    from lookalike_cli.export import export_model
+    from lookalike_cli.model.export import export_model
 
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
         data = load_dataset(con, "similarity_orders", "none")

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.personas import (
+from lookalike_cli.personas.labels import (
     LLMLabeller, Persona, ZeroShotLabeller, customer_space, diversity_sample, load_personas, read_profiles, replace_tables,
     uncertainty_sample,
 )
@@ -266,7 +266,7 @@ def test_segments_recover_planted_segments_better_than_kmeans_on_raw_shares(labe
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
-    from lookalike_cli.personas import read_category_shares
+    from lookalike_cli.personas.labels import read_category_shares
 
     result = run_cli(labelled, "segment", "--stability-runs", "2")
     assert "silhouette" in result.output and "top_personas" in result.output

@@ -11,10 +11,10 @@ import textwrap
 import duckdb
 import pytest
 
-from lookalike_cli import publish as publish_module
-from lookalike_cli.audiences import create_audience, diff_audience
+from lookalike_cli.audiences import publish as publish_module
+from lookalike_cli.audiences.catalog import create_audience, diff_audience
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.index import build_index
+from lookalike_cli.index.faiss_index import build_index
 from serving_fixtures import build_warehouse
 
 SEED_SQL = "select customer_id from customer_features where segment_id = 5 order by customer_id limit 150"

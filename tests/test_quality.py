@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lookalike_cli.blend import BlendInputs, auc, fit_blend
+from lookalike_cli.audiences.blend import BlendInputs, auc, fit_blend
 
 SIMILARITY = ("embedding", "raw", "propensity")
 ACTIVITY = ("activity", "rfm", "spend")
@@ -129,7 +129,7 @@ def test_small_seed_gets_equal_weights_and_no_raw_features_drop_the_raw_componen
 def test_blend_pool_mode_agrees_with_exact_scoring(scored_warehouse, monkeypatch):
     """Above BLEND_EXACT_MAX customers the blend re-ranks an ANN pool with raw features loaded for a
     sample and the pool only; on a planted segment it must find much the same audience."""
-    from lookalike_cli import expand as expansion
+    from lookalike_cli.audiences import expand as expansion
 
     seed_sql = ("select customer_id from raw.planted_segments where segment_id = 1 "
                 "order by hash(customer_id) limit 80")
@@ -156,9 +156,9 @@ def test_campaign_shortcut_sets_issue_9s_population_and_converters(completejourn
     redeemed C's coupons (the backtest intersects converters with the population)."""
     import pytest
 
-    from lookalike_cli.backtest import campaign_sql
+    from lookalike_cli.trust.backtest import campaign_sql
     from lookalike_cli.errors import LookalikeError
-    from lookalike_cli.warehouse import connection
+    from lookalike_cli.warehouse.connection import connection
     from tests.conftest import run_cli
 
     with connection(completejourney_warehouse.db_path, read_only=True) as con:

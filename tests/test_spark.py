@@ -42,7 +42,7 @@ def spark_warehouse(scored_warehouse, tmp_path_factory):
         run_spark_cli(settings, "spark", "load-raw")
         run_spark_cli(settings, "build", "--target", "spark")
         run_spark_cli(settings, "score", "--engine", "spark", "--model", "shared")
-        from lookalike_cli.spark import spark_session
+        from lookalike_cli.spark.session import spark_session
 
         spark = spark_session(settings)
         yield settings, spark

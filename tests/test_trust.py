@@ -32,7 +32,7 @@ def serving(settings) -> duckdb.DuckDBPyConnection:
 
 
 def test_backtest_model_beats_random(trust_warehouse, segment, tmp_path):
-    from lookalike_cli.backtest import BASELINES
+    from lookalike_cli.trust.backtest import BASELINES
 
     result = run_cli(
         trust_warehouse, "backtest", "--name", "planted", "--splits", "2", "--report-dir", str(tmp_path),

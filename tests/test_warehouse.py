@@ -60,7 +60,7 @@ def test_generator_segments_drive_category_mix_and_location(generated_warehouse)
 
 
 def test_generator_is_deterministic(tmp_path):
-    from lookalike_cli.generate import generate_data
+    from lookalike_cli.warehouse.generate import generate_data
 
     fingerprints = []
     for name in ("a", "b"):
@@ -74,7 +74,7 @@ def test_generator_is_deterministic(tmp_path):
 
 
 def test_generator_failure_keeps_the_previous_raw_tables(tmp_path, monkeypatch):
-    from lookalike_cli import generate
+    from lookalike_cli.warehouse import generate
 
     path = tmp_path / "w.duckdb"
     generate.generate_data(path, customers=300, days=30, seed=5, progress=None)

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse import connection, require_table
+from lookalike_cli.warehouse.connection import connection, require_table
 
 Progress = Callable[[str], None]
 
@@ -166,7 +166,7 @@ def recommend_bids(db_path: Path, budget: float, objective_weights: dict[str, fl
                    max_bid: float | None = None, period_days: int | None = None, report_dir: Path | None = None,
                    progress: Progress = _quiet) -> dict:
     """Write bid_recommendations (one row per cluster) and view ad_bid_recommendations; plot the curve."""
-    from lookalike_cli.personas import replace_tables
+    from lookalike_cli.personas.labels import replace_tables
 
     if budget is None or budget <= 0:
         raise LookalikeError(f"--budget must be positive, got {budget}.")

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse import connection, require_table
+from lookalike_cli.warehouse.connection import connection, require_table
 
 Progress = Callable[[str], None]
 UNKNOWN_TYPE = "unknown"
@@ -124,7 +124,7 @@ def strings(values) -> list[str | None]:
 @single_blas_thread
 def cluster_ads(db_path: Path, options: ClusterOptions = ClusterOptions(), progress: Progress = _quiet) -> dict:
     """Write ad_clusters (one row per ad) in one transaction; return counts and stage-1 metrics."""
-    from lookalike_cli.personas import replace_tables
+    from lookalike_cli.personas.labels import replace_tables
 
     if not 0 < options.distance_threshold <= 2:
         raise LookalikeError(f"--distance-threshold must be in (0, 2] (cosine distance), got {options.distance_threshold}.")

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from lookalike_cli.ads.model import AdEncoder, EncoderConfig, TokenizerSpec, tokenize
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.export import artifact_identity
-from lookalike_cli.warehouse import connection, require_table
+from lookalike_cli.model.export import artifact_identity
+from lookalike_cli.warehouse.connection import connection, require_table
 
 Progress = Callable[[str], None]
 MANIFEST_KIND = "ad_encoder"
@@ -259,7 +259,7 @@ def embeddings_table(ad_ids: np.ndarray, vectors: np.ndarray, model_version: str
 
 def score_ads(db_path: Path, onnx_dir: Path, name: str, progress: Progress = _quiet) -> int:
     """ONNX Runtime embeds every ad of stg_ads; ad_embeddings is replaced in one transaction."""
-    from lookalike_cli.personas import replace_tables
+    from lookalike_cli.personas.labels import replace_tables
 
     manifest = load_manifest(onnx_dir, name)
     with connection(db_path, read_only=True) as con:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lookalike_cli.warehouse import connection, transaction
+from lookalike_cli.warehouse.connection import connection, transaction
 
 Progress = Callable[[str], None]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lookalike_cli.samples import completejourney_dir
-from lookalike_cli.warehouse import connection, transaction
+from lookalike_cli.warehouse.samples import completejourney_dir
+from lookalike_cli.warehouse.connection import connection, transaction
 
 NOMINAL_COST_PER_CLICK = 0.5
 
