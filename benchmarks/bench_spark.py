@@ -78,7 +78,7 @@ def run(customers: int, workdir: Path, spark_dir: Path, epochs: int) -> dict:
 
     print(f"[{customers:,}] train ({epochs} epoch) and score on both engines ...", flush=True)
     name = f"bench_spark_{customers}"
-    train(db, settings.onnx_dir, name=name, epochs=epochs, layers=2, location="word", progress=False)
+    train(db, settings.onnx_dir, name=name, epochs=epochs, layers=2, location="word")
     with timed() as duck_score:
         score(settings, model=name)
     with timed() as spark_score:

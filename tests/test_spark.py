@@ -113,7 +113,7 @@ def render_macro(name: str, *args) -> str:
     """One dispatch implementation from macros/portable_sql.sql as SQL (plain Jinja: it calls no dbt context)."""
     import jinja2
 
-    from lookalike_cli.settings import DBT_PROJECT_DIR
+    from lookalike_cli.settings import BUNDLED_DBT_PROJECT_DIR as DBT_PROJECT_DIR
 
     macros = (DBT_PROJECT_DIR / "macros" / "portable_sql.sql").read_text()
     call = "{{ " + name + "(" + ", ".join(repr(a) for a in args) + ") }}"

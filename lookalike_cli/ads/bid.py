@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,12 +24,7 @@ import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.warehouse.connection import connection, require_table
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
+from lookalike_cli.progress import Progress, quiet
 
 
 def parse_objective_weights(text: str) -> dict[str, float]:
@@ -164,7 +158,7 @@ def plot_curve(curve: pd.DataFrame, budget: float, path: Path) -> None:
 
 def recommend_bids(db_path: Path, budget: float, objective_weights: dict[str, float] | None = None, min_bid: float = 0.0,
                    max_bid: float | None = None, period_days: int | None = None, report_dir: Path | None = None,
-                   progress: Progress = _quiet) -> dict:
+                   progress: Progress = quiet) -> dict:
     """Write bid_recommendations (one row per cluster) and view ad_bid_recommendations; plot the curve."""
     from lookalike_cli.personas.labels import replace_tables
 

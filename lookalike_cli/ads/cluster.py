@@ -13,7 +13,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,13 +21,9 @@ import pyarrow as pa
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.progress import Progress, quiet
 
-Progress = Callable[[str], None]
 UNKNOWN_TYPE = "unknown"
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -54,7 +49,7 @@ def read_embedded_ads(con) -> tuple[pd.DataFrame, np.ndarray, str]:
     return frame.drop(columns="model_version"), vectors, version
 
 
-def classify_product_types(vectors: np.ndarray, known: pd.Series, options: ClusterOptions, progress: Progress = _quiet) -> tuple[np.ndarray, np.ndarray, dict]:
+def classify_product_types(vectors: np.ndarray, known: pd.Series, options: ClusterOptions, progress: Progress = quiet) -> tuple[np.ndarray, np.ndarray, dict]:
     """Product type per ad (known label, else the classifier's) and the classifier's confidence."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
@@ -122,7 +117,7 @@ def strings(values) -> list[str | None]:
 
 
 @single_blas_thread
-def cluster_ads(db_path: Path, options: ClusterOptions = ClusterOptions(), progress: Progress = _quiet) -> dict:
+def cluster_ads(db_path: Path, options: ClusterOptions = ClusterOptions(), progress: Progress = quiet) -> dict:
     """Write ad_clusters (one row per ad) in one transaction; return counts and stage-1 metrics."""
     from lookalike_cli.personas.labels import replace_tables
 

@@ -17,7 +17,6 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -30,15 +29,11 @@ from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.model.export import artifact_identity
 from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.progress import Progress, quiet
 
-Progress = Callable[[str], None]
 MANIFEST_KIND = "ad_encoder"
 OUTPUT_NAME = "ad_embedding"  # not "embedding": that is the token table initialiser's name
 BUILD_HINT = "Build the ads models first: `lookalike ads build` (after `lookalike generate-data --ads` or `load-sample completejourney --ads`)."
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,7 @@ def new_encoder(options: EmbeddingOptions) -> AdEncoder:
     return AdEncoder(EncoderConfig(buckets=options.buckets, token_dim=options.token_dim, hidden=options.hidden, dim=options.dim))
 
 
-def train_encoder(token_ids: np.ndarray, pairs: PairSet, options: EmbeddingOptions, progress: Progress = _quiet) -> tuple[AdEncoder, list[float]]:
+def train_encoder(token_ids: np.ndarray, pairs: PairSet, options: EmbeddingOptions, progress: Progress = quiet) -> tuple[AdEncoder, list[float]]:
     if not (pairs.label > 0).any():
         raise LookalikeError(
             "No co-clicked ad pairs in the training period: lower the dbt var ads_min_coclick_support "
@@ -257,7 +252,7 @@ def embeddings_table(ad_ids: np.ndarray, vectors: np.ndarray, model_version: str
     })
 
 
-def score_ads(db_path: Path, onnx_dir: Path, name: str, progress: Progress = _quiet) -> int:
+def score_ads(db_path: Path, onnx_dir: Path, name: str, progress: Progress = quiet) -> int:
     """ONNX Runtime embeds every ad of stg_ads; ad_embeddings is replaced in one transaction."""
     from lookalike_cli.personas.labels import replace_tables
 
@@ -274,7 +269,7 @@ def score_ads(db_path: Path, onnx_dir: Path, name: str, progress: Progress = _qu
 
 @single_blas_thread
 def train_ad_embedding(db_path: Path, onnx_dir: Path, name: str = "ads_encoder", options: EmbeddingOptions = EmbeddingOptions(),
-                       progress: Progress = _quiet) -> dict:
+                       progress: Progress = quiet) -> dict:
     """Train on the train-period pairs, report held-out AUCs, export, and score ad_embeddings."""
     started = time.perf_counter()
     with connection(db_path, read_only=True) as con:

@@ -19,25 +19,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from lookalike_cli.warehouse.connection import connection, transaction
+from lookalike_cli.progress import Progress, quiet
 
-Progress = Callable[[str], None]
 
 CONSONANTS = list("bcdfghklmnprstvz")
 VOWELS = list("aeiou")
 CONVERSION_RATE = 0.20
 OWN_INTENT_QUERY_SHARE = 0.85
 SAME_TYPE_QUERY_SHARE = 0.10  # the rest (5%) of clicks come from any query
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def pseudo_words(rng: np.random.Generator, count: int, syllables: tuple[int, int] = (2, 3)) -> list[str]:
@@ -64,7 +59,7 @@ def generate_ads(
     intents_per_type: int = 2,
     queries_per_intent: int = 8,
     start_date: str = "2026-01-05",
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, int]:
     """Replace raw.ads, raw.ad_daily_stats, raw.ad_query_clicks (+ ground truth raw.ad_planted_intents)."""
     started = time.perf_counter()

@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,8 +30,8 @@ import pyarrow as pa
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.progress import Progress, quiet
 
-Progress = Callable[[str], None]
 CLICK_BUCKETS = ((0, 0, "0"), (1, 9, "1-9"), (10, 49, "10-49"), (50, None, "50+"))
 AD_FEATURES = ["ad_clicks", "ad_rpc", "ad_recent_clicks", "ad_recent_rpc", "ad_cost_per_click", "ad_click_through_rate"]
 CLUSTER_FEATURES = ["cluster_clicks", "cluster_rpc", "cluster_size", "cluster_ads_with_clicks", "ad_rpc_pooled_with_cluster"]
@@ -45,10 +44,6 @@ RECENT_DAYS = 14
 # $2 and a $30 product alike (see `model_inputs`); counts stay absolute.
 PER_CLICK_FEATURES = {"ad_rpc", "ad_recent_rpc", "cluster_rpc", "ad_rpc_pooled_with_cluster",
                       "type_rpc", "category_rpc", "department_rpc", "ad_rpc_pooled_with_type"}
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -256,7 +251,7 @@ def evaluate(train: pd.DataFrame, test: pd.DataFrame, options: RpcOptions) -> tu
 
 
 @single_blas_thread
-def predict_rpc(db_path: Path, onnx_dir: Path, options: RpcOptions = RpcOptions(), progress: Progress = _quiet) -> dict:
+def predict_rpc(db_path: Path, onnx_dir: Path, options: RpcOptions = RpcOptions(), progress: Progress = quiet) -> dict:
     """Evaluate on the held-out period, refit at the end of the data, write ad_rpc_predictions and ad_rpc_evaluation."""
     from lookalike_cli.personas.labels import replace_tables
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.audiences.expand import expand
+from lookalike_cli.audiences.expand import Expansion, expand
 from lookalike_cli.audiences.publish import drop_audience, publish_audience
-from lookalike_cli.audiences.seeds import resolve_seeds
 from lookalike_cli.warehouse.connection import connection, table_exists
-
-Progress = Callable[[str], None]
+from lookalike_cli.progress import Progress
 
 
 def warn(message: str) -> None:
@@ -56,12 +53,29 @@ def create_audience(
     result = expand(db_path, index_dir, seed_sql=seed_sql, seed_table=seed_table, seed_file=seed_file, size=size,
                     min_similarity=min_similarity, strategy=strategy, exclude_sql=exclude_sql,
                     k_per_seed=k_per_seed, seed=seed, progress=progress)
-    for message in result.warnings:
-        on_warning(message)
+    return publish_expansion(db_path, serving_db_path, name, result, seed=seed, export_parquet=export_parquet,
+                             progress=progress, on_warning=on_warning)
+
+
+def publish_expansion(
+    db_path: Path,
+    serving_db_path: Path,
+    name: str,
+    result: Expansion,
+    seed: int = 0,
+    export_parquet: str | Path | None = None,
+    progress: Progress = print,
+    on_warning: Progress = warn,
+) -> dict:
+    """Publish a computed expansion as a new version of audience `name`, with its seed diagnostics."""
     from lookalike_cli.audiences.diagnostics import inspect_seed, write_seed_diagnostics
 
+    if not name or not name.strip():
+        raise LookalikeError("The audience name must not be empty.")
+    for message in result.warnings:
+        on_warning(message)
     with connection(db_path, read_only=True) as con:
-        diagnostics = inspect_seed(con, resolve_seeds(con, seed_sql, seed_table, seed_file), seed)
+        diagnostics = inspect_seed(con, result.seeds, seed)
     for message in diagnostics.warnings:
         if message not in result.warnings:
             on_warning(message)

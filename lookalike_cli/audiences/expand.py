@@ -33,6 +33,7 @@ from lookalike_cli.errors import LookalikeError
 from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index, normalise
 from lookalike_cli.audiences.seeds import Seeds, excluded_ids, resolve_seeds
 from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.progress import Progress
 
 STRATEGIES = ("blend", "centroid", "knn-vote", "multi-centroid", "classifier")
 DEFAULT_STRATEGY = "blend"
@@ -46,7 +47,6 @@ MAX_VOTES = 20_000_000
 # Member vectors are fetched and used this many at a time (128 MiB at dim 128): a 5% audience of
 # 100M customers is 5M vectors, 2.4 GiB at once.
 VECTOR_SLICE = 262_144
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -68,6 +68,8 @@ class Expansion:
     members: pa.Table
     audience: dict
     warnings: list[str] = field(default_factory=list)
+    # The resolved seed (ids and vectors), so publishing can diagnose it without running the seed query again.
+    seeds: Seeds | None = None
 
 
 def parse_size(size: str | int | None, population: int) -> int | None:
@@ -507,4 +509,4 @@ def expand(
     }
     progress(f"Audience: {len(ids):,} customers, score {audience['score_min']:.3f}..{audience['score_max']:.3f} "
              f"in {audience['compute_seconds']:.2f}s")
-    return Expansion(members=members, audience=audience, warnings=warnings)
+    return Expansion(members=members, audience=audience, warnings=warnings, seeds=seeds)

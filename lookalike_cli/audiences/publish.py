@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lookalike_cli.errors import LookalikeError
+from lookalike_cli.progress import Progress
 
 STORAGE_COMPATIBILITY = "v1.4.0"
-Progress = Callable[[str], None]
 T = TypeVar("T")
 
 SCHEMA = """

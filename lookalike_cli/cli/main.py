@@ -1,62 +1,51 @@
-"""The `lookalike` command line: thin click wrappers over the library modules."""
+"""The `lookalike` root group: global path options, then the commands of each cli module.
+
+Arrows run one way: main imports the command modules, they import only cli/_common and
+(when a command runs) the library.
+"""
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import click
 
 from lookalike_cli import __version__
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.cli import ads, data, model, personas, serving, spark, trust
+from lookalike_cli.cli._common import LookalikeGroup, pass_settings
 from lookalike_cli.settings import Settings
-
-
-class LookalikeGroup(click.Group):
-    """Turns LookalikeError into a one-line `Error: ...` and exit 1, like ClickException."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except LookalikeError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-
-def pass_settings(func):
-    @click.pass_context
-    @functools.wraps(func)
-    def wrapper(ctx: click.Context, *args, **kwargs):
-        return ctx.invoke(func, ctx.find_object(Settings), *args, **kwargs)
-
-    return wrapper
 
 
 @click.group(cls=LookalikeGroup, context_settings={"auto_envvar_prefix": "LOOKALIKE", "help_option_names": ["-h", "--help"]})
 @click.option("--db", "db", type=click.Path(dir_okay=False), envvar="LOOKALIKE_DB", default="lookalike.duckdb",
-              show_default=True, help="Warehouse DuckDB file (the same one profiles.yml uses).")
+              show_default=True, help="Warehouse DuckDB file (the same one the dbt profile uses).")
 @click.option("--serving-db", type=click.Path(dir_okay=False), envvar="LOOKALIKE_SERVING_DB", default=None,
               help="Serving DuckDB file that BI tools read. Default: <db>_serving.duckdb beside --db.")
 @click.option("--onnx-dir", type=click.Path(file_okay=False), envvar="LOOKALIKE_ONNX_DIR", default=None,
-              help="Folder of exported models and manifests. Default: onnx/ in the project.")
+              help="Folder of exported models and manifests. Default: <db>_models/ beside --db.")
 @click.option("--index-dir", type=click.Path(file_okay=False), envvar="LOOKALIKE_INDEX_DIR", default=None,
-              help="Folder of FAISS indexes. Default: indexes/ beside --db.")
+              help="Folder of FAISS indexes. Default: <db>_indexes/ beside --db.")
 @click.option("--spark-dir", type=click.Path(file_okay=False), envvar="LOOKALIKE_SPARK_DIR", default=None,
               help="Local Spark metastore and tables (profile target `spark`). Default: <db>_spark/ beside --db.")
+@click.option("--project-dir", type=click.Path(file_okay=False), envvar="LOOKALIKE_PROJECT_DIR", default=None,
+              help="dbt project to run (one made by `lookalike init`). Default: the project bundled with the package.")
 @click.version_option(__version__, prog_name="lookalike")
 @click.pass_context
 def main(ctx: click.Context, db: str, serving_db: str | None, onnx_dir: str | None, index_dir: str | None,
-         spark_dir: str | None) -> None:
+         spark_dir: str | None, project_dir: str | None) -> None:
     """Warehouse-native lookalike audiences.
 
     \b
     Typical run:
       lookalike generate-data --customers 100000
-      lookalike dbt build
+      lookalike build
       lookalike train && lookalike score
       lookalike build-index
       lookalike expand --name vip --seed-sql "select customer_id from customer_features order by total_spend desc limit 500" --size 5%
+      lookalike audiences show vip
     """
-    ctx.obj = Settings.resolve(db=db, serving_db=serving_db, onnx_dir=onnx_dir, index_dir=index_dir, spark_dir=spark_dir)
+    ctx.obj = Settings.resolve(db=db, serving_db=serving_db, onnx_dir=onnx_dir, index_dir=index_dir, spark_dir=spark_dir,
+                               project_dir=project_dir)
 
 
 @main.command("dbt", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -64,6 +53,9 @@ def main(ctx: click.Context, db: str, serving_db: str | None, onnx_dir: str | No
 @pass_settings
 def dbt_cmd(settings: Settings, dbt_args: tuple[str, ...]) -> None:
     """Run dbt on the project with --db, --project-dir and --profiles-dir set.
+
+    On a warehouse with no trained model, `customer_embeddings` is skipped with a message
+    (it needs `lookalike train`); everything else builds.
 
     \b
     Example:
@@ -75,10 +67,11 @@ def dbt_cmd(settings: Settings, dbt_args: tuple[str, ...]) -> None:
     run_dbt(settings, dbt_args or ("build",))
 
 
-from lookalike_cli.cli import ads as cli_ads, cli_data, cli_model, cli_personas, cli_serving, cli_spark, cli_trust  # noqa: E402  (commands register on `main`)
-
-for module in (cli_data, cli_model, cli_serving, cli_trust, cli_personas, cli_spark, cli_ads):
-    module.register(main)
+for module in (data, model, serving, trust, personas, spark, ads):
+    for command in module.COMMANDS:
+        main.add_command(command)
+for command in trust.AUDIENCES_COMMANDS:
+    serving.audiences_group.add_command(command)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import faiss
 import numpy as np
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.progress import Progress
 
 INDEX_FILE = "customer_embeddings.faiss"
 MANIFEST_FILE = "customer_embeddings.json"
@@ -51,8 +52,6 @@ AUTO_EXACT_MAX_ROWS = 50_000
 TARGET_RECALL = 0.95
 SELF_CHECK_K = 10
 EMBEDDINGS_HINT = "Build it with `lookalike dbt build` after `lookalike train` (the customer_embeddings model)."
-
-Progress = Callable[[str], None]
 
 
 @dataclass

@@ -7,23 +7,21 @@ relative to the 2-layer/no-location baseline, as in the paper.
 
 from __future__ import annotations
 
-import re
 import shlex
-import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
-from lookalike_cli.model.features import LOCATION_MODES
 from lookalike_cli.model.locations import load_location_lookup, load_sentence_model
 from lookalike_cli.model.scoring import DEFAULT_BATCH_SIZE, Encoder
+from lookalike_cli.markdown import markdown_table
+from lookalike_cli.model.config import EVAL_EPOCHS, LOCATION_MODES
+from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.model.train import TrainOptions, fit, load_dataset
 from lookalike_cli.warehouse.connection import connection
 
 TIMING_CUSTOMERS = 200_000  # enough for a stable rate, bounded on big warehouses
-EVAL_EPOCHS = 8  # with the cosine schedule, near convergence at 20k customers; 6 setups in minutes
 
 
 def time_scoring(encoder: Encoder, features, repeats: int = 3) -> float:
@@ -64,10 +62,39 @@ def dataset_description(con, db_path: Path) -> tuple[str, str]:
     return db_path.stem, f"lookalike --db {db} build"
 
 
+@dataclass
+class ModelEvaluation:
+    """Every setup's figures, plus what is needed to say how they were made."""
+
+    rows: list[dict]
+    customers: int
+    one_off: tuple[int, float] | None
+    epochs: int
+    seed: int
+    label: str
+    locations: tuple[str, ...]
+    dataset: str
+    command: str
+
+    @property
+    def section(self) -> str:
+        return f"model_quality_{self.dataset}"
+
+    @property
+    def title(self) -> str:
+        return f"Model quality and scoring time (paper Tables 1-2), {self.dataset} data"
+
+    def markdown(self) -> str:
+        return tables_markdown(self)
+
+
 def evaluate_models(db_path: Path, epochs: int = EVAL_EPOCHS, seed: int = 0, label: str = "similarity_orders",
                     locations: tuple[str, ...] = LOCATION_MODES, layer_options: tuple[int, ...] = (2, 3),
-                    write: bool = True, progress: bool = False) -> list[dict]:
-    """Train, export and time every setup; returns one row per setup (and writes RESULTS.md)."""
+                    progress: Progress = quiet, results_file: Path | None = None) -> ModelEvaluation:
+    """Train, export and time every setup (nothing is written to the warehouse or the models folder).
+
+    `results_file` only goes into the reproducing command of the report.
+    """
     from lookalike_cli.model.export import export_model
 
     rows = []
@@ -86,15 +113,13 @@ def evaluate_models(db_path: Path, epochs: int = EVAL_EPOCHS, seed: int = 0, lab
                 rows.append({"layers": layers, "location": location, "test_mae": result.metrics["test_mae"],
                              "best_epoch": result.metrics["best_epoch"], "score_seconds": seconds,
                              "customers_per_second": features.num_rows / seconds})
-                if progress:
-                    click.echo(f"{layers} layers, location {location:<8} test MAE {result.metrics['test_mae']:.4f} "
-                               f"(best epoch {result.metrics['best_epoch']}), scoring {rows[-1]['customers_per_second']:,.0f} customers/s")
+                progress(f"{layers} layers, location {location:<8} test MAE {result.metrics['test_mae']:.4f} "
+                         f"(best epoch {result.metrics['best_epoch']}), scoring {rows[-1]['customers_per_second']:,.0f} customers/s")
         one_off = sentence_cost(con) if "sentence" in locations else None
-    if write:
-        command = (f"{data_command} && lookalike --db {shlex.quote(str(db_path))} evaluate-model --epochs {epochs} "
-                   f"--seed {seed} --label {label} --locations {','.join(locations)}")
-        write_results(rows, features.num_rows, one_off, epochs, seed, label, locations, dataset, command)
-    return rows
+    command = (f"{data_command} && lookalike --db {shlex.quote(str(db_path))} evaluate-model --epochs {epochs} "
+               f"--seed {seed} --label {label} --locations {','.join(locations)}"
+               + (f" --results {shlex.quote(str(results_file))}" if results_file else ""))
+    return ModelEvaluation(rows, features.num_rows, one_off, epochs, seed, label, tuple(locations), dataset, command)
 
 
 def loss_description(options: TrainOptions | None = None) -> str:
@@ -105,15 +130,10 @@ def loss_description(options: TrainOptions | None = None) -> str:
     return f"loss {loss}, category shares {'z-scored' if options.scale_shares else 'as stored'}"
 
 
-def write_results(rows: list[dict], customers: int, one_off: tuple[int, float] | None, epochs: int, seed: int,
-                  label: str, locations: tuple[str, ...], dataset: str, command: str) -> None:
-    # benchmarks/ sits beside the package in the checkout but is not installed: make the checkout
-    # importable so the console script works from any working directory.
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.append(root)
-    from benchmarks.results import markdown_table, write_section
-
+def tables_markdown(evaluation: ModelEvaluation) -> str:
+    rows, locations, label, seed, epochs = (evaluation.rows, evaluation.locations, evaluation.label, evaluation.seed,
+                                            evaluation.epochs)
+    customers, one_off = evaluation.customers, evaluation.one_off
     base = next(r for r in rows if r["layers"] == min(r["layers"] for r in rows) and r["location"] == locations[0])
     layer_options = sorted({r["layers"] for r in rows})
     cell = {(r["layers"], r["location"]): r for r in rows}
@@ -134,4 +154,4 @@ def write_results(rows: list[dict], customers: int, one_off: tuple[int, float] |
         areas, seconds = one_off
         body += (f"\n\nThe sentence setup reads precomputed vectors; computing them is a one-off of about {seconds:.1f} s for "
                  f"{areas:,} distinct location_area values ({areas / seconds:,.0f}/s), not a per-customer cost as in the paper's BERT row.")
-    write_section(f"model_quality_{dataset}", f"Model quality and scoring time (paper Tables 1-2), {dataset} data", body, command)
+    return body

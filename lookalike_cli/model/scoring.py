@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.model.export import MANIFEST_FORMAT, OUTPUT_NAME
+from lookalike_cli.progress import Progress
+from lookalike_cli.model.manifest import OUTPUT_NAME, check_trained_here, check_version, find_manifest, load_manifest
 from lookalike_cli.model.features import FeatureSpec, check_columns, encode
 
 DEFAULT_BATCH_SIZE = 8192
@@ -34,33 +35,6 @@ def available_cpus() -> int:
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
 QUANTIZE_MODES = ("none", "int8")
-
-
-def find_manifest(onnx_dir: Path, model: str | None = None) -> Path:
-    """The manifest of `model` (a name or a path), or the most recently exported one in onnx_dir."""
-    onnx_dir = Path(onnx_dir)
-    if model:
-        path = Path(model) if model.endswith(".json") else onnx_dir / f"{model}.json"
-        if not path.exists():
-            raise LookalikeError(f"No model manifest {path}. Train one with `lookalike train --name {Path(model).stem}`.")
-        return path
-    manifests = sorted(onnx_dir.glob("*.json"), key=lambda p: (load_manifest(p)["created_at"], p.stat().st_mtime))
-    if not manifests:
-        raise LookalikeError(f"No exported model in {onnx_dir}. Train one with `lookalike train`.")
-    return manifests[-1]
-
-
-def load_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LookalikeError(f"Cannot read model manifest {path}: {exc}") from exc
-    if manifest.get("format_version") != MANIFEST_FORMAT:
-        raise LookalikeError(
-            f"Manifest {path} has format version {manifest.get('format_version')!r}, this lookalike reads "
-            f"version {MANIFEST_FORMAT}. Retrain with `lookalike train` to export a current model."
-        )
-    return manifest
 
 
 class Encoder:
@@ -126,7 +100,7 @@ class Encoder:
         list(self._pool.map(run_slice, range(0, rows, SUB_BATCH_ROWS)))
         return out
 
-    def score_batches(self, reader: pa.RecordBatchReader, progress: bool = False, total: int | None = None) -> Iterator[pa.RecordBatch]:
+    def score_batches(self, reader: pa.RecordBatchReader, progress: Progress | None = None, total: int | None = None) -> Iterator[pa.RecordBatch]:
         done, start, last_report = 0, time.perf_counter(), 0.0
         for batch in reader:
             if batch.num_rows == 0:
@@ -148,28 +122,21 @@ class Encoder:
                 rate = done / max(elapsed, 1e-9)
                 eta = f", ETA {(total - done) / rate:.0f}s" if total else ""
                 of_total = f"/{total:,}" if total else ""
-                print(f"  scored {done:,}{of_total} customers ({rate:,.0f}/s{eta})", flush=True)
+                progress(f"  scored {done:,}{of_total} customers ({rate:,.0f}/s{eta})")
 
     def output_schema(self) -> pa.Schema:
         return pa.schema([("customer_id", pa.int64()), ("embedding", pa.list_(pa.float32(), self.dim)), ("model_version", pa.string())])
 
 
-def check_version(manifest_path: Path, version: str, expected: str | None) -> None:
-    if expected and expected != version:
-        raise LookalikeError(
-            f"Model {manifest_path.name} is version {version}, but version "
-            f"{expected} was requested. Export that version again or drop the version pin."
-        )
-
-
 def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, model: str | None = None,
                    quantize: str = "none", expected_version: str | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True) -> pa.RecordBatchReader:
+                   batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> pa.RecordBatchReader:
     """Embed every row of a DuckDB relation over customer_features, as a stream of customer_embeddings batches.
 
     A stream, not a table: DuckDB writes each batch as it is scored, so memory stays at a few
     batches whatever the number of customers (a table of 10M x 128 floats would be 5 GiB).
     Everything that can fail on bad input is checked here, before the first batch is read.
+    `progress` (None: no reports) gets a line at most every 2 s.
     """
     from lookalike_cli.settings import Settings
 
@@ -178,7 +145,7 @@ def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, mod
     check_version(encoder.manifest_path, encoder.model_version, expected_version)
     encoder.check(relation.columns, con)
     if progress:
-        print(f"scoring with {encoder.manifest_path.name} ({encoder.model_version}, {quantize or 'none'})", flush=True)
+        progress(f"scoring with {encoder.manifest_path.name} ({encoder.model_version}, {quantize or 'none'})")
     total = relation.aggregate("count(*)").fetchall()[0][0] if progress else None
     reader = relation.select(", ".join(encoder.spec.required_columns)).to_arrow_reader(batch_size)
     return pa.RecordBatchReader.from_batches(encoder.output_schema(),
@@ -199,14 +166,16 @@ def score(settings, model: str | None = None, quantize: str = "none", model_vers
     manifest = load_manifest(manifest_path)
     # Fail before starting dbt; the dbt model checks again for runs that bypass this command.
     check_version(manifest_path, manifest["model_version"], model_version)
+    with connection(settings.db_path, read_only=True) as con:
+        check_trained_here(manifest_path, manifest, settings.db_path, con)
     if manifest["features"]["location"] == "sentence":
         with connection(settings.db_path) as con:
-            embed_locations(con, progress=True)
+            embed_locations(con, progress=echo or print)
     if quantize != "none" and quantize not in manifest["quantized"]:
         if quantize not in QUANTIZE_MODES:
             raise LookalikeError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.")
         quantize_int8(manifest_path)
-    dbt_vars = {"lookalike_model": str(manifest_path), "lookalike_quantize": quantize, "lookalike_model_version": model_version or ""}
+    dbt_vars = {"score_customers": True, "lookalike_model": str(manifest_path), "lookalike_quantize": quantize, "lookalike_model_version": model_version or ""}
     start = time.perf_counter()
     run_dbt(settings, ["run", "--select", "customer_embeddings", "--vars", json.dumps(dbt_vars)], echo=echo)
     seconds = time.perf_counter() - start

@@ -18,71 +18,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import duckdb
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lookalike_cli.errors import LookalikeError
+from lookalike_cli.progress import Progress, quiet
+from lookalike_cli.settings import writable_folder
+from lookalike_cli.model.config import LABEL_COLUMNS, SCHEDULES, TrainOptions, label_expression, label_inputs
+from lookalike_cli.model.manifest import data_fingerprint
 from lookalike_cli.model.features import FeatureSpec, encode, fit_spec
 from lookalike_cli.model.locations import embed_locations, load_location_lookup
 from lookalike_cli.model.tower import CustomerTower, TowerConfig, pair_cosine
 from lookalike_cli.warehouse.connection import require_table, table_columns
 
-SIGNAL_COLUMNS = ("similarity_orders", "similarity_visits", "similarity_engagements")
-# similarity_combined: the mean of the pair's defined order, visit and engagement cosines (the
-# paper's three business metrics in one label; a signal either customer lacks is left out).
-LABEL_COLUMNS = (*SIGNAL_COLUMNS, "jaccard_orders", "similarity_combined")
-COMBINED_LABEL = (
-    "(" + " + ".join(f"coalesce({c}, 0)" for c in SIGNAL_COLUMNS) + ") / nullif("
-    + " + ".join(f"cast({c} is not null as integer)" for c in SIGNAL_COLUMNS) + ", 0)"
-)
-
-
-def label_expression(label: str) -> str:
-    """SQL over similarity_pairs' columns giving the label (null: the pair is not trained on)."""
-    return COMBINED_LABEL if label == "similarity_combined" else label
-
-
-def label_inputs(label: str) -> tuple[str, ...]:
-    return SIGNAL_COLUMNS if label == "similarity_combined" else (label,)
 SPLITS = ("train", "valid", "test")
-SCHEDULES = ("constant", "cosine")
-
-
-@dataclass
-class TrainOptions:
-    layers: int = 2
-    hidden: int = 256
-    dim: int = 128
-    location: str = "none"
-    label: str = "similarity_orders"
-    epochs: int = 30
-    batch_size: int = 512
-    learning_rate: float = 4e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    patience: int = 3
-    seed: int = 0
-    word_dim: int = 32
-    n_buckets: int = 4096
-    # Weight of an in-batch contrastive term beside the paper's L1 loss (0: L1 only). Each pair's
-    # b is the target among the batch's b's for its a (and vice versa), weighted by the pair's
-    # label: it spreads unrelated customers apart, which a cosine-regression loss alone does not
-    # ask for, and ranking by cosine to a seed centroid needs. Early stopping and the reported
-    # metrics stay the L1 (MAE) of seed 000.
-    # Defaults from 20k generated customers (seed 7), centroid AUC over 6 planted segments:
-    # L1 only 0.963, + scale_shares 0.975, + contrastive 0.1 / temperature 0.2 0.987 (raw-feature
-    # cosine 0.986), at the cost of a higher test MAE (0.124 vs 0.120 after 12 epochs; 0.121 vs
-    # 0.116 at the default 30).
-    contrastive: float = 0.1
-    temperature: float = 0.2
-    # z-score the category shares inside the graph (constants from the training customers).
-    scale_shares: bool = True
-    # One intra-op thread by default: batches of a few hundred pairs gain little from a
-    # second thread, and on a shared machine torch's spinning threads ran 20x slower.
-    threads: int = 1
 
 
 @dataclass
@@ -104,7 +55,8 @@ class TrainResult:
     fingerprint: str
 
 
-def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_buckets: int = 4096) -> Dataset:
+def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_buckets: int = 4096,
+                 progress: Progress = quiet) -> Dataset:
     for table in ("training_features", "similarity_pairs", "categories"):
         require_table(con, table, "Build the marts with `lookalike build`.")
     if label not in LABEL_COLUMNS:
@@ -129,7 +81,7 @@ def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_bu
     n_categories = con.execute("select coalesce(max(category_id) + 1, 0) from categories").fetchall()[0][0]
     spec = fit_spec(features, n_categories=n_categories, location=location, n_buckets=n_buckets)
     if location == "sentence":
-        embed_locations(con, progress=True)
+        embed_locations(con, progress=progress)
         lookup = load_location_lookup(con)
     else:
         lookup = None
@@ -147,16 +99,6 @@ def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_bu
             raise LookalikeError(f"similarity_pairs has no {name!r} rows with a {label} label.")
         by_split[name] = (torch.from_numpy(rows_a[mask]), torch.from_numpy(rows_b[mask]), torch.from_numpy(labels[mask]))
     return Dataset(spec=spec, inputs=inputs, pairs=by_split, fingerprint=data_fingerprint(con, label))
-
-
-def data_fingerprint(con: duckdb.DuckDBPyConnection, label: str) -> str:
-    """A hash of the exact rows trained on, so a manifest says which data made it."""
-    parts = con.execute(
-        f"""select (select count(*) || ':' || coalesce(sum(hash(f)::hugeint), 0) from training_features f),
-                   (select count(*) || ':' || coalesce(sum(hash(customer_id_a, customer_id_b, {label_expression(label)}, split))::hugeint, 0)
-                    from similarity_pairs)"""
-    ).fetchall()[0]
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
 def gather(inputs: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -212,7 +154,7 @@ def contrastive_loss(tower: CustomerTower, inputs_a: dict[str, torch.Tensor], in
     return logits.diagonal() * temperature, (weights * per_pair).sum() / weights.sum().clamp(min=1e-6)
 
 
-def fit(data: Dataset, options: TrainOptions, progress: bool = False) -> TrainResult:
+def fit(data: Dataset, options: TrainOptions, progress: Progress = quiet) -> TrainResult:
     """Train with AdamW (cosine-decayed learning rate by default); keep the weights of the epoch with the best valid MAE."""
     torch.manual_seed(options.seed)
     torch.set_num_threads(options.threads)
@@ -233,36 +175,31 @@ def fit(data: Dataset, options: TrainOptions, progress: bool = False) -> TrainRe
         tower.train()
         order = torch.randperm(len(labels), generator=shuffle)
         running, start = 0.0, time.perf_counter()
-        with click.progressbar(length=n_batches, label=f"epoch {epoch:>2}/{options.epochs}", hidden=not progress,
-                               item_show_func=lambda loss: f"L1 {loss:.4f}" if loss is not None else "") as bar:
-            for b in range(n_batches):
-                batch = order[b * options.batch_size : (b + 1) * options.batch_size]
-                inputs_a, inputs_b = gather(data.inputs, rows_a[batch]), gather(data.inputs, rows_b[batch])
-                if options.contrastive > 0:
-                    cos, spread = contrastive_loss(tower, inputs_a, inputs_b, labels[batch], options.temperature)
-                    l1 = (cos - labels[batch]).abs().mean()
-                    loss = l1 + options.contrastive * spread
-                else:
-                    cos = pair_cosine(tower, inputs_a, inputs_b)
-                    loss = l1 = (cos - labels[batch]).abs().mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                running = l1.item() if b == 0 else 0.95 * running + 0.05 * l1.item()
-                bar.update(1, running)
+        for b in range(n_batches):
+            batch = order[b * options.batch_size : (b + 1) * options.batch_size]
+            inputs_a, inputs_b = gather(data.inputs, rows_a[batch]), gather(data.inputs, rows_b[batch])
+            if options.contrastive > 0:
+                cos, spread = contrastive_loss(tower, inputs_a, inputs_b, labels[batch], options.temperature)
+                l1 = (cos - labels[batch]).abs().mean()
+                loss = l1 + options.contrastive * spread
+            else:
+                cos = pair_cosine(tower, inputs_a, inputs_b)
+                loss = l1 = (cos - labels[batch]).abs().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            running = l1.item() if b == 0 else 0.95 * running + 0.05 * l1.item()
         valid_mae = mean_absolute_error(tower, data, "valid")
-        if progress:
-            rate = len(labels) / (time.perf_counter() - start)
-            click.echo(f"  epoch {epoch}: train L1 {running:.4f}, valid MAE {valid_mae:.4f} ({rate:,.0f} pairs/s)")
+        rate = len(labels) / (time.perf_counter() - start)
+        progress(f"  epoch {epoch}/{options.epochs}: train L1 {running:.4f}, valid MAE {valid_mae:.4f} ({rate:,.0f} pairs/s)")
         if valid_mae < best_mae - 1e-5:
             best_mae, best_state, best_epoch, stale = valid_mae, copy.deepcopy(tower.state_dict()), epoch, 0
         else:
             stale += 1
             if stale >= options.patience:
-                if progress:
-                    click.echo(f"  early stop: valid MAE has not improved for {options.patience} epochs")
+                progress(f"  early stop: valid MAE has not improved for {options.patience} epochs")
                 break
     tower.load_state_dict(best_state)
     tower.eval()
@@ -280,7 +217,7 @@ def default_name(options: TrainOptions) -> str:
     return f"two_tower_{options.layers}l_{options.location}_d{options.dim}"
 
 
-def train(db_path: Path, onnx_dir: Path, name: str | None = None, progress: bool = False, **options) -> Path:
+def train(db_path: Path, onnx_dir: Path, name: str | None = None, progress: Progress = quiet, **options) -> Path:
     """Train from the warehouse at db_path and export onnx_dir/<name>.onnx + .json; returns the manifest path."""
     from lookalike_cli.model.export import export_model
     from lookalike_cli.warehouse.connection import connection
@@ -288,13 +225,12 @@ def train(db_path: Path, onnx_dir: Path, name: str | None = None, progress: bool
     opts = TrainOptions(**options)
     # Sentence mode may add missing location vectors to the warehouse, so it needs a writer.
     with connection(db_path, read_only=opts.location != "sentence") as con:
-        data = load_dataset(con, opts.label, opts.location, opts.n_buckets)
-    if progress:
-        click.echo(f"training on {len(data.pairs['train'][2]):,} pairs of {len(data.inputs['dense']):,} customers "
-                   f"(label {opts.label}, {opts.layers} layers, location {opts.location})")
+        data = load_dataset(con, opts.label, opts.location, opts.n_buckets, progress=progress)
+    progress(f"training on {len(data.pairs['train'][2]):,} pairs of {len(data.inputs['dense']):,} customers "
+             f"(label {opts.label}, {opts.layers} layers, location {opts.location})")
     result = fit(data, opts, progress=progress)
-    manifest = export_model(result, Path(onnx_dir), name or default_name(opts))
-    if progress:
-        click.echo(f"valid MAE {result.metrics['valid_mae']:.4f}, test MAE {result.metrics['test_mae']:.4f}; wrote {manifest}")
+    manifest = export_model(result, writable_folder(Path(onnx_dir), "models"), name or default_name(opts),
+                            warehouse=db_path)
+    progress(f"valid MAE {result.metrics['valid_mae']:.4f}, test MAE {result.metrics['test_mae']:.4f}; wrote {manifest}")
     return manifest
 

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import duckdb
 import numpy as np
@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.warehouse.connection import connection, require_table, table_exists, transaction
+from lookalike_cli.progress import Progress, quiet
 
 PERSONAS_TABLE = "persona_definitions"
 PROFILES_TABLE = "customer_profiles_text"
@@ -48,12 +49,6 @@ RESULT_TABLE = "customer_personas"
 LABELLERS = ("zero-shot", "llm")
 SPACES = ("categories", "embeddings")
 BUILD_HINT = "Build it with `lookalike build` (the persona_definitions seed and customer_profiles_text model)."
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -136,7 +131,7 @@ class ZeroShotLabeller:
         vectors = np.asarray(vectors, dtype=np.float64)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
-    def label(self, customer_ids: np.ndarray, texts: Sequence[str], progress: Progress = _quiet) -> Labels:
+    def label(self, customer_ids: np.ndarray, texts: Sequence[str], progress: Progress = quiet) -> Labels:
         if self._persona_vectors is None:
             self._persona_vectors = self._encode([f"{p.name}: {p.description}" for p in self.personas])
         chunks, start = [], time.perf_counter()
@@ -277,7 +272,7 @@ class LLMLabeller:
         return {**row, "latency_ms": round((time.perf_counter() - started) * 1000, 1),
                 "called_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
 
-    def label(self, customer_ids: np.ndarray, texts: Sequence[str], progress: Progress = _quiet, run_id: str = "") -> Labels:
+    def label(self, customer_ids: np.ndarray, texts: Sequence[str], progress: Progress = quiet, run_id: str = "") -> Labels:
         from concurrent.futures import ThreadPoolExecutor
 
         n_personas = len(self.personas)
@@ -458,7 +453,7 @@ def replace_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table], 
                 con.unregister("incoming_table")
 
 
-def read_customer_vectors(db_path: Path, progress: Progress = _quiet) -> tuple[np.ndarray, np.ndarray]:
+def read_customer_vectors(db_path: Path, progress: Progress = quiet) -> tuple[np.ndarray, np.ndarray]:
     from lookalike_cli.index.faiss_index import read_embeddings
 
     ids, vectors, _ = read_embeddings(db_path, progress=progress)
@@ -509,7 +504,7 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
 
-def customer_space(db_path: Path, space: str = "categories", seed: int = 0, progress: Progress = _quiet) -> tuple[np.ndarray, np.ndarray]:
+def customer_space(db_path: Path, space: str = "categories", seed: int = 0, progress: Progress = quiet) -> tuple[np.ndarray, np.ndarray]:
     """(ids, L2-normalised vectors) the k-NN graph and the diversity sample work in: what customers
     buy (`categories`) or the two-tower `embeddings`."""
     if space == "categories":
@@ -543,7 +538,7 @@ def label_sample(
     llm_backoff: float = 1.0,
     llm_concurrency: int = 1,
     max_calls: int = 1000,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     labeller_object=None,
 ) -> dict:
     """Label a diversity-and-uncertainty sample of customers; replaces `persona_labels`."""
@@ -609,7 +604,7 @@ def label_sample(
 
 
 def propagate_personas(db_path: Path, neighbours: int = 10, restart: float = 0.1, iterations: int = 100,
-                       graph: str = "categories", seed: int = 0, progress: Progress = _quiet) -> dict:
+                       graph: str = "categories", seed: int = 0, progress: Progress = quiet) -> dict:
     """Random walk with restart from `persona_labels` over the k-NN graph; replaces `customer_personas`."""
     started = time.perf_counter()
     ids, vectors = customer_space(db_path, graph, seed, progress)

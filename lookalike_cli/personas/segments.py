@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.personas.labels import PERSONAS_TABLE, RESULT_TABLE, read_category_shares, read_customer_vectors, replace_tables
 from lookalike_cli.warehouse.connection import connection, require_table, table_exists
+from lookalike_cli.progress import Progress
 
 SEGMENTS_TABLE = "customer_segments"
 PROFILES_TABLE = "segment_profiles"
@@ -35,8 +36,6 @@ INPUTS = ("categories", "personas", "embeddings")
 DEFAULT_INPUTS = "categories"
 # Silhouette is O(n^2): score k on a sample; the final k-means sees everyone.
 SILHOUETTE_SAMPLE = 4000
-
-Progress = Callable[[str], None]
 
 
 @dataclass

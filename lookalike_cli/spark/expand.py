@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +24,12 @@ from lookalike_cli.errors import LookalikeError
 from lookalike_cli.audiences.expand import Expansion, parse_size, seed_clusters
 from lookalike_cli.index.faiss_index import normalise
 from lookalike_cli.audiences.seeds import Seeds, read_id_file, seeds_from_embeddings
+from lookalike_cli.progress import Progress
 
 SPARK_STRATEGIES = ("centroid", "multi-centroid")
 CANDIDATES_SCHEMA = "customer_id bigint, score double, nearest_seed_id bigint"
 # Rows per matrix product in a partition: bounds the (rows x seeds) similarity block in memory.
 CHUNK_ROWS = 8192
-Progress = Callable[[str], None]
 
 
 def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:

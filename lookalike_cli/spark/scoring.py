@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -21,10 +21,11 @@ import pyarrow.compute as pc
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.model.features import check_columns
-from lookalike_cli.model.scoring import QUANTIZE_MODES, Encoder, check_version, find_manifest, load_manifest
+from lookalike_cli.model.manifest import check_version, find_manifest, load_manifest
+from lookalike_cli.model.scoring import QUANTIZE_MODES, Encoder
+from lookalike_cli.progress import Progress
 
 EMBEDDINGS_SCHEMA = "customer_id bigint, embedding array<float>, model_version string"
-Progress = Callable[[str], None]
 
 # Per Python worker process: (model_version, onnx file) -> Encoder; a worker scores many partitions.
 _WORKER_ENCODERS: dict[tuple[str, str], Encoder] = {}

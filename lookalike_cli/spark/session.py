@@ -14,17 +14,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.settings import PROFILES_DIR, Settings
+from lookalike_cli.settings import Settings
+from lookalike_cli.progress import Progress
 
 SPARK_TARGET = "spark"
 PROFILE_NAME = "lookalike"
 RAW_TABLES = ("customers", "order_lines", "visits", "engagements", "opt_outs")
-Progress = Callable[[str], None]
 
 
 def require_pyspark() -> None:
@@ -34,13 +33,13 @@ def require_pyspark() -> None:
         raise LookalikeError("The Spark engine needs the extra [spark]: pip install -e '.[spark]' (and Java 17).") from exc
 
 
-def profile_target(target: str, env: dict[str, str] | None = None) -> dict:
+def profile_target(target: str, settings: Settings) -> dict:
     """One output of the `lookalike` profile with its env_var() calls rendered, as dbt renders them."""
     import jinja2
     import yaml
 
-    env = os.environ if env is None else env
-    profiles = yaml.safe_load((PROFILES_DIR / "profiles.yml").read_text())
+    env = settings.env()
+    profiles = yaml.safe_load((settings.profiles_dir / "profiles.yml").read_text())
     outputs = profiles[PROFILE_NAME]["outputs"]
     if target not in outputs:
         raise LookalikeError(f"profiles.yml has no target {target!r}; targets: {', '.join(outputs)}.")
@@ -62,17 +61,17 @@ def profile_target(target: str, env: dict[str, str] | None = None) -> dict:
     return render(outputs[target])
 
 
-def is_session_target(target: str | None, env: dict[str, str] | None = None) -> bool:
+def is_session_target(target: str | None, settings: Settings) -> bool:
     """A dbt-spark target with `method: session`: dbt runs Spark inside its own process."""
     if not target:
         return False
-    output = profile_target(target, env)
+    output = profile_target(target, settings)
     return output.get("type") == "spark" and output.get("method") == "session"
 
 
 def session_conf(settings: Settings, target: str = SPARK_TARGET) -> dict[str, str]:
     """Spark configuration of the profile target, plus what local Python workers need."""
-    output = profile_target(target, settings.env())
+    output = profile_target(target, settings)
     conf = {str(k): str(v) for k, v in (output.get("server_side_parameters") or {}).items()}
     # dbt-spark forces this too: Spark 4's ANSI mode would fail casts dbt-spark's macros rely on.
     conf["spark.sql.ansi.enabled"] = "false"
@@ -85,7 +84,7 @@ def session_conf(settings: Settings, target: str = SPARK_TARGET) -> dict[str, st
 
 def schema_name(settings: Settings, target: str = SPARK_TARGET) -> str:
     """The Spark database dbt builds the models in (the target's `schema`)."""
-    return str(profile_target(target, settings.env())["schema"])
+    return str(profile_target(target, settings)["schema"])
 
 
 def spark_session(settings: Settings, target: str = SPARK_TARGET, progress: Progress | None = None):

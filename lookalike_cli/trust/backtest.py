@@ -32,7 +32,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 import numpy as np
@@ -46,8 +45,8 @@ from lookalike_cli.audiences.publish import insert_rows, publish_tables
 from lookalike_cli.audiences.raw_features import RawFeatures, load_raw_features
 from lookalike_cli.audiences.seeds import Seeds, ids_from_relation
 from lookalike_cli.warehouse.connection import connection
+from lookalike_cli.progress import Progress
 
-Progress = Callable[[str], None]
 SIZES_PERCENT = (1.0, 2.0, 5.0, 10.0, 20.0)
 BASELINES = ("random", "activity", "spend", "rfm", "raw-shares-cosine", "raw-cosine", "raw-classifier", "raw-gbm")
 # The default, the default without its embedding components (does the encoder earn its place?) and

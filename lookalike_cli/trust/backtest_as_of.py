@@ -23,14 +23,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.settings import Settings
+from lookalike_cli.progress import Progress
 
-Progress = Callable[[str], None]
 SCRATCH_FOLDER = ".backtests"  # beside the warehouse file; one temporary sub-folder per run
 MODEL_NAME = "backtest"
 
@@ -149,7 +148,7 @@ def backtests_as_of(settings: Settings, as_of: dt.date, holdouts: list[Holdout],
         stage("lookalike build (as_of_date = the day before)", started)
 
         started = time.perf_counter()
-        manifest = train(scratch_settings.db_path, scratch_settings.onnx_dir, name=MODEL_NAME, progress=False,
+        manifest = train(scratch_settings.db_path, scratch_settings.onnx_dir, name=MODEL_NAME,
                          **(train_options or {}))
         stage("lookalike train", started)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 import faiss
@@ -28,8 +27,8 @@ from lookalike_cli.errors import LookalikeError
 from lookalike_cli.audiences.publish import insert_rows, publish_tables
 from lookalike_cli.audiences.raw_features import load_raw_features
 from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.progress import Progress
 
-Progress = Callable[[str], None]
 AUDIENCE_FEATURES = 20
 
 EXPLANATIONS_DDL = """

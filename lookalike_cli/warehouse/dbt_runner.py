@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.settings import DBT_PROJECT_DIR, PROFILES_DIR, Settings
+from lookalike_cli.settings import Settings
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -28,15 +28,15 @@ def dbt_executable() -> str:
     return found
 
 
-def dbt_command(args: Sequence[str]) -> list[str]:
+def dbt_command(settings: Settings, args: Sequence[str]) -> list[str]:
     args = list(args)
     command = [dbt_executable(), *args]
     # dbt subcommands that touch the project need both dirs; `--version` etc. do not.
     if args and not args[0].startswith("-"):
         if "--project-dir" not in args:
-            command += ["--project-dir", str(DBT_PROJECT_DIR)]
+            command += ["--project-dir", str(settings.dbt_project_dir)]
         if "--profiles-dir" not in args:
-            command += ["--profiles-dir", str(PROFILES_DIR)]
+            command += ["--profiles-dir", str(settings.profiles_dir)]
     return command
 
 
@@ -49,6 +49,16 @@ def failure_summary(lines: Sequence[str]) -> str:
             return "\n".join(l for l in body if l.strip() and not l.strip().startswith("Done."))[:4000]
     errors = [line for line in clean if "error" in line.lower()]
     return "\n".join((errors or clean)[-20:])
+
+
+def dbt_environment(settings: Settings) -> dict[str, str]:
+    """settings.env() plus LOOKALIKE_MODEL_READY, which enables the scoring model once a customer model exists."""
+    # The one look this layer takes at the model layer: whether a manifest exists (no torch, no ONNX Runtime).
+    from lookalike_cli.model.manifest import customer_manifests
+
+    env = settings.env()
+    env.setdefault("LOOKALIKE_MODEL_READY", "true" if customer_manifests(settings.onnx_dir) else "false")
+    return env
 
 
 def run_dbt(
@@ -64,13 +74,13 @@ def run_dbt(
     echo = echo or (lambda line: print(line, flush=True))
     from lookalike_cli.spark.session import is_session_target
 
-    if is_session_target(target_of(args), settings.env()):
+    if is_session_target(target_of(args), settings):
         return run_dbt_in_process(settings, args, echo)
     lines: list[str] = []
     with subprocess.Popen(
-        dbt_command(args),
-        env=settings.env(),
-        cwd=str(DBT_PROJECT_DIR),
+        dbt_command(settings, args),
+        env=dbt_environment(settings),
+        cwd=str(settings.dbt_project_dir),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -128,14 +138,37 @@ def run_dbt_in_process(settings: Settings, args: Sequence[str], echo: Callable[[
             lines.append(line)
             echo(line)
 
-    command = dbt_command(args)[1:]
+    command = dbt_command(settings, args)[1:]
     if "--log-level" not in command:
         command += ["--log-level", "none"]
     if "--log-level-file" not in command:
         command += ["--log-level-file", "debug"]  # dbt.log in DBT_LOG_PATH, as with the subprocess
-    with environment(settings.env()):
+    with environment(dbt_environment(settings)):
         result = dbtRunner(callbacks=[on_event]).invoke(command)
     if not result.success:
         detail = failure_summary(lines) if lines else str(result.exception)
         raise LookalikeError(f"`dbt {' '.join(args)}` failed:\n{detail}")
     return lines
+
+
+def scaffold_project(folder: Path) -> list[Path]:
+    """Copy the bundled dbt project (models, macros, seeds, tests, the scoring Python model, profiles.yml) into folder.
+
+    Refuses a folder that already holds a dbt project, so nothing of the user's is overwritten.
+    """
+    from lookalike_cli.settings import BUNDLED_DBT_PROJECT_DIR
+
+    folder = Path(folder).expanduser().resolve()
+    if (folder / "dbt_project.yml").exists():
+        raise LookalikeError(f"{folder} already holds a dbt project (dbt_project.yml); choose an empty or new folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source in sorted(BUNDLED_DBT_PROJECT_DIR.rglob("*")):
+        relative = source.relative_to(BUNDLED_DBT_PROJECT_DIR)
+        if source.is_dir() or relative.parts[0] in ("target", "logs", "dbt_packages") or "__pycache__" in relative.parts:
+            continue
+        destination = folder / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+        copied.append(destination)
+    return copied

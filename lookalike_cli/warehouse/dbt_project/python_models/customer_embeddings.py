@@ -23,4 +23,5 @@ def model(dbt, session):
         model=model_name or None,
         quantize=quantize or "none",
         expected_version=model_version or None,
+        progress=lambda line: print(line, flush=True),  # into dbt's log
     )
