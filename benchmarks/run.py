@@ -226,7 +226,7 @@ def stage_train(ctx: Context) -> None:
     run = run_stage(ctx, "train", ["train", "--name", MODEL_NAME, "--layers", "3", "--location", "word",
                                    "--epochs", epochs, "--patience", epochs, "--seed", "0"])
     train_pairs = int(re.search(r"training on ([\d,]+) pairs", run.output).group(1).replace(",", ""))
-    loop_rates = [float(r.replace(",", "")) for r in re.findall(r"epoch \d+: .*\(([\d,]+) pairs/s\)", run.output)]
+    loop_rates = [float(r.replace(",", "")) for r in re.findall(r"epoch \d+(?:/\d+)?: .*\(([\d,]+) pairs/s\)", run.output)]
     loop = loop_rates[-1]
     steps = ctx.epochs * -(-train_pairs // 512)
     row = Row("train", "train", f"lookalike train --layers 3 --location word --epochs {epochs} --patience {epochs}",

@@ -10,8 +10,7 @@ SEED=${SEED:-7}
 DEMO_DIR=${DEMO_DIR:-demo}
 mkdir -p "$DEMO_DIR"
 export LOOKALIKE_DB="$DEMO_DIR/lookalike.duckdb"
-export LOOKALIKE_ONNX_DIR="$DEMO_DIR/onnx"
-export LOOKALIKE_INDEX_DIR="$DEMO_DIR/indexes"
+# Models (lookalike_models/) and indexes (lookalike_indexes/) default to folders beside the warehouse.
 LOOKALIKE=".venv/bin/lookalike"
 start=$(date +%s)
 step() { printf '\n== %s (%ss elapsed) ==\n' "$1" "$(( $(date +%s) - start ))"; }
@@ -28,8 +27,8 @@ $LOOKALIKE train --name baseline --layers 2 --location none --epochs "$EPOCHS" -
 $LOOKALIKE train --name demo --layers 3 --location word --epochs "$EPOCHS" --seed "$SEED"
 .venv/bin/python - <<'PY'
 import json, os
-from pathlib import Path
-folder = Path(os.environ["LOOKALIKE_ONNX_DIR"])
+from lookalike_cli import Settings
+folder = Settings.resolve().onnx_dir
 model, base = (json.loads((folder / f"{name}.json").read_text())["metrics"]["test_mae"] for name in ("demo", "baseline"))
 print(f"\ntest MAE: model {model:.4f} vs baseline {base:.4f} ({model / base:.0%} of baseline)")
 PY

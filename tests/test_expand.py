@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lookalike_cli.index import faiss_index as index as index_module
+from lookalike_cli.index import faiss_index as index_module
 from lookalike_cli.audiences.catalog import create_audience
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.audiences.expand import STRATEGIES, expand, parse_size

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lookalike_cli.index import faiss_index as index as index_module
+from lookalike_cli.index import faiss_index as index_module
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.index.faiss_index import INDEX_FILE, MANIFEST_FILE, build_index, load_index, recall_at_k
 from serving_fixtures import MODEL_VERSION, build_warehouse

@@ -57,7 +57,7 @@ def build_cmd(settings: Settings, min_coclick_support: int | None, min_interacti
     click.echo("Built the ads models. Next: lookalike ads train-embedding")
 
 @ads_group.command("train-embedding")
-@click.option("--name", default="ads_encoder", show_default=True, help="Model name: onnx/<name>.onnx + <name>.json.")
+@click.option("--name", default="ads_encoder", show_default=True, help="Model name: <name>.onnx + <name>.json in the models folder (--onnx-dir).")
 @click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--dim", type=click.IntRange(min=2), default=64, show_default=True, help="Embedding size.")
 @click.option("--batch-size", type=click.IntRange(min=8), default=512, show_default=True)

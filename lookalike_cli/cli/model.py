@@ -15,7 +15,7 @@ DEFAULTS = TrainOptions()
 
 
 @click.command("train")
-@click.option("--name", default=None, help="Export name: onnx/<name>.onnx + .json. Default: two_tower_<layers>l_<location>_d<dim>.")
+@click.option("--name", default=None, help="Export name: <name>.onnx + .json in the models folder (--onnx-dir). Default: two_tower_<layers>l_<location>_d<dim>.")
 @click.option("--layers", type=click.IntRange(1, 8), default=DEFAULTS.layers, show_default=True, help="Fully connected layers (2 or 3 in the paper).")
 @click.option("--hidden", type=click.IntRange(1), default=DEFAULTS.hidden, show_default=True, help="Width of the hidden ReLU layers.")
 @click.option("--dim", type=click.IntRange(2), default=DEFAULTS.dim, show_default=True, help="Embedding size.")

@@ -1,7 +1,7 @@
 """Export a trained tower to ONNX plus a JSON manifest that makes scoring self-contained.
 
-onnx/<name>.onnx   inputs named in the manifest, output `embedding` (L2-normalised)
-onnx/<name>.json   config, feature spec (order, vocabularies, normalisation, hashing),
+<name>.onnx   inputs named in the manifest, output `embedding` (L2-normalised)
+<name>.json   config, feature spec (order, vocabularies, normalisation, hashing),
                    label, metrics, training data fingerprint, model version id
 """
 

@@ -17,20 +17,25 @@ from lookalike_cli.settings import Settings
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def dbt_executable() -> str:
-    # Prefer the dbt installed beside this interpreter (the project venv) over one on PATH.
+def dbt_executable() -> list[str]:
+    """How to start dbt: the `dbt` script beside this interpreter (the venv's), else dbt's module with this interpreter.
+
+    Never a `dbt` found first on PATH: that one may belong to another environment with another
+    adapter version, or be missing when lookalike was installed without activating its venv.
+    """
     beside = Path(sys.executable).with_name("dbt")
     if beside.exists():
-        return str(beside)
-    found = shutil.which("dbt")
-    if not found:
-        raise LookalikeError("dbt is not installed in this environment: `pip install -e .` installs it.")
-    return found
+        return [str(beside)]
+    try:
+        import dbt.cli.main  # noqa: F401
+    except ImportError as exc:
+        raise LookalikeError("dbt is not installed in this environment: `pip install lookalike` installs dbt-core and dbt-duckdb.") from exc
+    return [sys.executable, "-m", "dbt.cli.main"]
 
 
 def dbt_command(settings: Settings, args: Sequence[str]) -> list[str]:
     args = list(args)
-    command = [dbt_executable(), *args]
+    command = [*dbt_executable(), *args]
     # dbt subcommands that touch the project need both dirs; `--version` etc. do not.
     if args and not args[0].startswith("-"):
         if "--project-dir" not in args:
@@ -138,7 +143,7 @@ def run_dbt_in_process(settings: Settings, args: Sequence[str], echo: Callable[[
             lines.append(line)
             echo(line)
 
-    command = dbt_command(settings, args)[1:]
+    command = dbt_command(settings, args)[len(dbt_executable()):]
     if "--log-level" not in command:
         command += ["--log-level", "none"]
     if "--log-level-file" not in command:

@@ -1,0 +1,327 @@
+"""The `blend` strategy (expand's default): candidate rankings of the population, from similarity
+to the seed to plain activity, mixed with weights the seed itself chooses by cross-validation.
+
+The seed is a set of labelled positives and the rest of the population is unlabelled (PU learning):
+whatever ranks held-out seeds above held-out unlabelled customers will, under the usual
+"seeds are a random sample of the positives" assumption, rank the hidden positives high too. So no
+component is favoured by default: every audience weighs them on its own evidence.
+
+Components, each a score per customer (those whose inputs are missing are left out):
+- `embedding`: cosine to the seed centroid on the encoder's embeddings (the `centroid` strategy);
+- `raw`: cosine to the seed centroid on standardised raw features (`raw_features`: numerics,
+  demographics, category shares), which keeps signal a small encoder can blur;
+- `propensity`: a logistic regression, seed vs unlabelled, on the embeddings and raw features side
+  by side, strongly regularised (~100 seeds against hundreds of features);
+- `activity`: log order-line count (biggest first), no fitting;
+- `rfm`: recency, frequency and spend z-scores, equal weights (the classic RFM ranking);
+- `spend`: log total spend;
+- `shares_lr`: seed-vs-unlabelled logistic regression on the category shares as stored plus log
+  order-line count (scikit-learn's default strength, class-balanced): preference and activity;
+- `shares_gbm`: the same inputs and labels, LightGBM (few shallow trees, one thread, deterministic),
+  which can find interactions and thresholds the linear model cannot.
+A class-prior correction (Elkan-Noto: divide by c = P(labelled | positive)) is monotone, so it cannot
+change a ranking and is not applied to the classifiers.
+
+Each component is turned into a percentile against a reference sample of the population (so a
+customer's blended score does not depend on who else is scored: a candidate pool and the whole
+population rank the same customers the same way), and the blend is a weighted mean of the
+percentiles. The weights come from self-validation: the seed (and the unlabelled sample) are split
+into FOLDS folds; for each fold every fitted component is refitted without it (on at most
+FOLD_UNLABELLED unlabelled customers, for speed), which gives out-of-fold percentiles of every
+component for every seed and for SELECTION_UNLABELLED held-out unlabelled customers.
+On those, greedy forward selection with replacement (Caruana et al. 2004) adds, STEPS times, the
+component that most raises the AUC of held-out seeds against held-out unlabelled customers (a
+component may be picked again; there is no early stop, so late picks average rather than chase
+noise); weights are the selection counts / STEPS. The selection is repeated on BAGS bootstrap
+resamples of the held-out rows and the weights averaged: shrinkage for small seeds, whose AUC
+differences are noisy (near-ties share the weight instead of flipping from one to the other).
+The evidence (held-out AUC of every component and of the chosen blend, the weights) is stored with
+the audience. Seeds too small to validate (< MIN_VALIDATION_SEEDS) get equal weights on every
+available component: an uninformed prior, not a choice made on any dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lookalike_cli.index.faiss_index import normalise
+
+COMPONENTS = ("embedding", "raw", "propensity", "activity", "rfm", "spend", "shares_lr", "shares_gbm")
+STATIC = ("activity", "rfm", "spend")      # no fitting: a function of one customer's features
+FOLDS = 3
+STEPS = 10            # greedy selection steps: weights in multiples of 1/STEPS per bag
+BAGS = 16             # bootstrap resamples of the held-out rows the selection is averaged over
+MIN_VALIDATION_SEEDS = 30
+SELECTION_UNLABELLED = 5_000  # held-out unlabelled customers the selection ranks the seeds against
+FOLD_UNLABELLED = 6_000       # most unlabelled customers a fold's classifiers are fitted on (the final fit: all)
+PROPENSITY_C = 0.0003     # inverse L2 strength of `propensity`; one value for every audience
+SHARES_LR_C = 1.0         # scikit-learn's default: `shares_lr` on unscaled shares + log lines
+GBM_PARAMS = dict(n_estimators=40, learning_rate=0.15, num_leaves=7, max_depth=3, min_child_samples=20,
+                  subsample=0.8, subsample_freq=1, colsample_bytree=0.5, reg_lambda=5.0, max_bin=63,
+                  n_jobs=1, deterministic=True, force_col_wise=True, verbose=-1)
+GBM_UNLABELLED = 5_000    # most unlabelled customers one LightGBM fit sees (a random sample beyond)
+REFERENCE_SIZE = 20_000   # population customers the percentiles are measured against
+
+LINES, ORDERS, RECENCY, SPEND = "order_line_count", "order_count", "recency_days", "total_spend"
+SHARE_PREFIX = "category:"
+
+
+@dataclass
+class BlendInputs:
+    """Aligned rows for a set of customers: L2-normalised embeddings and standardised raw features.
+
+    `names` and `scale` (the raw columns' names and their (mean, std) before z-scoring, from
+    `RawFeatures`) let the activity and preference components find their columns; without them
+    only the embedding, raw-cosine and propensity components exist."""
+    embeddings: np.ndarray
+    raw: np.ndarray
+    names: tuple = ()
+    scale: tuple | None = None
+    cached_preference: np.ndarray | None = field(default=None, repr=False)  # preference(), once computed
+
+    def take(self, rows: np.ndarray) -> "BlendInputs":
+        cached = None if self.cached_preference is None else self.cached_preference[rows]
+        return BlendInputs(self.embeddings[rows], self.raw[rows], self.names, self.scale, cached)
+
+    def joint(self, embeddings: bool = True) -> np.ndarray:
+        # Unit embeddings scaled to the raw features' per-column variance (~1), so the
+        # regularisation treats both blocks alike.
+        if not embeddings:
+            return self.raw
+        return np.hstack([self.embeddings * np.sqrt(self.embeddings.shape[1]), self.raw])
+
+    def index(self, name: str) -> int | None:
+        return self.names.index(name) if name in self.names else None
+
+    def column(self, name: str, plain: bool = False) -> np.ndarray | None:
+        """A raw column, z-scored (default) or back on its stored scale (log1p for numerics)."""
+        i = self.index(name)
+        if i is None:
+            return None
+        values = self.raw[:, i].astype(np.float64)
+        if plain and self.scale is not None:
+            std = self.scale[1][i]
+            values = values * (std if std > 1e-9 else 1.0) + self.scale[0][i]
+        return values
+
+    def lines_column(self) -> str | None:
+        return LINES if LINES in self.names else ORDERS if ORDERS in self.names else None
+
+    def static(self, name: str) -> np.ndarray:
+        if name == "activity":
+            return self.column(self.lines_column())
+        if name == "spend":
+            return self.column(SPEND)
+        return -self.column(RECENCY) + self.column(ORDERS) + self.column(SPEND)  # rfm
+
+    def preference(self) -> np.ndarray:
+        """[n, categories + 1]: category shares as stored and log1p(order lines), for the PU classifiers."""
+        if self.cached_preference is None:
+            self.cached_preference = self._preference()
+        return self.cached_preference
+
+    def _preference(self) -> np.ndarray:
+        shares = [i for i, n in enumerate(self.names) if n.startswith(SHARE_PREFIX)]
+        block = self.raw[:, shares].astype(np.float64)
+        if self.scale is not None:
+            std = np.where(self.scale[1][shares] > 1e-9, self.scale[1][shares], 1.0)
+            block = np.clip(block * std + self.scale[0][shares], 0.0, 1.0)
+        return np.column_stack([block, self.column(self.lines_column(), plain=True)])
+
+    def available(self, embeddings: bool = True) -> tuple[str, ...]:
+        """The components these inputs can feed (a zero-width raw block: embedding components only)."""
+        has_raw = self.raw.shape[1] > 0
+        names = set(self.names)
+        usable = {
+            "embedding": embeddings and self.embeddings.shape[1] > 0,
+            "raw": has_raw,
+            "propensity": has_raw or embeddings,
+            "activity": self.lines_column() is not None,
+            "rfm": {RECENCY, ORDERS, SPEND} <= names,
+            "spend": SPEND in names,
+            "shares_lr": self.lines_column() is not None and any(n.startswith(SHARE_PREFIX) for n in self.names),
+        }
+        usable["shares_gbm"] = usable["shares_lr"]
+        return tuple(c for c in COMPONENTS if usable[c])
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+
+def cosine_to_centroid(rows: np.ndarray, seed_rows: np.ndarray) -> np.ndarray:
+    centre = seed_rows.mean(axis=0)
+    norms = np.linalg.norm(rows, axis=1) * max(float(np.linalg.norm(centre)), 1e-12)
+    return rows @ centre / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class FittedComponents:
+    active: tuple[str, ...]
+    embedding_centre: np.ndarray
+    raw_centre: np.ndarray
+    models: dict                      # component -> fitted classifier (propensity, shares_lr, shares_gbm)
+    embeddings: bool = True           # whether `propensity` sees the embeddings
+    references: list[np.ndarray] = field(default_factory=list)  # sorted component scores of the reference sample
+
+    def raw_scores(self, inputs: BlendInputs) -> np.ndarray:
+        """[n, len(active)] component scores (cosines, classifier logits, activity z-scores).
+
+        In float64 and rounded, so a customer scores the same whether scored alone, in a pool or in
+        the whole population (matrix products of different shapes differ in the last float32 bits,
+        enough to move a customer past its own entry in the reference sample)."""
+        columns = []
+        preference = None
+        for name in self.active:
+            if name == "embedding":
+                columns.append(cosine_to_centroid(inputs.embeddings.astype(np.float64), self.embedding_centre[None, :]))
+            elif name == "raw":
+                columns.append(cosine_to_centroid(inputs.raw.astype(np.float64), self.raw_centre[None, :]))
+            elif name == "propensity":
+                columns.append(self.models[name].decision_function(inputs.joint(self.embeddings).astype(np.float64)))
+            elif name in STATIC:
+                columns.append(inputs.static(name))
+            else:
+                preference = inputs.preference() if preference is None else preference
+                model = self.models[name]
+                columns.append(model.decision_function(preference) if name == "shares_lr"
+                               else model.predict(preference, raw_score=True))
+        return np.round(np.column_stack(columns) if columns else np.zeros((len(inputs), 0)), 9)
+
+    def percentiles(self, inputs: BlendInputs) -> np.ndarray:
+        scores = self.raw_scores(inputs)
+        return np.column_stack([
+            np.searchsorted(reference, scores[:, i], side="right") / max(len(reference), 1)
+            for i, reference in enumerate(self.references)
+        ])
+
+
+def fit_gbm(x: np.ndarray, y: np.ndarray, random_seed: int):
+    import lightgbm
+
+    positives = max(float(y.sum()), 1.0)
+    weights = np.where(y == 1, (len(y) - positives) / positives, 1.0)  # class-balanced, as the LRs
+    model = lightgbm.LGBMClassifier(random_state=random_seed, **GBM_PARAMS)
+    return model.fit(x, y, sample_weight=weights)
+
+
+def fit_components(seeds: BlendInputs, unlabelled: BlendInputs, reference: BlendInputs, random_seed: int,
+                   active: tuple[str, ...], embeddings: bool = True) -> FittedComponents:
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.r_[np.ones(len(seeds)), np.zeros(len(unlabelled))]
+    models: dict = {}
+    if "propensity" in active:
+        x = np.vstack([seeds.joint(embeddings), unlabelled.joint(embeddings)]).astype(np.float64)  # lbfgs converts float32 anyway, slower
+        models["propensity"] = LogisticRegression(C=PROPENSITY_C, max_iter=1000, class_weight="balanced",
+                                                  random_state=random_seed).fit(x, y)
+    if "shares_lr" in active or "shares_gbm" in active:
+        x = np.vstack([seeds.preference(), unlabelled.preference()])
+        if "shares_lr" in active:
+            models["shares_lr"] = LogisticRegression(C=SHARES_LR_C, max_iter=1000, class_weight="balanced",
+                                                     random_state=random_seed).fit(x, y)
+        if "shares_gbm" in active:
+            keep = np.r_[np.arange(len(seeds)), len(seeds) + np.sort(np.random.default_rng(random_seed).permutation(
+                len(unlabelled))[:GBM_UNLABELLED])]
+            models["shares_gbm"] = fit_gbm(x[keep], y[keep], random_seed)
+    fitted = FittedComponents(active, normalise(seeds.embeddings.mean(axis=0, keepdims=True))[0],
+                              seeds.raw.astype(np.float64).mean(axis=0), models, embeddings)
+    fitted.references = [np.sort(column) for column in fitted.raw_scores(reference).T]
+    return fitted
+
+
+def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+    negatives = np.sort(negatives)
+    below = np.searchsorted(negatives, positives, side="left")
+    ties = np.searchsorted(negatives, positives, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(positives) * len(negatives)))
+
+
+def greedy_selection(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """Selection counts [K] of greedy forward selection with replacement over percentile columns."""
+    counts = np.zeros(positives.shape[1])
+    current_pos, current_neg = np.zeros(len(positives)), np.zeros(len(negatives))
+    for _ in range(STEPS):
+        trial = [auc(current_pos + positives[:, k], current_neg + negatives[:, k]) for k in range(positives.shape[1])]
+        k = int(np.argmax(trial))
+        counts[k] += 1
+        current_pos += positives[:, k]
+        current_neg += negatives[:, k]
+    return counts
+
+
+def select_weights(positives: np.ndarray, negatives: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bagged greedy selection: mean over BAGS bootstrap resamples of the normalised selection counts."""
+    total = np.zeros(positives.shape[1])
+    for _ in range(BAGS):
+        pos = positives[rng.integers(0, len(positives), len(positives))]
+        neg = negatives[rng.integers(0, len(negatives), len(negatives))]
+        counts = greedy_selection(pos, neg)
+        total += counts / max(counts.sum(), 1.0)
+    return total / BAGS
+
+
+def out_of_fold(seeds: BlendInputs, unlabelled: BlendInputs, reference: BlendInputs, rng: np.random.Generator,
+                random_seed: int, active: tuple[str, ...], embeddings: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold percentiles [n, len(active)] of every seed and of (a sample of) the unlabelled customers:
+    each fold's rows scored by components fitted on the other folds."""
+    seed_fold = rng.permutation(len(seeds)) % FOLDS
+    unlabelled_fold = rng.permutation(len(unlabelled)) % FOLDS
+    reference = reference.take(np.arange(min(len(reference), SELECTION_UNLABELLED)))  # enough resolution to select
+    held_pos, held_neg = [], []
+    for fold in range(FOLDS):
+        # Time goes into the fits, which grow with the unlabelled rows; the seeds are what is scarce.
+        train = rng.permutation(np.flatnonzero(unlabelled_fold != fold))[:FOLD_UNLABELLED]
+        held = rng.permutation(np.flatnonzero(unlabelled_fold == fold))[:SELECTION_UNLABELLED // FOLDS + 1]
+        fitted = fit_components(seeds.take(np.flatnonzero(seed_fold != fold)), unlabelled.take(np.sort(train)),
+                                reference, random_seed, active, embeddings)
+        held_pos.append(fitted.percentiles(seeds.take(np.flatnonzero(seed_fold == fold))))
+        held_neg.append(fitted.percentiles(unlabelled.take(np.sort(held))))
+    return np.vstack(held_pos), np.vstack(held_neg)
+
+
+@dataclass
+class Blend:
+    components: FittedComponents
+    weights: tuple[float, ...]        # aligned to components.active
+    evidence: dict
+
+    def score(self, inputs: BlendInputs) -> np.ndarray:
+        return self.components.percentiles(inputs) @ np.array(self.weights)
+
+
+def fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int = 0, embeddings: bool = True) -> Blend:
+    """Self-validate the weights inside the seed, then fit every component on the whole seed.
+
+    `embeddings=False` leaves the encoder out entirely (no embedding cosine, propensity on raw
+    features only): to measure what the embeddings add."""
+    from threadpoolctl import threadpool_limits
+
+    # Small fits: one BLAS thread is several times faster than oversubscribed threads on a busy machine.
+    with threadpool_limits(1):
+        return _fit_blend(seeds, unlabelled, random_seed, embeddings)
+
+
+def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int, embeddings: bool) -> Blend:
+    rng = np.random.default_rng(random_seed)
+    active = seeds.available(embeddings)
+    if "shares_lr" in active:  # computed once, sliced by every fold
+        seeds.preference(), unlabelled.preference()
+    reference = unlabelled.take(rng.permutation(len(unlabelled))[:REFERENCE_SIZE])
+    weights = np.full(len(active), 1.0 / len(active))
+    evidence: dict = {"components": list(active), "folds": 0, "unlabelled": int(len(unlabelled)),
+                      "selection": "equal weights (seed too small to validate)"}
+    if len(seeds) >= MIN_VALIDATION_SEEDS and len(unlabelled) >= 2 * FOLDS:
+        positives, negatives = out_of_fold(seeds, unlabelled, reference, rng, random_seed, active, embeddings)
+        weights = select_weights(positives, negatives, rng)
+        evidence.update(
+            folds=FOLDS, bags=BAGS, steps=STEPS,
+            selection="bagged greedy forward selection on out-of-fold percentiles, by held-out AUC",
+            validation_auc={name: round(auc(positives[:, k], negatives[:, k]), 4) for k, name in enumerate(active)},
+            blend_validation_auc=round(auc(positives @ weights, negatives @ weights), 4))
+    components = fit_components(seeds, unlabelled, reference, random_seed, active, embeddings)
+    weights = tuple(float(w) for w in weights)
+    evidence["weights"] = {name: round(w, 3) for name, w in zip(active, weights)}
+    return Blend(components, weights, evidence)

@@ -1,0 +1,179 @@
+"""Creating and reading published audiences: expand + publish, list, show, diff, drop."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.audiences.expand import Expansion, expand
+from lookalike_cli.audiences.publish import drop_audience, publish_audience
+from lookalike_cli.warehouse.connection import connection, table_exists
+from lookalike_cli.progress import Progress
+
+
+def warn(message: str) -> None:
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def customer_attributes(db_path: Path) -> pa.Table | None:
+    """customer_features without its list columns: what BI joins audiences to."""
+    with connection(db_path, read_only=True) as con:
+        if not table_exists(con, "customer_features"):
+            return None
+        columns = [r[0] for r in con.execute("describe customer_features").fetchall() if not r[1].endswith("[]")]
+        return con.sql(f"select {', '.join(columns)} from customer_features").to_arrow_table()
+
+
+def create_audience(
+    db_path: Path,
+    serving_db_path: Path,
+    index_dir: Path,
+    name: str,
+    seed_sql: str | None = None,
+    seed_table: str | None = None,
+    seed_file: str | Path | None = None,
+    size: str | int | None = None,
+    min_similarity: float | None = None,
+    strategy: str = "blend",
+    exclude_sql: str | None = None,
+    k_per_seed: int | None = None,
+    seed: int = 0,
+    export_parquet: str | Path | None = None,
+    progress: Progress = print,
+    on_warning: Progress = warn,
+) -> dict:
+    """Expand a seed into a new version of audience `name` and publish it; returns the audiences row."""
+    if not name or not name.strip():
+        raise LookalikeError("--name must not be empty.")
+    result = expand(db_path, index_dir, seed_sql=seed_sql, seed_table=seed_table, seed_file=seed_file, size=size,
+                    min_similarity=min_similarity, strategy=strategy, exclude_sql=exclude_sql,
+                    k_per_seed=k_per_seed, seed=seed, progress=progress)
+    return publish_expansion(db_path, serving_db_path, name, result, seed=seed, export_parquet=export_parquet,
+                             progress=progress, on_warning=on_warning)
+
+
+def publish_expansion(
+    db_path: Path,
+    serving_db_path: Path,
+    name: str,
+    result: Expansion,
+    seed: int = 0,
+    export_parquet: str | Path | None = None,
+    progress: Progress = print,
+    on_warning: Progress = warn,
+) -> dict:
+    """Publish a computed expansion as a new version of audience `name`, with its seed diagnostics."""
+    from lookalike_cli.audiences.diagnostics import inspect_seed, write_seed_diagnostics
+
+    if not name or not name.strip():
+        raise LookalikeError("The audience name must not be empty.")
+    for message in result.warnings:
+        on_warning(message)
+    with connection(db_path, read_only=True) as con:
+        diagnostics = inspect_seed(con, result.seeds, seed)
+    for message in diagnostics.warnings:
+        if message not in result.warnings:
+            on_warning(message)
+    return publish_audience(serving_db_path, name, result.audience, result.members,
+                            attributes=customer_attributes(db_path),
+                            export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
+                            extra=lambda con, audience_id: write_seed_diagnostics(con, audience_id, diagnostics))
+
+
+def open_serving(serving_db_path: Path) -> duckdb.DuckDBPyConnection:
+    if not serving_db_path.exists():
+        raise LookalikeError(f"No serving file at {serving_db_path}: run `lookalike expand` to publish an audience first.")
+    return duckdb.connect(str(serving_db_path), read_only=True)
+
+
+def list_audiences(serving_db_path: Path) -> pa.Table:
+    con = open_serving(serving_db_path)
+    try:
+        return con.sql(
+            "select audience_id, name, version, created_at, strategy, size, seed_found, seed_missing, "
+            "round(score_min, 4) as score_min, round(score_max, 4) as score_max, model_version, index_version "
+            "from audiences order by name, version"
+        ).to_arrow_table()
+    finally:
+        con.close()
+
+
+def resolve_version(con: duckdb.DuckDBPyConnection, name: str, version: int | None) -> tuple[int, int]:
+    query = "select audience_id, version from audiences where name = ?"
+    params: list = [name]
+    if version is not None:
+        query, params = query + " and version = ?", [name, version]
+    rows = con.execute(query + " order by version desc limit 1", params).fetchall()
+    if not rows:
+        which = f"version {version} of " if version is not None else ""
+        raise LookalikeError(f"No {which}audience named {name!r}. `lookalike audiences list` shows what exists.")
+    return rows[0]
+
+
+@dataclass
+class AudienceView:
+    audience: dict
+    members: pa.Table
+
+
+def show_audience(serving_db_path: Path, name: str, version: int | None = None, limit: int = 10) -> AudienceView:
+    """The audiences row and the first `limit` members (by rank) of one version (default latest)."""
+    con = open_serving(serving_db_path)
+    try:
+        audience_id, _ = resolve_version(con, name, version)
+        cursor = con.execute("select * from audiences where audience_id = ?", [audience_id])
+        columns = [d[0] for d in cursor.description]
+        audience = dict(zip(columns, cursor.fetchall()[0]))
+        members = con.sql(
+            "select rank, customer_id, round(score, 4) as score, round(similarity, 4) as similarity, nearest_seed_id "
+            "from audience_members where audience_id = $id order by rank limit $limit",
+            params={"id": audience_id, "limit": limit},
+        ).to_arrow_table()
+        return AudienceView(audience, members)
+    finally:
+        con.close()
+
+
+@dataclass
+class AudienceDiff:
+    name: str
+    from_version: int
+    to_version: int
+    entered: pa.Table
+    left: pa.Table
+    stayed: int
+
+
+def diff_audience(serving_db_path: Path, name: str, from_version: int | None = None, to_version: int | None = None) -> AudienceDiff:
+    """Who entered and who left between two versions (default: the previous and the latest)."""
+    con = open_serving(serving_db_path)
+    try:
+        new_id, new_version = resolve_version(con, name, to_version)
+        old_version = from_version if from_version is not None else new_version - 1
+        if old_version < 1:
+            raise LookalikeError(f"Audience {name!r} has only version {new_version}: nothing to diff against.")
+        old_id, old_version = resolve_version(con, name, old_version)
+
+        def members_only_in(a: int, b: int) -> pa.Table:
+            return con.sql(
+                "select customer_id, rank, round(score, 4) as score from audience_members where audience_id = $a "
+                "and customer_id not in (select customer_id from audience_members where audience_id = $b) order by rank",
+                params={"a": a, "b": b},
+            ).to_arrow_table()
+
+        entered, left = members_only_in(new_id, old_id), members_only_in(old_id, new_id)
+        stayed = con.execute(
+            "select count(*) from audience_members n join audience_members o using (customer_id) "
+            "where n.audience_id = ? and o.audience_id = ?", [new_id, old_id]
+        ).fetchall()[0][0]
+        return AudienceDiff(name, old_version, new_version, entered, left, stayed)
+    finally:
+        con.close()
+
+
+__all__ = ["create_audience", "list_audiences", "show_audience", "diff_audience", "drop_audience", "customer_attributes"]

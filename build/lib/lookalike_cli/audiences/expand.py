@@ -1,0 +1,512 @@
+"""Expansion: seed customers -> ranked lookalike audience, by one of five strategies.
+
+- blend (default): candidate rankings (embedding and raw-feature similarity, a seed-vs-population
+  propensity, activity, RFM, spend, and seed-vs-population logistic regression and LightGBM on
+  category shares + log order lines) as percentiles, mixed with weights chosen per audience by
+  cross-validation inside the seed (`blend.py`); scores every customer exactly up to
+  BLEND_EXACT_MAX customers, re-ranks an ANN candidate pool above.
+- centroid: cosine to the mean seed vector (one ANN query; fast, assumes one homogeneous seed).
+- knn-vote: each seed's k nearest neighbours vote with their similarity (follows mixed seeds).
+- multi-centroid: k-means sub-clusters of the seed (k by silhouette), cosine to the nearest one.
+- classifier: logistic regression seed vs population sample (PU learning, Elkan-Noto class-prior
+  correction) re-ranking a candidate pool from ANN search around the seeds.
+
+`--min-similarity` cuts on cosine to the centroid (centroid, blend), to the nearest sub-centroid
+(multi-centroid) or to the nearest seed (knn-vote, classifier).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index, normalise
+from lookalike_cli.audiences.seeds import Seeds, excluded_ids, resolve_seeds
+from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.progress import Progress
+
+STRATEGIES = ("blend", "centroid", "knn-vote", "multi-centroid", "classifier")
+DEFAULT_STRATEGY = "blend"
+# blend: most unlabelled customers the propensity classifier is fitted on (a random sample beyond).
+BLEND_UNLABELLED = 20_000
+# blend: up to this many customers every one is scored exactly; above, the blend re-ranks an ANN
+# candidate pool around the seeds and raw features are loaded only for a sample and the pool.
+BLEND_EXACT_MAX = 50_000
+# knn-vote: most neighbours one search of all seeds may return (ids + similarities ~12 bytes each).
+MAX_VOTES = 20_000_000
+# Member vectors are fetched and used this many at a time (128 MiB at dim 128): a 5% audience of
+# 100M customers is 5M vectors, 2.4 GiB at once.
+VECTOR_SLICE = 262_144
+
+
+@dataclass
+class Candidates:
+    """Customers found by a strategy, best first; `frontier` is the lowest similarity the search covered.
+
+    `capped` says the strategy cannot search wider (knn-vote at its per-seed neighbour cap).
+    """
+    ids: np.ndarray
+    scores: np.ndarray
+    similarities: np.ndarray
+    frontier: float
+    nearest_seed: np.ndarray | None = None
+    capped: bool = False
+
+
+@dataclass
+class Expansion:
+    members: pa.Table
+    audience: dict
+    warnings: list[str] = field(default_factory=list)
+    # The resolved seed (ids and vectors), so publishing can diagnose it without running the seed query again.
+    seeds: Seeds | None = None
+
+
+def parse_size(size: str | int | None, population: int) -> int | None:
+    """'5%' -> share of the population, '20000' -> count."""
+    if size is None:
+        return None
+    text = str(size).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text)
+    if match:
+        share = float(match.group(1))
+        if not 0 < share <= 100:
+            raise LookalikeError(f"--size {text}: a percentage must be in (0, 100].")
+        return max(1, math.ceil(population * share / 100))
+    if not text.isdigit() or int(text) <= 0:
+        raise LookalikeError(f"--size {text!r}: give a positive count (20000) or a share of the population (5%).")
+    return int(text)
+
+
+def search_union(index: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Neighbours of all queries as flat (ids, similarity, query row) arrays, plus the search frontier."""
+    sims, ids = index.search(queries, k)
+    valid = ids >= 0
+    rows = np.broadcast_to(np.arange(len(queries))[:, None], ids.shape)
+    frontier = float(sims[:, -1].max()) if k < index.manifest.row_count else -1.0
+    return ids[valid], sims[valid], rows[valid], frontier
+
+
+def group_by_id(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct id: (id, max value, position of the (first) max in the input, sum of values); one sort."""
+    order = np.argsort(ids, kind="stable")
+    ids_sorted, values_sorted = ids[order], values[order]
+    starts = np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]])
+    best = np.maximum.reduceat(values_sorted, starts)
+    sums = np.add.reduceat(values_sorted, starts)
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(ids_sorted)]))
+    hits = np.flatnonzero(values_sorted == best[group])
+    first = hits[np.r_[True, group[hits][1:] != group[hits][:-1]]]
+    return ids_sorted[starts], best, order[first], sums
+
+
+def ranked(ids: np.ndarray, scores: np.ndarray, sims: np.ndarray, frontier: float, nearest: np.ndarray | None = None,
+           capped: bool = False) -> Candidates:
+    order = np.lexsort((ids, -scores))
+    return Candidates(ids[order], scores[order].astype(np.float64), sims[order].astype(np.float64), frontier,
+                      None if nearest is None else nearest[order], capped)
+
+
+def over_vectors(index: LoadedIndex, ids: np.ndarray, use: Callable[[np.ndarray, np.ndarray], tuple]) -> tuple:
+    """`use(ids, vectors)` over slices of VECTOR_SLICE customers and their stored vectors, outputs concatenated.
+
+    `index.vectors` gives exact vectors for a compressed index (from its memory-mapped exact
+    vectors, not decoded codes), so scores and nearest seeds are the same as with exact search.
+    """
+    slices = [ids[start : start + VECTOR_SLICE] for start in range(0, len(ids), VECTOR_SLICE)] or [ids[:0]]
+    parts = [use(part, index.vectors(part)) for part in slices]
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+def centroid(index: LoadedIndex, seeds: Seeds, limit: int, **_) -> Candidates:
+    query = normalise(seeds.vectors.mean(axis=0, keepdims=True))
+    ids, sims, _, frontier = search_union(index, query, limit)
+    return ranked(ids, sims, sims, frontier)
+
+
+def knn_vote(index: LoadedIndex, seeds: Seeds, limit: int, k_per_seed: int | None = None, **_) -> Candidates:
+    """Score = sum of the similarities of the seeds that have the customer among their k nearest.
+
+    Seeds' neighbourhoods overlap, so the union of k neighbours per seed holds far fewer than
+    seeds*k customers. k grows by the observed shortfall (at least doubling) until the union
+    holds `limit` customers: a few searches of all seeds, not one per doubling of the audience.
+    k is capped so one search returns at most MAX_VOTES neighbours (memory and time).
+    """
+    population = index.manifest.row_count
+    floor = k_per_seed or 10
+    cap = min(population, max(floor, MAX_VOTES // seeds.found))
+    k = min(cap, max(floor, math.ceil(2 * limit / seeds.found)))
+    while True:
+        ids, sims, rows, frontier = search_union(index, seeds.vectors, k)
+        unique, best, at, votes = group_by_id(ids, sims)
+        if len(unique) >= limit or k >= cap:
+            break
+        k = min(cap, max(2 * k, math.ceil(1.5 * k * limit / len(unique))))
+    return ranked(unique, votes, best, frontier, seeds.ids[rows[at]], capped=k >= cap and frontier > -1.0)
+
+
+def seed_clusters(vectors: np.ndarray, seed: int, max_k: int = 8) -> tuple[np.ndarray, dict]:
+    """Sub-centroids of the seed by k-means, k chosen by silhouette (k=1 when no split is clearly better)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    upper = min(max_k, len(vectors) // 20)
+    best = (0.1, 1, normalise(vectors.mean(axis=0, keepdims=True)))  # a split must beat silhouette 0.1
+    scores = {}
+    for k in range(2, upper + 1):
+        model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(vectors)
+        score = float(silhouette_score(vectors, model.labels_, sample_size=min(len(vectors), 2000), random_state=seed))
+        scores[k] = round(score, 3)
+        if score > best[0]:
+            best = (score, k, normalise(model.cluster_centers_))
+    return best[2], {"clusters": best[1], "silhouette": scores}
+
+
+def multi_centroid(index: LoadedIndex, seeds: Seeds, limit: int, centroids: np.ndarray, **_) -> Candidates:
+    ids, sims, _, frontier = search_union(index, centroids, limit)
+    unique, best, _, _ = group_by_id(ids, sims)
+    return ranked(unique, best, best, frontier)
+
+
+@dataclass
+class PUClassifier:
+    """Seed (labelled) vs population sample (unlabelled) logistic regression, Elkan-Noto corrected."""
+    model: object
+    label_frequency: float  # c = P(labelled | positive), estimated on held-out seeds
+
+    def probability(self, vectors: np.ndarray) -> np.ndarray:
+        return np.clip(self.model.predict_proba(vectors)[:, 1] / self.label_frequency, 0.0, 1.0)
+
+
+def train_classifier(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int, sample_size: int | None = None) -> tuple[PUClassifier, dict]:
+    from sklearn.linear_model import LogisticRegression
+
+    sample_size = sample_size or int(np.clip(5 * seeds.found, 5_000, 50_000))
+    table = con.sql(
+        f"select customer_id, embedding from customer_embeddings using sample reservoir({sample_size} rows) repeatable ({seed})"
+    ).to_arrow_table()
+    column = table.column("embedding").combine_chunks()
+    unlabelled = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size)
+    unlabelled = unlabelled[~np.isin(table.column("customer_id").to_numpy(), seeds.ids)]
+    rng = np.random.default_rng(seed)
+    held_out = rng.random(seeds.found) < 0.2
+    if held_out.sum() < 5 or (~held_out).sum() < 5:
+        held_out = np.zeros(seeds.found, dtype=bool)
+    train_pos = seeds.vectors[~held_out]
+    x = np.vstack([train_pos, unlabelled])
+    y = np.r_[np.ones(len(train_pos)), np.zeros(len(unlabelled))]
+    model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
+    check = seeds.vectors[held_out] if held_out.any() else train_pos
+    c = float(np.clip(model.predict_proba(check)[:, 1].mean(), 1e-6, 1.0))
+    return PUClassifier(model, c), {"population_sample": int(len(unlabelled)), "label_frequency": round(c, 4)}
+
+
+def classifier(index: LoadedIndex, seeds: Seeds, limit: int, pu: PUClassifier, **_) -> Candidates:
+    """Candidate pool = each seed's neighbours plus the centroid's, re-ranked by the PU classifier."""
+    pool = knn_vote(index, seeds, 2 * limit)
+    around_centroid = centroid(index, seeds, 2 * limit)
+    ids = np.union1d(pool.ids, around_centroid.ids)
+    search = seed_search(seeds, len(ids))
+    probability, nearest, nearest_sims = over_vectors(
+        index, ids, lambda _, vectors: (pu.probability(vectors), *nearest_seeds(vectors, seeds, search)))
+    return ranked(ids, probability, nearest_sims, max(pool.frontier, around_centroid.frontier), nearest)
+
+
+def blend_inputs(ids: np.ndarray, vectors: np.ndarray, raw) -> "BlendInputs":
+    """Embeddings (aligned to `ids`) beside the customers' standardised raw features (none: a zero-width block),
+    with the raw columns' names and scale so the blend finds its activity and preference columns."""
+    from lookalike_cli.audiences.blend import BlendInputs
+
+    if raw is None:
+        return BlendInputs(vectors, np.zeros((len(ids), 0), np.float32))
+    return BlendInputs(vectors, raw.matrix[raw.rows(ids)], tuple(raw.names), raw.scale)
+
+
+def fit_blend_for(seeds: Seeds, population_ids: np.ndarray, population_vectors: np.ndarray, raw, seed: int,
+                  embeddings: bool = True):
+    """The self-validated blend of a seed against the unlabelled population (every non-seed customer, sampled).
+
+    `embeddings=False` fits it without the encoder (a benchmark's ablation; expand always uses them)."""
+    from lookalike_cli.audiences.blend import fit_blend
+
+    unlabelled = np.flatnonzero(~np.isin(population_ids, seeds.ids))
+    if len(unlabelled) > BLEND_UNLABELLED:
+        unlabelled = np.sort(np.random.default_rng(seed).choice(unlabelled, BLEND_UNLABELLED, replace=False))
+    return fit_blend(blend_inputs(seeds.ids, seeds.vectors, raw),
+                     blend_inputs(population_ids[unlabelled], population_vectors[unlabelled], raw), seed, embeddings)
+
+
+def blend(index: LoadedIndex, seeds: Seeds, limit: int, blend_population: tuple, **_) -> Candidates:
+    """Every customer scored by the fitted blend (exact: no candidate pool); similarity = cosine to the centroid."""
+    ids, vectors, raw, fitted = blend_population
+    scores = fitted.score(blend_inputs(ids, vectors, raw))
+    similarities = vectors @ normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+    return ranked(ids, scores, similarities, -1.0)
+
+
+def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tuple, **_) -> Candidates:
+    """Large populations: the candidates near the seeds (knn-vote and centroid searches) re-ranked by the blend.
+
+    When the blend weighs activity-like components (activity, RFM, spend, the preference classifiers,
+    which see log order lines), the most active and biggest-spending customers join the pool too,
+    wherever they are in the embedding. Customers that only the raw-feature similarity would find
+    are still missed here; the exact path (<= BLEND_EXACT_MAX customers) and the backtest score everyone.
+    """
+    db_path, fitted, scale = blend_sampled
+    pool = knn_vote(index, seeds, 2 * limit)
+    around_centroid = centroid(index, seeds, 2 * limit)
+    ids = np.union1d(pool.ids, around_centroid.ids)
+    raw = None
+    if scale is not None:
+        weights = dict(zip(fitted.components.active, fitted.weights))
+        with connection(db_path, read_only=True) as con:
+            from lookalike_cli.audiences.raw_features import load_raw_features
+
+            if sum(weights.get(c, 0.0) for c in ACTIVITY_LIKE) > 0:
+                ids = np.union1d(ids, top_active(con, 2 * limit))
+            raw = load_raw_features(con, ids=ids, scale=scale)
+        ids = raw.ids
+    centre = normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+
+    def score(part: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vectors = normalise(vectors)
+        return fitted.score(blend_inputs(part, vectors, raw)), vectors @ centre
+
+    scores, similarities = over_vectors(index, ids, score)
+    return ranked(ids, scores, similarities, max(pool.frontier, around_centroid.frontier), capped=pool.capped)
+
+
+ACTIVITY_LIKE = ("activity", "rfm", "spend", "shares_lr", "shares_gbm")
+
+
+def top_active(con: duckdb.DuckDBPyConnection, limit: int) -> np.ndarray:
+    """The `limit` scored customers with the most order lines, and the `limit` with the highest spend."""
+    from lookalike_cli.warehouse.connection import table_columns
+
+    available = table_columns(con, "customer_features")
+    found = []
+    for column in ("order_line_count", "total_spend"):
+        if column in available:
+            found += [r[0] for r in con.execute(
+                f"select customer_id from customer_features where customer_id in (select customer_id from customer_embeddings) "
+                f"order by {column} desc nulls last, customer_id limit {int(limit)}").fetchall()]
+    return np.unique(np.array(found, dtype=np.int64))
+
+
+def sample_blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int):
+    """Large populations: (sample ids, embeddings, RawFeatures of sample + seeds or None, warnings)."""
+    from lookalike_cli.audiences.raw_features import load_raw_features
+
+    table = con.sql(f"select customer_id, embedding from customer_embeddings using sample reservoir({BLEND_UNLABELLED} rows) "
+                    f"repeatable ({seed}) order by customer_id").to_arrow_table()
+    column = table.column("embedding").combine_chunks()
+    vectors = normalise(column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size))
+    ids = table.column("customer_id").to_numpy().astype(np.int64)
+    try:
+        raw = load_raw_features(con, ids=np.union1d(ids, seeds.ids))
+    except (LookalikeError, duckdb.Error) as exc:
+        return ids, vectors, None, [f"blend: no raw features ({str(exc).splitlines()[0]}); using the embedding components only."]
+    keep = np.isin(ids, raw.ids)
+    missing = ~np.isin(seeds.ids, raw.ids)
+    if missing.any():
+        raise LookalikeError(f"{int(missing.sum()):,} seed(s) have embeddings but no row in customer_features "
+                             f"(e.g. {seeds.ids[missing][:3].tolist()}): rebuild with `lookalike build` and re-score.")
+    return ids[keep], vectors[keep], raw, []
+
+
+def load_blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds) -> tuple[np.ndarray, np.ndarray, object, list[str]]:
+    """(ids, L2-normalised embeddings, RawFeatures or None, warnings) of every scored customer.
+
+    Without usable raw features (customer_features or categories missing or incomplete) the blend
+    falls back to its embedding components and says so.
+    """
+    from lookalike_cli.audiences.raw_features import load_raw_features
+
+    warnings = []
+    try:
+        raw = load_raw_features(con)
+    except (LookalikeError, duckdb.Error) as exc:
+        raw = None
+        warnings.append(f"blend: no raw features ({str(exc).splitlines()[0]}); using the embedding components only.")
+    table = con.sql("select customer_id, embedding from customer_embeddings order by customer_id").to_arrow_table()
+    column = table.column("embedding").combine_chunks()
+    vectors = normalise(column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size))
+    ids = table.column("customer_id").to_numpy().astype(np.int64)
+    if raw is None:
+        return ids, vectors, None, warnings
+    missing = ~np.isin(seeds.ids, raw.ids)
+    if missing.any():
+        raise LookalikeError(f"{int(missing.sum()):,} seed(s) have embeddings but no row in customer_features "
+                             f"(e.g. {seeds.ids[missing][:3].tolist()}): rebuild with `lookalike build` and re-score.")
+    keep = np.isin(ids, raw.ids)
+    return ids[keep], vectors[keep], raw, warnings
+
+
+def seed_search(seeds: Seeds, members: int) -> faiss.Index:
+    """Search over the seeds for the nearest seed of `members` vectors; IVF when exact would be slow."""
+    if members * seeds.found <= 200_000_000:
+        search = faiss.IndexFlatIP(seeds.vectors.shape[1])
+        search.add(np.ascontiguousarray(seeds.vectors))
+    else:
+        nlist = int(math.sqrt(seeds.found))
+        search = faiss.IndexIVFFlat(faiss.IndexFlatIP(seeds.vectors.shape[1]), seeds.vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        search.cp.seed = 0
+        search.train(np.ascontiguousarray(seeds.vectors))
+        search.add(np.ascontiguousarray(seeds.vectors))
+        search.nprobe = 8
+    return search
+
+
+def nearest_seeds(vectors: np.ndarray, seeds: Seeds, search: faiss.Index | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest seed id and similarity per vector (`search` from seed_search, built once for many slices)."""
+    search = seed_search(seeds, len(vectors)) if search is None else search
+    sims, rows = search.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+    return seeds.ids[rows[:, 0]], sims[:, 0]
+
+
+def expand(
+    db_path: Path,
+    index_dir: Path,
+    seed_sql: str | None = None,
+    seed_table: str | None = None,
+    seed_file: str | Path | None = None,
+    size: str | int | None = None,
+    min_similarity: float | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+    exclude_sql: str | None = None,
+    k_per_seed: int | None = None,
+    seed: int = 0,
+    progress: Progress = print,
+    loaded_index: LoadedIndex | None = None,
+) -> Expansion:
+    """Compute an audience (nothing is written): members ranked by score plus the audiences row.
+
+    A long-lived process (a service, a benchmark) can pass `loaded_index` to skip reading the
+    index file; its model version is checked all the same.
+    """
+    if strategy not in STRATEGIES:
+        raise LookalikeError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    if size is None and min_similarity is None:
+        raise LookalikeError("Give --size (20000 or 5%) or --min-similarity (e.g. 0.8).")
+    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
+        raise LookalikeError(f"--min-similarity {min_similarity} must be a cosine similarity in [-1, 1].")
+    started = time.perf_counter()
+    with connection(db_path, read_only=True) as con:
+        require_table(con, "customer_embeddings", "Build it with `lookalike dbt build` after `lookalike train`.")
+        versions = [r[0] for r in con.execute("select distinct model_version from customer_embeddings").fetchall()]
+        current = versions[0] if len(versions) == 1 else None
+        index = loaded_index or load_index(index_dir, expected_model_version=current)
+        check_model_version(index.manifest, current)
+        manifest = index.manifest
+        population = manifest.row_count
+        target = parse_size(size, population)
+        seeds = resolve_seeds(con, seed_sql, seed_table, seed_file)
+        warnings = list(seeds.warnings)
+        if target is not None and target > population - seeds.found:
+            raise LookalikeError(
+                f"--size {size} asks for {target:,} customers but the population has only "
+                f"{population - seeds.found:,} besides the {seeds.found:,} seeds."
+            )
+        excluded, excluded_counts = excluded_ids(con, exclude_sql)
+        blocked = np.union1d(seeds.ids, excluded)
+        progress(f"Seeds: {seeds.found:,} found, {seeds.missing:,} missing; excluding {len(blocked):,} "
+                 f"(seeds + {excluded_counts or 'no suppression lists'}); strategy {strategy}")
+
+        extra: dict = {}
+        parameters: dict = {"seed_source": seeds.source, "size": None if size is None else str(size),
+                            "min_similarity": min_similarity, "exclude_sql": exclude_sql, "random_seed": seed}
+        if strategy == "multi-centroid":
+            extra["centroids"], info = seed_clusters(seeds.vectors, seed)
+            parameters.update(info)
+            progress(f"  seed sub-clusters: {info['clusters']} (silhouette {info['silhouette']})")
+        elif strategy == "classifier":
+            extra["pu"], info = train_classifier(con, seeds, seed)
+            parameters.update(info)
+            progress(f"  PU classifier on {info['population_sample']:,} population vectors, label frequency c={info['label_frequency']}")
+        elif strategy == "blend":
+            exact = population <= BLEND_EXACT_MAX
+            load = load_blend_population(con, seeds) if exact else sample_blend_population(con, seeds, seed)
+            ids_all, vectors_all, raw, raw_warnings = load
+            warnings += raw_warnings
+            fitted = fit_blend_for(seeds, ids_all, vectors_all, raw, seed)
+            if exact:
+                extra["blend_population"] = (ids_all, vectors_all, raw, fitted)
+            else:
+                extra["blend_sampled"] = (db_path, fitted, None if raw is None else raw.scale)
+                progress(f"  blend re-ranks an ANN candidate pool ({population:,} customers > {BLEND_EXACT_MAX:,})")
+            parameters["blend"] = {**fitted.evidence, "scored": "every customer" if exact else "ANN candidate pool"}
+            progress(f"  blend weights {fitted.evidence['weights']} (self-validated: {fitted.evidence['folds']} folds "
+                     f"of the seed, AUC of held-out seeds {fitted.evidence.get('validation_auc', 'n/a')})")
+        if strategy == "knn-vote" and k_per_seed:
+            parameters["k_per_seed"] = k_per_seed
+    search = {"centroid": centroid, "knn-vote": knn_vote, "multi-centroid": multi_centroid, "classifier": classifier,
+              "blend": blend if "blend_population" in extra else blend_pool}[strategy]
+
+    # Widen the search until enough eligible customers are found (size) or the search frontier
+    # drops below the threshold (min-similarity), or the whole population is covered (frontier -1).
+    limit = (target or 1000) + len(blocked) + 100
+    while True:
+        found = search(index, seeds, limit, k_per_seed=k_per_seed, **extra)
+        keep = ~np.isin(found.ids, blocked)
+        if min_similarity is not None:
+            keep &= found.similarities >= min_similarity
+        enough = (target is not None and keep.sum() >= target) or (target is None and found.frontier < min_similarity)
+        if enough or found.frontier <= -1.0 or found.capped:
+            break
+        limit *= 2
+        progress(f"  widening the search ({limit:,} candidates)")
+    ids, scores, sims = found.ids[keep], found.scores[keep], found.similarities[keep]
+    nearest = found.nearest_seed[keep] if found.nearest_seed is not None else None
+    if target is not None:
+        ids, scores, sims = ids[:target], scores[:target], sims[:target]
+        nearest = nearest[:target] if nearest is not None else None
+        if len(ids) < target:
+            warnings.append(f"Only {len(ids):,} eligible customers found for --size {size} ({target:,}) after exclusions.")
+    if found.capped and not enough:
+        warnings.append(f"knn-vote stopped at its cap of {MAX_VOTES:,} neighbours over all {seeds.found:,} seeds before "
+                        "reaching the size/similarity cut; use fewer seeds or another strategy.")
+    if len(ids) == 0:
+        raise LookalikeError("The audience is empty: no eligible customer passed the size/similarity cut.")
+    if nearest is None:
+        search = seed_search(seeds, len(ids))
+        nearest, _ = over_vectors(index, ids, lambda _, vectors: nearest_seeds(vectors, seeds, search))
+
+    members = pa.table({
+        "rank": pa.array(np.arange(1, len(ids) + 1), pa.int32()),
+        "customer_id": pa.array(ids, pa.int64()),
+        "score": pa.array(scores, pa.float64()),
+        "similarity": pa.array(sims, pa.float64()),
+        "nearest_seed_id": pa.array(nearest, pa.int64()),
+    })
+    audience = {
+        "strategy": strategy,
+        "parameters": parameters,
+        "seed_requested": seeds.requested,
+        "seed_found": seeds.found,
+        "seed_missing": seeds.missing,
+        "excluded_count": int(len(excluded)),
+        "population_size": population,
+        "size": len(ids),
+        "score_min": float(scores.min()),
+        "score_max": float(scores.max()),
+        "score_mean": float(scores.mean()),
+        "score_median": float(np.median(scores)),
+        "similarity_min": float(sims.min()),
+        "model_version": manifest.model_version,
+        "index_version": manifest.index_version,
+        "index_type": manifest.index_type,
+        "compute_seconds": round(time.perf_counter() - started, 3),
+    }
+    progress(f"Audience: {len(ids):,} customers, score {audience['score_min']:.3f}..{audience['score_max']:.3f} "
+             f"in {audience['compute_seconds']:.2f}s")
+    return Expansion(members=members, audience=audience, warnings=warnings, seeds=seeds)

@@ -1,0 +1,111 @@
+"""Raw `customer_features` as one standardised matrix, with no model in between.
+
+Used where an answer must not depend on the encoder: the blend's non-embedding components, the
+backtest baselines (cosine to the seed centroid, seed-vs-population classifiers, activity, spend and
+RFM rankings) and the explanations of what sets an audience apart (standardised mean differences
+per feature).
+
+Columns: log1p of the dense numerics, one-hot categoricals (`gender=F`), and the per-category
+order-line shares (`category:<name>`), each z-scored over the population and clipped to
++-CLIP so a rare category bought by a handful of customers cannot dominate a cosine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lookalike_cli.model.features import CATEGORICAL_COLUMNS, DENSE_COLUMNS, dense_matrix, dense_shares, log1p_dense
+from lookalike_cli.warehouse.connection import require_table, table_columns
+
+CLIP = 10.0
+FEATURES_HINT = "Build it with `lookalike build`."
+
+
+@dataclass
+class RawFeatures:
+    ids: np.ndarray          # int64, ascending
+    matrix: np.ndarray       # float32 [N, F], z-scored and clipped
+    names: list[str]
+    activity: np.ndarray     # float64 [N]: RFM score (recent, frequent, high spend = high)
+    spend: np.ndarray        # float64 [N]: total spend in the feature window
+    lines: np.ndarray        # float64 [N]: order-line count in the feature window (order count without the column)
+    shares: object           # scipy CSR float32 [N, n_categories]: category order-line shares as stored (sparse)
+    scale: tuple             # (mean, std) of the columns before z-scoring: load another subset on the same scale
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of `ids` (every id must be present)."""
+        return np.searchsorted(self.ids, ids)
+
+
+def zscore(values: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    mean, std = scale if scale is not None else (values.mean(axis=0), values.std(axis=0))
+    return (values - mean) / np.where(std > 1e-9, std, 1.0)
+
+
+def load_raw_features(con: duckdb.DuckDBPyConnection, ids: np.ndarray | None = None,
+                      scale: tuple[np.ndarray, np.ndarray] | None = None) -> RawFeatures:
+    """Every customer's raw features, or only `ids`' (a sample, a candidate pool: memory stays bounded
+    at any population size). Columns (categorical vocabularies included) are the same either way;
+    the z-scores use `scale` (a previous load's `.scale`) when given, else the loaded rows' own."""
+    require_table(con, "customer_features", FEATURES_HINT)
+    available = table_columns(con, "customer_features")
+    dense_columns = [c for c in DENSE_COLUMNS if c in available]
+    categorical_columns = [c for c in CATEGORICAL_COLUMNS if c in available]
+    where = ""
+    if ids is not None:
+        con.register("_raw_feature_ids", pa.table({"customer_id": pa.array(np.asarray(ids, np.int64))}))
+        where = "where customer_id in (select customer_id from _raw_feature_ids)"
+    table = con.sql(
+        f"select customer_id, {', '.join(dense_columns + categorical_columns)}, category_ids, category_shares "
+        f"from customer_features {where} order by customer_id"
+    ).to_arrow_table()
+    if ids is not None:
+        con.unregister("_raw_feature_ids")
+    categories = con.sql("select category_id, category from categories order by category_id").fetchall()
+    n_categories = max([c[0] for c in categories], default=-1) + 1
+    category_names = {cid: name for cid, name in categories}
+
+    dense = log1p_dense(dense_matrix(table, dense_columns)).astype(np.float64)
+    blocks, names = [dense], list(dense_columns)
+    for column in categorical_columns:
+        values = table.column(column).combine_chunks().fill_null("unknown").cast("string")
+        # The vocabulary of the whole table, so a subset has the same columns as a full load.
+        vocabulary = sorted(r[0] for r in con.execute(
+            f"select distinct coalesce(cast({column} as varchar), 'unknown') from customer_features").fetchall())
+        codes = pc.index_in(values, value_set=pa.array(vocabulary, pa.string())).to_numpy(zero_copy_only=False)
+        onehot = np.zeros((table.num_rows, len(vocabulary)))
+        onehot[np.arange(table.num_rows), codes.astype(np.int64)] = 1.0
+        blocks.append(onehot)
+        names += [f"{column}={v}" for v in vocabulary]
+    blocks.append(dense_shares(table, n_categories).astype(np.float64))
+    names += [f"category:{category_names.get(i, i)}" for i in range(n_categories)]
+    stacked = np.hstack(blocks)
+    scale = scale if scale is not None else (stacked.mean(axis=0), stacked.std(axis=0))
+    matrix = np.clip(zscore(stacked, scale), -CLIP, CLIP).astype(np.float32)
+    del stacked
+
+    def column(name: str) -> np.ndarray:
+        return dense[:, dense_columns.index(name)] if name in dense_columns else np.zeros(table.num_rows)
+
+    # The classic RFM ranking: recent, frequent, big spenders first (equal weights on z-scores).
+    activity = zscore(np.column_stack([-column("recency_days"), column("order_count"), column("total_spend")])).sum(axis=1)
+    return RawFeatures(ids=table.column("customer_id").to_numpy().astype(np.int64), matrix=matrix, names=names,
+                       activity=activity, spend=np.expm1(column("total_spend")),
+                       lines=np.expm1(column("order_line_count" if "order_line_count" in dense_columns else "order_count")),
+                       shares=sparse_shares(table, n_categories), scale=scale)
+
+
+def sparse_shares(table: pa.Table, n_categories: int):
+    """The category_ids/category_shares lists as a CSR matrix (memory grows with purchases, not categories)."""
+    from scipy import sparse
+
+    ids, shares = table.column("category_ids").combine_chunks(), table.column("category_shares").combine_chunks()
+    rows = pc.list_parent_indices(ids).to_numpy()
+    columns = pc.list_flatten(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(shares).to_numpy(zero_copy_only=False).astype(np.float32)
+    return sparse.csr_matrix((values, (rows, columns)), shape=(table.num_rows, n_categories))

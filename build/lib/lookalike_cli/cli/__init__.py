@@ -1,0 +1,2 @@
+"""The `lookalike` command line: one module per command group, thin wrappers over the library.
+"""

@@ -1,0 +1,48 @@
+"""What every command module shares: the settings decorator, the error-mapping group, output helpers.
+
+Imports nothing heavy: `lookalike --help` loads only click and these modules; each command
+imports its library module when it runs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.settings import Settings
+
+
+class LookalikeGroup(click.Group):
+    """Turns LookalikeError into a one-line `Error: ...` and exit 1, like ClickException."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LookalikeError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def pass_settings(func):
+    """Pass the Settings the root group resolved (from --db and friends) as the first argument."""
+
+    @click.pass_context
+    @functools.wraps(func)
+    def wrapper(ctx: click.Context, *args, **kwargs):
+        return ctx.invoke(func, ctx.find_object(Settings), *args, **kwargs)
+
+    return wrapper
+
+
+def progress(message: str) -> None:
+    """Progress of a long step: to stderr, so stdout stays the command's result."""
+    click.echo(message, err=True)
+
+
+def echo_table(table) -> None:
+    """A plain fixed-width table (a pyarrow.Table): readable in a terminal and easy to grep."""
+    rows = [table.column_names] + [["" if v is None else str(v) for v in row.values()] for row in table.to_pylist()]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(table.column_names))]
+    for row in rows:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())

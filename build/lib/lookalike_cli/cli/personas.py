@@ -1,0 +1,157 @@
+"""CLI commands for personas and segments: personas label|propagate|show, segment."""
+
+from __future__ import annotations
+
+import click
+
+from lookalike_cli.cli._common import echo_table, pass_settings, progress
+from lookalike_cli.settings import Settings
+
+
+
+
+def parse_k(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor an integer.", param_hint="--k") from None
+
+
+
+@click.group("personas")
+def personas_group() -> None:
+    """Label a small sample of customers with personas, then propagate to everyone.
+
+    The persona set is the dbt seed persona_definitions (lookalike_cli/warehouse/dbt_project/seeds/persona_definitions.csv);
+    profiles come from the dbt model customer_profiles_text.
+
+    \b
+    Example:
+      lookalike personas label && lookalike personas propagate && lookalike segment
+    """
+
+@personas_group.command("label")
+@click.option("--labeller", type=click.Choice(["zero-shot", "llm"]), default="zero-shot", show_default=True,
+              help="zero-shot: the packaged sentence encoder scores profile text against persona descriptions (offline). "
+                   "llm: an OpenAI-compatible chat-completions endpoint.")
+@click.option("--fraction", type=float, default=0.05, show_default=True, help="Share of customers to label.")
+@click.option("--diversity-share", type=float, default=0.5, show_default=True,
+              help="Part of the sample that covers the --graph space; the rest are the least certain customers.")
+@click.option("--neighbours", type=int, default=10, show_default=True, help="k of the k-NN graph used to find uncertain customers.")
+@click.option("--restart", type=float, default=0.1, show_default=True, help="Restart probability of the random walk.")
+@click.option("--graph", type=click.Choice(["categories", "embeddings"]), default="categories", show_default=True,
+              help="Space of the diversity sample and the k-NN graph: category shares or the two-tower embeddings.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (k-means cells, sampling).")
+@click.option("--llm-url", default=None, help="llm: base URL of an OpenAI-compatible API (…/v1) or its …/chat/completions URL.")
+@click.option("--llm-model", default=None, help="llm: model name.")
+@click.option("--llm-api-key", default=None, help="llm: bearer token (env LOOKALIKE_PERSONAS_LABEL_LLM_API_KEY).")
+@click.option("--llm-timeout", type=float, default=30.0, show_default=True, help="llm: seconds per call.")
+@click.option("--llm-retries", type=int, default=2, show_default=True, help="llm: retries after an invalid answer, timeout, 429 or 5xx.")
+@click.option("--llm-backoff", type=float, default=1.0, show_default=True, help="llm: seconds before the first retry (doubling after).")
+@click.option("--llm-concurrency", type=int, default=1, show_default=True,
+              help="llm: customers labelled at once (parallel requests); the call budget holds across them.")
+@click.option("--max-calls", type=int, default=1000, show_default=True,
+              help="llm: budget of calls for this run, retries included; customers left over stay unlabelled.")
+@pass_settings
+def label_cmd(settings: Settings, **options) -> None:
+    """Label a diversity-and-uncertainty sample of customers; writes persona_labels.
+
+    Half the sample covers the customer space (one customer per k-means cell first), the
+    rest are the customers whose propagated labels are least certain. The llm labeller
+    stores every prompt and answer in persona_label_log.
+
+    \b
+    Example:
+      lookalike personas label                       # 5%, zero-shot, offline
+      lookalike personas label --labeller llm --llm-url http://localhost:8000/v1 \\
+        --llm-model qwen2.5-7b-instruct --max-calls 2000 --llm-concurrency 8
+    """
+    from lookalike_cli.personas.labels import label_sample
+
+    summary = label_sample(settings.db_path, progress=progress, **options)
+    click.echo(f"labelled {summary['labelled']:,} of {summary['requested']:,} sampled customers "
+               f"({summary['population']:,} in all) with {summary['labeller']} in {summary['seconds']:.1f}s"
+               + (f"; {summary['calls']:,} calls" if summary["calls"] is not None else "")
+               + ". Next: lookalike personas propagate")
+
+@personas_group.command("propagate")
+@click.option("--neighbours", type=int, default=10, show_default=True, help="k of the customer k-NN graph.")
+@click.option("--restart", type=float, default=0.1, show_default=True, help="Restart probability a in p = (1-a) W p + a y.")
+@click.option("--iterations", type=int, default=100, show_default=True, help="Maximum random-walk iterations.")
+@click.option("--graph", type=click.Choice(["categories", "embeddings"]), default="categories", show_default=True,
+              help="k-NN graph over what customers buy (square-rooted category shares) or the two-tower embeddings.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (IVF training above 50k customers).")
+@pass_settings
+def propagate_cmd(settings: Settings, **options) -> None:
+    """Spread persona_labels to every customer by random walk with restart; writes customer_personas.
+
+    \b
+    Example:
+      lookalike personas propagate --neighbours 10 --restart 0.1 --graph categories
+      lookalike dbt show --inline "select * from customer_personas where persona_rank = 1 limit 5"
+    """
+    from lookalike_cli.personas.labels import propagate_personas, top_personas
+    from lookalike_cli.warehouse.connection import connection
+
+    propagate_personas(settings.db_path, progress=progress, **options)
+    with connection(settings.db_path, read_only=True) as con:
+        echo_table(top_personas(con))
+
+@personas_group.command("show")
+@pass_settings
+def show_cmd(settings: Settings) -> None:
+    """Customers per top persona, from customer_personas.
+
+    \b
+    Example:
+      lookalike personas show
+    """
+    from lookalike_cli.personas.labels import top_personas
+    from lookalike_cli.warehouse.connection import connection
+
+    with connection(settings.db_path, read_only=True) as con:
+        echo_table(top_personas(con))
+
+@click.command("segment")
+@click.option("--k", "k", default="auto", show_default=True, help="Number of segments, or auto (best silhouette in --k-min..--k-max).")
+@click.option("--k-min", type=int, default=4, show_default=True,
+              help="Smallest k tried by auto (silhouette favours 2-3 coarse groups, rarely useful for targeting).")
+@click.option("--k-max", type=int, default=15, show_default=True, help="Largest k tried by auto.")
+@click.option("--inputs", default="categories", show_default=True,
+              help="What to cluster on, comma-separated: categories (square roots of category shares), personas "
+                   "(customer_personas probabilities), embeddings; each block scaled to unit variance.")
+@click.option("--components", type=int, default=16, show_default=True, help="PCA keeps at most this many components.")
+@click.option("--variance", type=float, default=0.95, show_default=True,
+              help="...and no more than needed to explain this share of variance.")
+@click.option("--stability-runs", type=int, default=5, show_default=True, help="k-means re-runs with other seeds for the stability ARI.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (PCA, k-means, silhouette sample).")
+@click.option("--publish/--no-publish", default=True, show_default=True,
+              help="Also replace the segment tables in the serving file BI tools read (atomic swap).")
+@pass_settings
+def segment_cmd(settings: Settings, k: str, publish: bool, **options) -> None:
+    """Cluster customers on what they buy (PCA then k-means) and profile the segments.
+
+    Writes customer_segments, segment_profiles (size, top personas, top categories, spend)
+    and segment_quality (silhouette, Calinski-Harabasz, Davies-Bouldin, stability ARI) to the
+    warehouse, and publishes them to the serving file (--no-publish to skip).
+
+    \b
+    Example:
+      lookalike segment --k auto
+      lookalike segment --k 8 --inputs categories,personas
+    """
+    from lookalike_cli.personas.segments import segment_customers
+
+    quality, profiles = segment_customers(settings.db_path, k=parse_k(k), progress=progress,
+                                          serving_path=settings.serving_db_path if publish else None, **options)
+    click.echo(f"{quality.k} segments ({quality.k_chosen_by}) of {quality.customers:,} customers on {quality.inputs}: "
+               f"silhouette {quality.silhouette:.3f}, Calinski-Harabasz {quality.calinski_harabasz:,.1f}, "
+               f"Davies-Bouldin {quality.davies_bouldin:.3f}, stability ARI {quality.stability_ari_mean:.3f} "
+               f"(min {quality.stability_ari_min:.3f})")
+    echo_table(profiles)
+
+
+# The commands this module adds to `lookalike` (cli/main.py).
+COMMANDS = [personas_group, segment_cmd]

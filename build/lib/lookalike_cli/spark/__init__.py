@@ -1,0 +1,2 @@
+"""The Apache Spark engine: local session, scoring and expansion over Spark tables (extra [spark]).
+"""

@@ -1,0 +1,285 @@
+"""`lookalike expand --engine spark`: lookalike candidates computed on Spark, published like any audience.
+
+For populations whose embeddings do not fit one machine's index. The seed centroid(s) are
+broadcast; every partition of customer_embeddings (seeds and suppressed customers removed by
+an anti-join) scores its rows by cosine with numpy and keeps only its own top `size` (or every
+row above `--min-similarity`); the driver merges those few candidates into the global top.
+The search is exact, so it agrees with exact search up to float rounding. The members then go
+through the same `publish.publish_audience` as the DuckDB/FAISS path.
+
+Strategies: centroid and multi-centroid (the seed sub-clusters of `expand.seed_clusters`).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.audiences.expand import Expansion, parse_size, seed_clusters
+from lookalike_cli.index.faiss_index import normalise
+from lookalike_cli.audiences.seeds import Seeds, read_id_file, seeds_from_embeddings
+from lookalike_cli.progress import Progress
+
+SPARK_STRATEGIES = ("centroid", "multi-centroid")
+CANDIDATES_SCHEMA = "customer_id bigint, score double, nearest_seed_id bigint"
+# Rows per matrix product in a partition: bounds the (rows x seeds) similarity block in memory.
+CHUNK_ROWS = 8192
+
+
+def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A list<float> Arrow column of equal-length embeddings as an L2-normalised float32 matrix."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return normalise(values.reshape(len(column), -1))
+
+
+def top_candidates(batches: Iterator[pa.RecordBatch], search) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: the partition's best `limit` customers (or all above `min_similarity`).
+
+    Score = cosine to the nearest centroid; each kept customer also gets its nearest seed.
+    """
+    query = search.value
+    centroids, seed_ids, seed_vectors = query["centroids"], query["seed_ids"], query["seed_vectors"]
+    limit, min_similarity = query["limit"], query["min_similarity"]
+    kept_ids, kept_scores, kept_vectors = [], [], []
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        ids = batch.column("customer_id").to_numpy(zero_copy_only=False).astype(np.int64)
+        vectors = embedding_matrix(batch.column("embedding"))
+        scores = (vectors @ centroids.T).max(axis=1)
+        keep = np.ones(len(ids), dtype=bool) if min_similarity is None else scores >= min_similarity
+        kept_ids.append(ids[keep])
+        kept_scores.append(scores[keep])
+        kept_vectors.append(vectors[keep])
+        kept_ids, kept_scores, kept_vectors = best_of(kept_ids, kept_scores, kept_vectors, limit)
+    if not kept_ids:
+        return
+    ids, scores, vectors = kept_ids[0], kept_scores[0], kept_vectors[0]
+    nearest = np.empty(len(ids), dtype=np.int64)
+    for start in range(0, len(ids), CHUNK_ROWS):
+        block = vectors[start:start + CHUNK_ROWS] @ seed_vectors.T
+        nearest[start:start + CHUNK_ROWS] = seed_ids[block.argmax(axis=1)]
+    yield pa.RecordBatch.from_arrays(
+        [pa.array(ids, pa.int64()), pa.array(scores.astype(np.float64), pa.float64()), pa.array(nearest, pa.int64())],
+        names=["customer_id", "score", "nearest_seed_id"],
+    )
+
+
+def best_of(ids: list[np.ndarray], scores: list[np.ndarray], vectors: list[np.ndarray], limit: int | None):
+    """Concatenate the running candidates and keep the `limit` best (ties: smaller id first, as in expand.ranked)."""
+    ids_all, scores_all, vectors_all = np.concatenate(ids), np.concatenate(scores), np.concatenate(vectors)
+    if limit is not None and len(ids_all) > limit:
+        order = np.lexsort((ids_all, -scores_all))[:limit]
+        ids_all, scores_all, vectors_all = ids_all[order], scores_all[order], vectors_all[order]
+    return [ids_all], [scores_all], [vectors_all]
+
+
+def resolve_seeds_spark(spark, seed_sql: str | None, seed_table: str | None, seed_file: str | Path | None) -> Seeds:
+    """Seed ids from SQL run on Spark (or a Spark table, or a CSV file), with their Spark embeddings."""
+    from pyspark.errors import PySparkException
+
+    from lookalike_cli.spark.scoring import embeddings_as_fixed_size
+
+    given = [(k, v) for k, v in (("--seed-sql", seed_sql), ("--seed-table", seed_table), ("--seed-file", seed_file)) if v]
+    if len(given) != 1:
+        raise LookalikeError("Give exactly one seed source: --seed-sql, --seed-table or --seed-file.")
+    if seed_file:
+        source = f"file {seed_file}"
+        requested = spark.createDataFrame(pa.table({"customer_id": pa.array(read_id_file(Path(seed_file)), pa.int64())}))
+    else:
+        source = f"sql: {seed_sql}" if seed_sql else f"table {seed_table}"
+        try:
+            frame = spark.sql(seed_sql) if seed_sql else spark.table(seed_table)
+            column = "customer_id" if "customer_id" in frame.columns else (frame.columns[0] if len(frame.columns) == 1 else None)
+            if column is None:
+                raise LookalikeError(f"Seed {source} returns columns {frame.columns}: name the id column customer_id.")
+            requested = frame.selectExpr(f"try_cast(`{column}` as bigint) as customer_id").where("customer_id is not null")
+        except PySparkException as exc:
+            raise LookalikeError(f"Seed {source} failed on Spark: {str(exc).splitlines()[0]}") from exc
+    requested = requested.distinct().cache()
+    try:
+        count = requested.count()
+        if count == 0:
+            raise LookalikeError(f"The seed ({source}) is empty: it returned no customer ids.")
+        found = (spark.table("customer_embeddings").join(requested, "customer_id")
+                 .select("customer_id", "embedding").orderBy("customer_id").toArrow())
+    finally:
+        requested.unpersist()
+    if found.num_rows == 0:
+        return seeds_from_embeddings(source, count, found)  # raises: none found
+    return seeds_from_embeddings(source, count, embeddings_as_fixed_size(found))
+
+
+def excluded_frame(spark, exclude_sql: str | None, raw_schema: str = "raw"):
+    """Suppressed customer ids as a Spark frame (--exclude-sql plus raw.opt_outs when present) and counts."""
+    from pyspark.errors import PySparkException
+
+    from lookalike_cli.spark.session import table_exists
+
+    parts, counts = [], {}
+    if exclude_sql:
+        try:
+            frame = spark.sql(exclude_sql)
+            column = "customer_id" if "customer_id" in frame.columns else frame.columns[0]
+            parts.append(frame.selectExpr(f"try_cast(`{column}` as bigint) as customer_id").where("customer_id is not null").distinct())
+            counts["exclude_sql"] = parts[-1].count()
+        except PySparkException as exc:
+            raise LookalikeError(f"--exclude-sql failed on Spark: {str(exc).splitlines()[0]}") from exc
+    if table_exists(spark, f"{raw_schema}.opt_outs"):
+        parts.append(spark.table(f"{raw_schema}.opt_outs").selectExpr("cast(customer_id as bigint) as customer_id").distinct())
+        counts["opt_outs"] = parts[-1].count()
+    return parts, counts
+
+
+def expand_spark(
+    settings,
+    seed_sql: str | None = None,
+    seed_table: str | None = None,
+    seed_file: str | Path | None = None,
+    size: str | int | None = None,
+    min_similarity: float | None = None,
+    strategy: str = "centroid",
+    exclude_sql: str | None = None,
+    seed: int = 0,
+    progress: Progress = print,
+) -> Expansion:
+    """Compute an audience on Spark (nothing is written); same result shape as `expand.expand`.
+
+    Seed and exclusion SQL run on Spark with the dbt schema as the current database, so the
+    same `select customer_id from customer_features ...` works on both engines.
+    """
+    from pyspark.sql import functions as F
+
+    from lookalike_cli.spark.session import require_spark_table, schema_name, spark_session
+
+    if strategy not in SPARK_STRATEGIES:
+        raise LookalikeError(f"--engine spark supports the strategies {', '.join(SPARK_STRATEGIES)}, not {strategy!r}: "
+                             "use --engine duckdb (FAISS) for knn-vote and classifier.")
+    if size is None and min_similarity is None:
+        raise LookalikeError("Give --size (20000 or 5%) or --min-similarity (e.g. 0.8).")
+    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
+        raise LookalikeError(f"--min-similarity {min_similarity} must be a cosine similarity in [-1, 1].")
+    started = time.perf_counter()
+    spark = spark_session(settings, progress=progress)
+    schema = schema_name(settings)
+    require_spark_table(spark, f"{schema}.customer_embeddings", "Build it with `lookalike score --engine spark`.")
+    spark.catalog.setCurrentDatabase(schema)
+    embeddings = spark.table("customer_embeddings")
+    versions = [r[0] for r in embeddings.select("model_version").distinct().limit(2).collect()]
+    if len(versions) != 1:
+        raise LookalikeError(f"{schema}.customer_embeddings holds {len(versions)} model versions: rescore with `lookalike score --engine spark`.")
+    population = embeddings.count()
+    target = parse_size(size, population)
+    seeds = resolve_seeds_spark(spark, seed_sql, seed_table, seed_file)
+    warnings = list(seeds.warnings)
+    if target is not None and target > population - seeds.found:
+        raise LookalikeError(f"--size {size} asks for {target:,} customers but the population has only "
+                             f"{population - seeds.found:,} besides the {seeds.found:,} seeds.")
+    excluded_parts, excluded_counts = excluded_frame(spark, exclude_sql)
+    excluded = None
+    for part in excluded_parts:
+        excluded = part if excluded is None else excluded.unionByName(part)
+    excluded = excluded.distinct() if excluded is not None else None
+    excluded_count = excluded.count() if excluded is not None else 0
+    blocked = spark.createDataFrame(pa.table({"customer_id": pa.array(seeds.ids, pa.int64())}))
+    if excluded is not None:
+        blocked = blocked.unionByName(excluded).distinct()
+    progress(f"Seeds: {seeds.found:,} found, {seeds.missing:,} missing; excluding seeds + "
+             f"{excluded_counts or 'no suppression lists'}; strategy {strategy} on Spark")
+
+    parameters: dict = {"seed_source": seeds.source, "size": None if size is None else str(size),
+                        "min_similarity": min_similarity, "exclude_sql": exclude_sql, "random_seed": seed,
+                        "engine": "spark"}
+    if strategy == "multi-centroid":
+        centroids, info = seed_clusters(seeds.vectors, seed)
+        parameters.update(info)
+        progress(f"  seed sub-clusters: {info['clusters']} (silhouette {info['silhouette']})")
+    else:
+        centroids = normalise(seeds.vectors.mean(axis=0, keepdims=True))
+    search = spark.sparkContext.broadcast({
+        "centroids": np.ascontiguousarray(centroids, dtype=np.float32),
+        "seed_ids": seeds.ids,
+        "seed_vectors": np.ascontiguousarray(seeds.vectors, dtype=np.float32),
+        "limit": target,
+        "min_similarity": min_similarity,
+    })
+    try:
+        candidates = (embeddings.select("customer_id", "embedding")
+                      .join(blocked, "customer_id", "left_anti")
+                      .mapInArrow(partial(top_candidates, search=search), CANDIDATES_SCHEMA))
+        merged = candidates.orderBy(F.desc("score"), F.asc("customer_id"))
+        if target is not None:
+            merged = merged.limit(target)
+        top = merged.toArrow()
+    finally:
+        search.unpersist()
+    if target is not None and top.num_rows < target:
+        warnings.append(f"Only {top.num_rows:,} eligible customers found for --size {size} ({target:,}) after exclusions.")
+    if top.num_rows == 0:
+        raise LookalikeError("The audience is empty: no eligible customer passed the size/similarity cut.")
+    scores = top.column("score").to_numpy()
+    members = pa.table({
+        "rank": pa.array(np.arange(1, top.num_rows + 1), pa.int32()),
+        "customer_id": top.column("customer_id").cast(pa.int64()),
+        "score": pa.array(scores, pa.float64()),
+        "similarity": pa.array(scores, pa.float64()),
+        "nearest_seed_id": top.column("nearest_seed_id").cast(pa.int64()),
+    })
+    audience = {
+        "strategy": strategy,
+        "parameters": parameters,
+        "seed_requested": seeds.requested,
+        "seed_found": seeds.found,
+        "seed_missing": seeds.missing,
+        "excluded_count": int(excluded_count),
+        "population_size": population,
+        "size": top.num_rows,
+        "score_min": float(scores.min()),
+        "score_max": float(scores.max()),
+        "score_mean": float(scores.mean()),
+        "score_median": float(np.median(scores)),
+        "similarity_min": float(scores.min()),
+        "model_version": versions[0],
+        "index_version": None,
+        "index_type": "spark-exact",
+        "compute_seconds": round(time.perf_counter() - started, 3),
+    }
+    progress(f"Audience: {top.num_rows:,} customers, score {audience['score_min']:.3f}..{audience['score_max']:.3f} "
+             f"in {audience['compute_seconds']:.2f}s on Spark")
+    return Expansion(members=members, audience=audience, warnings=warnings)
+
+
+def customer_attributes_spark(spark, schema: str) -> pa.Table | None:
+    """customer_features without its array columns, from Spark: what BI joins audiences to."""
+    from lookalike_cli.spark.session import table_exists
+
+    if not table_exists(spark, f"{schema}.customer_features"):
+        return None
+    frame = spark.table(f"{schema}.customer_features")
+    columns = [name for name, data_type in frame.dtypes if not data_type.startswith("array")]
+    return frame.select(*columns).toArrow()
+
+
+def create_audience_spark(settings, name: str, export_parquet: str | Path | None = None,
+                          progress: Progress = print, on_warning: Progress | None = None, **options) -> dict:
+    """Expand on Spark and publish the members to the serving file like `audiences.create_audience`."""
+    from lookalike_cli.audiences.catalog import warn
+    from lookalike_cli.audiences.publish import publish_audience
+    from lookalike_cli.spark.session import schema_name, spark_session
+
+    if not name or not name.strip():
+        raise LookalikeError("--name must not be empty.")
+    result = expand_spark(settings, progress=progress, **options)
+    for message in result.warnings:
+        (on_warning or warn)(message)
+    attributes = customer_attributes_spark(spark_session(settings), schema_name(settings))
+    return publish_audience(settings.serving_db_path, name, result.audience, result.members, attributes=attributes,
+                            export_parquet=Path(export_parquet) if export_parquet else None, progress=progress)

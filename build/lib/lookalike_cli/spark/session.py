@@ -1,0 +1,238 @@
+"""Apache Spark: the session the CLI's Spark steps share with dbt, and raw data into Spark.
+
+The session is configured from the `spark` target of `profiles.yml` (its
+`server_side_parameters`), so dbt-spark and the CLI read and write the same metastore and
+warehouse. A local Derby metastore admits one JVM at a time: dbt runs in this process
+when the target is Spark (`dbt_runner.run_dbt`), and both use one SparkSession.
+
+Everything here needs the optional extra `[spark]` (pyspark, dbt-spark, Java 17).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.settings import Settings
+from lookalike_cli.progress import Progress
+
+SPARK_TARGET = "spark"
+PROFILE_NAME = "lookalike"
+RAW_TABLES = ("customers", "order_lines", "visits", "engagements", "opt_outs")
+
+
+def require_pyspark() -> None:
+    try:
+        import pyspark  # noqa: F401
+    except ImportError as exc:
+        raise LookalikeError("The Spark engine needs the extra [spark]: pip install -e '.[spark]' (and Java 17).") from exc
+
+
+def profile_target(target: str, settings: Settings) -> dict:
+    """One output of the `lookalike` profile with its env_var() calls rendered, as dbt renders them."""
+    import jinja2
+    import yaml
+
+    env = settings.env()
+    profiles = yaml.safe_load((settings.profiles_dir / "profiles.yml").read_text())
+    outputs = profiles[PROFILE_NAME]["outputs"]
+    if target not in outputs:
+        raise LookalikeError(f"profiles.yml has no target {target!r}; targets: {', '.join(outputs)}.")
+
+    def env_var(name: str, default: str | None = None) -> str:
+        if name in env:
+            return env[name]
+        if default is None:
+            raise LookalikeError(f"profiles.yml target {target!r} needs the environment variable {name}.")
+        return default
+
+    def render(value):
+        if isinstance(value, dict):
+            return {k: render(v) for k, v in value.items()}
+        if isinstance(value, str):
+            return jinja2.Environment().from_string(value).render(env_var=env_var)
+        return value
+
+    return render(outputs[target])
+
+
+def is_session_target(target: str | None, settings: Settings) -> bool:
+    """A dbt-spark target with `method: session`: dbt runs Spark inside its own process."""
+    if not target:
+        return False
+    output = profile_target(target, settings)
+    return output.get("type") == "spark" and output.get("method") == "session"
+
+
+def session_conf(settings: Settings, target: str = SPARK_TARGET) -> dict[str, str]:
+    """Spark configuration of the profile target, plus what local Python workers need."""
+    output = profile_target(target, settings)
+    conf = {str(k): str(v) for k, v in (output.get("server_side_parameters") or {}).items()}
+    # dbt-spark forces this too: Spark 4's ANSI mode would fail casts dbt-spark's macros rely on.
+    conf["spark.sql.ansi.enabled"] = "false"
+    if conf.get("spark.master", "").startswith("local"):
+        # Python workers (mapInArrow) must run this interpreter, the one with onnxruntime.
+        conf.setdefault("spark.pyspark.python", sys.executable)
+        conf.setdefault("spark.pyspark.driver.python", sys.executable)
+    return conf
+
+
+def schema_name(settings: Settings, target: str = SPARK_TARGET) -> str:
+    """The Spark database dbt builds the models in (the target's `schema`)."""
+    return str(profile_target(target, settings)["schema"])
+
+
+def spark_session(settings: Settings, target: str = SPARK_TARGET, progress: Progress | None = None):
+    """The process's SparkSession, started with the profile target's configuration.
+
+    Starting the JVM takes ~15 s the first time in a process; later calls return the same session.
+    """
+    require_pyspark()
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    conf = session_conf(settings, target)
+    if settings.spark_dir is not None and conf.get("spark.master", "").startswith("local"):
+        settings.spark_dir.mkdir(parents=True, exist_ok=True)
+    if "spark.pyspark.python" in conf:
+        # PySpark picks the workers' interpreter from this variable, not from the conf.
+        os.environ.setdefault("PYSPARK_PYTHON", conf["spark.pyspark.python"])
+    if progress:
+        progress(f"Starting Spark ({conf.get('spark.master', 'default master')}, metastore in {settings.spark_dir}) ...")
+    builder = SparkSession.builder.appName("lookalike").enableHiveSupport()
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    started = time.perf_counter()
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    if progress:
+        progress(f"Spark {session.version} ready in {time.perf_counter() - started:.1f}s")
+    return session
+
+
+def table_exists(spark, name: str) -> bool:
+    """`name` may be qualified (schema.table); unqualified names look in the current database."""
+    return spark.catalog.tableExists(name)
+
+
+def require_spark_table(spark, name: str, hint: str) -> None:
+    if not table_exists(spark, name):
+        raise LookalikeError(f"Spark table {name} does not exist. {hint}")
+
+
+def load_raw(settings: Settings, raw_schema: str = "raw", tables: tuple[str, ...] = RAW_TABLES,
+             progress: Progress = print) -> dict[str, int]:
+    """Copy the DuckDB warehouse's raw tables into Spark tables `<raw_schema>.<table>`.
+
+    Each table goes DuckDB -> Parquet (written by DuckDB) -> a Spark managed table, written
+    under a temporary name and swapped in only when complete, so a failure leaves the previous
+    Spark table as it was. Optional tables absent from DuckDB are dropped from Spark too, so
+    dbt's `use_<table>: auto` sees the same sources on both engines.
+    """
+    import tempfile
+
+    from lookalike_cli.warehouse.connection import connection, table_exists as duckdb_table_exists
+
+    if not settings.db_path.exists():
+        raise LookalikeError(f"Warehouse {settings.db_path} does not exist. Run `lookalike generate-data` first.")
+    with connection(settings.db_path, read_only=True) as con:
+        present = [t for t in tables if duckdb_table_exists(con, t, schema=raw_schema)]
+    for required in ("customers", "order_lines"):
+        if required in tables and required not in present:
+            raise LookalikeError(f"{settings.db_path} has no table {raw_schema}.{required}. Run `lookalike generate-data` "
+                                 "or `lookalike load-sample completejourney` first.")
+    spark = spark_session(settings, progress=progress)
+    spark.sql(f"create database if not exists {raw_schema}")
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="lookalike_raw_", dir=settings.spark_dir) as staging:
+        for table in present:
+            started = time.perf_counter()
+            parquet = Path(staging) / f"{table}.parquet"
+            with connection(settings.db_path, read_only=True) as con:
+                # COPY returns the number of rows written: no second pass to count them in Spark.
+                counts[table] = con.execute(f"copy (select * from {raw_schema}.{table}) to '{parquet}' (format parquet)").fetchall()[0][0]
+            frame = spark.read.parquet(str(parquet))
+            # DuckDB writes timestamps without a time zone; Spark tables hold them as TIMESTAMP.
+            frame = frame.select([
+                frame[c].cast("timestamp").alias(c) if t == "timestamp_ntz" else frame[c] for c, t in frame.dtypes
+            ])
+            replace_table(spark, frame, f"{raw_schema}.{table}")
+            progress(f"  {raw_schema}.{table:<12} {counts[table]:>12,} rows in {time.perf_counter() - started:.1f}s")
+    for table in tables:
+        if table not in present and table not in ("customers", "order_lines"):
+            spark.sql(f"drop table if exists {raw_schema}.{table}")
+    return counts
+
+
+def replace_table(spark, frame, name: str) -> None:
+    """Write `frame` as table `name`: fully written under a temporary name first, then swapped in."""
+    staging = f"{name}__incoming"
+    spark.sql(f"drop table if exists {staging}")
+    frame.write.format("parquet").saveAsTable(staging)
+    spark.sql(f"drop table if exists {name}")
+    spark.sql(f"alter table {staging} rename to {name}")
+
+
+def to_arrow(frame) -> pa.Table:
+    """A (small) Spark DataFrame collected to the driver as Arrow."""
+    return frame.toArrow()
+
+
+def spark_tables(settings: Settings, raw_schema: str = "raw", progress: Progress | None = None) -> dict[str, int]:
+    """Row count of every table in the raw schema and the dbt schema."""
+    spark = spark_session(settings, progress=progress)
+    counts = {}
+    for database in (raw_schema, schema_name(settings)):
+        if not spark.catalog.databaseExists(database):
+            continue
+        for table in sorted(spark.catalog.listTables(database), key=lambda t: t.name):
+            if table.tableType != "VIEW":
+                counts[f"{database}.{table.name}"] = spark.table(f"{database}.{table.name}").count()
+    return counts
+
+
+def export_training_data(settings: Settings, target_db: Path, progress: Progress = print) -> dict[str, int]:
+    """Copy what `lookalike train` reads from the Spark marts into a DuckDB file.
+
+    similarity_pairs (capped by the dbt var max_pairs), categories, and the training_features
+    rows of the customers in those pairs (features as of feature_end_date): a training set that fits one machine however large the
+    population. The file is written beside, then renamed over `target_db` (all or nothing).
+    """
+    from lookalike_cli.warehouse.connection import connect
+
+    spark = spark_session(settings, progress=progress)
+    schema = schema_name(settings)
+    for table in ("similarity_pairs", "categories", "training_features"):
+        require_spark_table(spark, f"{schema}.{table}", "Build it with `lookalike build --target spark`.")
+    pairs = spark.table(f"{schema}.similarity_pairs")
+    in_pairs = pairs.selectExpr("customer_id_a as customer_id").union(pairs.selectExpr("customer_id_b")).distinct()
+    tables = {
+        "similarity_pairs": pairs,
+        "categories": spark.table(f"{schema}.categories"),
+        "training_features": spark.table(f"{schema}.training_features").join(in_pairs, "customer_id", "left_semi"),
+    }
+    target_db = Path(target_db).resolve()
+    staging = target_db.with_name(f".{target_db.name}.incoming")
+    staging.unlink(missing_ok=True)
+    counts = {}
+    con = connect(staging)
+    try:
+        for name, frame in tables.items():
+            started = time.perf_counter()
+            con.register("incoming", frame.toArrow())
+            con.execute(f"create table {name} as select * from incoming")
+            con.unregister("incoming")
+            counts[name] = con.execute(f"select count(*) from {name}").fetchall()[0][0]
+            progress(f"  {name:<18} {counts[name]:>12,} rows in {time.perf_counter() - started:.1f}s")
+        con.execute("checkpoint")
+    finally:
+        con.close()
+    staging.replace(target_db)
+    return counts

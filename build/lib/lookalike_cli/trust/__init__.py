@@ -1,0 +1,2 @@
+"""Evidence about audiences: backtests (as of a date), explanations and overlaps.
+"""

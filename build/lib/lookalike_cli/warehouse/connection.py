@@ -1,0 +1,69 @@
+"""Connections to the DuckDB warehouse file, with errors that say what went wrong."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from lookalike_cli.errors import LookalikeError
+
+
+def connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    if read_only and not Path(db_path).exists():
+        raise LookalikeError(
+            f"Warehouse file {db_path} does not exist. Create it with `lookalike generate-data` "
+            "or `lookalike load-sample completejourney`, then `lookalike dbt build`."
+        )
+    try:
+        return duckdb.connect(str(db_path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise LookalikeError(
+                f"{db_path} is locked by another process ({exc}). DuckDB allows one writer or many "
+                "readers: close the other writer, or point BI tools at the serving file instead."
+            ) from exc
+        raise
+
+
+@contextmanager
+def connection(db_path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = connect(db_path, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All or nothing: commit when the block finishes, roll back on any error."""
+    con.execute("begin transaction")
+    try:
+        yield con
+    except BaseException:
+        con.execute("rollback")
+        raise
+    con.execute("commit")
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str, schema: str | None = None) -> bool:
+    if "." in name and schema is None:
+        schema, name = name.split(".", 1)
+    query = "select count(*) from information_schema.tables where table_name = ?"
+    params: list[str] = [name]
+    if schema:
+        query += " and table_schema = ?"
+        params.append(schema)
+    return con.execute(query, params).fetchall()[0][0] > 0
+
+
+def require_table(con: duckdb.DuckDBPyConnection, name: str, hint: str) -> None:
+    if not table_exists(con, name):
+        raise LookalikeError(f"Table {name} not found in the warehouse. {hint}")
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
+    return [row[0] for row in con.execute(f"describe {name}").fetchall()]

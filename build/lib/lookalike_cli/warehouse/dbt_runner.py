@@ -1,0 +1,179 @@
+"""Run dbt against this project with the same database paths as the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.settings import Settings
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def dbt_executable() -> list[str]:
+    """How to start dbt: the `dbt` script beside this interpreter (the venv's), else dbt's module with this interpreter.
+
+    Never a `dbt` found first on PATH: that one may belong to another environment with another
+    adapter version, or be missing when lookalike was installed without activating its venv.
+    """
+    beside = Path(sys.executable).with_name("dbt")
+    if beside.exists():
+        return [str(beside)]
+    try:
+        import dbt.cli.main  # noqa: F401
+    except ImportError as exc:
+        raise LookalikeError("dbt is not installed in this environment: `pip install lookalike` installs dbt-core and dbt-duckdb.") from exc
+    return [sys.executable, "-m", "dbt.cli.main"]
+
+
+def dbt_command(settings: Settings, args: Sequence[str]) -> list[str]:
+    args = list(args)
+    command = [*dbt_executable(), *args]
+    # dbt subcommands that touch the project need both dirs; `--version` etc. do not.
+    if args and not args[0].startswith("-"):
+        if "--project-dir" not in args:
+            command += ["--project-dir", str(settings.dbt_project_dir)]
+        if "--profiles-dir" not in args:
+            command += ["--profiles-dir", str(settings.profiles_dir)]
+    return command
+
+
+def failure_summary(lines: Sequence[str]) -> str:
+    """dbt's own end-of-run summary of what failed (the lines after 'Completed with ...')."""
+    clean = [ANSI_ESCAPE.sub("", line).rstrip() for line in lines]
+    for index, line in enumerate(clean):
+        if "Completed with" in line and "error" in line:
+            body = [re.sub(r"^\d\d:\d\d:\d\d\s+", "", l) for l in clean[index + 1:]]
+            return "\n".join(l for l in body if l.strip() and not l.strip().startswith("Done."))[:4000]
+    errors = [line for line in clean if "error" in line.lower()]
+    return "\n".join((errors or clean)[-20:])
+
+
+def dbt_environment(settings: Settings) -> dict[str, str]:
+    """settings.env() plus LOOKALIKE_MODEL_READY, which enables the scoring model once a customer model exists."""
+    # The one look this layer takes at the model layer: whether a manifest exists (no torch, no ONNX Runtime).
+    from lookalike_cli.model.manifest import customer_manifests
+
+    env = settings.env()
+    env.setdefault("LOOKALIKE_MODEL_READY", "true" if customer_manifests(settings.onnx_dir) else "false")
+    return env
+
+
+def run_dbt(
+    settings: Settings,
+    args: Sequence[str],
+    echo: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Run dbt, streaming its output to `echo` (stdout by default); return the output lines.
+
+    On failure raise LookalikeError carrying dbt's summary of the failed models and tests,
+    so the message names the table, column and test that failed.
+    """
+    echo = echo or (lambda line: print(line, flush=True))
+    from lookalike_cli.spark.session import is_session_target
+
+    if is_session_target(target_of(args), settings):
+        return run_dbt_in_process(settings, args, echo)
+    lines: list[str] = []
+    with subprocess.Popen(
+        dbt_command(settings, args),
+        env=dbt_environment(settings),
+        cwd=str(settings.dbt_project_dir),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            echo(line)
+        returncode = process.wait()
+    if returncode != 0:
+        raise LookalikeError(f"`dbt {' '.join(args)}` failed (exit {returncode}):\n{failure_summary(lines)}")
+    return lines
+
+
+def target_of(args: Sequence[str]) -> str | None:
+    """The profile target named by `--target NAME` / `-t NAME` / `--target=NAME` (None = the default)."""
+    args = list(args)
+    for position, arg in enumerate(args):
+        if arg in ("--target", "-t") and position + 1 < len(args):
+            return args[position + 1]
+        if arg.startswith("--target="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_dbt_in_process(settings: Settings, args: Sequence[str], echo: Callable[[str], None]) -> list[str]:
+    """dbt in this process, sharing its SparkSession (dbt-spark `method: session`).
+
+    A local Spark metastore (Derby) admits one JVM at a time, so dbt in a child process could
+    not open it while this process holds a session (tests, notebooks, `--engine spark` steps).
+    dbt's own console output is silenced; its messages go through `echo` like the subprocess's.
+    """
+    from dbt.cli.main import dbtRunner
+
+    from lookalike_cli.spark.session import spark_session
+
+    spark_session(settings, target_of(args), progress=echo)
+    lines: list[str] = []
+
+    def on_event(event) -> None:
+        if event.info.level in ("info", "warn", "error") and event.info.msg:
+            line = ANSI_ESCAPE.sub("", str(event.info.msg))
+            lines.append(line)
+            echo(line)
+
+    command = dbt_command(settings, args)[len(dbt_executable()):]
+    if "--log-level" not in command:
+        command += ["--log-level", "none"]
+    if "--log-level-file" not in command:
+        command += ["--log-level-file", "debug"]  # dbt.log in DBT_LOG_PATH, as with the subprocess
+    with environment(dbt_environment(settings)):
+        result = dbtRunner(callbacks=[on_event]).invoke(command)
+    if not result.success:
+        detail = failure_summary(lines) if lines else str(result.exception)
+        raise LookalikeError(f"`dbt {' '.join(args)}` failed:\n{detail}")
+    return lines
+
+
+def scaffold_project(folder: Path) -> list[Path]:
+    """Copy the bundled dbt project (models, macros, seeds, tests, the scoring Python model, profiles.yml) into folder.
+
+    Refuses a folder that already holds a dbt project, so nothing of the user's is overwritten.
+    """
+    from lookalike_cli.settings import BUNDLED_DBT_PROJECT_DIR
+
+    folder = Path(folder).expanduser().resolve()
+    if (folder / "dbt_project.yml").exists():
+        raise LookalikeError(f"{folder} already holds a dbt project (dbt_project.yml); choose an empty or new folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source in sorted(BUNDLED_DBT_PROJECT_DIR.rglob("*")):
+        relative = source.relative_to(BUNDLED_DBT_PROJECT_DIR)
+        if source.is_dir() or relative.parts[0] in ("target", "logs", "dbt_packages") or "__pycache__" in relative.parts:
+            continue
+        destination = folder / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+        copied.append(destination)
+    return copied
