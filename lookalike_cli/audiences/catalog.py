@@ -44,15 +44,32 @@ def create_audience(
     k_per_seed: int | None = None,
     seed: int = 0,
     export_parquet: str | Path | None = None,
+    rings: str | list | None = None,
+    holdout: str | float | None = None,
     progress: Progress = print,
     on_warning: Progress = warn,
 ) -> dict:
-    """Expand a seed into a new version of audience `name` and publish it; returns the audiences row."""
+    """Expand a seed into a new version of audience `name` and publish it; returns the audiences row.
+
+    `rings` ([1%, 2%, 5%]) publishes disjoint tiers up to the outer ring (which sets the size);
+    `holdout` (10%) marks a stable share of members as held out of activation (audiences/tiers.py).
+    """
+    from lookalike_cli.audiences.tiers import parse_holdout, parse_rings, ring_size, split_expansion
+
     if not name or not name.strip():
-        raise LookalikeError("--name must not be empty.")
+        raise LookalikeError("The audience name must not be empty.")
+    ring_shares = parse_rings(rings) if rings else None
+    holdout_share = parse_holdout(holdout) if holdout else None
+    if ring_shares:
+        if size is not None or min_similarity is not None:
+            raise LookalikeError("Give rings or a size / min similarity, not both: the outer ring is the size.")
+        with connection(db_path, read_only=True) as con:
+            population = con.execute("select count(*) from customer_embeddings").fetchall()[0][0]
+        size = ring_size(ring_shares, population)
     result = expand(db_path, index_dir, seed_sql=seed_sql, seed_table=seed_table, seed_file=seed_file, size=size,
                     min_similarity=min_similarity, strategy=strategy, exclude_sql=exclude_sql,
                     k_per_seed=k_per_seed, seed=seed, progress=progress)
+    result = split_expansion(result, name, ring_shares, holdout_share, seed=seed)
     return publish_expansion(db_path, serving_db_path, name, result, seed=seed, export_parquet=export_parquet,
                              progress=progress, on_warning=on_warning)
 

@@ -63,8 +63,13 @@ create table if not exists audience_members (
     rank integer not null,
     score double not null,
     similarity double,
-    nearest_seed_id bigint
+    nearest_seed_id bigint,
+    ring varchar,                       -- the tier of a ringed audience ('0-1%', '1-2%', ...), else null
+    is_holdout boolean default false    -- held out of activation to measure incrementality
 );
+-- Serving files written before rings and holdouts existed.
+alter table audience_members add column if not exists ring varchar;
+alter table audience_members add column if not exists is_holdout boolean default false;
 """
 
 # Views BI tools query; recreated on every publish so they always match the tables.
@@ -75,6 +80,9 @@ create or replace view latest_audiences as
 create or replace view latest_audience_members as
     select a.name as audience_name, a.version as audience_version, m.*
     from audience_members m join latest_audiences a using (audience_id);
+-- What an activation sends: the latest members without the holdout.
+create or replace view latest_audience_activation as
+    select * from latest_audience_members where not coalesce(is_holdout, false);
 create or replace view audience_members_enriched as
     select m.*, c.* exclude (customer_id)
     from latest_audience_members m left join customer_attributes c using (customer_id);
@@ -169,9 +177,10 @@ def publish_audience(
             [row[c] for c in AUDIENCE_COLUMNS],
         )
         con.register("incoming_members", members)
+        optional = [c for c in ("ring", "is_holdout") if c in members.column_names]
         con.execute(
-            "insert into audience_members select ?, customer_id, rank, score, similarity, nearest_seed_id "
-            "from incoming_members order by rank", [audience_id]
+            "insert into audience_members by name select ? as audience_id, customer_id, rank, score, similarity, "
+            f"nearest_seed_id{''.join(', ' + c for c in optional)} from incoming_members order by rank", [audience_id]
         )
         con.unregister("incoming_members")
         if extra is not None:

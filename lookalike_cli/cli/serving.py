@@ -71,6 +71,11 @@ def build_index_cmd(settings: Settings, **options) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (k-means, classifier sample).")
 @click.option("--export-parquet", type=click.Path(file_okay=False), default=None,
               help="Also write audiences.parquet and members/<name>/v<version>.parquet here.")
+@click.option("--rings", default=None,
+              help="Nested tiers as shares of the population, e.g. 1%,2%,5%: one version up to the outer ring, "
+                   "each member's tier in audience_members.ring ('0-1%', '1-2%', '2-5%'). Replaces --size.")
+@click.option("--holdout", default=None,
+              help="Hold out this share of members (e.g. 10%) from activation to measure lift with `lookalike measure`.")
 @click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
               help="duckdb: FAISS index. spark: exact top-k on the Spark customer_embeddings "
                    "(strategies centroid (its default) and multi-centroid; extra [spark]). Both publish to the serving file.")
@@ -84,6 +89,7 @@ def expand_cmd(settings: Settings, **options) -> None:
         --seed-sql "select customer_id from customer_features order by total_spend desc limit 500" \\
         --size 5% --strategy knn-vote --exclude-sql "select customer_id from raw.do_not_mail"
       lookalike expand --name cooks --seed-persona "Fresh Food Cook" --size 5%
+      lookalike expand --name vip_tiers --rings 1%,2%,5% --holdout 10% --seed-table vip_customers
       lookalike expand --engine spark --name vip --size 5% \\
         --seed-sql "select customer_id from customer_features order by total_spend desc limit 500"
     """
@@ -95,6 +101,8 @@ def expand_cmd(settings: Settings, **options) -> None:
 
         if options.pop("seed_persona"):
             raise LookalikeError("--seed-persona reads customer_personas in the DuckDB warehouse: use --engine duckdb.")
+        if options.pop("rings") or options.pop("holdout"):
+            raise LookalikeError("--rings and --holdout are published by --engine duckdb only.")
         if options.pop("k_per_seed"):
             raise LookalikeError("--k-per-seed is a knn-vote option, which --engine spark does not run.")
         if click.get_current_context().get_parameter_source("strategy") == click.core.ParameterSource.DEFAULT:
@@ -118,6 +126,32 @@ def expand_cmd(settings: Settings, **options) -> None:
 @click.group("audiences")
 def audiences_group() -> None:
     """List, show, diff and drop published audiences (in the serving file)."""
+
+@audiences_group.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False))
+@pass_settings
+def apply_cmd(settings: Settings, file: str) -> None:
+    """Publish every audience defined in a YAML file (audiences as code), each as a new version.
+
+    The whole file is validated first (unknown keys, duplicate names, sizes, seed SQL, tables,
+    files): one error lists every problem and nothing is published. Then every audience is
+    computed, then published; each line says its size and what changed since its previous version.
+
+    \b
+    Example:
+      lookalike audiences apply examples/audiences.yml
+    """
+    from lookalike_cli.audiences.definitions import apply_definitions
+    from lookalike_cli.audiences.catalog import warn
+
+    for applied in apply_definitions(settings, file, progress=progress, on_warning=warn):
+        row, diff = applied.row, applied.diff
+        parameters = json.loads(row["parameters"])
+        extras = "".join(f", {key} {parameters[key]}" for key in ("rings", "holdout") if key in parameters)
+        change = (f"vs v{diff.from_version}: +{diff.entered.num_rows:,} entered, -{diff.left.num_rows:,} left, "
+                  f"{diff.stayed:,} stayed" if diff else "first version")
+        click.echo(f"{row['name']} v{row['version']}: {row['size']:,} members{extras}; {change}")
+
 
 @audiences_group.command("list")
 @pass_settings

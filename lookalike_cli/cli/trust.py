@@ -215,7 +215,32 @@ def overlap_cmd(settings: Settings, names: tuple[str, ...], disjoint: bool) -> N
     echo_table(table.select(["audience_a", "audience_b", "size_a", "size_b", "overlap", "jaccard"]))
 
 
+@click.command("measure")
+@click.option("--audience", "name", required=True, help="Audience name (published with a holdout).")
+@click.option("--version", type=int, default=None, help="Audience version (default: the latest).")
+@click.option("--outcome-sql", required=True, help="SQL returning the customer_id of everyone who converted, run on the warehouse.")
+@pass_settings
+def measure_cmd(settings: Settings, name: str, version: int | None, outcome_sql: str) -> None:
+    """Incrementality: conversion of treated members vs the audience's holdout, with a 95% interval.
+
+    Writes a row to audience_measurements in the serving file.
+
+    \b
+    Example:
+      lookalike measure --audience vip --outcome-sql "select customer_id from orders where ordered_at >= '2025-11-01'"
+    """
+    from lookalike_cli.trust.measure import measure_audience, publish_measurement
+
+    m = measure_audience(settings.db_path, settings.serving_db_path, name, outcome_sql, version=version)
+    publish_measurement(settings.serving_db_path, m)
+    relative = f" ({m.relative_lift:+.1%} relative)" if m.relative_lift is not None else ""
+    click.echo(f"audience {name} v{m.audience_version}: treated {m.treated_conversions:,}/{m.treated_size:,} = "
+               f"{m.treated_rate:.2%}, holdout {m.holdout_conversions:,}/{m.holdout_size:,} = {m.holdout_rate:.2%}")
+    click.echo(f"lift {m.absolute_lift:+.2%} points{relative}, 95% CI [{m.lift_ci_low:+.2%}, {m.lift_ci_high:+.2%}], "
+               f"p = {m.p_value:.3g} -> audience_measurements")
+
+
 # The commands this module adds to `lookalike` (cli/main.py).
-COMMANDS = [backtest_cmd, explain_cmd, inspect_seed_cmd]
+COMMANDS = [backtest_cmd, explain_cmd, inspect_seed_cmd, measure_cmd]
 # `lookalike audiences overlap` (the audiences group lives in cli/serving.py).
 AUDIENCES_COMMANDS = [overlap_cmd]
