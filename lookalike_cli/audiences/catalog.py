@@ -91,15 +91,23 @@ def publish_expansion(
         raise LookalikeError("The audience name must not be empty.")
     for message in result.warnings:
         on_warning(message)
+    from lookalike_cli.audiences.skew import attribute_skew, skew_warnings, write_skew
+
     with connection(db_path, read_only=True) as con:
         diagnostics = inspect_seed(con, result.seeds, seed)
-    for message in diagnostics.warnings:
+        skew = attribute_skew(con, result.members.column("customer_id").to_numpy(), result.seeds.ids)
+    for message in diagnostics.warnings + skew_warnings(skew, result.members.num_rows):
         if message not in result.warnings:
             on_warning(message)
+
+    def companions(con, audience_id: int) -> None:
+        write_seed_diagnostics(con, audience_id, diagnostics)
+        write_skew(con, audience_id, skew)
+
     return publish_audience(serving_db_path, name, result.audience, result.members,
                             attributes=customer_attributes(db_path),
                             export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
-                            extra=lambda con, audience_id: write_seed_diagnostics(con, audience_id, diagnostics))
+                            extra=companions)
 
 
 def open_serving(serving_db_path: Path) -> duckdb.DuckDBPyConnection:
