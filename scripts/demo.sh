@@ -61,6 +61,9 @@ with duckdb.connect(db, read_only=True) as con:
 print(f"\nserving.latest_audience_members: {size:,} members of demo_segment_0; "
       f"{in_segment:.0%} are in planted segment 0 (base rate {base_rate:.0%}, lift {in_segment / base_rate:.1f}x)")
 PY
+echo
+echo "Audiences as code: examples/audiences.yml (validated as a whole, then published; rings and a holdout)"
+$LOOKALIKE audiences apply examples/audiences.yml 2>/dev/null | grep -E ' v[0-9]+: '
 CUTOFF=$(.venv/bin/python -c "from lookalike_cli.warehouse.generate import GeneratorConfig, conversion_cutoff; print(conversion_cutoff(GeneratorConfig(days=$DAYS)))")
 step "8/10 backtest as of $CUTOFF: rebuild everything from the data before it, hide half of the customers who answered the planted campaign, rank everyone else (2 splits)"
 # The scratch model trains 2 epochs here to keep the demo short; `lookalike backtest --as-of` alone trains with the defaults.
