@@ -143,6 +143,31 @@ def init_cmd(folder: str) -> None:
     click.echo(f"Next: lookalike --project-dir {folder} build   (or export LOOKALIKE_PROJECT_DIR={folder})")
 
 
+@click.command("refresh")
+@click.option("--audiences", "audiences_file", type=click.Path(dir_okay=False), default=None,
+              help="Audiences file (see examples/audiences.yml) to re-apply once everything is up to date.")
+@click.option("--force", is_flag=True, help="Run every step even if its input has not changed.")
+@pass_settings
+def refresh_cmd(settings: Settings, audiences_file: str | None, force: bool) -> None:
+    """Bring features, embeddings, the index and audiences up to date after new raw rows land.
+
+    Runs dbt build, scoring, the index build and `audiences apply` in order, each only when
+    what it reads changed since it last ran (fingerprints in lookalike_refresh_state), and says
+    why each step ran or was skipped. A refresh killed midway redoes the unfinished step next time.
+
+    \b
+    Example:
+      lookalike refresh --audiences examples/audiences.yml     # a daily job
+    """
+    from lookalike_cli.audiences.catalog import warn
+    from lookalike_cli.audiences.refresh import refresh
+
+    started = time.perf_counter()
+    results = refresh(settings, audiences_file=audiences_file, force=force, progress=click.echo, on_warning=warn)
+    ran = [r.step for r in results if r.ran]
+    click.echo(f"refresh finished in {time.perf_counter() - started:.1f}s: ran {', '.join(ran) or 'nothing'}")
+
+
 @click.command("summary")
 @pass_settings
 def summary_cmd(settings: Settings) -> None:
@@ -174,4 +199,4 @@ def _print_summary(db_path: Path) -> None:
 
 
 # The commands this module adds to `lookalike` (cli/main.py).
-COMMANDS = [init_cmd, generate_data_cmd, load_sample_cmd, build_cmd, summary_cmd]
+COMMANDS = [init_cmd, generate_data_cmd, load_sample_cmd, build_cmd, refresh_cmd, summary_cmd]
