@@ -482,6 +482,9 @@ def build_index(
     """
     if index_type not in INDEX_TYPES:
         raise LookalikeError(f"Unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}.")
+    from lookalike_cli.settings import writable_folder
+
+    writable_folder(Path(index_dir), "indexes")  # fail before minutes of work, not at the write
     start = time.perf_counter()
     rows, dim, model_version = embeddings_summary(db_path)
     budget = parse_memory_budget(memory_budget)
