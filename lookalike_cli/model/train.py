@@ -223,13 +223,14 @@ def train(db_path: Path, onnx_dir: Path, name: str | None = None, progress: Prog
     from lookalike_cli.warehouse.connection import connection
 
     opts = TrainOptions(**options)
+    folder = writable_folder(Path(onnx_dir), "models")  # fail before training, not after it
     # Sentence mode may add missing location vectors to the warehouse, so it needs a writer.
     with connection(db_path, read_only=opts.location != "sentence") as con:
         data = load_dataset(con, opts.label, opts.location, opts.n_buckets, progress=progress)
     progress(f"training on {len(data.pairs['train'][2]):,} pairs of {len(data.inputs['dense']):,} customers "
              f"(label {opts.label}, {opts.layers} layers, location {opts.location})")
     result = fit(data, opts, progress=progress)
-    manifest = export_model(result, writable_folder(Path(onnx_dir), "models"), name or default_name(opts),
+    manifest = export_model(result, folder, name or default_name(opts),
                             warehouse=db_path)
     progress(f"valid MAE {result.metrics['valid_mae']:.4f}, test MAE {result.metrics['test_mae']:.4f}; wrote {manifest}")
     return manifest
