@@ -9,6 +9,7 @@ The fresh venv takes its third-party dependencies from this interpreter's site-p
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -31,7 +32,11 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
 def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOKALIKE_", "DBT_")) and k != "PYTHONPATH"}
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(REPO)],
+    # Build from a copy: setuptools writes build/ and *.egg-info into the source folder.
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "demo",
+                                                               "__pycache__", ".pytest_cache", "*.duckdb*", ".dbt"))
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(source)],
         cwd=root, env=env)
     wheel = next((root / "dist").glob("lookalike-*.whl"))
     run([sys.executable, "-m", "venv", str(root / "venv")], cwd=root, env=env)
