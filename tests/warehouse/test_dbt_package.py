@@ -47,6 +47,11 @@ def built_example(tmp_path_factory):
     text = packages.read_text()
     assert "local: ../../lookalike_cli/warehouse/dbt_project" in text  # what the checkout ships
     packages.write_text(text.replace("../../lookalike_cli/warehouse/dbt_project", str(BUNDLED_DBT_PROJECT_DIR)))
+    # A model of the user's named like one of lookalike's (its own alias, so the tables differ):
+    # lookalike's ref('categories') must still mean lookalike's (the example's flag
+    # require_ref_searches_node_package_before_root).
+    (project / "models" / "categories.sql").write_text(
+        "{{ config(alias='shop_categories') }}\nselect 'toys' as shop_category\n")
 
     db = root / "warehouse.duckdb"
     generate_data(db, customers=CUSTOMERS, days=180, seed=11, progress=None)
@@ -118,6 +123,16 @@ def test_users_model_refs_a_lookalike_mart(built_example):
              (select total_spend from main.customer_features
               where order_count > 0 and customer_id not in (select customer_id from main.high_value_customers)) f
     """)
+
+
+@pytest.mark.slow
+def test_a_users_model_with_a_lookalike_name_does_not_capture_its_refs(built_example):
+    project, db, _ = built_example
+    manifest = json.loads((project / "target" / "manifest.json").read_text())
+    depends = manifest["nodes"]["model.lookalike.customer_features"]["depends_on"]["nodes"]
+    assert "model.lookalike.categories" in depends and "model.my_shop.categories" not in depends
+    assert scalar(db, "select count(*) from main.shop_categories") == 1
+    assert scalar(db, "select count(*) from main.categories") > 5
 
 
 @pytest.mark.slow
