@@ -7,9 +7,11 @@
     {{- return((setting | string | lower) in ('true', '1', 'yes')) -}}
 {% endmacro %}
 
-{# on-run-end: say why customer_embeddings did not run and what to do. #}
+{# on-run-end: say why customer_embeddings did not run and what to do. Only when lookalike is the
+   root project (the CLI's, or a `lookalike init` copy): as a package of someone else's project
+   the hook stays quiet, scoring being opt-in there (README "Use it as a dbt package"). #}
 {% macro scoring_notice() %}
-    {%- if execute and target.type == 'duckdb' and not scoring_enabled() -%}
+    {%- if execute and project_name == 'lookalike' and target.type == 'duckdb' and not scoring_enabled() -%}
         {{- log("customer_embeddings skipped: no trained model yet. Run `lookalike train`, then `lookalike score` "
                 ~ "(plain dbt: dbt build --vars '{score_customers: true}' once a model exists).", info=True) -}}
     {%- endif -%}
