@@ -1,2 +1,0 @@
-"""The Apache Spark engine: local session, scoring and expansion over Spark tables (extra [spark]).
-"""

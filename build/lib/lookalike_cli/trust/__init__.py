@@ -1,2 +1,0 @@
-"""Evidence about audiences: backtests (as of a date), explanations and overlaps.
-"""
