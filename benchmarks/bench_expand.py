@@ -32,6 +32,7 @@ from benchmarks.results import RESULTS_PATH, markdown_table, timed, write_sectio
 from lookalike_cli.audiences.expand import expand, parse_size
 from lookalike_cli.index.faiss_index import INDEX_TYPES, LoadedIndex, build_index, flat_in_memory, load_index, memory_estimate, recall_at_k
 from lookalike_cli.vectors import to_column
+from lookalike_cli.warehouse.connection import registered
 
 
 def synthesise(db_path: Path, customers: int, dim: int, segments: int, seed: int, chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -55,9 +56,8 @@ def synthesise(db_path: Path, customers: int, dim: int, segments: int, seed: int
             "embedding": to_column(vectors[part]),
             "model_version": pa.array(["bench-synthetic"] * (part.stop - part.start)),
         })
-        con.register("chunk", table)
-        con.execute("insert into customer_embeddings select * from chunk")
-        con.unregister("chunk")
+        with registered(con, "chunk", table):
+            con.execute("insert into customer_embeddings select * from chunk")
     con.execute("create table seed_customers (customer_id bigint)")
     con.close()
     return ids, vectors, segment

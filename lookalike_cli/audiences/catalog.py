@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.audiences.expand import Expansion, expand
-from lookalike_cli.audiences.publish import drop_audience, publish_audience
+from lookalike_cli.audiences.publish import check_name, drop_audience, publish_audience
 from lookalike_cli.warehouse.connection import connection, table_exists
 from lookalike_cli.progress import Progress
 
@@ -48,8 +48,7 @@ def create_audience(
     on_warning: Progress = warn,
 ) -> dict:
     """Expand a seed into a new version of audience `name` and publish it; returns the audiences row."""
-    if not name or not name.strip():
-        raise LookalikeError("--name must not be empty.")
+    check_name(name)
     result = expand(db_path, index_dir, seed_sql=seed_sql, seed_table=seed_table, seed_file=seed_file, size=size,
                     min_similarity=min_similarity, strategy=strategy, exclude_sql=exclude_sql,
                     k_per_seed=k_per_seed, seed=seed, progress=progress)
@@ -70,8 +69,7 @@ def publish_expansion(
     """Publish a computed expansion as a new version of audience `name`, with its seed diagnostics."""
     from lookalike_cli.audiences.diagnostics import inspect_seed, write_seed_diagnostics
 
-    if not name or not name.strip():
-        raise LookalikeError("The audience name must not be empty.")
+    check_name(name)
     for message in result.warnings:
         on_warning(message)
     with connection(db_path, read_only=True) as con:

@@ -227,11 +227,10 @@ def create_audience_spark(settings, name: str, export_parquet: str | Path | None
                           progress: Progress = print, on_warning: Progress | None = None, **options) -> dict:
     """Expand on Spark and publish the members to the serving file like `audiences.create_audience`."""
     from lookalike_cli.audiences.catalog import warn
-    from lookalike_cli.audiences.publish import publish_audience
+    from lookalike_cli.audiences.publish import check_name, publish_audience
     from lookalike_cli.spark.session import schema_name, spark_session
 
-    if not name or not name.strip():
-        raise LookalikeError("--name must not be empty.")
+    check_name(name)
     result = expand_spark(settings, progress=progress, **options)
     for message in result.warnings:
         (on_warning or warn)(message)

@@ -169,7 +169,7 @@ def export_training_data(settings: Settings, target_db: Path, progress: Progress
     rows of the customers in those pairs (features as of feature_end_date): a training set that fits one machine however large the
     population. The file is written beside, then renamed over `target_db` (all or nothing).
     """
-    from lookalike_cli.warehouse.connection import connect
+    from lookalike_cli.warehouse.connection import connect, write_table
 
     spark = spark_session(settings, progress=progress)
     schema = schema_name(settings)
@@ -190,9 +190,7 @@ def export_training_data(settings: Settings, target_db: Path, progress: Progress
     try:
         for name, frame in tables.items():
             started = time.perf_counter()
-            con.register("incoming", frame.toArrow())
-            con.execute(f"create table {name} as select * from incoming")
-            con.unregister("incoming")
+            write_table(con, name, frame.toArrow())
             counts[name] = con.execute(f"select count(*) from {name}").fetchall()[0][0]
             progress(f"  {name:<18} {counts[name]:>12,} rows in {time.perf_counter() - started:.1f}s")
         con.execute("checkpoint")

@@ -99,19 +99,29 @@ def registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> It
         con.unregister(name)
 
 
+def write_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """Create (or replace) table `name` holding the rows of an Arrow table."""
+    with registered(con, "incoming_table", table):
+        con.execute(f"create or replace table {name} as select * from incoming_table")
+
+
+def append_rows(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """Append the rows of an Arrow table to table `name` by column name (creating it from them when absent)."""
+    with registered(con, "incoming_table", table):
+        if table_exists(con, name):
+            con.execute(f"insert into {name} by name select * from incoming_table")
+        else:
+            con.execute(f"create table {name} as select * from incoming_table")
+
+
 def replace_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table], append: dict[str, pa.Table] | None = None) -> None:
     """Write each table under a temporary name, then drop + rename (and append log rows) in one transaction:
     a failure leaves the previous tables as they were."""
     for name, table in tables.items():
-        with registered(con, "incoming_table", table):
-            con.execute(f"create or replace table {name}__new as select * from incoming_table")
+        write_table(con, f"{name}__new", table)
     with transaction(con):
         for name in tables:
             con.execute(f"drop table if exists {name}")
             con.execute(f"alter table {name}__new rename to {name}")
         for name, table in (append or {}).items():
-            with registered(con, "incoming_table", table):
-                if table_exists(con, name):
-                    con.execute(f"insert into {name} by name select * from incoming_table")
-                else:
-                    con.execute(f"create table {name} as select * from incoming_table")
+            append_rows(con, name, table)
