@@ -30,7 +30,9 @@ from threadpoolctl import threadpool_info
 
 from benchmarks.results import RESULTS_PATH, markdown_table, timed, write_section
 from lookalike_cli.audiences.expand import expand, parse_size
-from lookalike_cli.index.faiss_index import INDEX_TYPES, IndexManifest, LoadedIndex, build_index, load_index, memory_estimate, recall_at_k
+from lookalike_cli.index.faiss_index import INDEX_TYPES, LoadedIndex, build_index, flat_in_memory, load_index, memory_estimate, recall_at_k
+from lookalike_cli.vectors import to_column
+from lookalike_cli.warehouse.connection import registered
 
 
 def synthesise(db_path: Path, customers: int, dim: int, segments: int, seed: int, chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,12 +53,11 @@ def synthesise(db_path: Path, customers: int, dim: int, segments: int, seed: int
         vectors[part] = block
         table = pa.table({
             "customer_id": ids[part],
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[part].reshape(-1)), dim),
+            "embedding": to_column(vectors[part]),
             "model_version": pa.array(["bench-synthetic"] * (part.stop - part.start)),
         })
-        con.register("chunk", table)
-        con.execute("insert into customer_embeddings select * from chunk")
-        con.unregister("chunk")
+        with registered(con, "chunk", table):
+            con.execute("insert into customer_embeddings select * from chunk")
     con.execute("create table seed_customers (customer_id bigint)")
     con.close()
     return ids, vectors, segment
@@ -67,16 +68,6 @@ def duckdb_top_k(con: duckdb.DuckDBPyConnection, query: np.ndarray, k: int) -> n
         f"select customer_id from customer_embeddings order by array_cosine_similarity(embedding, ?::float[{len(query)}]) desc limit {k}",
         [query.tolist()],
     ).fetchall()])
-
-
-def exact_index(vectors: np.ndarray, ids: np.ndarray, model_version: str) -> LoadedIndex:
-    """Exact inner-product search over the same vectors, in memory, shaped like a loaded index."""
-    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    flat.add_with_ids(vectors, ids)
-    manifest = IndexManifest(index_version="flat-in-memory", index_type="flat", params={}, row_count=len(ids),
-                             dim=vectors.shape[1], model_version=model_version, built_at="", build_seconds=0.0,
-                             reason="benchmark exact baseline")
-    return LoadedIndex(index=flat, manifest=manifest, path=Path("(memory)"))
 
 
 def thread_pools() -> str:
@@ -148,7 +139,7 @@ def main() -> None:
         _, ann_ids = ann.search(queries, k)
 
     with timed() as t_exact_build:
-        exact = exact_index(vectors, ids, manifest.model_version)
+        exact = flat_in_memory([(ids, vectors)], vectors.shape[1], manifest.model_version, "benchmark exact baseline")
     with timed() as t_exact:
         _, truth = exact.search(queries[sample], k)
     exact_per_query = t_exact.seconds / len(sample)

@@ -32,6 +32,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from lookalike_cli.audiences.blend import cosine_to_centroid
+from lookalike_cli.warehouse.connection import table_exists
+
 METHODS = ("random", "activity", "spend", "rfm", "cosine", "logreg", "lightgbm")
 # Small, regularised trees: a seed is a few hundred rows against ~20k; with 15 leaves and
 # is_unbalance the boosting memorised the seed (AUC 0.56-0.66 on the conversion kinds).
@@ -106,10 +109,7 @@ def tasks(con: duckdb.DuckDBPyConnection, features: Features) -> list[tuple[str,
     if largest != 0:  # the largest segment: precision@5% can reach 1 (segment 0 may be too small to)
         out.append((f"segment_{largest} (largest)",
                     mask("select customer_id from raw.planted_segments where segment_id = ?", (largest,)), everyone, None))
-    has_conversions = con.execute(
-        "select count(*) from information_schema.tables where table_schema = 'raw' and table_name = 'planted_conversions'"
-    ).fetchone()[0]
-    if not has_conversions:
+    if not table_exists(con, "planted_conversions", schema="raw"):
         return out
     for (kind,) in con.execute("select distinct conversion_name from raw.planted_conversions order by 1").fetchall():
         later = mask("select customer_id from raw.planted_conversions where conversion_name = ? and converted_at >= ?",
@@ -143,9 +143,7 @@ def score(method: str, f: Features, seed: np.ndarray, candidates: np.ndarray, rn
         z = (columns - columns.mean(axis=0)) / (columns.std(axis=0) + 1e-12)
         return z.sum(axis=1)[candidates]
     if method == "cosine":
-        centroid = f.shares[seed].mean(axis=0)
-        norms = np.linalg.norm(f.shares[candidates], axis=1) * np.linalg.norm(centroid) + 1e-12
-        return f.shares[candidates] @ centroid / norms
+        return cosine_to_centroid(f.shares[candidates], f.shares[seed])
     x = np.column_stack([f.shares, np.log1p(f.lines)]).astype(np.float32)
     train = seed | candidates
     y = seed[train]

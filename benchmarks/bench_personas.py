@@ -66,11 +66,9 @@ def propagated_labels(settings: Settings, ids: np.ndarray, personas: list) -> tu
 
 def neighbour_vote(labels: np.ndarray, vectors: np.ndarray, neighbours: int = 10) -> np.ndarray:
     """Each customer's most common label among its k nearest neighbours (itself excluded)."""
-    import faiss
+    from lookalike_cli.index.search import exact_neighbours
 
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    _, found = index.search(vectors, neighbours + 1)
+    _, found = exact_neighbours(vectors, vectors, neighbours + 1)
     return np.array([np.bincount(labels[row[row != i][:neighbours]], minlength=labels.max() + 1).argmax()
                      for i, row in enumerate(found)])
 

@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
-import faiss
 import numpy as np
 import psutil
 import torch
@@ -48,11 +47,12 @@ from benchmarks.results import RESULTS_PATH, markdown_table, write_section
 from lookalike_cli.audiences.expand import expand
 from lookalike_cli.model.export import load_tower
 from lookalike_cli.model.features import encode
-from lookalike_cli.index.faiss_index import (COMPRESSED_TYPES, ExactTopK, IndexManifest, LoadedIndex, build_index, choose_index_type,
-                                 default_nlist, default_pq_m, embeddings_summary, human_bytes, iter_embeddings, load_index,
-                                 memory_estimate, normalise, parse_memory_budget, recall_at_k, recall_with_ties)
+from lookalike_cli.index.faiss_index import (COMPRESSED_TYPES, ExactTopK, LoadedIndex, build_index, choose_index_type,
+                                 default_nlist, default_pq_m, embeddings_summary, flat_in_memory, human_bytes, iter_embeddings,
+                                 load_index, memory_estimate, parse_memory_budget, recall_at_k, recall_with_ties)
 from lookalike_cli.model.scoring import Encoder
 from lookalike_cli.settings import Settings
+from lookalike_cli.vectors import normalise, to_matrix
 
 STAGES = ("generate", "build", "train", "score", "index", "expand")
 MODEL_NAME = "bench_pipeline"
@@ -332,9 +332,9 @@ def stage_score(ctx: Context) -> None:
 def seed_vectors(ctx: Context) -> np.ndarray:
     """L2-normalised embeddings of the seed customers, read with SQL (not the whole table)."""
     with ctx.connect() as con:
-        batch = con.sql(f"select embedding from customer_embeddings where customer_id in ({ctx.seed_sql()}) "
-                        "order by customer_id").to_arrow_table().column("embedding").combine_chunks()
-    return normalise(batch.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, batch.type.list_size))
+        column = con.sql(f"select embedding from customer_embeddings where customer_id in ({ctx.seed_sql()}) "
+                         "order by customer_id").to_arrow_table().column("embedding")
+    return normalise(to_matrix(column))
 
 
 def streamed_exact(ctx: Context, queries: np.ndarray) -> tuple[float, ExactTopK, int, int]:
@@ -353,13 +353,8 @@ def streamed_exact(ctx: Context, queries: np.ndarray) -> tuple[float, ExactTopK,
 
 def streamed_exact_index(ctx: Context) -> LoadedIndex:
     """Exact flat inner-product index over all embeddings, filled batch by batch (one copy of the vectors)."""
-    rows, dim, model_version = embeddings_summary(ctx.settings.db_path)
-    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    for ids, vectors in iter_embeddings(ctx.settings.db_path):
-        flat.add_with_ids(vectors, ids)
-    manifest = IndexManifest(index_version="flat-in-memory", index_type="flat", params={}, row_count=rows, dim=dim,
-                             model_version=model_version, built_at="", build_seconds=0.0, reason="benchmark exact baseline")
-    return LoadedIndex(index=flat, manifest=manifest, path=Path("(memory)"))
+    _, dim, model_version = embeddings_summary(ctx.settings.db_path)
+    return flat_in_memory(iter_embeddings(ctx.settings.db_path), dim, model_version, "benchmark exact baseline")
 
 
 def timed_search(index, queries: np.ndarray, k: int) -> tuple[float, tuple[np.ndarray, np.ndarray]]:

@@ -17,9 +17,10 @@ import pytest
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.personas.labels import (
-    LLMLabeller, Persona, ZeroShotLabeller, customer_space, diversity_sample, load_personas, read_profiles, replace_tables,
+    LLMLabeller, Persona, ZeroShotLabeller, customer_space, diversity_sample, load_personas, read_profiles,
     uncertainty_sample,
 )
+from lookalike_cli.warehouse.connection import replace_tables
 from tests.conftest import copy_warehouse, run_cli
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
 
 
@@ -160,8 +160,6 @@ def recommend_bids(db_path: Path, budget: float, objective_weights: dict[str, fl
                    max_bid: float | None = None, period_days: int | None = None, report_dir: Path | None = None,
                    progress: Progress = quiet) -> dict:
     """Write bid_recommendations (one row per cluster) and view ad_bid_recommendations; plot the curve."""
-    from lookalike_cli.personas.labels import replace_tables
-
     if budget is None or budget <= 0:
         raise LookalikeError(f"--budget must be positive, got {budget}.")
     if max_bid is not None and max_bid <= min_bid:

@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.vectors import to_matrix
+from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
 
 UNKNOWN_TYPE = "unknown"
@@ -36,15 +37,16 @@ class ClusterOptions:
 
 def read_embedded_ads(con) -> tuple[pd.DataFrame, np.ndarray, str]:
     require_table(con, "ad_embeddings", "Run `lookalike ads train-embedding` first.")
-    frame = con.execute("""
+    table = con.sql("""
         select ads.ad_id, ads.department, ads.category, ads.product_type, emb.embedding, emb.model_version
         from stg_ads as ads
         inner join ad_embeddings as emb using (ad_id)
         order by ads.ad_id
-    """).df()
-    if frame.empty:
+    """).to_arrow_table()
+    if table.num_rows == 0:
         raise LookalikeError("ad_embeddings has no rows matching stg_ads: rerun `lookalike ads train-embedding`.")
-    vectors = np.stack(frame.pop("embedding").to_numpy()).astype(np.float32)
+    vectors = to_matrix(table.column("embedding"))
+    frame = table.drop_columns(["embedding"]).to_pandas()
     version = str(frame["model_version"].iloc[0])
     return frame.drop(columns="model_version"), vectors, version
 
@@ -119,8 +121,6 @@ def strings(values) -> list[str | None]:
 @single_blas_thread
 def cluster_ads(db_path: Path, options: ClusterOptions = ClusterOptions(), progress: Progress = quiet) -> dict:
     """Write ad_clusters (one row per ad) in one transaction; return counts and stage-1 metrics."""
-    from lookalike_cli.personas.labels import replace_tables
-
     if not 0 < options.distance_threshold <= 2:
         raise LookalikeError(f"--distance-threshold must be in (0, 2] (cosine distance), got {options.distance_threshold}.")
     started = time.perf_counter()

@@ -28,7 +28,8 @@ from lookalike_cli.ads.model import AdEncoder, EncoderConfig, TokenizerSpec, tok
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.model.export import artifact_identity
-from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.vectors import to_column
+from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
 
 MANIFEST_KIND = "ad_encoder"
@@ -244,18 +245,15 @@ def embed_onnx(onnx_path: Path, token_ids: np.ndarray, batch_size: int = 4096) -
 
 
 def embeddings_table(ad_ids: np.ndarray, vectors: np.ndarray, model_version: str) -> pa.Table:
-    flat = pa.array(vectors.astype(np.float32).ravel(), type=pa.float32())
     return pa.table({
         "ad_id": pa.array(ad_ids, type=pa.int64()),
-        "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        "embedding": to_column(vectors),
         "model_version": pa.array([model_version] * len(ad_ids), type=pa.string()),
     })
 
 
 def score_ads(db_path: Path, onnx_dir: Path, name: str, progress: Progress = quiet) -> int:
     """ONNX Runtime embeds every ad of stg_ads; ad_embeddings is replaced in one transaction."""
-    from lookalike_cli.personas.labels import replace_tables
-
     manifest = load_manifest(onnx_dir, name)
     with connection(db_path, read_only=True) as con:
         ads = read_ad_texts(con)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lookalike_cli.warehouse.connection import connection, transaction
+from lookalike_cli.warehouse.connection import connection, transaction, write_table
 from lookalike_cli.progress import Progress, quiet
 
 
@@ -183,7 +183,4 @@ def write_raw_tables(db_path: Path, tables: dict[str, pd.DataFrame]) -> None:
     with connection(Path(db_path)) as con, transaction(con):
         con.execute("create schema if not exists raw")
         for name, frame in tables.items():
-            arrow = pa.Table.from_pandas(frame, preserve_index=False)
-            con.register("incoming", arrow)
-            con.execute(f"create or replace table raw.{name} as select * from incoming")
-            con.unregister("incoming")
+            write_table(con, f"raw.{name}", pa.Table.from_pandas(frame, preserve_index=False))

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
 
 CLICK_BUCKETS = ((0, 0, "0"), (1, 9, "1-9"), (10, 49, "10-49"), (50, None, "50+"))
@@ -253,8 +253,6 @@ def evaluate(train: pd.DataFrame, test: pd.DataFrame, options: RpcOptions) -> tu
 @single_blas_thread
 def predict_rpc(db_path: Path, onnx_dir: Path, options: RpcOptions = RpcOptions(), progress: Progress = quiet) -> dict:
     """Evaluate on the held-out period, refit at the end of the data, write ad_rpc_predictions and ad_rpc_evaluation."""
-    from lookalike_cli.personas.labels import replace_tables
-
     started = time.perf_counter()
     features = AD_FEATURES + CLUSTER_FEATURES + TAXONOMY_FEATURES
     with connection(db_path, read_only=True) as con:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lookalike_cli.index.faiss_index import normalise
+from lookalike_cli.vectors import normalise
 
 COMPONENTS = ("embedding", "raw", "propensity", "activity", "rfm", "spend", "shares_lr", "shares_gbm")
 STATIC = ("activity", "rfm", "spend")      # no fitting: a function of one customer's features
@@ -151,6 +151,7 @@ class BlendInputs:
 
 
 def cosine_to_centroid(rows: np.ndarray, seed_rows: np.ndarray) -> np.ndarray:
+    """Cosine of each row to the mean of `seed_rows` (rows need not be normalised; zero rows score 0)."""
     centre = seed_rows.mean(axis=0)
     norms = np.linalg.norm(rows, axis=1) * max(float(np.linalg.norm(centre)), 1e-12)
     return rows @ centre / np.maximum(norms, 1e-12)

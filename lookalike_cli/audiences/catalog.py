@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.audiences.expand import Expansion, expand
-from lookalike_cli.audiences.publish import drop_audience, publish_audience
+from lookalike_cli.audiences.publish import check_name, drop_audience, publish_audience
 from lookalike_cli.warehouse.connection import connection, table_exists
 from lookalike_cli.progress import Progress
 
@@ -56,8 +56,7 @@ def create_audience(
     """
     from lookalike_cli.audiences.tiers import parse_holdout, parse_rings, ring_size, split_expansion
 
-    if not name or not name.strip():
-        raise LookalikeError("The audience name must not be empty.")
+    check_name(name)
     ring_shares = parse_rings(rings) if rings else None
     holdout_share = parse_holdout(holdout) if holdout else None
     if ring_shares:
@@ -87,8 +86,7 @@ def publish_expansion(
     """Publish a computed expansion as a new version of audience `name`, with its seed diagnostics."""
     from lookalike_cli.audiences.diagnostics import inspect_seed, write_seed_diagnostics
 
-    if not name or not name.strip():
-        raise LookalikeError("The audience name must not be empty.")
+    check_name(name)
     for message in result.warnings:
         on_warning(message)
     from lookalike_cli.audiences.skew import attribute_skew, skew_warnings, write_skew

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from lookalike_cli.audiences.expand import seed_clusters
 from lookalike_cli.audiences.publish import insert_rows
 from lookalike_cli.audiences.seeds import MIN_RECOMMENDED_SEEDS, Seeds
+from lookalike_cli.vectors import normalise, to_matrix
 
 RANDOM_PAIR_SAMPLE = 2000
 # Below this (seed - random) / (1 - random) the seed is no tighter than random customers.
@@ -101,9 +102,7 @@ def population_sample(con: duckdb.DuckDBPyConnection, size: int, seed: int) -> n
     table = con.sql(
         f"select embedding from customer_embeddings using sample reservoir({size} rows) repeatable ({seed})"
     ).to_arrow_table()
-    column = table.column("embedding").combine_chunks()
-    vectors = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return normalise(to_matrix(table.column("embedding")))
 
 
 def inspect_seed(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int = 0) -> SeedDiagnostics:

@@ -22,18 +22,22 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import duckdb
-import faiss
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
-from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index, normalise
 from lookalike_cli.audiences.seeds import Seeds, excluded_ids, resolve_seeds
-from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index
+from lookalike_cli.index.search import exact_search, ivf_search, top_k
 from lookalike_cli.progress import Progress
+from lookalike_cli.vectors import ids_and_vectors, normalise
+from lookalike_cli.warehouse.connection import connection, require_table
+
+if TYPE_CHECKING:
+    import faiss
 
 STRATEGIES = ("blend", "centroid", "knn-vote", "multi-centroid", "classifier")
 DEFAULT_STRATEGY = "blend"
@@ -86,6 +90,73 @@ def parse_size(size: str | int | None, population: int) -> int | None:
     if not text.isdigit() or int(text) <= 0:
         raise LookalikeError(f"--size {text!r}: give a positive count (20000) or a share of the population (5%).")
     return int(text)
+
+
+def check_cut(size: str | int | None, min_similarity: float | None) -> None:
+    """An audience is cut by size, by similarity or both (either engine)."""
+    if size is None and min_similarity is None:
+        raise LookalikeError("Give --size (20000 or 5%) or --min-similarity (e.g. 0.8).")
+    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
+        raise LookalikeError(f"--min-similarity {min_similarity} must be a cosine similarity in [-1, 1].")
+
+
+def check_target(target: int | None, size: str | int | None, population: int, seeds: Seeds) -> None:
+    if target is not None and target > population - seeds.found:
+        raise LookalikeError(
+            f"--size {size} asks for {target:,} customers but the population has only "
+            f"{population - seeds.found:,} besides the {seeds.found:,} seeds."
+        )
+
+
+def check_found(found: int, target: int | None, size: str | int | None, warnings: list[str]) -> None:
+    """Refuse an empty audience; warn when the cut left fewer customers than --size asked for."""
+    if target is not None and found < target:
+        warnings.append(f"Only {found:,} eligible customers found for --size {size} ({target:,}) after exclusions.")
+    if found == 0:
+        raise LookalikeError("The audience is empty: no eligible customer passed the size/similarity cut.")
+
+
+def base_parameters(seeds: Seeds, size: str | int | None, min_similarity: float | None, exclude_sql: str | None,
+                    seed: int) -> dict:
+    """The audiences row's `parameters` every strategy and engine records."""
+    return {"seed_source": seeds.source, "size": None if size is None else str(size),
+            "min_similarity": min_similarity, "exclude_sql": exclude_sql, "random_seed": seed}
+
+
+def ranked_expansion(ids: np.ndarray, scores: np.ndarray, similarities: np.ndarray, nearest_seed: np.ndarray, *,
+                     seeds: Seeds, strategy: str, parameters: dict, excluded_count: int, population: int,
+                     model_version: str, index_version: str | None, index_type: str, started: float,
+                     warnings: list[str], progress: Progress, engine: str = "") -> Expansion:
+    """The Expansion of members ranked best first: the members table and the audiences row (either engine)."""
+    members = pa.table({
+        "rank": pa.array(np.arange(1, len(ids) + 1), pa.int32()),
+        "customer_id": pa.array(ids, pa.int64()),
+        "score": pa.array(scores, pa.float64()),
+        "similarity": pa.array(similarities, pa.float64()),
+        "nearest_seed_id": pa.array(nearest_seed, pa.int64()),
+    })
+    audience = {
+        "strategy": strategy,
+        "parameters": parameters,
+        "seed_requested": seeds.requested,
+        "seed_found": seeds.found,
+        "seed_missing": seeds.missing,
+        "excluded_count": int(excluded_count),
+        "population_size": population,
+        "size": len(ids),
+        "score_min": float(scores.min()),
+        "score_max": float(scores.max()),
+        "score_mean": float(scores.mean()),
+        "score_median": float(np.median(scores)),
+        "similarity_min": float(similarities.min()),
+        "model_version": model_version,
+        "index_version": index_version,
+        "index_type": index_type,
+        "compute_seconds": round(time.perf_counter() - started, 3),
+    }
+    progress(f"Audience: {len(ids):,} customers, score {audience['score_min']:.3f}..{audience['score_max']:.3f} "
+             f"in {audience['compute_seconds']:.2f}s{engine}")
+    return Expansion(members=members, audience=audience, warnings=warnings, seeds=seeds)
 
 
 def search_union(index: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -195,9 +266,8 @@ def train_classifier(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int, sa
     table = con.sql(
         f"select customer_id, embedding from customer_embeddings using sample reservoir({sample_size} rows) repeatable ({seed})"
     ).to_arrow_table()
-    column = table.column("embedding").combine_chunks()
-    unlabelled = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size)
-    unlabelled = unlabelled[~np.isin(table.column("customer_id").to_numpy(), seeds.ids)]
+    ids, unlabelled = ids_and_vectors(table)
+    unlabelled = unlabelled[~np.isin(ids, seeds.ids)]
     rng = np.random.default_rng(seed)
     held_out = rng.random(seeds.found) < 0.2
     if held_out.sum() < 5 or (~held_out).sum() < 5:
@@ -303,74 +373,43 @@ def top_active(con: duckdb.DuckDBPyConnection, limit: int) -> np.ndarray:
     return np.unique(np.array(found, dtype=np.int64))
 
 
-def sample_blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int):
-    """Large populations: (sample ids, embeddings, RawFeatures of sample + seeds or None, warnings)."""
-    from lookalike_cli.audiences.raw_features import load_raw_features
-
-    table = con.sql(f"select customer_id, embedding from customer_embeddings using sample reservoir({BLEND_UNLABELLED} rows) "
-                    f"repeatable ({seed}) order by customer_id").to_arrow_table()
-    column = table.column("embedding").combine_chunks()
-    vectors = normalise(column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size))
-    ids = table.column("customer_id").to_numpy().astype(np.int64)
-    try:
-        raw = load_raw_features(con, ids=np.union1d(ids, seeds.ids))
-    except (LookalikeError, duckdb.Error) as exc:
-        return ids, vectors, None, [f"blend: no raw features ({str(exc).splitlines()[0]}); using the embedding components only."]
-    keep = np.isin(ids, raw.ids)
-    missing = ~np.isin(seeds.ids, raw.ids)
-    if missing.any():
-        raise LookalikeError(f"{int(missing.sum()):,} seed(s) have embeddings but no row in customer_features "
-                             f"(e.g. {seeds.ids[missing][:3].tolist()}): rebuild with `lookalike build` and re-score.")
-    return ids[keep], vectors[keep], raw, []
-
-
-def load_blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds) -> tuple[np.ndarray, np.ndarray, object, list[str]]:
-    """(ids, L2-normalised embeddings, RawFeatures or None, warnings) of every scored customer.
+def blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds, sample_seed: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, object, list[str]]:
+    """(ids, L2-normalised embeddings, RawFeatures or None, warnings) of every scored customer, or with
+    `sample_seed` of a reservoir sample of BLEND_UNLABELLED (large populations: raw features of the sample and the seeds only).
 
     Without usable raw features (customer_features or categories missing or incomplete) the blend
     falls back to its embedding components and says so.
     """
     from lookalike_cli.audiences.raw_features import load_raw_features
 
-    warnings = []
+    sample = "" if sample_seed is None else f"using sample reservoir({BLEND_UNLABELLED} rows) repeatable ({sample_seed}) "
+    table = con.sql(f"select customer_id, embedding from customer_embeddings {sample}order by customer_id").to_arrow_table()
+    ids, vectors = ids_and_vectors(table)
+    vectors = normalise(vectors)
     try:
-        raw = load_raw_features(con)
+        raw = load_raw_features(con, ids=None if sample_seed is None else np.union1d(ids, seeds.ids))
     except (LookalikeError, duckdb.Error) as exc:
-        raw = None
-        warnings.append(f"blend: no raw features ({str(exc).splitlines()[0]}); using the embedding components only.")
-    table = con.sql("select customer_id, embedding from customer_embeddings order by customer_id").to_arrow_table()
-    column = table.column("embedding").combine_chunks()
-    vectors = normalise(column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size))
-    ids = table.column("customer_id").to_numpy().astype(np.int64)
-    if raw is None:
-        return ids, vectors, None, warnings
+        return ids, vectors, None, [f"blend: no raw features ({str(exc).splitlines()[0]}); using the embedding components only."]
     missing = ~np.isin(seeds.ids, raw.ids)
     if missing.any():
         raise LookalikeError(f"{int(missing.sum()):,} seed(s) have embeddings but no row in customer_features "
                              f"(e.g. {seeds.ids[missing][:3].tolist()}): rebuild with `lookalike build` and re-score.")
     keep = np.isin(ids, raw.ids)
-    return ids[keep], vectors[keep], raw, warnings
+    return ids[keep], vectors[keep], raw, []
 
 
-def seed_search(seeds: Seeds, members: int) -> faiss.Index:
+def seed_search(seeds: Seeds, members: int) -> "faiss.Index":
     """Search over the seeds for the nearest seed of `members` vectors; IVF when exact would be slow."""
     if members * seeds.found <= 200_000_000:
-        search = faiss.IndexFlatIP(seeds.vectors.shape[1])
-        search.add(np.ascontiguousarray(seeds.vectors))
-    else:
-        nlist = int(math.sqrt(seeds.found))
-        search = faiss.IndexIVFFlat(faiss.IndexFlatIP(seeds.vectors.shape[1]), seeds.vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-        search.cp.seed = 0
-        search.train(np.ascontiguousarray(seeds.vectors))
-        search.add(np.ascontiguousarray(seeds.vectors))
-        search.nprobe = 8
-    return search
+        return exact_search(seeds.vectors)
+    return ivf_search(seeds.vectors, nlist=int(math.sqrt(seeds.found)), nprobe=8, seed=0)
 
 
-def nearest_seeds(vectors: np.ndarray, seeds: Seeds, search: faiss.Index | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nearest_seeds(vectors: np.ndarray, seeds: Seeds, search: "faiss.Index | None" = None) -> tuple[np.ndarray, np.ndarray]:
     """Nearest seed id and similarity per vector (`search` from seed_search, built once for many slices)."""
     search = seed_search(seeds, len(vectors)) if search is None else search
-    sims, rows = search.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+    sims, rows = top_k(search, vectors, 1)
     return seeds.ids[rows[:, 0]], sims[:, 0]
 
 
@@ -396,10 +435,7 @@ def expand(
     """
     if strategy not in STRATEGIES:
         raise LookalikeError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
-    if size is None and min_similarity is None:
-        raise LookalikeError("Give --size (20000 or 5%) or --min-similarity (e.g. 0.8).")
-    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
-        raise LookalikeError(f"--min-similarity {min_similarity} must be a cosine similarity in [-1, 1].")
+    check_cut(size, min_similarity)
     started = time.perf_counter()
     with connection(db_path, read_only=True) as con:
         require_table(con, "customer_embeddings", "Build it with `lookalike dbt build` after `lookalike train`.")
@@ -412,19 +448,14 @@ def expand(
         target = parse_size(size, population)
         seeds = resolve_seeds(con, seed_sql, seed_table, seed_file)
         warnings = list(seeds.warnings)
-        if target is not None and target > population - seeds.found:
-            raise LookalikeError(
-                f"--size {size} asks for {target:,} customers but the population has only "
-                f"{population - seeds.found:,} besides the {seeds.found:,} seeds."
-            )
+        check_target(target, size, population, seeds)
         excluded, excluded_counts = excluded_ids(con, exclude_sql)
         blocked = np.union1d(seeds.ids, excluded)
         progress(f"Seeds: {seeds.found:,} found, {seeds.missing:,} missing; excluding {len(blocked):,} "
                  f"(seeds + {excluded_counts or 'no suppression lists'}); strategy {strategy}")
 
         extra: dict = {}
-        parameters: dict = {"seed_source": seeds.source, "size": None if size is None else str(size),
-                            "min_similarity": min_similarity, "exclude_sql": exclude_sql, "random_seed": seed}
+        parameters = base_parameters(seeds, size, min_similarity, exclude_sql, seed)
         if strategy == "multi-centroid":
             extra["centroids"], info = seed_clusters(seeds.vectors, seed)
             parameters.update(info)
@@ -435,8 +466,7 @@ def expand(
             progress(f"  PU classifier on {info['population_sample']:,} population vectors, label frequency c={info['label_frequency']}")
         elif strategy == "blend":
             exact = population <= BLEND_EXACT_MAX
-            load = load_blend_population(con, seeds) if exact else sample_blend_population(con, seeds, seed)
-            ids_all, vectors_all, raw, raw_warnings = load
+            ids_all, vectors_all, raw, raw_warnings = blend_population(con, seeds, None if exact else seed)
             warnings += raw_warnings
             fitted = fit_blend_for(seeds, ids_all, vectors_all, raw, seed)
             if exact:
@@ -470,43 +500,14 @@ def expand(
     if target is not None:
         ids, scores, sims = ids[:target], scores[:target], sims[:target]
         nearest = nearest[:target] if nearest is not None else None
-        if len(ids) < target:
-            warnings.append(f"Only {len(ids):,} eligible customers found for --size {size} ({target:,}) after exclusions.")
+    check_found(len(ids), target, size, warnings)
     if found.capped and not enough:
         warnings.append(f"knn-vote stopped at its cap of {MAX_VOTES:,} neighbours over all {seeds.found:,} seeds before "
                         "reaching the size/similarity cut; use fewer seeds or another strategy.")
-    if len(ids) == 0:
-        raise LookalikeError("The audience is empty: no eligible customer passed the size/similarity cut.")
     if nearest is None:
         search = seed_search(seeds, len(ids))
         nearest, _ = over_vectors(index, ids, lambda _, vectors: nearest_seeds(vectors, seeds, search))
-
-    members = pa.table({
-        "rank": pa.array(np.arange(1, len(ids) + 1), pa.int32()),
-        "customer_id": pa.array(ids, pa.int64()),
-        "score": pa.array(scores, pa.float64()),
-        "similarity": pa.array(sims, pa.float64()),
-        "nearest_seed_id": pa.array(nearest, pa.int64()),
-    })
-    audience = {
-        "strategy": strategy,
-        "parameters": parameters,
-        "seed_requested": seeds.requested,
-        "seed_found": seeds.found,
-        "seed_missing": seeds.missing,
-        "excluded_count": int(len(excluded)),
-        "population_size": population,
-        "size": len(ids),
-        "score_min": float(scores.min()),
-        "score_max": float(scores.max()),
-        "score_mean": float(scores.mean()),
-        "score_median": float(np.median(scores)),
-        "similarity_min": float(sims.min()),
-        "model_version": manifest.model_version,
-        "index_version": manifest.index_version,
-        "index_type": manifest.index_type,
-        "compute_seconds": round(time.perf_counter() - started, 3),
-    }
-    progress(f"Audience: {len(ids):,} customers, score {audience['score_min']:.3f}..{audience['score_max']:.3f} "
-             f"in {audience['compute_seconds']:.2f}s")
-    return Expansion(members=members, audience=audience, warnings=warnings, seeds=seeds)
+    return ranked_expansion(ids, scores, sims, nearest, seeds=seeds, strategy=strategy, parameters=parameters,
+                            excluded_count=len(excluded), population=population, model_version=manifest.model_version,
+                            index_version=manifest.index_version, index_type=manifest.index_type, started=started,
+                            warnings=warnings, progress=progress)

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.progress import Progress
+from lookalike_cli.warehouse.connection import append_rows, registered, write_table
 
 STORAGE_COMPATIBILITY = "v1.4.0"
 T = TypeVar("T")
@@ -140,12 +141,16 @@ def swapped(serving_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 def refresh_attributes(con: duckdb.DuckDBPyConnection, attributes: pa.Table | None) -> None:
     """Snapshot of customer attributes for BI joins (replaced when given, kept otherwise)."""
     if attributes is not None:
-        con.register("incoming_attributes", attributes)
-        con.execute("create or replace table customer_attributes as select * from incoming_attributes")
-        con.unregister("incoming_attributes")
+        write_table(con, "customer_attributes", attributes)
     else:
         con.execute("create table if not exists customer_attributes (customer_id bigint)")
     con.execute(VIEWS)
+
+
+def check_name(name: str) -> None:
+    """An audience needs a name (checked before any work is done, by every way of publishing one)."""
+    if not name or not name.strip():
+        raise LookalikeError("--name must not be empty.")
 
 
 def publish_audience(
@@ -162,8 +167,7 @@ def publish_audience(
 
     `extra(con, audience_id)` writes companion tables (seeds, seed diagnostics) in the same swap.
     """
-    if not name or not name.strip():
-        raise LookalikeError("--name must not be empty.")
+    check_name(name)
     with swapped(serving_path) as con:
         audience_id, version = con.execute(
             "select coalesce((select max(audience_id) from audiences), 0) + 1, "
@@ -176,13 +180,12 @@ def publish_audience(
             f"insert into audiences ({', '.join(AUDIENCE_COLUMNS)}) values ({', '.join('?' * len(AUDIENCE_COLUMNS))})",
             [row[c] for c in AUDIENCE_COLUMNS],
         )
-        con.register("incoming_members", members)
         optional = [c for c in ("ring", "is_holdout") if c in members.column_names]
-        con.execute(
-            "insert into audience_members by name select ? as audience_id, customer_id, rank, score, similarity, "
-            f"nearest_seed_id{''.join(', ' + c for c in optional)} from incoming_members order by rank", [audience_id]
-        )
-        con.unregister("incoming_members")
+        with registered(con, "incoming_members", members):
+            con.execute(
+                "insert into audience_members by name select ? as audience_id, customer_id, rank, score, similarity, "
+                f"nearest_seed_id{''.join(', ' + c for c in optional)} from incoming_members order by rank", [audience_id]
+            )
         if extra is not None:
             extra(con, audience_id)
         refresh_attributes(con, attributes)
@@ -209,11 +212,7 @@ def publish_tables(serving_path: Path, write: Callable[[duckdb.DuckDBPyConnectio
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, ddl: str) -> None:
     """Create `table` with `ddl` when absent and append `rows` by column name."""
     con.execute(ddl)
-    con.register("incoming_rows", rows)
-    try:
-        con.execute(f"insert into {table} by name select * from incoming_rows")
-    finally:
-        con.unregister("incoming_rows")
+    append_rows(con, table, rows)
 
 
 def export_audience(con: duckdb.DuckDBPyConnection, audience_id: int, directory: Path) -> None:

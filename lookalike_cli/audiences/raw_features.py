@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lookalike_cli.model.features import CATEGORICAL_COLUMNS, DENSE_COLUMNS, dense_matrix, dense_shares, log1p_dense
-from lookalike_cli.warehouse.connection import require_table, table_columns
+from lookalike_cli.warehouse.connection import registered, require_table, table_columns
 
 CLIP = 10.0
 FEATURES_HINT = "Build it with `lookalike build`."
@@ -56,16 +56,13 @@ def load_raw_features(con: duckdb.DuckDBPyConnection, ids: np.ndarray | None = N
     available = table_columns(con, "customer_features")
     dense_columns = [c for c in DENSE_COLUMNS if c in available]
     categorical_columns = [c for c in CATEGORICAL_COLUMNS if c in available]
-    where = ""
-    if ids is not None:
-        con.register("_raw_feature_ids", pa.table({"customer_id": pa.array(np.asarray(ids, np.int64))}))
-        where = "where customer_id in (select customer_id from _raw_feature_ids)"
-    table = con.sql(
-        f"select customer_id, {', '.join(dense_columns + categorical_columns)}, category_ids, category_shares "
-        f"from customer_features {where} order by customer_id"
-    ).to_arrow_table()
-    if ids is not None:
-        con.unregister("_raw_feature_ids")
+    where = "" if ids is None else "where customer_id in (select customer_id from _raw_feature_ids)"
+    wanted = pa.table({"customer_id": pa.array(np.asarray([] if ids is None else ids, np.int64))})
+    with registered(con, "_raw_feature_ids", wanted):
+        table = con.sql(
+            f"select customer_id, {', '.join(dense_columns + categorical_columns)}, category_ids, category_shares "
+            f"from customer_features {where} order by customer_id"
+        ).to_arrow_table()
     categories = con.sql("select category_id, category from categories order by category_id").fetchall()
     n_categories = max([c[0] for c in categories], default=-1) + 1
     category_names = {cid: name for cid, name in categories}

@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
+from lookalike_cli.vectors import ids_and_vectors, normalise
+from lookalike_cli.warehouse.connection import connection, registered, require_table, sql_errors, table_exists, user_query
 
 # Ad platforms warn below ~100 seeds: the audience then reflects a few individuals, not a segment.
 MIN_RECOMMENDED_SEEDS = 100
@@ -33,33 +35,40 @@ class Seeds:
         return self.requested - self.found
 
 
-def requested_ids(con: duckdb.DuckDBPyConnection, seed_sql: str | None, seed_table: str | None, seed_file: str | Path | None) -> tuple[str, np.ndarray]:
-    """(description, distinct requested customer ids) from exactly one seed source."""
+def seed_source(seed_sql: str | None, seed_table: str | None, seed_file: str | Path | None) -> str:
+    """The description of the one seed source given (either engine); refuses none or several."""
     given = [(k, v) for k, v in (("--seed-sql", seed_sql), ("--seed-table", seed_table), ("--seed-file", seed_file)) if v]
     if len(given) != 1:
         raise LookalikeError("Give exactly one seed source: --seed-sql, --seed-table or --seed-file.")
+    return f"file {seed_file}" if seed_file else f"sql: {seed_sql}" if seed_sql else f"table {seed_table}"
+
+
+def id_column(columns: list[str], what: str) -> str:
+    """The column of a query's result that holds customer ids: customer_id, or its only column."""
+    if "customer_id" in columns:
+        return "customer_id"
+    if len(columns) == 1:
+        return columns[0]
+    raise LookalikeError(f"{what} returns columns {columns}: name the id column customer_id.")
+
+
+def requested_ids(con: duckdb.DuckDBPyConnection, seed_sql: str | None, seed_table: str | None, seed_file: str | Path | None) -> tuple[str, np.ndarray]:
+    """(description, distinct requested customer ids) from exactly one seed source."""
+    source = seed_source(seed_sql, seed_table, seed_file)
     if seed_file:
-        return f"file {seed_file}", read_id_file(Path(seed_file))
-    sql = seed_sql or f"select * from {seed_table}"
-    source = f"sql: {seed_sql}" if seed_sql else f"table {seed_table}"
-    try:
-        relation = con.sql(sql)
-    except duckdb.Error as exc:
-        raise LookalikeError(f"Seed {source} failed: {str(exc).splitlines()[0]}") from exc
-    if relation is None:
-        raise LookalikeError(f"Seed {source} is not a query returning customer ids.")
-    return source, ids_from_relation(relation, source)
+        return source, read_id_file(Path(seed_file))
+    return source, query_ids(con, seed_sql or f"select * from {seed_table}", f"Seed {source}")
 
 
-def ids_from_relation(relation: duckdb.DuckDBPyRelation, source: str) -> np.ndarray:
-    columns = relation.columns
-    column = "customer_id" if "customer_id" in columns else (columns[0] if len(columns) == 1 else None)
-    if column is None:
-        raise LookalikeError(f"Seed {source} returns columns {columns}: name the id column customer_id.")
-    try:
+def query_ids(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> np.ndarray:
+    """Distinct customer ids (sorted) of a query the user gave; `what` names it in errors ("--exclude-sql")."""
+    return np.unique(ids_from_relation(user_query(con, sql, what), what))
+
+
+def ids_from_relation(relation: duckdb.DuckDBPyRelation, what: str) -> np.ndarray:
+    column = id_column(relation.columns, what)
+    with sql_errors(what):
         table = relation.select(f'try_cast("{column}" as bigint) as customer_id').filter("customer_id is not null").distinct().to_arrow_table()
-    except duckdb.Error as exc:
-        raise LookalikeError(f"Seed {source} failed: {str(exc).splitlines()[0]}") from exc
     return table.column("customer_id").to_numpy().astype(np.int64)
 
 
@@ -90,15 +99,11 @@ def resolve_seeds(
     source, ids = requested_ids(con, seed_sql, seed_table, seed_file)
     if len(ids) == 0:
         raise LookalikeError(f"The seed ({source}) is empty: it returned no customer ids.")
-    requested = pa.table({"customer_id": pa.array(ids, pa.int64())})
-    con.register("requested_seed_ids", requested)
-    try:
+    with registered(con, "requested_seed_ids", pa.table({"customer_id": pa.array(ids, pa.int64())})):
         found = con.sql(
             "select e.customer_id, e.embedding from customer_embeddings e "
             "join requested_seed_ids r using (customer_id) order by e.customer_id"
         ).to_arrow_table()
-    finally:
-        con.unregister("requested_seed_ids")
     return seeds_from_embeddings(source, len(ids), found)
 
 
@@ -113,11 +118,8 @@ def seeds_from_embeddings(source: str, requested: int, found: pa.Table) -> Seeds
             f"None of the {requested:,} seed ids ({source}) are in customer_embeddings: "
             "check that the seed uses the same customer_id as the warehouse."
         )
-    column = found.column("embedding").combine_chunks()
-    vectors = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    seeds = Seeds(source=source, requested=requested, ids=found.column("customer_id").to_numpy().astype(np.int64),
-                  vectors=vectors / np.maximum(norms, 1e-12), warnings=[])
+    ids, vectors = ids_and_vectors(found)
+    seeds = Seeds(source=source, requested=requested, ids=ids, vectors=normalise(vectors), warnings=[])
     if seeds.missing:
         seeds.warnings.append(f"{seeds.missing:,} of {seeds.requested:,} seed ids are not in the population (no embedding); using {seeds.found:,}.")
     if seeds.found < MIN_RECOMMENDED_SEEDS:
@@ -132,17 +134,10 @@ def excluded_ids(con: duckdb.DuckDBPyConnection, exclude_sql: str | None) -> tup
     """Suppression list (--exclude-sql) plus raw.opt_outs when present; returns ids and counts per source."""
     parts, counts = [], {}
     if exclude_sql:
-        try:
-            relation = con.sql(exclude_sql)
-        except duckdb.Error as exc:
-            raise LookalikeError(f"--exclude-sql failed: {str(exc).splitlines()[0]}") from exc
-        parts.append(ids_from_relation(relation, "--exclude-sql"))
+        parts.append(query_ids(con, exclude_sql, "--exclude-sql"))
         counts["exclude_sql"] = len(parts[-1])
-    has_opt_outs = con.execute(
-        "select count(*) from information_schema.tables where table_schema = 'raw' and table_name = 'opt_outs'"
-    ).fetchall()[0][0]
-    if has_opt_outs:
-        parts.append(ids_from_relation(con.sql("select customer_id from raw.opt_outs"), "raw.opt_outs"))
+    if table_exists(con, "opt_outs", schema="raw"):
+        parts.append(query_ids(con, "select customer_id from raw.opt_outs", "raw.opt_outs"))
         counts["opt_outs"] = len(parts[-1])
     ids = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
     return ids, counts
@@ -150,8 +145,6 @@ def excluded_ids(con: duckdb.DuckDBPyConnection, exclude_sql: str | None) -> tup
 
 def persona_seed_sql(db_path: Path, name: str) -> str:
     """`--seed-persona NAME` as seed SQL: the customers whose top persona in customer_personas is NAME."""
-    from lookalike_cli.warehouse.connection import connection, require_table
-
     with connection(db_path, read_only=True) as con:
         require_table(con, "customer_personas", "Run `lookalike personas label` and `lookalike personas propagate` first.")
         personas = con.execute("select persona_id, name from persona_definitions order by persona_id").fetchall()

@@ -37,9 +37,11 @@ def attribute_skew(con: duckdb.DuckDBPyConnection, member_ids: np.ndarray, seed_
                         ("population_share", pa.float64()), ("seed_share", pa.float64()), ("skew_ratio", pa.float64())])
     if not present:
         return schema.empty_table()
-    con.register("skew_members", pa.table({"customer_id": pa.array(member_ids, pa.int64())}))
-    con.register("skew_seeds", pa.table({"customer_id": pa.array(seed_ids, pa.int64())}))
-    try:
+    from lookalike_cli.warehouse.connection import registered
+
+    members = pa.table({"customer_id": pa.array(member_ids, pa.int64())})
+    seeds = pa.table({"customer_id": pa.array(seed_ids, pa.int64())})
+    with registered(con, "skew_members", members), registered(con, "skew_seeds", seeds):
         parts = []
         for attribute in present:
             parts.append(f"""
@@ -58,9 +60,6 @@ def attribute_skew(con: duckdb.DuckDBPyConnection, member_ids: np.ndarray, seed_
                    (in_audience / nullif(sum(in_audience) over (partition by attribute), 0))
                      / (in_population / sum(in_population) over (partition by attribute)) as skew_ratio
             from counts order by attribute, value""").to_arrow_table().cast(schema)
-    finally:
-        con.unregister("skew_members")
-        con.unregister("skew_seeds")
 
 
 def skew_warnings(skew: pa.Table, audience_size: int, threshold: float = SKEW_WARNING) -> list[str]:

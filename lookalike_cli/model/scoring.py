@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.progress import Progress
+from lookalike_cli.vectors import to_column
 from lookalike_cli.model.manifest import OUTPUT_NAME, check_trained_here, check_version, find_manifest, load_manifest
 from lookalike_cli.model.features import FeatureSpec, check_columns, encode
 
@@ -109,7 +110,7 @@ class Encoder:
             yield pa.RecordBatch.from_arrays(
                 [
                     batch.column("customer_id").cast(pa.int64()),
-                    pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), self.dim),
+                    to_column(vectors),
                     pa.array(np.full(batch.num_rows, self.model_version, dtype=object), pa.string()),
                 ],
                 names=["customer_id", "embedding", "model_version"],

@@ -15,8 +15,8 @@
    the category graph beats an 8-epoch embedding's by far (benchmarks/RESULTS.md, "personas"):
    its neighbours share a planted segment 89% of the time vs 74%.
 
-Tables are replaced atomically: written under a temporary name, then dropped and renamed in one
-transaction, so a failure leaves the previous table intact.
+Tables are replaced atomically (`warehouse.connection.replace_tables`): written under a temporary
+name, then dropped and renamed in one transaction, so a failure leaves the previous table intact.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse.connection import connection, require_table, table_exists, transaction
 from lookalike_cli.progress import Progress, quiet
+from lookalike_cli.vectors import normalise
+from lookalike_cli.warehouse.connection import connection, registered, replace_tables, require_table, table_exists
 
 PERSONAS_TABLE = "persona_definitions"
 PROFILES_TABLE = "customer_profiles_text"
@@ -70,13 +71,10 @@ def read_profiles(con: duckdb.DuckDBPyConnection, customer_ids: np.ndarray) -> l
     """Profile texts of `customer_ids`, in that order."""
     require_table(con, PROFILES_TABLE, BUILD_HINT)
     wanted = pa.table({"customer_id": pa.array(customer_ids, pa.int64()), "position": pa.array(np.arange(len(customer_ids)))})
-    con.register("wanted_profiles", wanted)
-    try:
+    with registered(con, "wanted_profiles", wanted):
         table = con.sql(
             f"select w.position, p.profile_text from wanted_profiles w left join {PROFILES_TABLE} p using (customer_id) order by w.position"
         ).to_arrow_table()
-    finally:
-        con.unregister("wanted_profiles")
     texts = table.column("profile_text").to_pylist()
     missing = sum(t is None for t in texts)
     if missing:
@@ -128,8 +126,7 @@ class ZeroShotLabeller:
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.encoder.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True)
-        vectors = np.asarray(vectors, dtype=np.float64)
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return normalise(vectors).astype(np.float64)
 
     def label(self, customer_ids: np.ndarray, texts: Sequence[str], progress: Progress = quiet) -> Labels:
         if self._persona_vectors is None:
@@ -325,22 +322,18 @@ def knn_graph(vectors: np.ndarray, k: int = 10, seed: int = 0) -> sp.csr_matrix:
     Exact search up to index.AUTO_EXACT_MAX_ROWS customers, IVF above (the graph tolerates a
     few missed neighbours).
     """
-    import faiss
-
     from lookalike_cli.index.faiss_index import AUTO_EXACT_MAX_ROWS, default_nlist
+    from lookalike_cli.index.search import exact_search, ivf_search, top_k
 
-    n, dim = vectors.shape
+    n = len(vectors)
     k = max(1, min(k, n - 1))
     if n <= AUTO_EXACT_MAX_ROWS:
-        index = faiss.IndexFlatIP(dim)
+        index = exact_search(vectors)
     else:
         nlist = default_nlist(n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        index.train(vectors[rng.choice(n, min(n, nlist * 64), replace=False)])
-        index.nprobe = 16
-    index.add(vectors)
-    similarities, neighbours = index.search(vectors, k + 1)
+        index = ivf_search(vectors, nlist, nprobe=16, train=vectors[rng.choice(n, min(n, nlist * 64), replace=False)])
+    similarities, neighbours = top_k(index, vectors, k + 1)
     rows = np.repeat(np.arange(n), k + 1)
     cols = neighbours.ravel()
     weights = np.clip(similarities.ravel(), 0.0, None).astype(np.float64)
@@ -430,29 +423,6 @@ def uncertainty_sample(probabilities: np.ndarray, count: int, exclude: np.ndarra
 # --------------------------------------------------------------------------- commands
 
 
-def replace_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table], append: dict[str, pa.Table] | None = None) -> None:
-    """Write each table under a temporary name, then drop + rename (and append log rows) in one transaction."""
-    for name, table in tables.items():
-        con.register("incoming_table", table)
-        try:
-            con.execute(f"create or replace table {name}__new as select * from incoming_table")
-        finally:
-            con.unregister("incoming_table")
-    with transaction(con):
-        for name in tables:
-            con.execute(f"drop table if exists {name}")
-            con.execute(f"alter table {name}__new rename to {name}")
-        for name, table in (append or {}).items():
-            con.register("incoming_table", table)
-            try:
-                if table_exists(con, name):
-                    con.execute(f"insert into {name} by name select * from incoming_table")
-                else:
-                    con.execute(f"create table {name} as select * from incoming_table")
-            finally:
-                con.unregister("incoming_table")
-
-
 def read_customer_vectors(db_path: Path, progress: Progress = quiet) -> tuple[np.ndarray, np.ndarray]:
     from lookalike_cli.index.faiss_index import read_embeddings
 
@@ -498,10 +468,6 @@ def category_vectors(db_path: Path, components: int = 64, seed: int = 0) -> tupl
     # The covariance route takes sparse input and costs categories^2, not customers x categories.
     reduced = PCA(n_components, svd_solver="covariance_eigh", random_state=seed).fit_transform(shares)
     return ids, normalise(reduced)
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
 
 def customer_space(db_path: Path, space: str = "categories", seed: int = 0, progress: Progress = quiet) -> tuple[np.ndarray, np.ndarray]:

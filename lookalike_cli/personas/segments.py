@@ -24,8 +24,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.personas.labels import PERSONAS_TABLE, RESULT_TABLE, read_category_shares, read_customer_vectors, replace_tables
-from lookalike_cli.warehouse.connection import connection, require_table, table_exists
+from lookalike_cli.personas.labels import PERSONAS_TABLE, RESULT_TABLE, read_category_shares, read_customer_vectors
+from lookalike_cli.warehouse.connection import connection, replace_tables, require_table, table_exists, write_table
 from lookalike_cli.progress import Progress
 
 SEGMENTS_TABLE = "customer_segments"
@@ -306,11 +306,7 @@ def segment_customers(
     quality_row = {**asdict(quality), "silhouette_by_k": json.dumps(quality.silhouette_by_k),
                    "created_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "seed": seed}
     with connection(db_path) as con:
-        con.register("incoming_segments", segments)
-        try:
-            con.execute(f"create or replace table {SEGMENTS_TABLE}__new as select * from incoming_segments")
-        finally:
-            con.unregister("incoming_segments")
+        write_table(con, f"{SEGMENTS_TABLE}__new", segments)
         has_personas = table_exists(con, RESULT_TABLE) and table_exists(con, PERSONAS_TABLE)
         profiles = con.sql(PROFILE_SQL.replace("{persona_means}", PERSONA_MEANS_SQL if has_personas else NO_PERSONAS_SQL)).to_arrow_table()
         replace_tables(con, {SEGMENTS_TABLE: segments, PROFILES_TABLE: profiles,
@@ -336,11 +332,7 @@ def publish_segments(db_path: Path, serving_path: Path) -> None:
 
     def write(con) -> None:
         for name, table in tables.items():
-            con.register("incoming_segment_table", table)
-            try:
-                con.execute(f"create or replace table {name} as select * from incoming_segment_table")
-            finally:
-                con.unregister("incoming_segment_table")
+            write_table(con, name, table)
 
     publish_tables(serving_path, write)
 

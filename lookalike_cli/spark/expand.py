@@ -13,6 +13,7 @@ Strategies: centroid and multi-centroid (the seed sub-clusters of `expand.seed_c
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -20,24 +21,17 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from lookalike_cli.audiences.expand import (Expansion, base_parameters, check_cut, check_found, check_target, parse_size,
+                                            ranked_expansion, seed_clusters)
+from lookalike_cli.audiences.seeds import Seeds, id_column, read_id_file, seed_source, seeds_from_embeddings
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.audiences.expand import Expansion, parse_size, seed_clusters
-from lookalike_cli.index.faiss_index import normalise
-from lookalike_cli.audiences.seeds import Seeds, read_id_file, seeds_from_embeddings
 from lookalike_cli.progress import Progress
+from lookalike_cli.vectors import ids_and_vectors, normalise
 
 SPARK_STRATEGIES = ("centroid", "multi-centroid")
 CANDIDATES_SCHEMA = "customer_id bigint, score double, nearest_seed_id bigint"
 # Rows per matrix product in a partition: bounds the (rows x seeds) similarity block in memory.
 CHUNK_ROWS = 8192
-
-
-def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A list<float> Arrow column of equal-length embeddings as an L2-normalised float32 matrix."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return normalise(values.reshape(len(column), -1))
 
 
 def top_candidates(batches: Iterator[pa.RecordBatch], search) -> Iterator[pa.RecordBatch]:
@@ -52,8 +46,8 @@ def top_candidates(batches: Iterator[pa.RecordBatch], search) -> Iterator[pa.Rec
     for batch in batches:
         if not batch.num_rows:
             continue
-        ids = batch.column("customer_id").to_numpy(zero_copy_only=False).astype(np.int64)
-        vectors = embedding_matrix(batch.column("embedding"))
+        ids, vectors = ids_and_vectors(batch)
+        vectors = normalise(vectors)
         scores = (vectors @ centroids.T).max(axis=1)
         keep = np.ones(len(ids), dtype=bool) if min_similarity is None else scores >= min_similarity
         kept_ids.append(ids[keep])
@@ -84,26 +78,12 @@ def best_of(ids: list[np.ndarray], scores: list[np.ndarray], vectors: list[np.nd
 
 def resolve_seeds_spark(spark, seed_sql: str | None, seed_table: str | None, seed_file: str | Path | None) -> Seeds:
     """Seed ids from SQL run on Spark (or a Spark table, or a CSV file), with their Spark embeddings."""
-    from pyspark.errors import PySparkException
-
-    from lookalike_cli.spark.scoring import embeddings_as_fixed_size
-
-    given = [(k, v) for k, v in (("--seed-sql", seed_sql), ("--seed-table", seed_table), ("--seed-file", seed_file)) if v]
-    if len(given) != 1:
-        raise LookalikeError("Give exactly one seed source: --seed-sql, --seed-table or --seed-file.")
+    source = seed_source(seed_sql, seed_table, seed_file)
     if seed_file:
-        source = f"file {seed_file}"
         requested = spark.createDataFrame(pa.table({"customer_id": pa.array(read_id_file(Path(seed_file)), pa.int64())}))
     else:
-        source = f"sql: {seed_sql}" if seed_sql else f"table {seed_table}"
-        try:
-            frame = spark.sql(seed_sql) if seed_sql else spark.table(seed_table)
-            column = "customer_id" if "customer_id" in frame.columns else (frame.columns[0] if len(frame.columns) == 1 else None)
-            if column is None:
-                raise LookalikeError(f"Seed {source} returns columns {frame.columns}: name the id column customer_id.")
-            requested = frame.selectExpr(f"try_cast(`{column}` as bigint) as customer_id").where("customer_id is not null")
-        except PySparkException as exc:
-            raise LookalikeError(f"Seed {source} failed on Spark: {str(exc).splitlines()[0]}") from exc
+        with spark_sql_errors(f"Seed {source}"):
+            requested = customer_ids(spark.sql(seed_sql) if seed_sql else spark.table(seed_table), f"Seed {source}")
     requested = requested.distinct().cache()
     try:
         count = requested.count()
@@ -113,26 +93,35 @@ def resolve_seeds_spark(spark, seed_sql: str | None, seed_table: str | None, see
                  .select("customer_id", "embedding").orderBy("customer_id").toArrow())
     finally:
         requested.unpersist()
-    if found.num_rows == 0:
-        return seeds_from_embeddings(source, count, found)  # raises: none found
-    return seeds_from_embeddings(source, count, embeddings_as_fixed_size(found))
+    return seeds_from_embeddings(source, count, found)
+
+
+@contextmanager
+def spark_sql_errors(what: str) -> Iterator[None]:
+    """Spark's errors of SQL the user wrote as one line naming it: "<what> failed on Spark: ..."."""
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except PySparkException as exc:
+        raise LookalikeError(f"{what} failed on Spark: {str(exc).splitlines()[0]}") from exc
+
+
+def customer_ids(frame, what: str):
+    """The non-null customer ids of a Spark frame as bigint (its customer_id column, or its only column)."""
+    column = id_column(frame.columns, what)
+    return frame.selectExpr(f"try_cast(`{column}` as bigint) as customer_id").where("customer_id is not null")
 
 
 def excluded_frame(spark, exclude_sql: str | None, raw_schema: str = "raw"):
     """Suppressed customer ids as a Spark frame (--exclude-sql plus raw.opt_outs when present) and counts."""
-    from pyspark.errors import PySparkException
-
     from lookalike_cli.spark.session import table_exists
 
     parts, counts = [], {}
     if exclude_sql:
-        try:
-            frame = spark.sql(exclude_sql)
-            column = "customer_id" if "customer_id" in frame.columns else frame.columns[0]
-            parts.append(frame.selectExpr(f"try_cast(`{column}` as bigint) as customer_id").where("customer_id is not null").distinct())
+        with spark_sql_errors("--exclude-sql"):
+            parts.append(customer_ids(spark.sql(exclude_sql), "--exclude-sql").distinct())
             counts["exclude_sql"] = parts[-1].count()
-        except PySparkException as exc:
-            raise LookalikeError(f"--exclude-sql failed on Spark: {str(exc).splitlines()[0]}") from exc
     if table_exists(spark, f"{raw_schema}.opt_outs"):
         parts.append(spark.table(f"{raw_schema}.opt_outs").selectExpr("cast(customer_id as bigint) as customer_id").distinct())
         counts["opt_outs"] = parts[-1].count()
@@ -163,10 +152,7 @@ def expand_spark(
     if strategy not in SPARK_STRATEGIES:
         raise LookalikeError(f"--engine spark supports the strategies {', '.join(SPARK_STRATEGIES)}, not {strategy!r}: "
                              "use --engine duckdb (FAISS) for knn-vote and classifier.")
-    if size is None and min_similarity is None:
-        raise LookalikeError("Give --size (20000 or 5%) or --min-similarity (e.g. 0.8).")
-    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
-        raise LookalikeError(f"--min-similarity {min_similarity} must be a cosine similarity in [-1, 1].")
+    check_cut(size, min_similarity)
     started = time.perf_counter()
     spark = spark_session(settings, progress=progress)
     schema = schema_name(settings)
@@ -180,9 +166,7 @@ def expand_spark(
     target = parse_size(size, population)
     seeds = resolve_seeds_spark(spark, seed_sql, seed_table, seed_file)
     warnings = list(seeds.warnings)
-    if target is not None and target > population - seeds.found:
-        raise LookalikeError(f"--size {size} asks for {target:,} customers but the population has only "
-                             f"{population - seeds.found:,} besides the {seeds.found:,} seeds.")
+    check_target(target, size, population, seeds)
     excluded_parts, excluded_counts = excluded_frame(spark, exclude_sql)
     excluded = None
     for part in excluded_parts:
@@ -195,9 +179,7 @@ def expand_spark(
     progress(f"Seeds: {seeds.found:,} found, {seeds.missing:,} missing; excluding seeds + "
              f"{excluded_counts or 'no suppression lists'}; strategy {strategy} on Spark")
 
-    parameters: dict = {"seed_source": seeds.source, "size": None if size is None else str(size),
-                        "min_similarity": min_similarity, "exclude_sql": exclude_sql, "random_seed": seed,
-                        "engine": "spark"}
+    parameters = {**base_parameters(seeds, size, min_similarity, exclude_sql, seed), "engine": "spark"}
     if strategy == "multi-centroid":
         centroids, info = seed_clusters(seeds.vectors, seed)
         parameters.update(info)
@@ -221,40 +203,13 @@ def expand_spark(
         top = merged.toArrow()
     finally:
         search.unpersist()
-    if target is not None and top.num_rows < target:
-        warnings.append(f"Only {top.num_rows:,} eligible customers found for --size {size} ({target:,}) after exclusions.")
-    if top.num_rows == 0:
-        raise LookalikeError("The audience is empty: no eligible customer passed the size/similarity cut.")
+    check_found(top.num_rows, target, size, warnings)
     scores = top.column("score").to_numpy()
-    members = pa.table({
-        "rank": pa.array(np.arange(1, top.num_rows + 1), pa.int32()),
-        "customer_id": top.column("customer_id").cast(pa.int64()),
-        "score": pa.array(scores, pa.float64()),
-        "similarity": pa.array(scores, pa.float64()),
-        "nearest_seed_id": top.column("nearest_seed_id").cast(pa.int64()),
-    })
-    audience = {
-        "strategy": strategy,
-        "parameters": parameters,
-        "seed_requested": seeds.requested,
-        "seed_found": seeds.found,
-        "seed_missing": seeds.missing,
-        "excluded_count": int(excluded_count),
-        "population_size": population,
-        "size": top.num_rows,
-        "score_min": float(scores.min()),
-        "score_max": float(scores.max()),
-        "score_mean": float(scores.mean()),
-        "score_median": float(np.median(scores)),
-        "similarity_min": float(scores.min()),
-        "model_version": versions[0],
-        "index_version": None,
-        "index_type": "spark-exact",
-        "compute_seconds": round(time.perf_counter() - started, 3),
-    }
-    progress(f"Audience: {top.num_rows:,} customers, score {audience['score_min']:.3f}..{audience['score_max']:.3f} "
-             f"in {audience['compute_seconds']:.2f}s on Spark")
-    return Expansion(members=members, audience=audience, warnings=warnings)
+    return ranked_expansion(top.column("customer_id").to_numpy(), scores, scores, top.column("nearest_seed_id").to_numpy(),
+                            seeds=seeds, strategy=strategy, parameters=parameters, excluded_count=excluded_count,
+                            population=population, model_version=versions[0], index_version=None,
+                            index_type="spark-exact", started=started, warnings=warnings, progress=progress,
+                            engine=" on Spark")
 
 
 def customer_attributes_spark(spark, schema: str) -> pa.Table | None:
@@ -272,11 +227,10 @@ def create_audience_spark(settings, name: str, export_parquet: str | Path | None
                           progress: Progress = print, on_warning: Progress | None = None, **options) -> dict:
     """Expand on Spark and publish the members to the serving file like `audiences.create_audience`."""
     from lookalike_cli.audiences.catalog import warn
-    from lookalike_cli.audiences.publish import publish_audience
+    from lookalike_cli.audiences.publish import check_name, publish_audience
     from lookalike_cli.spark.session import schema_name, spark_session
 
-    if not name or not name.strip():
-        raise LookalikeError("--name must not be empty.")
+    check_name(name)
     result = expand_spark(settings, progress=progress, **options)
     for message in result.warnings:
         (on_warning or warn)(message)

@@ -17,7 +17,6 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.model.features import check_columns
@@ -127,13 +126,3 @@ def score_spark(settings, model: str | None = None, quantize: str = "none", mode
     return {"customers": rows, "model_version": manifest["model_version"], "seconds": seconds,
             "manifest": str(manifest_path), "quantize": quantize, "table": target}
 
-
-def embeddings_as_fixed_size(table: pa.Table) -> pa.Table:
-    """A Spark-collected embeddings table with `embedding` as FixedSizeList, as DuckDB returns it."""
-    column = table.column("embedding").combine_chunks()
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-    dim = int(lengths[0]) if len(lengths) else 0
-    if len(lengths) and (lengths != dim).any():
-        raise LookalikeError("customer_embeddings holds embeddings of different lengths: rescore with one model.")
-    fixed = pa.FixedSizeListArray.from_arrays(column.flatten().cast(pa.float32()), dim)
-    return table.set_column(table.schema.get_field_index("embedding"), "embedding", fixed)

@@ -18,11 +18,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.settings import Settings
 from lookalike_cli.progress import Progress
+from lookalike_cli.settings import Settings
+from lookalike_cli.warehouse.profile import profile_target
 
 SPARK_TARGET = "spark"
-PROFILE_NAME = "lookalike"
 RAW_TABLES = ("customers", "order_lines", "visits", "engagements", "opt_outs")
 
 
@@ -31,42 +31,6 @@ def require_pyspark() -> None:
         import pyspark  # noqa: F401
     except ImportError as exc:
         raise LookalikeError("The Spark engine needs the extra [spark]: pip install -e '.[spark]' (and Java 17).") from exc
-
-
-def profile_target(target: str, settings: Settings) -> dict:
-    """One output of the `lookalike` profile with its env_var() calls rendered, as dbt renders them."""
-    import jinja2
-    import yaml
-
-    env = settings.env()
-    profiles = yaml.safe_load((settings.profiles_dir / "profiles.yml").read_text())
-    outputs = profiles[PROFILE_NAME]["outputs"]
-    if target not in outputs:
-        raise LookalikeError(f"profiles.yml has no target {target!r}; targets: {', '.join(outputs)}.")
-
-    def env_var(name: str, default: str | None = None) -> str:
-        if name in env:
-            return env[name]
-        if default is None:
-            raise LookalikeError(f"profiles.yml target {target!r} needs the environment variable {name}.")
-        return default
-
-    def render(value):
-        if isinstance(value, dict):
-            return {k: render(v) for k, v in value.items()}
-        if isinstance(value, str):
-            return jinja2.Environment().from_string(value).render(env_var=env_var)
-        return value
-
-    return render(outputs[target])
-
-
-def is_session_target(target: str | None, settings: Settings) -> bool:
-    """A dbt-spark target with `method: session`: dbt runs Spark inside its own process."""
-    if not target:
-        return False
-    output = profile_target(target, settings)
-    return output.get("type") == "spark" and output.get("method") == "session"
 
 
 def session_conf(settings: Settings, target: str = SPARK_TARGET) -> dict[str, str]:
@@ -205,7 +169,7 @@ def export_training_data(settings: Settings, target_db: Path, progress: Progress
     rows of the customers in those pairs (features as of feature_end_date): a training set that fits one machine however large the
     population. The file is written beside, then renamed over `target_db` (all or nothing).
     """
-    from lookalike_cli.warehouse.connection import connect
+    from lookalike_cli.warehouse.connection import connect, write_table
 
     spark = spark_session(settings, progress=progress)
     schema = schema_name(settings)
@@ -226,9 +190,7 @@ def export_training_data(settings: Settings, target_db: Path, progress: Progress
     try:
         for name, frame in tables.items():
             started = time.perf_counter()
-            con.register("incoming", frame.toArrow())
-            con.execute(f"create table {name} as select * from incoming")
-            con.unregister("incoming")
+            write_table(con, name, frame.toArrow())
             counts[name] = con.execute(f"select count(*) from {name}").fetchall()[0][0]
             progress(f"  {name:<18} {counts[name]:>12,} rows in {time.perf_counter() - started:.1f}s")
         con.execute("checkpoint")

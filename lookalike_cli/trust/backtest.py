@@ -38,13 +38,13 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from lookalike_cli.audiences import expand as expansion
+from lookalike_cli.audiences import blend, expand as expansion
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index, read_embeddings
 from lookalike_cli.audiences.publish import insert_rows, publish_tables
 from lookalike_cli.audiences.raw_features import RawFeatures, load_raw_features
-from lookalike_cli.audiences.seeds import Seeds, ids_from_relation
-from lookalike_cli.warehouse.connection import connection
+from lookalike_cli.audiences.seeds import Seeds, query_ids
+from lookalike_cli.warehouse.connection import connection, table_exists
 from lookalike_cli.progress import Progress
 
 SIZES_PERCENT = (1.0, 2.0, 5.0, 10.0, 20.0)
@@ -91,16 +91,6 @@ class Backtest:
     plot_paths: list[Path] = field(default_factory=list)
 
 
-def query_ids(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> np.ndarray:
-    try:
-        relation = con.sql(sql)
-    except duckdb.Error as exc:
-        raise LookalikeError(f"{what} failed: {str(exc).splitlines()[0]}") from exc
-    if relation is None:
-        raise LookalikeError(f"{what} is not a query returning customer ids.")
-    return np.unique(ids_from_relation(relation, what))
-
-
 def lookup(ids: np.ndarray, values: np.ndarray, wanted: np.ndarray, missing: float) -> np.ndarray:
     """values aligned to `wanted` ids; `missing` where an id has no value."""
     order = np.argsort(ids)
@@ -134,13 +124,6 @@ def model_scores(index: LoadedIndex, con: duckdb.DuckDBPyConnection, seeds: Seed
     return lookup(found.ids, found.scores, candidates, -np.inf)
 
 
-def raw_cosine(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    centre = raw.matrix[raw.rows(seed_ids)].mean(axis=0)
-    rows = raw.matrix[raw.rows(candidates)]
-    norms = np.linalg.norm(rows, axis=1) * max(float(np.linalg.norm(centre)), 1e-12)
-    return rows @ centre / np.maximum(norms, 1e-12)
-
-
 def raw_shares_cosine(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Cosine to the seed's mean category-share vector on the shares as stored (sparse, unscaled)."""
     centre = np.asarray(raw.shares[raw.rows(seed_ids)].mean(axis=0)).ravel()
@@ -151,9 +134,7 @@ def raw_shares_cosine(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.nda
 
 def preference_inputs(raw: RawFeatures, ids: np.ndarray):
     """Blend inputs without embeddings: the same activity and category-share columns the blend uses."""
-    from lookalike_cli.audiences.blend import BlendInputs
-
-    return BlendInputs(np.zeros((len(ids), 0), np.float32), raw.matrix[raw.rows(ids)], tuple(raw.names), raw.scale)
+    return blend.BlendInputs(np.zeros((len(ids), 0), np.float32), raw.matrix[raw.rows(ids)], tuple(raw.names), raw.scale)
 
 
 def preference_classifier(raw: RawFeatures, seed_ids: np.ndarray, candidates: np.ndarray, seed: int,
@@ -161,8 +142,6 @@ def preference_classifier(raw: RawFeatures, seed_ids: np.ndarray, candidates: np
     """Seed (1) vs a sample of the other candidates (0) on category shares (as stored) + log order lines:
     logistic regression (`raw-classifier`) or LightGBM (`raw-gbm`), as the blend's shares_lr / shares_gbm."""
     from sklearn.linear_model import LogisticRegression
-
-    from lookalike_cli.audiences import blend
 
     rng = np.random.default_rng(seed)
     size = blend.GBM_UNLABELLED if boosted else expansion.BLEND_UNLABELLED
@@ -195,8 +174,7 @@ def campaign_sql(con: duckdb.DuckDBPyConnection, campaign: str) -> tuple[str, st
     """(population_sql, converters_sql) of a Complete Journey campaign: the households it targeted and
     those of them that redeemed its coupons (`lookalike load-sample completejourney` loads both tables)."""
     for table in ("campaigns", "coupon_redemptions"):
-        if not con.execute("select count(*) from information_schema.tables where table_schema = 'raw' and table_name = ?",
-                           [table]).fetchall()[0][0]:
+        if not table_exists(con, table, schema="raw"):
             raise LookalikeError(f"--campaign needs raw.{table} (load it with `lookalike load-sample completejourney`).")
     quoted = campaign.replace("'", "''")
     if not con.execute(f"select count(*) from raw.campaigns where campaign_id::varchar = '{quoted}'").fetchall()[0][0]:
@@ -280,7 +258,7 @@ def run_backtest(
                 elif method == "activity":
                     scores = raw.lines[raw.rows(candidates)]
                 elif method == "raw-cosine":
-                    scores = raw_cosine(raw, seed_ids, candidates)
+                    scores = blend.cosine_to_centroid(raw.matrix[raw.rows(candidates)], raw.matrix[raw.rows(seed_ids)])
                 elif method == "raw-gbm":
                     scores = preference_classifier(raw, seed_ids, candidates, seed + split, boosted=True)
                 else:

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import faiss
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
 from lookalike_cli.audiences.publish import insert_rows, publish_tables
 from lookalike_cli.audiences.raw_features import load_raw_features
-from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.index.search import exact_neighbours
 from lookalike_cli.progress import Progress
+from lookalike_cli.vectors import ids_and_vectors, normalise
+from lookalike_cli.warehouse.connection import connection, registered, require_table, table_exists
 
 AUDIENCE_FEATURES = 20
 
@@ -76,9 +77,8 @@ def read_audience(serving_path: Path, name: str, version: int | None) -> tuple[d
         audience = dict(zip([d[0] for d in cursor.description], cursor.fetchall()[0]))
         members = con.sql("select customer_id, rank from audience_members where audience_id = $id order by rank",
                           params={"id": audience_id}).to_arrow_table()
-        has_seeds = con.execute("select count(*) from information_schema.tables where table_name = 'audience_seeds'").fetchall()[0][0]
         seeds = con.sql("select customer_id from audience_seeds where audience_id = $id order by customer_id",
-                        params={"id": audience_id}).to_arrow_table() if has_seeds else None
+                        params={"id": audience_id}).to_arrow_table() if table_exists(con, "audience_seeds") else None
     finally:
         con.close()
     if seeds is None or seeds.num_rows == 0:
@@ -89,20 +89,15 @@ def read_audience(serving_path: Path, name: str, version: int | None) -> tuple[d
 
 
 def embeddings_of(con: duckdb.DuckDBPyConnection, ids: np.ndarray, model_version: str) -> tuple[np.ndarray, np.ndarray]:
-    con.register("wanted_ids", pa.table({"customer_id": pa.array(ids, pa.int64())}))
-    try:
+    with registered(con, "wanted_ids", pa.table({"customer_id": pa.array(ids, pa.int64())})):
         table = con.sql("select customer_id, embedding, model_version from customer_embeddings "
                         "join wanted_ids using (customer_id) order by customer_id").to_arrow_table()
-    finally:
-        con.unregister("wanted_ids")
     versions = set(table.column("model_version").to_pylist())
     if versions - {model_version}:
         raise LookalikeError(f"customer_embeddings now holds model {sorted(versions)} but the audience was built with "
                              f"{model_version}: re-run `lookalike expand` so explanations match the audience.")
-    column = table.column("embedding").combine_chunks()
-    vectors = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, column.type.list_size)
-    faiss.normalize_L2(vectors)
-    return table.column("customer_id").to_numpy().astype(np.int64), vectors
+    found, vectors = ids_and_vectors(table)
+    return found, normalise(vectors)
 
 
 def explain_audience(db_path: Path, serving_path: Path, name: str, version: int | None = None,
@@ -116,10 +111,7 @@ def explain_audience(db_path: Path, serving_path: Path, name: str, version: int 
         raw = load_raw_features(con)
     if len(seed_found) == 0:
         raise LookalikeError(f"None of the seeds of {name!r} are in customer_embeddings any more.")
-    search = faiss.IndexFlatIP(seed_vectors.shape[1])
-    search.add(seed_vectors)
-    k = min(exemplars, len(seed_found))
-    sims, rows = search.search(member_vectors, k)
+    sims, rows = exact_neighbours(seed_vectors, member_vectors, min(exemplars, len(seed_found)))
     nearest = {cid: (seed_found[r], s) for cid, r, s in zip(member_found, rows, sims)}
 
     in_raw = np.isin(member_ids, raw.ids)

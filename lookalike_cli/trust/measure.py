@@ -64,9 +64,7 @@ def measure_audience(db_path: Path, serving_db_path: Path, name: str, outcome_sq
                      version: int | None = None) -> Measurement:
     """Conversion of treated vs held-out members of one version (default latest) of audience `name`."""
     from lookalike_cli.audiences.catalog import open_serving, resolve_version
-    import duckdb
-
-    from lookalike_cli.warehouse.connection import connection
+    from lookalike_cli.warehouse.connection import connection, registered, user_query
 
     serving = open_serving(serving_db_path)
     try:
@@ -76,19 +74,16 @@ def measure_audience(db_path: Path, serving_db_path: Path, name: str, outcome_sq
     finally:
         serving.close()
     with connection(db_path, read_only=True) as con:
-        try:
-            converted = con.sql(f"select distinct customer_id from ({outcome_sql}) as outcome").to_arrow_table()
-        except duckdb.Error as exc:
-            raise LookalikeError(f"The outcome SQL failed: {str(exc).splitlines()[0]}") from exc
-        con.register("members", members)
-        con.register("converted", converted)
-        (treated, treated_hits, holdout, holdout_hits), = con.execute(
-            """select count(*) filter (where not is_holdout),
-                      count(c.customer_id) filter (where not is_holdout),
-                      count(*) filter (where is_holdout),
-                      count(c.customer_id) filter (where is_holdout)
-               from members m left join converted c using (customer_id)"""
-        ).fetchall()
+        converted = user_query(con, f"select distinct customer_id from ({outcome_sql}) as outcome",
+                               "The outcome SQL").to_arrow_table()
+        with registered(con, "members", members), registered(con, "converted", converted):
+            (treated, treated_hits, holdout, holdout_hits), = con.execute(
+                """select count(*) filter (where not is_holdout),
+                          count(c.customer_id) filter (where not is_holdout),
+                          count(*) filter (where is_holdout),
+                          count(c.customer_id) filter (where is_holdout)
+                   from members m left join converted c using (customer_id)"""
+            ).fetchall()
     if holdout == 0:
         raise LookalikeError(f"Audience {name!r} version {version} has no holdout: publish it with a holdout "
                              "(`holdout: 10%` in the audiences file, or `lookalike expand --holdout 10%`) before measuring.")

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.audiences.publish import AUDIENCE_COLUMNS, insert_rows, publish_tables
+from lookalike_cli.warehouse.connection import registered, table_exists
 
 OVERLAPS_DDL = """
 create table if not exists audience_overlaps (
@@ -50,8 +51,8 @@ def latest_ids(con: duckdb.DuckDBPyConnection, names: list[str] | None) -> dict[
 
 
 def overlap_rows(con: duckdb.DuckDBPyConnection, ids: dict[str, int]) -> pa.Table:
-    con.register("chosen", pa.table({"name": list(ids), "audience_id": pa.array(list(ids.values()), pa.int64())}))
-    try:
+    chosen = pa.table({"name": list(ids), "audience_id": pa.array(list(ids.values()), pa.int64())})
+    with registered(con, "chosen", chosen):
         return con.sql("""
             with members as (
                 select c.name, m.audience_id, m.customer_id from audience_members m join chosen c using (audience_id)
@@ -68,8 +69,6 @@ def overlap_rows(con: duckdb.DuckDBPyConnection, ids: dict[str, int]) -> pa.Tabl
             left join shared s on s.audience_a = sa.name and s.audience_b = sb.name
             order by sa.name, sb.name
         """).to_arrow_table()
-    finally:
-        con.unregister("chosen")
 
 
 def audience_overlaps(serving_path: Path, names: list[str] | None = None) -> pa.Table:
@@ -101,7 +100,7 @@ def make_disjoint(serving_path: Path, names: list[str]) -> list[dict]:
     def write(con: duckdb.DuckDBPyConnection) -> list[dict]:
         ids = latest_ids(con, names)
         con.execute("create temp table taken as select customer_id from audience_members where audience_id = ?", [ids[names[0]]])
-        has_seeds = con.execute("select count(*) from information_schema.tables where table_name in ('audience_seeds', 'seed_diagnostics')").fetchall()[0][0] == 2
+        has_seeds = table_exists(con, "audience_seeds") and table_exists(con, "seed_diagnostics")
         results = []
         for name in names[1:]:
             old_id = ids[name]

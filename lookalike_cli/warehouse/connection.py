@@ -1,4 +1,5 @@
-"""Connections to the DuckDB warehouse file, with errors that say what went wrong."""
+"""Connections to the DuckDB warehouse file, with errors that say what went wrong, and the table
+plumbing every layer shares: existence checks, user SQL, Arrow tables in and atomic replacement."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
 
@@ -67,3 +69,59 @@ def require_table(con: duckdb.DuckDBPyConnection, name: str, hint: str) -> None:
 
 def table_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
     return [row[0] for row in con.execute(f"describe {name}").fetchall()]
+
+
+@contextmanager
+def sql_errors(what: str) -> Iterator[None]:
+    """DuckDB errors of SQL the user wrote as one line naming it: "<what> failed: <DuckDB's first line>"."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise LookalikeError(f"{what} failed: {str(exc).splitlines()[0]}") from exc
+
+
+def user_query(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> duckdb.DuckDBPyRelation:
+    """The relation of a query the user gave (`what` names it in errors: "--exclude-sql", "Seed sql: ...")."""
+    with sql_errors(what):
+        relation = con.sql(sql)
+    if relation is None:
+        raise LookalikeError(f"{what} is not a query returning customer ids.")
+    return relation
+
+
+@contextmanager
+def registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[str]:
+    """`table` visible to SQL on `con` as `name` for the block."""
+    con.register(name, table)
+    try:
+        yield name
+    finally:
+        con.unregister(name)
+
+
+def write_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """Create (or replace) table `name` holding the rows of an Arrow table."""
+    with registered(con, "incoming_table", table):
+        con.execute(f"create or replace table {name} as select * from incoming_table")
+
+
+def append_rows(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """Append the rows of an Arrow table to table `name` by column name (creating it from them when absent)."""
+    with registered(con, "incoming_table", table):
+        if table_exists(con, name):
+            con.execute(f"insert into {name} by name select * from incoming_table")
+        else:
+            con.execute(f"create table {name} as select * from incoming_table")
+
+
+def replace_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table], append: dict[str, pa.Table] | None = None) -> None:
+    """Write each table under a temporary name, then drop + rename (and append log rows) in one transaction:
+    a failure leaves the previous tables as they were."""
+    for name, table in tables.items():
+        write_table(con, f"{name}__new", table)
+    with transaction(con):
+        for name in tables:
+            con.execute(f"drop table if exists {name}")
+            con.execute(f"alter table {name}__new rename to {name}")
+        for name, table in (append or {}).items():
+            append_rows(con, name, table)

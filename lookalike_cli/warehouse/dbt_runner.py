@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.settings import Settings
+from lookalike_cli.warehouse.profile import is_session_target
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -77,8 +78,6 @@ def run_dbt(
     so the message names the table, column and test that failed.
     """
     echo = echo or (lambda line: print(line, flush=True))
-    from lookalike_cli.spark.session import is_session_target
-
     if is_session_target(target_of(args), settings):
         return run_dbt_in_process(settings, args, echo)
     lines: list[str] = []
@@ -132,6 +131,8 @@ def run_dbt_in_process(settings: Settings, args: Sequence[str], echo: Callable[[
     """
     from dbt.cli.main import dbtRunner
 
+    # The one look this layer takes at the Spark engine: dbt-spark's `method: session` runs in the
+    # SparkSession this process holds, so start it (from the same profile target) before dbt does.
     from lookalike_cli.spark.session import spark_session
 
     spark_session(settings, target_of(args), progress=echo)

@@ -71,7 +71,7 @@ import numpy as np
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.warehouse.connection import connection, transaction
+from lookalike_cli.warehouse.connection import connection, registered, transaction
 
 DEPARTMENTS = [
     "Produce", "Dairy", "Bakery", "Meat & Seafood", "Frozen", "Pantry", "Snacks", "Beverages",
@@ -682,9 +682,8 @@ def _write_chunks(db_path: Path, config: GeneratorConfig, world: World, seed: in
                 ("engagements", engagements), ("opt_outs", opt_outs), ("planted_segments", planted),
                 ("planted_conversions", conversions),
             ):
-                con.register("generated_chunk", table)
-                con.execute(f"insert into raw.{STAGING_PREFIX}{name} select * from generated_chunk")
-                con.unregister("generated_chunk")
+                with registered(con, "generated_chunk", table):
+                    con.execute(f"insert into raw.{STAGING_PREFIX}{name} select * from generated_chunk")
                 if name in counts:
                     counts[name] += table.num_rows
         done = first + n
