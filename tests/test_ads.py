@@ -16,15 +16,10 @@ from lookalike_cli.ads.embedding import embed_onnx, load_manifest
 from lookalike_cli.ads.model import TokenizerSpec, tokenize
 from lookalike_cli.warehouse.dbt_runner import run_dbt
 from lookalike_cli.errors import LookalikeError
-from tests.conftest import copy_warehouse, make_settings, run_cli
+from tests.helpers import copy_warehouse, make_settings, query, run_cli
 
 GENERATED_ADS = 1500
 BUDGET = 2000.0
-
-
-def query(settings, sql: str):
-    with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def run_ads_pipeline(settings, build_args=(), budget=BUDGET, weights="revenue=1"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from tests.conftest import copy_warehouse, run_cli
+from tests.helpers import copy_warehouse, run_cli
 
 
 @pytest.fixture(scope="module")

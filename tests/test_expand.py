@@ -12,7 +12,7 @@ from lookalike_cli.audiences.catalog import create_audience
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.audiences.expand import STRATEGIES, expand, parse_size
 from lookalike_cli.index.faiss_index import INDEX_FILE, build_index
-from serving_fixtures import build_warehouse
+from tests.helpers import build_planted_warehouse
 
 SEGMENT = 3
 SEED_SQL = f"select customer_id from customer_features where segment_id = {SEGMENT} order by customer_id limit 200"
@@ -26,7 +26,7 @@ def quiet(_: str) -> None:
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("expand")
     db = root / "warehouse.duckdb"
-    data = build_warehouse(db, customers=6000)
+    data = build_planted_warehouse(db, customers=6000)
     build_index(db, root / "flat", progress=quiet)
     # An approximate index too, so strategies are checked on the IVF path (auto threshold lowered).
     original = index_module.AUTO_EXACT_MAX_ROWS
@@ -162,7 +162,7 @@ def test_parse_size():
 
 def test_stale_or_corrupt_index_fails_and_publishes_nothing(world, tmp_path):
     db = tmp_path / "warehouse.duckdb"
-    build_warehouse(db, customers=500)
+    build_planted_warehouse(db, customers=500)
     build_index(db, tmp_path / "idx", progress=quiet)
     serving = tmp_path / "serving.duckdb"
     con = duckdb.connect(str(db))

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from lookalike_cli.index import faiss_index as index_module
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.index.faiss_index import INDEX_FILE, MANIFEST_FILE, build_index, load_index, recall_at_k
-from serving_fixtures import MODEL_VERSION, build_warehouse
+from tests.helpers import MODEL_VERSION, build_planted_warehouse
 
 
 def quiet(_: str) -> None:
@@ -24,7 +24,7 @@ def quiet(_: str) -> None:
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory):
     path = tmp_path_factory.mktemp("index") / "warehouse.duckdb"
-    return path, build_warehouse(path, customers=4000)
+    return path, build_planted_warehouse(path, customers=4000)
 
 
 def exact_neighbours(data: dict, rows: np.ndarray, k: int = 10) -> np.ndarray:
@@ -94,7 +94,7 @@ def test_index_from_another_model_version_is_refused(warehouse, tmp_path):
 
 def test_embeddings_with_two_model_versions_are_refused(tmp_path):
     db = tmp_path / "mixed.duckdb"
-    build_warehouse(db, customers=300)
+    build_planted_warehouse(db, customers=300)
     con = duckdb.connect(str(db))
     con.execute("update customer_embeddings set model_version = 'v2' where customer_id < 500")
     con.close()

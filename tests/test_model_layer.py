@@ -20,7 +20,7 @@ from lookalike_cli.model.features import dense_shares, encode, location_tokens
 from lookalike_cli.model.tower import pair_cosine
 from lookalike_cli.model.scoring import Encoder
 from lookalike_cli.model.train import TrainOptions, contrastive_loss, fit, gather, load_dataset
-from tests.conftest import copy_warehouse, run_cli
+from tests.helpers import copy_warehouse, run_cli
 
 
 @pytest.fixture(scope="module")

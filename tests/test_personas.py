@@ -20,7 +20,7 @@ from lookalike_cli.personas.labels import (
     LLMLabeller, Persona, ZeroShotLabeller, customer_space, diversity_sample, load_personas, read_profiles, replace_tables,
     uncertainty_sample,
 )
-from tests.conftest import copy_warehouse, run_cli
+from tests.helpers import copy_warehouse, run_cli
 
 
 @pytest.fixture(scope="module")

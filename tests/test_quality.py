@@ -159,7 +159,7 @@ def test_campaign_shortcut_sets_issue_9s_population_and_converters(completejourn
     from lookalike_cli.trust.backtest import campaign_sql
     from lookalike_cli.errors import LookalikeError
     from lookalike_cli.warehouse.connection import connection
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     with connection(completejourney_warehouse.db_path, read_only=True) as con:
         population_sql, converters_sql = campaign_sql(con, "18")

@@ -9,7 +9,7 @@ import json
 import duckdb
 import pytest
 
-from tests.conftest import copy_warehouse, run_cli
+from tests.helpers import copy_warehouse, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from tests.conftest import GENERATED_CUSTOMERS, copy_warehouse, query, run_cli, scalar
+from tests.helpers import GENERATED_CUSTOMERS, copy_warehouse, query, run_cli, scalar
 
 
 # --- generated data -------------------------------------------------------------------
@@ -322,7 +322,7 @@ def test_orders_for_unknown_customers_fail_relationships(broken_copy):
 
 
 def test_missing_raw_table_is_named(tmp_path):
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(tmp_path)
     duckdb.connect(str(settings.db_path)).close()
