@@ -73,6 +73,11 @@ def scalar(settings: Settings, sql: str, params=None):
     return query(settings, sql, params)[0][0]
 
 
+def serving_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the serving file (published audiences, backtests, diagnostics)."""
+    return duckdb.connect(str(settings.serving_db_path), read_only=True)
+
+
 def copy_warehouse(source: Settings, folder: Path, name: str = "copy") -> Settings:
     """A private copy of a built warehouse (database, serving file, models, indexes) to mutate.
     Copying into the same folder and name again restores the copy (and keeps dbt's parse state there)."""

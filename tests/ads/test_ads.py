@@ -5,7 +5,6 @@ tables as they were."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import duckdb
 import numpy as np

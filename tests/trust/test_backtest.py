@@ -1,34 +1,14 @@
-"""Trust in an audience, through the CLI on generated data: backtest against baselines,
-seed diagnostics, member explanations and audience overlap, each read back with SQL from
-the serving file."""
+"""Backtests through the CLI: the default strategy and the model against every baseline on a planted
+segment of the generated data, bad converters, and the Complete Journey campaign shortcut; results
+read back with SQL from the serving file. (`--as-of`: test_backtest_as_of.py.)"""
 
 from __future__ import annotations
 
 import json
 
-import duckdb
 import pytest
 
-from tests.helpers import copy_warehouse, run_cli
-
-
-@pytest.fixture(scope="module")
-def trust_warehouse(scored_warehouse, tmp_path_factory):
-    # The shared fixture ran train (3 layers, word location), score and build-index.
-    return copy_warehouse(scored_warehouse, tmp_path_factory.mktemp("trust"))
-
-
-@pytest.fixture(scope="module")
-def segment(trust_warehouse) -> int:
-    """A mid-sized planted segment (the same choice as the end-to-end test)."""
-    with duckdb.connect(str(trust_warehouse.db_path), read_only=True) as con:
-        return con.execute(
-            "select segment_id from raw.planted_segments group by segment_id order by count(*) desc limit 1 offset 3"
-        ).fetchall()[0][0]
-
-
-def serving(settings) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(str(settings.serving_db_path), read_only=True)
+from tests.helpers import run_cli, serving_connection as serving
 
 
 def test_backtest_model_beats_random(trust_warehouse, segment, tmp_path):
@@ -88,92 +68,21 @@ def test_backtest_rejects_bad_converters(trust_warehouse):
     assert "converters are in the population" in result.output
 
 
-def test_inspect_seed_tells_a_segment_from_a_random_sample(trust_warehouse, segment):
-    planted = json.loads(run_cli(
-        trust_warehouse, "inspect-seed", "--json",
-        "--seed-sql", f"select customer_id from raw.planted_segments where segment_id = {segment}",
-    ).output)
-    random = json.loads(run_cli(
-        trust_warehouse, "inspect-seed", "--json",
-        "--seed-sql", "select customer_id from customer_features order by hash(customer_id) limit 150",
-    ).output)
-    assert planted["seed_found"] == planted["seed_requested"] > 50
-    assert planted["homogeneity"] > random["homogeneity"] + 0.05
-    assert not any("as diverse as a random sample" in w for w in planted["warnings"])
-    assert any("as diverse as a random sample" in w for w in random["warnings"])
-    small = json.loads(run_cli(trust_warehouse, "inspect-seed", "--json", "--seed-sql",
-                               "select * from (values (1), (2), (3), (99999999)) t(customer_id)").output)
-    assert (small["seed_found"], small["seed_missing"]) == (3, 1)
-    assert any("recommend at least 100" in w for w in small["warnings"])
+def test_campaign_shortcut_sets_issue_9s_population_and_converters(completejourney_warehouse, scored_warehouse):
+    """`backtest --campaign C`: population = households C targeted, converters = those of them that
+    redeemed C's coupons (the backtest intersects converters with the population)."""
+    from lookalike_cli.trust.backtest import campaign_sql
+    from lookalike_cli.errors import LookalikeError
+    from lookalike_cli.warehouse.connection import connection
 
-
-def test_expand_saves_seed_diagnostics_and_explain_reads_them(trust_warehouse, segment):
-    expanded = run_cli(trust_warehouse, "expand", "--name", "explained", "--size", "100",
-                       "--seed-sql", f"select customer_id from raw.planted_segments where segment_id = {segment}")
-    assert "strategy blend" in expanded.output and "blend weights" in expanded.output
-    with serving(trust_warehouse) as con:
-        strategy, parameters = con.execute(
-            "select strategy, parameters from latest_audiences where name = 'explained'").fetchall()[0]
-    # The self-validation evidence is stored with the audience: every weighting's held-out AUC.
-    evidence = json.loads(parameters)["blend"]
-    assert strategy == "blend" and evidence["folds"] == 3
-    assert max(evidence["validation_auc"].values()) > 0.9
-    assert set(evidence["weights"]) == set(evidence["validation_auc"]) == {
-        "embedding", "raw", "propensity", "activity", "rfm", "spend", "shares_lr", "shares_gbm"}
-    assert evidence["blend_validation_auc"] >= max(evidence["validation_auc"].values()) - 0.01
-    result = run_cli(trust_warehouse, "explain", "--audience", "explained", "--limit", "3")
-    assert "nearest seeds" in result.output
-    with serving(trust_warehouse) as con:
-        audience_id, seed_found = con.execute("select audience_id, seed_found from latest_audiences where name = 'explained'").fetchall()[0]
-        found, clusters = con.execute("select seed_found, clusters from seed_diagnostics where audience_id = ?", [audience_id]).fetchall()[0]
-        assert found == seed_found and clusters >= 1
-        assert con.execute("select count(*) from audience_seeds where audience_id = ?", [audience_id]).fetchall()[0][0] == seed_found
-        members, explained, seeds_ok, ordered, with_features = con.execute("""
-            select (select count(*) from audience_members where audience_id = $id),
-                   count(*),
-                   bool_and(nearest_seed_id in (select customer_id from audience_seeds where audience_id = $id)),
-                   bool_and(nearest_seed_similarities[1] >= nearest_seed_similarities[3]),
-                   bool_and(len(top_features) = 3)
-            from audience_member_explanations where audience_id = $id
-        """, {"id": audience_id}).fetchall()[0]
-        assert members == explained == 100 and seeds_ok and ordered and with_features
-        top_feature_smd = con.execute("select standardised_mean_difference from audience_feature_differences "
-                                      "where audience_id = ? and feature_rank = 1", [audience_id]).fetchall()[0][0]
-        assert abs(top_feature_smd) > 0.5
-        customer = con.execute("select customer_id from audience_members where audience_id = ? and rank = 7", [audience_id]).fetchall()[0][0]
-    one = run_cli(trust_warehouse, "explain", "--audience", "explained", "--customer", str(customer))
-    assert str(customer) in one.output
-    assert "not a member" in run_cli(trust_warehouse, "explain", "--audience", "explained", "--customer", "-5", expect_exit=1).output
-
-
-def test_overlap_matrix_and_disjoint_by_priority(trust_warehouse, segment):
-    for name, segments in (("first", f"{segment}"), ("second", f"{segment}, {segment + 1}")):
-        run_cli(trust_warehouse, "expand", "--name", name, "--size", "200",
-                "--seed-sql", f"select customer_id from raw.planted_segments where segment_id in ({segments})")
-    result = run_cli(trust_warehouse, "audiences", "overlap", "first", "second")
-    assert "jaccard" in result.output
-    with serving(trust_warehouse) as con:
-        overlap, jaccard = con.execute(
-            "select overlap, jaccard from audience_overlaps where audience_a = 'first' and audience_b = 'second'"
-        ).fetchall()[0]
-        expected = con.execute("""
-            select count(*) from latest_audience_members a join latest_audience_members b using (customer_id)
-            where a.audience_name = 'first' and b.audience_name = 'second'
-        """).fetchall()[0][0]
-    assert overlap == expected > 0
-    assert jaccard == pytest.approx(overlap / (400 - overlap))
-
-    result = run_cli(trust_warehouse, "audiences", "overlap", "first", "second", "--disjoint")
-    assert f"{overlap:,} removed" in result.output
-    with serving(trust_warehouse) as con:
-        shared = con.execute("""
-            select count(*) from latest_audience_members a join latest_audience_members b using (customer_id)
-            where a.audience_name = 'first' and b.audience_name = 'second'
-        """).fetchall()[0][0]
-        version, size, ranks = con.execute("""
-            select a.version, a.size, (select max(rank) from audience_members m where m.audience_id = a.audience_id)
-            from latest_audiences a where name = 'second'
-        """).fetchall()[0]
-        stored = con.execute("select overlap from audience_overlaps where audience_a = 'first' and audience_b = 'second'").fetchall()[0][0]
-    assert shared == 0 and stored == 0
-    assert (version, size, ranks) == (2, 200 - overlap, 200 - overlap)
+    with connection(completejourney_warehouse.db_path, read_only=True) as con:
+        population_sql, converters_sql = campaign_sql(con, "18")
+        population = {r[0] for r in con.sql(population_sql).fetchall()}
+        converters = {r[0] for r in con.sql(converters_sql).fetchall()}
+        with pytest.raises(LookalikeError, match="known campaigns"):
+            campaign_sql(con, "999")
+    assert len(population) == 1133 and len(converters & population) == 214
+    # A warehouse without the campaign tables says what to load; so does giving both kinds of input.
+    assert "needs raw.campaigns" in run_cli(scored_warehouse, "backtest", "--name", "x", "--campaign", "18", expect_exit=1).output
+    assert "not both" in run_cli(scored_warehouse, "backtest", "--name", "x", "--campaign", "18",
+                                 "--converters-sql", "select 1", expect_exit=1).output

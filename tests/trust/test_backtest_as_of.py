@@ -7,7 +7,7 @@ import datetime as dt
 import duckdb
 import pytest
 
-from tests.helpers import copy_warehouse, query, run_cli, scalar
+from tests.helpers import copy_warehouse, make_settings, query, run_cli
 
 # Converters known only after DATE: customers whose first purchase of a department comes on or after it.
 LATER_FIRST_BUYERS = """
@@ -83,7 +83,6 @@ def test_default_beats_every_baseline_on_a_generated_conversion(tmp_path):
     AUC than every baseline (bench_quality: +0.015 over raw-cosine, ahead in 5/5 splits)."""
     from lookalike_cli.trust.backtest import BASELINES
     from lookalike_cli.warehouse.generate import GeneratorConfig, planted_holdouts
-    from tests.helpers import make_settings
 
     settings = make_settings(tmp_path)
     run_cli(settings, "generate-data", "--customers", "20000", "--days", "365", "--seed", "7")

@@ -5,7 +5,6 @@ hard enough that methods separate. Real generator, real DuckDB; features straigh
 from __future__ import annotations
 
 import duckdb
-import numpy as np
 import pytest
 
 from benchmarks.bench_generated_separation import evaluate, load_features, tasks
