@@ -24,20 +24,23 @@ def generated_warehouse(tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="session")
 def completejourney_warehouse(tmp_path_factory) -> Settings:
-    """The Complete Journey sample loaded and built by dbt."""
+    """The Complete Journey sample loaded (with the ads proxy tables, for the ads tests' copy) and
+    built by dbt (the customer models only: ads models build in `lookalike ads build`)."""
     settings = make_settings(tmp_path_factory.mktemp("completejourney"))
-    run_cli(settings, "load-sample", "completejourney")
+    run_cli(settings, "load-sample", "completejourney", "--ads", "--ads-min-baskets", "400")
     run_cli(settings, "build")
     return settings
 
 
 @pytest.fixture(scope="session")
 def scored_warehouse(generated_warehouse, tmp_path_factory) -> Settings:
-    """The generated warehouse with a trained 3-layer word-location model, every customer
-    scored through dbt, and a FAISS index: the starting point of serving-side tests.
+    """The generated warehouse with a trained 3-layer word-location model "shared" (exported with
+    its int8 twin), every customer scored through dbt, and a FAISS index: the starting point of
+    serving-side tests and of the model layer's export and scoring tests.
     Read-only: tests that write take `copy_warehouse(scored_warehouse, ...)`."""
     settings = copy_warehouse(generated_warehouse, tmp_path_factory.mktemp("scored"), "scored")
-    run_cli(settings, "train", "--name", "shared", "--layers", "3", "--location", "word", "--epochs", "8", "--seed", "3")
+    run_cli(settings, "train", "--name", "shared", "--layers", "3", "--location", "word", "--epochs", "8", "--seed", "3",
+            "--quantize", "int8")
     run_cli(settings, "score", "--model", "shared")
     run_cli(settings, "build-index")
     return settings

@@ -39,9 +39,9 @@ def ads_warehouse(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ads_completejourney(tmp_path_factory):
-    settings = make_settings(tmp_path_factory.mktemp("ads_cj"), "cj_ads")
-    run_cli(settings, "load-sample", "completejourney", "--ads", "--ads-min-baskets", "400")
+def ads_completejourney(completejourney_warehouse, tmp_path_factory):
+    # The shared sample was loaded with `--ads --ads-min-baskets 400`; the ads pipeline writes, so it runs on a copy.
+    settings = copy_warehouse(completejourney_warehouse, tmp_path_factory.mktemp("ads_cj"), "cj_ads")
     result = run_ads_pipeline(settings, build_args=("--min-interactive-metric", "0.001"), budget=5000)
     return settings, result.output
 

@@ -1,8 +1,8 @@
 """Model layer, export and scoring: the ONNX manifest, torch/ORT parity, int8, scoring through a
 real `dbt run`, mismatch errors.
 
-Uses the shared generated warehouse (real generator + real dbt); anything that writes
-works on a private copy.
+Reads the shared scored warehouse (conftest: a 3-layer word-location model "shared", exported
+with its int8 twin, every customer scored by dbt); anything that writes works on a private copy.
 """
 
 from __future__ import annotations
@@ -20,17 +20,7 @@ from lookalike_cli.model.features import encode
 from lookalike_cli.model.scoring import Encoder
 from tests.helpers import copy_warehouse, run_cli
 
-MODEL = "word3"
-
-
-@pytest.fixture(scope="module")
-def scored_warehouse(generated_warehouse, tmp_path_factory):
-    """A private copy with a 3-layer word-location model trained, exported (+int8) and scored by dbt."""
-    settings = copy_warehouse(generated_warehouse, tmp_path_factory.mktemp("model"))
-    run_cli(settings, "train", "--layers", "3", "--location", "word", "--epochs", "2", "--hidden", "64",
-            "--name", "word3", "--quantize", "int8")
-    run_cli(settings, "score", "--model", "word3")
-    return settings
+MODEL = "shared"
 
 
 def test_manifest_describes_the_graph(scored_warehouse):

@@ -1,6 +1,9 @@
 """Bad input to `lookalike build`: clear errors that name the table, column, test or var, and
 nothing built is dropped. Each case is a real, failing `dbt build` on a copy of the shared
-generated warehouse."""
+generated warehouse.
+
+Every case restores the same copy (one path), so dbt's partial parse state carries over from
+case to case; dbt re-parses in full only when --vars change, hence the cases without vars first."""
 
 from __future__ import annotations
 
@@ -10,9 +13,18 @@ import pytest
 from tests.helpers import GENERATED_CUSTOMERS, copy_warehouse, make_settings, query, run_cli, scalar
 
 
+@pytest.fixture(scope="module")
+def broken_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("broken")
+
+
 @pytest.fixture()
-def broken_copy(generated_warehouse, tmp_path):
-    return copy_warehouse(generated_warehouse, tmp_path)
+def broken_copy(generated_warehouse, broken_folder):
+    """A fresh copy of the generated warehouse for each case, always at the same path: dbt's
+    profile names the database path, and a new path would make dbt parse the project again."""
+    for leftover in broken_folder.glob("*.wal"):
+        leftover.unlink()
+    return copy_warehouse(generated_warehouse, broken_folder, "broken")
 
 
 def _marts_unchanged(settings):
@@ -40,6 +52,13 @@ def test_empty_orders_fails_the_has_rows_test(broken_copy):
     _marts_unchanged(broken_copy)
 
 
+def test_orders_for_unknown_customers_fail_relationships(broken_copy):
+    _break(broken_copy, "insert into raw.order_lines select 99999999, 1, ordered_at, category, department, quantity, amount from raw.order_lines limit 1")
+    result = run_cli(broken_copy, "build", expect_exit=1)
+    assert "relationships_stg_order_lines_customer_id" in result.output
+    _marts_unchanged(broken_copy)
+
+
 def test_window_without_data_is_reported(broken_copy):
     result = run_cli(broken_copy, "dbt", "build", "--exclude", "customer_embeddings+",
                      "--vars", "{feature_end_date: '2040-01-01'}", expect_exit=1)
@@ -58,13 +77,6 @@ def test_bad_point_in_time_vars_name_the_var_and_the_data_dates(broken_copy, dbt
     assert expected in result.output
     first, last = query(broken_copy, "select min(ordered_at)::date, max(ordered_at)::date from raw.order_lines")[0]
     assert f"the data's order lines run from {first} to {last}" in result.output
-    _marts_unchanged(broken_copy)
-
-
-def test_orders_for_unknown_customers_fail_relationships(broken_copy):
-    _break(broken_copy, "insert into raw.order_lines select 99999999, 1, ordered_at, category, department, quantity, amount from raw.order_lines limit 1")
-    result = run_cli(broken_copy, "build", expect_exit=1)
-    assert "relationships_stg_order_lines_customer_id" in result.output
     _marts_unchanged(broken_copy)
 
 
