@@ -3,6 +3,10 @@
 Session-scoped because dbt costs seconds per invocation. Tests must treat the shared
 warehouses as read-only; a test that writes copies one with `tests.helpers.copy_warehouse`.
 Helpers live in tests/helpers.py; nothing imports this file.
+
+Every test that takes more than a few seconds is marked `slow` (`make test-quick` deselects
+them). A test that needs one of the dbt-built warehouses below is slow whatever its own time:
+collection fails if such a test lacks the marker, so the quick run never starts dbt.
 """
 
 from __future__ import annotations
@@ -11,6 +15,16 @@ import pytest
 
 from lookalike_cli.settings import Settings
 from tests.helpers import GENERATED_CUSTOMERS, GENERATED_SEED, copy_warehouse, make_settings, run_cli
+
+DBT_BUILT_FIXTURES = {"generated_warehouse", "completejourney_warehouse", "scored_warehouse"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if DBT_BUILT_FIXTURES & set(item.fixturenames) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("These tests use a dbt-built warehouse fixture ({}) but are not marked slow:\n  {}".format(
+            ", ".join(sorted(DBT_BUILT_FIXTURES)), "\n  ".join(unmarked)))
 
 
 @pytest.fixture(scope="session")

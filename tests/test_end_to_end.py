@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import copy_warehouse, run_cli
 
+pytestmark = pytest.mark.slow  # the shared scored warehouse: the whole pipeline
+
 
 @pytest.fixture(scope="module")
 def end_to_end(scored_warehouse, tmp_path_factory):

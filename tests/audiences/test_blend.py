@@ -4,6 +4,7 @@ and its pool mode (large populations) against exact scoring on the shared scored
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lookalike_cli.audiences.blend import BlendInputs, auc, fit_blend
 
@@ -126,6 +127,7 @@ def test_small_seed_gets_equal_weights_and_no_raw_features_drop_the_raw_componen
     assert without_embeddings.components.models["propensity"].coef_.shape[1] == inputs.raw.shape[1]
 
 
+@pytest.mark.slow
 def test_blend_pool_mode_agrees_with_exact_scoring(scored_warehouse, monkeypatch):
     """Above BLEND_EXACT_MAX customers the blend re-ranks an ANN pool with raw features loaded for a
     sample and the pool only; on a planted segment it must find much the same audience."""

@@ -129,6 +129,7 @@ SQLALCHEMY_READER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sqlalchemy_duckdb_engine_reader_sees_new_versions(world, tmp_path):
     pytest.importorskip("duckdb_engine")
     serving = tmp_path / "serving.duckdb"

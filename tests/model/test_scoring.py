@@ -20,6 +20,8 @@ from lookalike_cli.model.features import encode
 from lookalike_cli.model.scoring import Encoder
 from tests.helpers import copy_warehouse, run_cli
 
+pytestmark = pytest.mark.slow  # the shared scored warehouse: dbt build, training, dbt run
+
 MODEL = "shared"
 
 

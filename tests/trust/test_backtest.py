@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import run_cli, serving_connection as serving
 
+pytestmark = pytest.mark.slow  # the shared scored warehouse; backtests train baselines on every split
+
 
 def test_backtest_model_beats_random(trust_warehouse, segment, tmp_path):
     from lookalike_cli.trust.backtest import BASELINES

@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import copy_warehouse, make_settings, query, run_cli
 
+pytestmark = pytest.mark.slow  # every --as-of backtest rebuilds a scratch warehouse with dbt and trains
+
 # Converters known only after DATE: customers whose first purchase of a department comes on or after it.
 LATER_FIRST_BUYERS = """
     select customer_id from raw.order_lines
@@ -76,7 +78,6 @@ def test_as_of_outside_the_data_is_one_clear_error(generated_warehouse):
                                        "--converters-sql", "select 1", expect_exit=1).output
 
 
-@pytest.mark.slow
 def test_default_beats_every_baseline_on_a_generated_conversion(tmp_path):
     """Issue 16's acceptance at demo scale: on the planted campaign (segment_response, 20,000 customers,
     backtest as of its date with the product's defaults), expand's default strategy has a higher mean

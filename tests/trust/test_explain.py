@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import run_cli, serving_connection as serving
 
+pytestmark = pytest.mark.slow  # the shared scored warehouse
+
 
 def test_inspect_seed_tells_a_segment_from_a_random_sample(trust_warehouse, segment):
     planted = json.loads(run_cli(

@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import GENERATED_CUSTOMERS, copy_warehouse, make_settings, query, run_cli, scalar
 
+pytestmark = pytest.mark.slow  # every case is a failing `dbt build`
+
 
 @pytest.fixture(scope="module")
 def broken_folder(tmp_path_factory):

@@ -10,6 +10,7 @@ import pytest
 from tests.helpers import GENERATED_CUSTOMERS, scalar
 
 
+@pytest.mark.slow
 def test_generator_writes_planted_structure(generated_warehouse):
     w = generated_warehouse
     assert scalar(w, "select count(*) from raw.customers") == GENERATED_CUSTOMERS
@@ -24,6 +25,7 @@ def test_generator_writes_planted_structure(generated_warehouse):
     assert scalar(w, "select count(*) from raw.opt_outs") > 0
 
 
+@pytest.mark.slow
 def test_generator_segments_drive_category_mix_and_location(generated_warehouse):
     w = generated_warehouse
     # Each segment's top department holds far more of its purchases than the 1/20 a uniform mix gives.

@@ -3,7 +3,11 @@ sample, read back with SQL (point-in-time features, similarity labels, summary).
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import GENERATED_CUSTOMERS, query, run_cli, scalar
+
+pytestmark = pytest.mark.slow  # every test reads the dbt-built generated or Complete Journey warehouse
 
 
 def test_customer_features_one_row_per_customer(generated_warehouse):
