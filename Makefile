@@ -8,7 +8,7 @@ SEED ?= 7
 DEMO_DIR ?= demo
 EXTRAS := sentence,sample,bi,bench,test,spark
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-quick clean
 
 # Re-installs when pyproject.toml changes; a fresh clone creates the venv.
 $(BIN)/.installed: pyproject.toml
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# No dbt, no training, no Spark, no wheel: every test marked `slow` is deselected.
+test-quick: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) lookalike_cli/warehouse/dbt_project/target lookalike_cli/warehouse/dbt_project/logs

@@ -1,76 +1,30 @@
 """Shared fixtures: real DuckDB files built by the real generator and a real `dbt build`.
 
 Session-scoped because dbt costs seconds per invocation. Tests must treat the shared
-warehouses as read-only; a test that writes copies one with `copy_warehouse`.
+warehouses as read-only; a test that writes copies one with `tests.helpers.copy_warehouse`.
+Helpers live in tests/helpers.py; nothing imports this file.
+
+Every test that takes more than a few seconds is marked `slow` (`make test-quick` deselects
+them). A test that needs one of the dbt-built warehouses below is slow whatever its own time:
+collection fails if such a test lacks the marker, so the quick run never starts dbt.
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
-from click.testing import CliRunner
 
-from lookalike_cli.cli.main import main
 from lookalike_cli.settings import Settings
+from tests.helpers import GENERATED_CUSTOMERS, GENERATED_SEED, copy_warehouse, make_settings, run_cli
 
-GENERATED_CUSTOMERS = 3000
-GENERATED_SEED = 11
-
-
-def run_cli(settings: Settings, *args: str, expect_exit: int | None = 0):
-    """Invoke the `lookalike` CLI in-process against the given warehouse; assert the exit code."""
-    runner = CliRunner()
-    result = runner.invoke(
-        main,
-        [
-            "--db", str(settings.db_path),
-            "--serving-db", str(settings.serving_db_path),
-            "--onnx-dir", str(settings.onnx_dir),
-            "--index-dir", str(settings.index_dir),
-            *args,
-        ],
-        catch_exceptions=False,
-    )
-    if expect_exit is not None:
-        assert result.exit_code == expect_exit, f"exit {result.exit_code}: {result.output}"
-    return result
+DBT_BUILT_FIXTURES = {"generated_warehouse", "completejourney_warehouse", "scored_warehouse"}
 
 
-def make_settings(folder: Path, name: str = "warehouse") -> Settings:
-    folder.mkdir(parents=True, exist_ok=True)
-    return Settings.resolve(
-        db=folder / f"{name}.duckdb",
-        serving_db=folder / f"{name}_serving.duckdb",
-        onnx_dir=folder / "onnx",
-        index_dir=folder / "indexes",
-    )
-
-
-def query(settings: Settings, sql: str, params=None) -> list[tuple]:
-    """Rows of a SQL query on the warehouse, opened read-only."""
-    import duckdb
-
-    with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        return con.execute(sql, params or []).fetchall()
-
-
-def scalar(settings: Settings, sql: str, params=None):
-    return query(settings, sql, params)[0][0]
-
-
-def copy_warehouse(source: Settings, folder: Path, name: str = "copy") -> Settings:
-    """A private copy of a built warehouse (database, serving file, models, indexes) to mutate."""
-    target = make_settings(folder, name)
-    shutil.copy(source.db_path, target.db_path)
-    if source.serving_db_path.exists():
-        shutil.copy(source.serving_db_path, target.serving_db_path)
-    for attribute in ("onnx_dir", "index_dir"):
-        src = getattr(source, attribute)
-        if src.exists():
-            shutil.copytree(src, getattr(target, attribute), dirs_exist_ok=True)
-    return target
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if DBT_BUILT_FIXTURES & set(item.fixturenames) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("These tests use a dbt-built warehouse fixture ({}) but are not marked slow:\n  {}".format(
+            ", ".join(sorted(DBT_BUILT_FIXTURES)), "\n  ".join(unmarked)))
 
 
 @pytest.fixture(scope="session")
@@ -84,20 +38,23 @@ def generated_warehouse(tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="session")
 def completejourney_warehouse(tmp_path_factory) -> Settings:
-    """The Complete Journey sample loaded and built by dbt."""
+    """The Complete Journey sample loaded (with the ads proxy tables, for the ads tests' copy) and
+    built by dbt (the customer models only: ads models build in `lookalike ads build`)."""
     settings = make_settings(tmp_path_factory.mktemp("completejourney"))
-    run_cli(settings, "load-sample", "completejourney")
+    run_cli(settings, "load-sample", "completejourney", "--ads", "--ads-min-baskets", "400")
     run_cli(settings, "build")
     return settings
 
 
 @pytest.fixture(scope="session")
 def scored_warehouse(generated_warehouse, tmp_path_factory) -> Settings:
-    """The generated warehouse with a trained 3-layer word-location model, every customer
-    scored through dbt, and a FAISS index: the starting point of serving-side tests.
+    """The generated warehouse with a trained 3-layer word-location model "shared" (exported with
+    its int8 twin), every customer scored through dbt, and a FAISS index: the starting point of
+    serving-side tests and of the model layer's export and scoring tests.
     Read-only: tests that write take `copy_warehouse(scored_warehouse, ...)`."""
     settings = copy_warehouse(generated_warehouse, tmp_path_factory.mktemp("scored"), "scored")
-    run_cli(settings, "train", "--name", "shared", "--layers", "3", "--location", "word", "--epochs", "8", "--seed", "3")
+    run_cli(settings, "train", "--name", "shared", "--layers", "3", "--location", "word", "--epochs", "8", "--seed", "3",
+            "--quantize", "int8")
     run_cli(settings, "score", "--model", "shared")
     run_cli(settings, "build-index")
     return settings

@@ -7,7 +7,9 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from tests.conftest import copy_warehouse, run_cli
+from tests.helpers import copy_warehouse, run_cli
+
+pytestmark = pytest.mark.slow  # the shared scored warehouse: the whole pipeline
 
 
 @pytest.fixture(scope="module")

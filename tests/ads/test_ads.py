@@ -5,7 +5,6 @@ tables as they were."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import duckdb
 import numpy as np
@@ -16,15 +15,10 @@ from lookalike_cli.ads.embedding import embed_onnx, load_manifest
 from lookalike_cli.ads.model import TokenizerSpec, tokenize
 from lookalike_cli.warehouse.dbt_runner import run_dbt
 from lookalike_cli.errors import LookalikeError
-from tests.conftest import copy_warehouse, make_settings, run_cli
+from tests.helpers import copy_warehouse, make_settings, query, run_cli
 
 GENERATED_ADS = 1500
 BUDGET = 2000.0
-
-
-def query(settings, sql: str):
-    with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def run_ads_pipeline(settings, build_args=(), budget=BUDGET, weights="revenue=1"):
@@ -45,13 +39,14 @@ def ads_warehouse(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ads_completejourney(tmp_path_factory):
-    settings = make_settings(tmp_path_factory.mktemp("ads_cj"), "cj_ads")
-    run_cli(settings, "load-sample", "completejourney", "--ads", "--ads-min-baskets", "400")
+def ads_completejourney(completejourney_warehouse, tmp_path_factory):
+    # The shared sample was loaded with `--ads --ads-min-baskets 400`; the ads pipeline writes, so it runs on a copy.
+    settings = copy_warehouse(completejourney_warehouse, tmp_path_factory.mktemp("ads_cj"), "cj_ads")
     result = run_ads_pipeline(settings, build_args=("--min-interactive-metric", "0.001"), budget=5000)
     return settings, result.output
 
 
+@pytest.mark.slow
 def test_customer_build_never_sees_ads_models(ads_warehouse):
     settings, _ = ads_warehouse
     listed = run_dbt(settings, ["ls", "--resource-type", "model", "--output", "name"], echo=lambda line: None)
@@ -60,6 +55,7 @@ def test_customer_build_never_sees_ads_models(ads_warehouse):
     assert not names & {"stg_ads", "ad_pairs", "ad_daily_performance", "int_ad_coclicks"}
 
 
+@pytest.mark.slow
 def test_generated_pairs_follow_planted_intents(ads_warehouse):
     settings, _ = ads_warehouse
     (days, ads), = query(settings, "select count(distinct stat_date), count(distinct ad_id) from ad_daily_performance")
@@ -75,6 +71,7 @@ def test_generated_pairs_follow_planted_intents(ads_warehouse):
     assert bad == 0
 
 
+@pytest.mark.slow
 def test_embedding_beats_untrained_and_tfidf_and_onnx_matches_table(ads_warehouse):
     settings, _ = ads_warehouse
     manifest = load_manifest(settings.onnx_dir, "ads_encoder")
@@ -91,6 +88,7 @@ def test_embedding_beats_untrained_and_tfidf_and_onnx_matches_table(ads_warehous
     assert np.allclose(recomputed, stored, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_clusters_nest_in_product_types_and_recover_intents(ads_warehouse):
     from sklearn.metrics import adjusted_rand_score
 
@@ -106,6 +104,7 @@ def test_clusters_nest_in_product_types_and_recover_intents(ads_warehouse):
     assert adjusted_rand_score([row[1] for row in rows], [row[0] for row in rows]) > 0.3
 
 
+@pytest.mark.slow
 def test_rpc_model_beats_ad_history_and_taxonomy_means(ads_warehouse):
     settings, _ = ads_warehouse
     predictions = query(settings, "select objective, count(*), min(predicted_rpc), count(distinct model_version) from ad_rpc_predictions group by 1 order by 1")
@@ -126,6 +125,7 @@ def test_rpc_model_beats_ad_history_and_taxonomy_means(ads_warehouse):
     assert {"all", "1-9", "10-49"} <= buckets
 
 
+@pytest.mark.slow
 def test_bids_spend_the_budget_at_equal_weighted_rps(ads_warehouse):
     settings, output = ads_warehouse
     rows = query(settings, "select bid, weighted_rpc, expected_spend, rps_target, budget, objective_weights from bid_recommendations")
@@ -139,6 +139,7 @@ def test_bids_spend_the_budget_at_equal_weighted_rps(ads_warehouse):
     assert "expected revenue" in output and "bid" in output
 
 
+@pytest.mark.slow
 def test_completejourney_proxy_runs_every_command(ads_completejourney):
     settings, output = ads_completejourney
     (ads,), = query(settings, "select count(*) from raw.ads")
@@ -156,6 +157,7 @@ def test_completejourney_proxy_runs_every_command(ads_completejourney):
     assert "exp. revenue" in output
 
 
+@pytest.mark.slow
 def test_bad_input_fails_clearly_and_keeps_tables(ads_warehouse, ads_completejourney, tmp_path):
     settings, _ = ads_warehouse
     before = query(settings, "select count(*), sum(bid) from bid_recommendations")
@@ -185,6 +187,7 @@ def test_bad_input_fails_clearly_and_keeps_tables(ads_warehouse, ads_completejou
         load_manifest(copy.onnx_dir, "ads_encoder")
 
 
+@pytest.mark.slow
 def test_missing_raw_column_names_it(tmp_path):
     from lookalike_cli.ads.generate import generate_ads
 
@@ -243,6 +246,7 @@ def price_level_frame(seed: int, ads: int = 400):
     }), price
 
 
+@pytest.mark.slow
 def test_rpc_model_keeps_each_ads_price_level():
     # Regression test for the Complete Journey failure: trees fitted to RPC itself predicted a few
     # leaf averages for price-like RPCs (here 37x ad history's click-weighted MSE) and lost to plain

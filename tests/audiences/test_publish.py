@@ -15,7 +15,7 @@ from lookalike_cli.audiences import publish as publish_module
 from lookalike_cli.audiences.catalog import create_audience, diff_audience
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.index.faiss_index import build_index
-from serving_fixtures import build_warehouse
+from tests.helpers import build_planted_warehouse
 
 SEED_SQL = "select customer_id from customer_features where segment_id = 5 order by customer_id limit 150"
 
@@ -28,7 +28,7 @@ def quiet(_: str) -> None:
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("publish")
     db = root / "warehouse.duckdb"
-    build_warehouse(db, customers=3000)
+    build_planted_warehouse(db, customers=3000)
     build_index(db, root / "index", progress=quiet)
     return {"db": db, "index": root / "index"}
 
@@ -129,6 +129,7 @@ SQLALCHEMY_READER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sqlalchemy_duckdb_engine_reader_sees_new_versions(world, tmp_path):
     pytest.importorskip("duckdb_engine")
     serving = tmp_path / "serving.duckdb"

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from lookalike_cli.settings import Settings
 
 pyspark = pytest.importorskip("pyspark", reason="the Spark engine needs the extra [spark]")

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.run import STAGES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

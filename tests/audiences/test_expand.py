@@ -12,7 +12,7 @@ from lookalike_cli.audiences.catalog import create_audience
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.audiences.expand import STRATEGIES, expand, parse_size
 from lookalike_cli.index.faiss_index import INDEX_FILE, build_index
-from serving_fixtures import build_warehouse
+from tests.helpers import build_planted_warehouse
 
 SEGMENT = 3
 SEED_SQL = f"select customer_id from customer_features where segment_id = {SEGMENT} order by customer_id limit 200"
@@ -26,7 +26,7 @@ def quiet(_: str) -> None:
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("expand")
     db = root / "warehouse.duckdb"
-    data = build_warehouse(db, customers=6000)
+    data = build_planted_warehouse(db, customers=6000)
     build_index(db, root / "flat", progress=quiet)
     # An approximate index too, so strategies are checked on the IVF path (auto threshold lowered).
     original = index_module.AUTO_EXACT_MAX_ROWS
@@ -36,20 +36,28 @@ def world(tmp_path_factory):
     finally:
         index_module.AUTO_EXACT_MAX_ROWS = original
     # And the compressed ones auto picks above the memory budget (exact re-ranking from disk): 6,000 x 32
-    # float32 = 768 kB; 8-bit codes ~259 kB fit 300 kB; product-quantised ~148 kB fit 160 kB.
+    # float32 = 768 kB; 8-bit codes ~259 kB fit 300 kB; product-quantised ~148 kB fit 160 kB (below).
     build_index(db, root / "ivf_sq8", memory_budget="300kB", progress=quiet)
-    build_index(db, root / "ivf_pq", memory_budget="160kB", progress=quiet)
     return {"root": root, "db": db, **data}
+
+
+@pytest.fixture(scope="module")
+def world_with_pq(world):
+    """The product-quantised index too (training its codebooks takes the seconds: the tests that use it are slow)."""
+    build_index(world["db"], world["root"] / "ivf_pq", memory_budget="160kB", progress=quiet)
+    return world
 
 
 def segment_of(world, ids) -> np.ndarray:
     return world["segment"][np.asarray(ids) // 10 - 1]
 
 
-@pytest.mark.parametrize("index_name", ["flat", "ivf", "ivf_sq8", "ivf_pq"])
+@pytest.mark.parametrize("index_name", ["flat", "ivf", "ivf_sq8", pytest.param("ivf_pq", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_known_answer_200_seeds_of_one_segment(world, strategy, index_name):
+def test_known_answer_200_seeds_of_one_segment(request, world, strategy, index_name):
     """Base rate of the segment is ~1/SEGMENTS (8%); the audience must be mostly that segment."""
+    if index_name == "ivf_pq":
+        request.getfixturevalue("world_with_pq")
     result = expand(world["db"], world["root"] / index_name, seed_sql=SEED_SQL, size=300, strategy=strategy, progress=quiet)
     members = result.members.to_pydict()
     base_rate = (world["segment"] == SEGMENT).mean()
@@ -64,10 +72,13 @@ def test_known_answer_200_seeds_of_one_segment(world, strategy, index_name):
     assert result.audience["seed_found"] == 200 and result.audience["index_type"] == index_name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["centroid", "classifier"])
-def test_compressed_index_members_get_their_exact_nearest_seed_in_slices(world, monkeypatch, strategy):
+def test_compressed_index_members_get_their_exact_nearest_seed_in_slices(world_with_pq, monkeypatch, strategy):
     """ivf_pq's codes are coarse; member vectors come from its exact vectors, a few at a time."""
     from lookalike_cli.audiences import expand as expand_module
+
+    world = world_with_pq
 
     monkeypatch.setattr(expand_module, "VECTOR_SLICE", 37)
     result = expand(world["db"], world["root"] / "ivf_pq", seed_sql=SEED_SQL, size=300, strategy=strategy, progress=quiet)
@@ -80,6 +91,7 @@ def test_compressed_index_members_get_their_exact_nearest_seed_in_slices(world, 
     np.testing.assert_allclose(chosen, best, atol=1e-6)  # the nearest seed, or one exactly as near
 
 
+@pytest.mark.slow
 def test_multi_centroid_finds_both_halves_of_a_mixed_seed(world):
     sql = "select customer_id from customer_features where segment_id in (2, 7) order by customer_id limit 400"
     result = expand(world["db"], world["root"] / "flat", seed_sql=sql, size=400, strategy="multi-centroid", progress=quiet)
@@ -162,7 +174,7 @@ def test_parse_size():
 
 def test_stale_or_corrupt_index_fails_and_publishes_nothing(world, tmp_path):
     db = tmp_path / "warehouse.duckdb"
-    build_warehouse(db, customers=500)
+    build_planted_warehouse(db, customers=500)
     build_index(db, tmp_path / "idx", progress=quiet)
     serving = tmp_path / "serving.duckdb"
     con = duckdb.connect(str(db))

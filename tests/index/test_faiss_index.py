@@ -1,4 +1,6 @@
-"""build-index: index choice, manifest, recall self-check against exact search, load errors."""
+"""build-index: index choice, manifest, recall self-check against exact search, load errors.
+
+The tests that train product-quantisation codebooks (ivf_pq) take seconds each: they are marked slow."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from click.testing import CliRunner
 from lookalike_cli.index import faiss_index as index_module
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.index.faiss_index import INDEX_FILE, MANIFEST_FILE, build_index, load_index, recall_at_k
-from serving_fixtures import MODEL_VERSION, build_warehouse
+from tests.helpers import MODEL_VERSION, build_planted_warehouse
 
 
 def quiet(_: str) -> None:
@@ -24,7 +26,7 @@ def quiet(_: str) -> None:
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory):
     path = tmp_path_factory.mktemp("index") / "warehouse.duckdb"
-    return path, build_warehouse(path, customers=4000)
+    return path, build_planted_warehouse(path, customers=4000)
 
 
 def exact_neighbours(data: dict, rows: np.ndarray, k: int = 10) -> np.ndarray:
@@ -94,7 +96,7 @@ def test_index_from_another_model_version_is_refused(warehouse, tmp_path):
 
 def test_embeddings_with_two_model_versions_are_refused(tmp_path):
     db = tmp_path / "mixed.duckdb"
-    build_warehouse(db, customers=300)
+    build_planted_warehouse(db, customers=300)
     con = duckdb.connect(str(db))
     con.execute("update customer_embeddings set model_version = 'v2' where customer_id < 500")
     con.close()
@@ -160,6 +162,7 @@ def test_bad_memory_budget_is_a_clear_error(budget):
         index_module.parse_memory_budget(budget, total_ram=1000)
 
 
+@pytest.mark.slow
 def test_cli_build_index_says_when_it_compresses(warehouse, tmp_path):
     from lookalike_cli.cli.main import main
 
@@ -191,6 +194,7 @@ def exact_similarities(data: dict, queries: np.ndarray, found: np.ndarray) -> np
     return np.einsum("qd,qkd->qk", queries, vectors[np.vectorize(by_id.get)(found)])
 
 
+@pytest.mark.slow
 def test_ivf_pq_meets_the_recall_target_with_exact_similarities(warehouse, tmp_path, monkeypatch):
     db, data = warehouse
     # Start narrow (1 list, 1 x k candidates: recall ~0.4 here) so the self-check must widen both.
@@ -213,6 +217,7 @@ def test_ivf_pq_meets_the_recall_target_with_exact_similarities(warehouse, tmp_p
     np.testing.assert_allclose(loaded.vectors(data["ids"][rows[::-1]]), vectors[rows[::-1]], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_auto_picks_ivf_pq_when_even_8_bit_codes_exceed_the_budget(warehouse, tmp_path):
     db, _ = warehouse
     # ivf_sq8 ~173 kB (4,000 x 40 B + centroids) > 150 kB >= ivf_pq ~110 kB (4,000 x 16 B + centroids + codebooks).
@@ -252,6 +257,7 @@ def pq_index(warehouse, tmp_path_factory):
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated ids"])
+@pytest.mark.slow
 def test_ivf_pq_with_damaged_exact_vectors_is_a_clear_error(pq_index, tmp_path, damage):
     tmp_path = tmp_path / "index"
     shutil.copytree(pq_index, tmp_path)

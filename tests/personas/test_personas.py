@@ -21,7 +21,7 @@ from lookalike_cli.personas.labels import (
     uncertainty_sample,
 )
 from lookalike_cli.warehouse.connection import replace_tables
-from tests.conftest import copy_warehouse, run_cli
+from tests.helpers import copy_warehouse, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def query(settings, sql, *params):
         return con.execute(sql, list(params)).fetchall()
 
 
+@pytest.mark.slow
 def test_profile_text_serialises_top_categories_and_bands(generated_warehouse):
     rows = query(generated_warehouse, """
         select p.profile_text, cast(round(100 * list_max(f.category_shares)) as integer), f.order_count, p.spend_band,
@@ -91,6 +92,7 @@ def test_diversity_sample_covers_planted_clusters_and_uncertainty_takes_smallest
     assert list(uncertainty_sample(probabilities, 2, exclude=np.array([2]))) == [1, 4]
 
 
+@pytest.mark.slow
 def test_zero_shot_labels_a_diverse_and_uncertain_sample(labelled):
     rows = query(labelled, """
         select sampled_by, count(distinct customer_id), min(s), max(s), min(labeller), max(labeller)
@@ -107,6 +109,7 @@ def test_zero_shot_labels_a_diverse_and_uncertain_sample(labelled):
     assert tops[0][0] >= 4
 
 
+@pytest.mark.slow
 def test_propagation_covers_everyone_and_agrees_with_direct_labels(labelled):
     customers = query(labelled, "select count(*) from customer_embeddings")[0][0]
     personas = query(labelled, "select count(*) from persona_definitions")[0][0]
@@ -204,6 +207,7 @@ def llm_server():
     server.server_close()
 
 
+@pytest.mark.slow
 def test_llm_labeller_validates_retries_logs_and_respects_the_budget(scored, llm_server, tmp_path):
     settings = copy_warehouse(scored, tmp_path / "llm")
     FakeChatCompletions.requests.clear()
@@ -263,6 +267,7 @@ def test_replace_tables_keeps_the_old_table_when_the_swap_fails():
     assert con.execute("select * from results").fetchall() == [(1,)]
 
 
+@pytest.mark.slow
 def test_segments_recover_planted_segments_better_than_kmeans_on_raw_shares(labelled):
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
@@ -315,6 +320,7 @@ def test_segments_recover_planted_segments_better_than_kmeans_on_raw_shares(labe
     assert ari > 0.4 and ari > ari_baseline + 0.15
 
 
+@pytest.mark.slow
 def test_expand_from_a_persona_seed(labelled):
     run_cli(labelled, "build-index")
     name, size = query(labelled, """

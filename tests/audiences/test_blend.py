@@ -4,6 +4,7 @@ and its pool mode (large populations) against exact scoring on the shared scored
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lookalike_cli.audiences.blend import BlendInputs, auc, fit_blend
 
@@ -126,6 +127,7 @@ def test_small_seed_gets_equal_weights_and_no_raw_features_drop_the_raw_componen
     assert without_embeddings.components.models["propensity"].coef_.shape[1] == inputs.raw.shape[1]
 
 
+@pytest.mark.slow
 def test_blend_pool_mode_agrees_with_exact_scoring(scored_warehouse, monkeypatch):
     """Above BLEND_EXACT_MAX customers the blend re-ranks an ANN pool with raw features loaded for a
     sample and the pool only; on a planted segment it must find much the same audience."""
@@ -149,26 +151,3 @@ def test_blend_pool_mode_agrees_with_exact_scoring(scored_warehouse, monkeypatch
         segment = {r[0] for r in con.execute("select customer_id from raw.planted_segments where segment_id = 1").fetchall()}
     # 80 of the segment's customers are seeds; the rest of the segment should fill most of the audience.
     assert len(pooled_ids & segment) >= 0.6 * min(150, len(segment) - 80), len(pooled_ids & segment)
-
-
-def test_campaign_shortcut_sets_issue_9s_population_and_converters(completejourney_warehouse, scored_warehouse):
-    """`backtest --campaign C`: population = households C targeted, converters = those of them that
-    redeemed C's coupons (the backtest intersects converters with the population)."""
-    import pytest
-
-    from lookalike_cli.trust.backtest import campaign_sql
-    from lookalike_cli.errors import LookalikeError
-    from lookalike_cli.warehouse.connection import connection
-    from tests.conftest import run_cli
-
-    with connection(completejourney_warehouse.db_path, read_only=True) as con:
-        population_sql, converters_sql = campaign_sql(con, "18")
-        population = {r[0] for r in con.sql(population_sql).fetchall()}
-        converters = {r[0] for r in con.sql(converters_sql).fetchall()}
-        with pytest.raises(LookalikeError, match="known campaigns"):
-            campaign_sql(con, "999")
-    assert len(population) == 1133 and len(converters & population) == 214
-    # A warehouse without the campaign tables says what to load; so does giving both kinds of input.
-    assert "needs raw.campaigns" in run_cli(scored_warehouse, "backtest", "--name", "x", "--campaign", "18", expect_exit=1).output
-    assert "not both" in run_cli(scored_warehouse, "backtest", "--name", "x", "--campaign", "18",
-                                 "--converters-sql", "select 1", expect_exit=1).output

@@ -7,7 +7,9 @@ import datetime as dt
 import duckdb
 import pytest
 
-from tests.conftest import copy_warehouse, query, run_cli, scalar
+from tests.helpers import copy_warehouse, make_settings, query, run_cli
+
+pytestmark = pytest.mark.slow  # every --as-of backtest rebuilds a scratch warehouse with dbt and trains
 
 # Converters known only after DATE: customers whose first purchase of a department comes on or after it.
 LATER_FIRST_BUYERS = """
@@ -76,14 +78,12 @@ def test_as_of_outside_the_data_is_one_clear_error(generated_warehouse):
                                        "--converters-sql", "select 1", expect_exit=1).output
 
 
-@pytest.mark.slow
 def test_default_beats_every_baseline_on_a_generated_conversion(tmp_path):
     """Issue 16's acceptance at demo scale: on the planted campaign (segment_response, 20,000 customers,
     backtest as of its date with the product's defaults), expand's default strategy has a higher mean
     AUC than every baseline (bench_quality: +0.015 over raw-cosine, ahead in 5/5 splits)."""
     from lookalike_cli.trust.backtest import BASELINES
     from lookalike_cli.warehouse.generate import GeneratorConfig, planted_holdouts
-    from tests.conftest import make_settings
 
     settings = make_settings(tmp_path)
     run_cli(settings, "generate-data", "--customers", "20000", "--days", "365", "--seed", "7")

