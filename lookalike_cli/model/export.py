@@ -94,7 +94,7 @@ def artifact_identity(name: str, onnx_path: Path) -> dict:
     }
 
 
-def export_model(result, onnx_dir: Path, name: str, warehouse: Path | None = None) -> Path:
+def export_model(result, onnx_dir: Path, name: str, warehouse: Path | None = None, warehouse_id: str | None = None) -> Path:
     """Write <name>.onnx and <name>.json for a train.TrainResult; returns the manifest path."""
     onnx_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = onnx_dir / f"{name}.onnx"
@@ -111,7 +111,7 @@ def export_model(result, onnx_dir: Path, name: str, warehouse: Path | None = Non
         "label": result.options.label,
         "training": {"options": dataclasses.asdict(result.options), "data_fingerprint": result.fingerprint,
                      # The warehouse file it was trained on: scoring another warehouse with it is refused.
-                     "warehouse": str(Path(warehouse).resolve()) if warehouse else None},
+                     "warehouse": str(Path(warehouse).resolve()) if warehouse else None, "warehouse_id": warehouse_id},
         "metrics": {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in result.metrics.items()},
         "quantized": {},
     }

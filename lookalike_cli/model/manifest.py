@@ -78,23 +78,37 @@ def data_fingerprint(con, label: str) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
-def check_trained_here(manifest_path: Path, manifest: dict, db_path: Path, con) -> None:
-    """Refuse a model trained on another warehouse: its file and its training data both differ from this one's.
+WAREHOUSE_ID_TABLE = "lookalike_warehouse"
 
-    The same file with rebuilt data (new orders since training) is fine: the model still encodes
-    this warehouse's features, and `lookalike train` refreshes it when wanted.
+
+def warehouse_id(con, create: bool = False) -> str | None:
+    """This warehouse's identity: a random id written once (by the first `lookalike train`) and kept by copies.
+
+    A copy of the file (a backup, a scratch backtest, a moved warehouse) is the same lineage and
+    keeps the id; a warehouse built separately gets its own.
+    """
+    exists = con.execute("select count(*) from information_schema.tables where table_name = ? and table_schema = 'main'",
+                         [WAREHOUSE_ID_TABLE]).fetchall()[0][0]
+    if not exists:
+        if not create:
+            return None
+        con.execute(f"create table {WAREHOUSE_ID_TABLE} as select cast(uuid() as varchar) as warehouse_id, now() as created_at")
+    return con.execute(f"select warehouse_id from {WAREHOUSE_ID_TABLE} limit 1").fetchall()[0][0]
+
+
+def check_trained_here(manifest_path: Path, manifest: dict, db_path: Path, con) -> None:
+    """Refuse a model trained on another warehouse (another lineage: its warehouse id differs from this one's).
+
+    The same warehouse with rebuilt data (new orders since training), or a copy of it, is fine:
+    the model still encodes this warehouse's features, and `lookalike train` refreshes it when wanted.
     """
     training = manifest.get("training", {})
-    trained_on = training.get("warehouse")
-    if not trained_on or Path(trained_on) == Path(db_path):
+    trained_id, here = training.get("warehouse_id"), warehouse_id(con)
+    if not trained_id or not here or trained_id == here:
         return
-    tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
-    if not {"training_features", "similarity_pairs"} <= tables:
-        return
-    if data_fingerprint(con, manifest["label"]) == training.get("data_fingerprint"):
-        return  # a copy of the warehouse it was trained on
     raise LookalikeError(
-        f"Model {manifest_path.name} was trained on another warehouse ({trained_on}, training-data fingerprint "
-        f"{training.get('data_fingerprint')}), not {db_path}. Run `lookalike train` on this warehouse, or point "
-        f"--onnx-dir at its own models (default: {Path(db_path).stem}_models/ beside it)."
+        f"Model {manifest_path.name} was trained on another warehouse ({training.get('warehouse')}, warehouse id "
+        f"{trained_id}, training-data fingerprint {training.get('data_fingerprint')}), not {db_path} (id {here}). "
+        f"Run `lookalike train` on this warehouse, or point the models folder (--onnx-dir) at its own models "
+        f"(default: {Path(db_path).stem}_models/ beside it)."
     )

@@ -27,7 +27,7 @@ from lookalike_cli.errors import LookalikeError
 from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.settings import writable_folder
 from lookalike_cli.model.config import LABEL_COLUMNS, SCHEDULES, TrainOptions, label_expression, label_inputs
-from lookalike_cli.model.manifest import data_fingerprint
+from lookalike_cli.model.manifest import data_fingerprint, warehouse_id
 from lookalike_cli.model.features import FeatureSpec, encode, fit_spec
 from lookalike_cli.model.locations import embed_locations, load_location_lookup
 from lookalike_cli.model.tower import CustomerTower, TowerConfig, pair_cosine
@@ -224,14 +224,14 @@ def train(db_path: Path, onnx_dir: Path, name: str | None = None, progress: Prog
 
     opts = TrainOptions(**options)
     folder = writable_folder(Path(onnx_dir), "models")  # fail before training, not after it
-    # Sentence mode may add missing location vectors to the warehouse, so it needs a writer.
-    with connection(db_path, read_only=opts.location != "sentence") as con:
+    with connection(db_path) as con:
+        # Sentence mode may add missing location vectors; the warehouse id is written once.
+        lineage = warehouse_id(con, create=True)
         data = load_dataset(con, opts.label, opts.location, opts.n_buckets, progress=progress)
     progress(f"training on {len(data.pairs['train'][2]):,} pairs of {len(data.inputs['dense']):,} customers "
              f"(label {opts.label}, {opts.layers} layers, location {opts.location})")
     result = fit(data, opts, progress=progress)
-    manifest = export_model(result, folder, name or default_name(opts),
-                            warehouse=db_path)
+    manifest = export_model(result, folder, name or default_name(opts), warehouse=db_path, warehouse_id=lineage)
     progress(f"valid MAE {result.metrics['valid_mae']:.4f}, test MAE {result.metrics['test_mae']:.4f}; wrote {manifest}")
     return manifest
 
