@@ -107,7 +107,7 @@ def make_disjoint(serving_path: Path, names: list[str]) -> list[dict]:
             new_id = con.execute("select max(audience_id) + 1 from audiences").fetchall()[0][0]
             con.execute("""
                 create or replace temp table kept as
-                select customer_id, row_number() over (order by rank) as rank, score, similarity, nearest_seed_id
+                select customer_id, row_number() over (order by rank) as rank, score, similarity, nearest_seed_id, ring, is_holdout
                 from audience_members where audience_id = ? and customer_id not in (select customer_id from taken)
             """, [old_id])
             size, removed = con.execute(
@@ -125,7 +125,9 @@ def make_disjoint(serving_path: Path, names: list[str]) -> list[dict]:
                        score_min=stats[0], score_max=stats[1], score_mean=stats[2], score_median=stats[3], similarity_min=stats[4])
             con.execute(f"insert into audiences ({', '.join(AUDIENCE_COLUMNS)}) values ({', '.join('?' * len(AUDIENCE_COLUMNS))})",
                         [row[c] for c in AUDIENCE_COLUMNS])
-            con.execute("insert into audience_members select ?, customer_id, rank, score, similarity, nearest_seed_id from kept order by rank", [new_id])
+            # By name: the members table gains columns over releases (ring, is_holdout); a disjoint
+            # copy keeps each member's ring and holdout flag.
+            con.execute("insert into audience_members by name select ? as audience_id, * from kept order by rank", [new_id])
             if has_seeds:
                 for table in ("audience_seeds", "seed_diagnostics"):
                     columns = [r[0] for r in con.execute(f"describe {table}").fetchall() if r[0] != "audience_id"]
