@@ -32,6 +32,9 @@ DEFAULTS = TrainOptions()
               help="Weight of the label-weighted in-batch contrastive term beside the L1 loss (0: the paper's L1 only).")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=DEFAULTS.temperature, show_default=True,
               help="Softmax temperature of the contrastive term.")
+@click.option("--in-batch", type=click.FloatRange(0), default=DEFAULTS.in_batch, show_default=True,
+              help="Weight of the L1 loss over every other pair of a batch, labelled from int_customer_label_vectors "
+                   "as similarity_pairs labels its pairs (0: the sampled pairs only).")
 @click.option("--scale-shares/--no-scale-shares", default=DEFAULTS.scale_shares, show_default=True,
               help="z-score the category shares inside the graph (constants in the manifest's config).")
 @click.option("--patience", type=click.IntRange(1), default=DEFAULTS.patience, show_default=True, help="Epochs without valid improvement before stopping.")

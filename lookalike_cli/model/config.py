@@ -29,6 +29,16 @@ def label_inputs(label: str) -> tuple[str, ...]:
     return SIGNAL_COLUMNS if label == "similarity_combined" else (label,)
 
 
+def label_signals(label: str) -> tuple[tuple[str, ...], str]:
+    """(signals of int_customer_label_vectors, "cosine" | "jaccard") the label is computed from:
+    how a label of any pair, sampled or not, follows from the two customers' label-window vectors."""
+    if label == "jaccard_orders":
+        return ("orders",), "jaccard"
+    if label == "similarity_combined":
+        return tuple(c.removeprefix("similarity_") for c in SIGNAL_COLUMNS), "cosine"
+    return (label.removeprefix("similarity_"),), "cosine"
+
+
 SCHEDULES = ("constant", "cosine")
 
 
@@ -59,6 +69,10 @@ class TrainOptions:
     # 0.116 at the default 30).
     contrastive: float = 0.1
     temperature: float = 0.2
+    # Weight of the same L1 over every other pair of a batch (a x b, 512 x 512 at the default batch
+    # size), labelled from the label-window vectors (int_customer_label_vectors) exactly as
+    # similarity_pairs computes its column, valid and test pairs left out (0: sampled pairs only).
+    in_batch: float = 1.0
     # z-score the category shares inside the graph (constants from the training customers).
     scale_shares: bool = True
     # One intra-op thread by default: batches of a few hundred pairs gain little from a

@@ -125,8 +125,10 @@ def evaluate_models(db_path: Path, epochs: int = EVAL_EPOCHS, seed: int = 0, lab
 def loss_description(options: TrainOptions | None = None) -> str:
     """How the setups were trained beyond layers/location: the loss terms and input scaling."""
     options = options or TrainOptions()
-    loss = "L1" + (f" + {options.contrastive:g} x in-batch contrastive (temperature {options.temperature:g})"
-                   if options.contrastive > 0 else "")
+    loss = "L1 on the sampled pairs" + (f" + {options.in_batch:g} x L1 on every other pair of the batch"
+                                        if options.in_batch > 0 else "")
+    loss += (f" + {options.contrastive:g} x in-batch contrastive (temperature {options.temperature:g})"
+             if options.contrastive > 0 else "")
     return f"loss {loss}, category shares {'z-scored' if options.scale_shares else 'as stored'}"
 
 

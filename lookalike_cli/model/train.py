@@ -8,6 +8,12 @@ same features as of now.
 Loss = L1 between cos(e_a, e_b) and the pair's label, early stopping on the valid split's
 MAE, test MAE reported in the manifest. Only the customers that appear in a pair are read
 into memory (a semi-join in DuckDB), as Arrow, encoded once.
+
+The sampled pairs are few per customer (~6-12 at the default sampling), yet a batch holds 512 x 512
+customer pairs whose labels follow from the same label-window vectors the SQL labels are computed
+from (int_customer_label_vectors: cosine of per-category counts). So the L1 is also taken over every
+other pair of the batch (TrainOptions.in_batch), with labels computed here exactly as
+similarity_pairs computes its column; valid and test pairs are never among them.
 """
 
 from __future__ import annotations
@@ -20,20 +26,46 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.settings import writable_folder
-from lookalike_cli.model.config import LABEL_COLUMNS, SCHEDULES, TrainOptions, label_expression, label_inputs
+from lookalike_cli.model.config import LABEL_COLUMNS, SCHEDULES, TrainOptions, label_expression, label_inputs, label_signals
 from lookalike_cli.model.manifest import data_fingerprint, warehouse_id
 from lookalike_cli.model.features import FeatureSpec, encode, fit_spec
 from lookalike_cli.model.locations import embed_locations, load_location_lookup
 from lookalike_cli.model.tower import CustomerTower, TowerConfig, pair_cosine
-from lookalike_cli.warehouse.connection import require_table, table_columns
+from lookalike_cli.warehouse.connection import require_table, table_columns, table_exists
 
 SPLITS = ("train", "valid", "test")
+LABEL_VECTORS = "int_customer_label_vectors"
+
+
+@dataclass
+class LabelVectors:
+    """Each customer's label-window vectors (rows aligned with Dataset.inputs), one block per signal:
+    unit rows (cosine labels) or 0/1 rows (jaccard), and whether the customer has the signal at all."""
+
+    kind: str  # "cosine" | "jaccard"
+    blocks: list[tuple[torch.Tensor, torch.Tensor]]  # (vectors [N, K_signal], has [N] bool)
+
+    def grid(self, rows_a: torch.Tensor, rows_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels [n_a, n_b], defined [n_a, n_b]) of every (a, b) pair, as similarity_pairs defines them:
+        cosine clamped to 1 (similarity_combined: the mean of the signals both customers have), Jaccard of the sets."""
+        total, count = torch.zeros(len(rows_a), len(rows_b)), torch.zeros(len(rows_a), len(rows_b))
+        for vectors, has in self.blocks:
+            a, b = vectors[rows_a], vectors[rows_b]
+            both = (has[rows_a][:, None] & has[rows_b][None, :]).to(a.dtype)
+            shared = a @ b.T
+            if self.kind == "jaccard":
+                value = shared / (a.sum(1)[:, None] + b.sum(1)[None, :] - shared).clamp(min=1.0)
+            else:
+                value = shared.clamp(max=1.0)
+            total, count = total + value * both, count + both
+        return total / count.clamp(min=1.0), count > 0
 
 
 @dataclass
@@ -44,6 +76,36 @@ class Dataset:
     inputs: dict[str, torch.Tensor]
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # split -> (rows_a, rows_b, label)
     fingerprint: str
+    label_vectors: LabelVectors | None = None  # None: no int_customer_label_vectors, sampled pairs only
+
+
+def load_label_vectors(con: duckdb.DuckDBPyConnection, label: str, ids: np.ndarray) -> LabelVectors | None:
+    """The label-window vectors of the customers `ids` (ascending), dense per signal; None without the table."""
+    if not table_exists(con, LABEL_VECTORS):
+        return None
+    signals, kind = label_signals(label)
+    con.register("_label_customers", pa.table({"customer_id": pa.array(ids, pa.int64())}))
+    try:
+        blocks = []
+        for signal in signals:
+            # Each signal's own categories (engagements may be coarser than order categories).
+            rows = con.sql(
+                f"""select customer_id, dense_rank() over (order by category) - 1 as position, weight
+                    from {LABEL_VECTORS} where signal = '{signal}' and weight > 0
+                      and customer_id in (select customer_id from _label_customers)""").to_arrow_table()
+            customers = rows.column("customer_id").to_numpy().astype(np.int64)
+            positions = rows.column("position").to_numpy().astype(np.int64)
+            weights = rows.column("weight").to_numpy().astype(np.float64)
+            width = int(positions.max()) + 1 if len(positions) else 1
+            vectors = np.zeros((len(ids), width), dtype=np.float64)
+            vectors[np.searchsorted(ids, customers), positions] = 1.0 if kind == "jaccard" else weights
+            if kind == "cosine":
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                vectors = vectors / np.where(norms > 0, norms, 1.0)
+            blocks.append((torch.from_numpy(vectors.astype(np.float32)), torch.from_numpy(vectors.any(axis=1))))
+    finally:
+        con.unregister("_label_customers")
+    return LabelVectors(kind, blocks)
 
 
 @dataclass
@@ -98,7 +160,8 @@ def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_bu
         if not mask.any():
             raise LookalikeError(f"similarity_pairs has no {name!r} rows with a {label} label.")
         by_split[name] = (torch.from_numpy(rows_a[mask]), torch.from_numpy(rows_b[mask]), torch.from_numpy(labels[mask]))
-    return Dataset(spec=spec, inputs=inputs, pairs=by_split, fingerprint=data_fingerprint(con, label))
+    return Dataset(spec=spec, inputs=inputs, pairs=by_split, fingerprint=data_fingerprint(con, label),
+                   label_vectors=load_label_vectors(con, label, ids.astype(np.int64)))
 
 
 def gather(inputs: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -141,25 +204,61 @@ def build_tower(spec: FeatureSpec, options: TrainOptions, shares: torch.Tensor |
     return CustomerTower(config)
 
 
+def info_nce(grid: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Label-weighted symmetric in-batch InfoNCE over the cosine grid (row i's partner is column i)."""
+    logits = grid / temperature
+    targets = torch.arange(len(labels))
+    per_pair = 0.5 * (F.cross_entropy(logits, targets, reduction="none") + F.cross_entropy(logits.T, targets, reduction="none"))
+    weights = labels.clamp(min=0.0)
+    return (weights * per_pair).sum() / weights.sum().clamp(min=1e-6)
+
+
 def contrastive_loss(tower: CustomerTower, inputs_a: dict[str, torch.Tensor], inputs_b: dict[str, torch.Tensor],
                      labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(cosines of the pairs, label-weighted symmetric in-batch InfoNCE) from one forward pass."""
     n = labels.shape[0]
     both = tower(**{k: torch.cat([inputs_a[k], inputs_b[k]]) for k in inputs_a})
-    e_a, e_b = both[:n], both[n:]
-    logits = e_a @ e_b.T / temperature
-    targets = torch.arange(n)
-    per_pair = 0.5 * (F.cross_entropy(logits, targets, reduction="none") + F.cross_entropy(logits.T, targets, reduction="none"))
-    weights = labels.clamp(min=0.0)
-    return logits.diagonal() * temperature, (weights * per_pair).sum() / weights.sum().clamp(min=1e-6)
+    grid = both[:n] @ both[n:].T
+    return grid.diagonal(), info_nce(grid, labels, temperature)
+
+
+def pair_keys(rows_a: torch.Tensor, rows_b: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """One int64 per unordered pair of dataset rows."""
+    return torch.minimum(rows_a, rows_b) * n_rows + torch.maximum(rows_a, rows_b)
+
+
+def held_out_keys(data: Dataset) -> torch.Tensor:
+    """Sorted keys of the valid and test pairs: the in-batch term never trains on them."""
+    n_rows = len(data.inputs["dense"])
+    keys = [pair_keys(data.pairs[s][0], data.pairs[s][1], n_rows) for s in ("valid", "test")]
+    return torch.sort(torch.cat(keys)).values
+
+
+def in_batch_l1(grid: torch.Tensor, data: Dataset, rows_a: torch.Tensor, rows_b: torch.Tensor,
+                held: torch.Tensor) -> torch.Tensor | None:
+    """Mean |cos - label| over the batch's other (a, b) pairs with a defined label, valid/test pairs and
+    the sampled pairs themselves (the diagonal) left out; None when no pair qualifies."""
+    target, defined = data.label_vectors.grid(rows_a, rows_b)
+    keys = pair_keys(rows_a[:, None], rows_b[None, :], len(data.inputs["dense"])).reshape(-1)
+    at = torch.searchsorted(held, keys).clamp(max=max(len(held) - 1, 0))
+    is_held = (held[at] == keys).reshape(grid.shape) if len(held) else torch.zeros_like(defined)
+    mask = defined & ~is_held & (rows_a[:, None] != rows_b[None, :])
+    mask.fill_diagonal_(False)
+    if not mask.any():
+        return None
+    return (grid - target).abs()[mask].mean()
 
 
 def fit(data: Dataset, options: TrainOptions, progress: Progress = quiet) -> TrainResult:
     """Train with AdamW (cosine-decayed learning rate by default); keep the weights of the epoch with the best valid MAE."""
     torch.manual_seed(options.seed)
     torch.set_num_threads(options.threads)
-    if options.contrastive < 0 or options.temperature <= 0:
-        raise LookalikeError("--contrastive must be >= 0 and --temperature > 0.")
+    if options.contrastive < 0 or options.temperature <= 0 or options.in_batch < 0:
+        raise LookalikeError("--contrastive and --in-batch must be >= 0 and --temperature > 0.")
+    in_batch = options.in_batch > 0 and data.label_vectors is not None
+    if options.in_batch > 0 and data.label_vectors is None:
+        progress(f"  no {LABEL_VECTORS} table: training on the sampled pairs only (rebuild with `lookalike build` for the in-batch pairs)")
+    held = held_out_keys(data) if in_batch else None
     tower = build_tower(data.spec, options, data.inputs["shares"])
     optimizer = torch.optim.AdamW(tower.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     rows_a, rows_b, labels = data.pairs["train"]
@@ -177,14 +276,22 @@ def fit(data: Dataset, options: TrainOptions, progress: Progress = quiet) -> Tra
         running, start = 0.0, time.perf_counter()
         for b in range(n_batches):
             batch = order[b * options.batch_size : (b + 1) * options.batch_size]
-            inputs_a, inputs_b = gather(data.inputs, rows_a[batch]), gather(data.inputs, rows_b[batch])
-            if options.contrastive > 0:
-                cos, spread = contrastive_loss(tower, inputs_a, inputs_b, labels[batch], options.temperature)
-                l1 = (cos - labels[batch]).abs().mean()
-                loss = l1 + options.contrastive * spread
+            batch_a, batch_b, batch_labels = rows_a[batch], rows_b[batch], labels[batch]
+            inputs_a, inputs_b = gather(data.inputs, batch_a), gather(data.inputs, batch_b)
+            if options.contrastive > 0 or in_batch:
+                n = len(batch)
+                both = tower(**{k: torch.cat([inputs_a[k], inputs_b[k]]) for k in inputs_a})
+                grid = both[:n] @ both[n:].T  # cosines of every (a, b) pair of the batch
+                loss = l1 = (grid.diagonal() - batch_labels).abs().mean()
+                if options.contrastive > 0:
+                    loss = loss + options.contrastive * info_nce(grid, batch_labels, options.temperature)
+                if in_batch:
+                    extra = in_batch_l1(grid, data, batch_a, batch_b, held)
+                    if extra is not None:
+                        loss = loss + options.in_batch * extra
             else:
                 cos = pair_cosine(tower, inputs_a, inputs_b)
-                loss = l1 = (cos - labels[batch]).abs().mean()
+                loss = l1 = (cos - batch_labels).abs().mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -165,8 +165,9 @@ def spark_tables(settings: Settings, raw_schema: str = "raw", progress: Progress
 def export_training_data(settings: Settings, target_db: Path, progress: Progress = print) -> dict[str, int]:
     """Copy what `lookalike train` reads from the Spark marts into a DuckDB file.
 
-    similarity_pairs (capped by the dbt var max_pairs), categories, and the training_features
-    rows of the customers in those pairs (features as of feature_end_date): a training set that fits one machine however large the
+    similarity_pairs (capped by the dbt var max_pairs), categories, and the training_features and
+    int_customer_label_vectors rows of the customers in those pairs (features as of feature_end_date,
+    label-window vectors after it): a training set that fits one machine however large the
     population. The file is written beside, then renamed over `target_db` (all or nothing).
     """
     from lookalike_cli.warehouse.connection import connect, write_table
@@ -181,6 +182,8 @@ def export_training_data(settings: Settings, target_db: Path, progress: Progress
         "similarity_pairs": pairs,
         "categories": spark.table(f"{schema}.categories"),
         "training_features": spark.table(f"{schema}.training_features").join(in_pairs, "customer_id", "left_semi"),
+        # The label-window vectors of the same customers: train labels every pair of a batch from them.
+        "int_customer_label_vectors": spark.table(f"{schema}.int_customer_label_vectors").join(in_pairs, "customer_id", "left_semi"),
     }
     target_db = Path(target_db).resolve()
     staging = target_db.with_name(f".{target_db.name}.incoming")

@@ -143,3 +143,25 @@ def test_scaled_shares_export_and_onnx_agree(generated_warehouse, tmp_path):
     with torch.no_grad():
         eager = load_tower(manifest)(**{k: torch.from_numpy(v) for k, v in encode(batch, data.spec).items()}).numpy()
     assert np.abs(eager - Encoder(manifest).embed(batch)).max() < 1e-4
+
+
+def test_in_batch_pairs_are_labelled_as_sql_labels_them_and_never_held_out(generated_warehouse):
+    from lookalike_cli.model.train import held_out_keys, in_batch_l1
+
+    with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
+        datasets = {label: load_dataset(con, label, "none") for label in ("similarity_orders", "jaccard_orders", "similarity_combined")}
+    for label, data in datasets.items():
+        for split in ("train", "valid", "test"):
+            rows_a, rows_b, labels = (column[:300] for column in data.pairs[split])
+            grid, defined = data.label_vectors.grid(rows_a, rows_b)
+            assert defined.diagonal().all(), label
+            torch.testing.assert_close(grid.diagonal(), labels, atol=1e-5, rtol=0)
+    # Test pairs placed off the diagonal (a_i beside b_i shifted by one) are left out of the in-batch term.
+    data = datasets["similarity_orders"]
+    rows_a, rows_b, _ = (column[:64] for column in data.pairs["test"])
+    rows_b = torch.roll(rows_b, 1)
+    target, _ = data.label_vectors.grid(rows_a, rows_b)
+    wrong = target.clone()
+    wrong[torch.arange(63), torch.arange(1, 64)] += 1.0  # every cell holding a test pair, and only those
+    assert in_batch_l1(wrong, data, rows_a, rows_b, held_out_keys(data)).item() < 1e-6
+    assert in_batch_l1(wrong, data, rows_a, rows_b, torch.empty(0, dtype=torch.int64)).item() > 1e-3
