@@ -27,6 +27,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
@@ -222,31 +223,30 @@ def contrastive_loss(tower: CustomerTower, inputs_a: dict[str, torch.Tensor], in
     return grid.diagonal(), info_nce(grid, labels, temperature)
 
 
-def pair_keys(rows_a: torch.Tensor, rows_b: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """One int64 per unordered pair of dataset rows."""
-    return torch.minimum(rows_a, rows_b) * n_rows + torch.maximum(rows_a, rows_b)
-
-
-def held_out_keys(data: Dataset) -> torch.Tensor:
-    """Sorted keys of the valid and test pairs: the in-batch term never trains on them."""
+def held_out_pairs(data: Dataset) -> sp.csr_matrix:
+    """The valid and test pairs as a symmetric 0/1 matrix over dataset rows: the in-batch term never
+    trains on them. (Sparse row slicing finds a batch's few held-out cells in well under a millisecond;
+    sorted int64 pair keys took 8 ms a batch of 512 x 512.)"""
     n_rows = len(data.inputs["dense"])
-    keys = [pair_keys(data.pairs[s][0], data.pairs[s][1], n_rows) for s in ("valid", "test")]
-    return torch.sort(torch.cat(keys)).values
+    a = torch.cat([data.pairs[s][0] for s in ("valid", "test")]).numpy()
+    b = torch.cat([data.pairs[s][1] for s in ("valid", "test")]).numpy()
+    ones = np.ones(2 * len(a), dtype=np.float32)
+    return sp.coo_matrix((ones, (np.r_[a, b], np.r_[b, a])), shape=(n_rows, n_rows)).tocsr()
 
 
 def in_batch_l1(grid: torch.Tensor, data: Dataset, rows_a: torch.Tensor, rows_b: torch.Tensor,
-                held: torch.Tensor) -> torch.Tensor | None:
+                held: sp.csr_matrix) -> torch.Tensor | None:
     """Mean |cos - label| over the batch's other (a, b) pairs with a defined label, valid/test pairs and
     the sampled pairs themselves (the diagonal) left out; None when no pair qualifies."""
     target, defined = data.label_vectors.grid(rows_a, rows_b)
-    keys = pair_keys(rows_a[:, None], rows_b[None, :], len(data.inputs["dense"])).reshape(-1)
-    at = torch.searchsorted(held, keys).clamp(max=max(len(held) - 1, 0))
-    is_held = (held[at] == keys).reshape(grid.shape) if len(held) else torch.zeros_like(defined)
+    is_held = torch.from_numpy(held[rows_a.numpy()][:, rows_b.numpy()].toarray() > 0)
     mask = defined & ~is_held & (rows_a[:, None] != rows_b[None, :])
     mask.fill_diagonal_(False)
-    if not mask.any():
+    count = mask.sum()
+    if count == 0:
         return None
-    return (grid - target).abs()[mask].mean()
+    # A float mask, not boolean indexing: the backward pass stays one dense elementwise product.
+    return ((grid - target).abs() * mask).sum() / count
 
 
 def fit(data: Dataset, options: TrainOptions, progress: Progress = quiet) -> TrainResult:
@@ -258,7 +258,7 @@ def fit(data: Dataset, options: TrainOptions, progress: Progress = quiet) -> Tra
     in_batch = options.in_batch > 0 and data.label_vectors is not None
     if options.in_batch > 0 and data.label_vectors is None:
         progress(f"  no {LABEL_VECTORS} table: training on the sampled pairs only (rebuild with `lookalike build` for the in-batch pairs)")
-    held = held_out_keys(data) if in_batch else None
+    held = held_out_pairs(data) if in_batch else None
     tower = build_tower(data.spec, options, data.inputs["shares"])
     optimizer = torch.optim.AdamW(tower.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     rows_a, rows_b, labels = data.pairs["train"]

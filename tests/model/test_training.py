@@ -150,7 +150,9 @@ def test_scaled_shares_export_and_onnx_agree(generated_warehouse, tmp_path):
 
 @pytest.mark.slow
 def test_in_batch_pairs_are_labelled_as_sql_labels_them_and_never_held_out(generated_warehouse):
-    from lookalike_cli.model.train import held_out_keys, in_batch_l1
+    import scipy.sparse as sp
+
+    from lookalike_cli.model.train import held_out_pairs, in_batch_l1
 
     with duckdb.connect(str(generated_warehouse.db_path), read_only=True) as con:
         datasets = {label: load_dataset(con, label, "none") for label in ("similarity_orders", "jaccard_orders", "similarity_combined")}
@@ -167,5 +169,5 @@ def test_in_batch_pairs_are_labelled_as_sql_labels_them_and_never_held_out(gener
     target, _ = data.label_vectors.grid(rows_a, rows_b)
     wrong = target.clone()
     wrong[torch.arange(63), torch.arange(1, 64)] += 1.0  # every cell holding a test pair, and only those
-    assert in_batch_l1(wrong, data, rows_a, rows_b, held_out_keys(data)).item() < 1e-6
-    assert in_batch_l1(wrong, data, rows_a, rows_b, torch.empty(0, dtype=torch.int64)).item() > 1e-3
+    assert in_batch_l1(wrong, data, rows_a, rows_b, held_out_pairs(data)).item() < 1e-6
+    assert in_batch_l1(wrong, data, rows_a, rows_b, sp.csr_matrix(held_out_pairs(data).shape, dtype=np.float32)).item() > 1e-3
