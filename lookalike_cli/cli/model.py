@@ -112,10 +112,12 @@ def embed_locations_cmd(settings: Settings, batch_size) -> None:
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Training seed (all setups).")
 @click.option("--label", type=click.Choice(LABEL_COLUMNS), default=DEFAULTS.label, show_default=True, help="similarity_pairs column to fit.")
 @click.option("--locations", default="none,word,sentence", show_default=True, help="Comma-separated location modes to compare.")
+@click.option("--losses", default="paper,default", show_default=True,
+              help="Comma-separated losses to compare: paper (seed 000's L1 on the sampled pairs) and default (train's loss).")
 @click.option("--results", "results_file", type=click.Path(dir_okay=False), default=None,
               help="Also write the tables as a section of this markdown file (e.g. benchmarks/RESULTS.md), keeping its other sections.")
 @pass_settings
-def evaluate_cmd(settings: Settings, epochs, seed, label, locations, results_file) -> None:
+def evaluate_cmd(settings: Settings, epochs, seed, label, locations, losses, results_file) -> None:
     """Reproduce the paper's Tables 1-2: test MAE and scoring time for 2/3 layers x location modes.
 
     \b
@@ -126,7 +128,7 @@ def evaluate_cmd(settings: Settings, epochs, seed, label, locations, results_fil
     from lookalike_cli.model.evaluate import evaluate_models
 
     evaluation = evaluate_models(settings.db_path, epochs=epochs, seed=seed, label=label,
-                                 locations=tuple(locations.split(",")), progress=click.echo,
+                                 locations=tuple(locations.split(",")), losses=tuple(losses.split(",")), progress=click.echo,
                                  results_file=Path(results_file) if results_file else None)
     click.echo(f"\n{evaluation.title}\n\n{evaluation.markdown()}")
     if results_file:

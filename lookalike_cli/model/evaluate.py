@@ -1,12 +1,17 @@
 """The paper's Tables 1 and 2 on the current warehouse: test MAE and scoring time per setup.
 
-Every setup (2/3 layers x location none/word/sentence) trains with the same seed and data,
+Every setup (2/3 layers x location none/word/sentence x loss) trains with the same seed and data,
 is exported to ONNX, and scores the same customers with ONNX Runtime; both figures are
-relative to the 2-layer/no-location baseline, as in the paper.
+relative to the paper's baseline (2 layers, no location, the paper's L1 on the sampled pairs).
+
+Two losses: `paper` (seed 000's L1 on the sampled pairs only) and `default` (what `lookalike train`
+uses: that L1 plus the L1 over every other pair of a batch and the contrastive term). Table 1 shows
+both, so the gain of the architecture (layers, location) and of the training can be read apart.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import tempfile
 import time
@@ -17,11 +22,16 @@ from lookalike_cli.model.locations import load_location_lookup, load_sentence_mo
 from lookalike_cli.model.scoring import DEFAULT_BATCH_SIZE, Encoder
 from lookalike_cli.markdown import markdown_table
 from lookalike_cli.model.config import EVAL_EPOCHS, LOCATION_MODES
+from lookalike_cli.errors import LookalikeError
 from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.model.train import TrainOptions, fit, load_dataset
 from lookalike_cli.warehouse.connection import connection
 
 TIMING_CUSTOMERS = 200_000  # enough for a stable rate, bounded on big warehouses
+
+# Loss name -> TrainOptions fields that differ from the product defaults.
+LOSSES = {"paper": {"in_batch": 0.0, "contrastive": 0.0}, "default": {}}
+LOSS_NAMES = {"paper": "paper's L1, sampled pairs", "default": "product default loss"}
 
 
 def time_scoring(encoder: Encoder, features, repeats: int = 3) -> float:
@@ -75,6 +85,7 @@ class ModelEvaluation:
     locations: tuple[str, ...]
     dataset: str
     command: str
+    losses: tuple[str, ...] = ("default",)
 
     @property
     def section(self) -> str:
@@ -90,13 +101,18 @@ class ModelEvaluation:
 
 def evaluate_models(db_path: Path, epochs: int = EVAL_EPOCHS, seed: int = 0, label: str = "similarity_orders",
                     locations: tuple[str, ...] = LOCATION_MODES, layer_options: tuple[int, ...] = (2, 3),
-                    progress: Progress = quiet, results_file: Path | None = None) -> ModelEvaluation:
+                    losses: tuple[str, ...] = tuple(LOSSES), progress: Progress = quiet,
+                    results_file: Path | None = None) -> ModelEvaluation:
     """Train, export and time every setup (nothing is written to the warehouse or the models folder).
 
     `results_file` only goes into the reproducing command of the report.
     """
     from lookalike_cli.model.export import export_model
 
+    unknown = [x for x in locations if x not in LOCATION_MODES] + [x for x in losses if x not in LOSSES]
+    if unknown or not locations or not losses:
+        raise LookalikeError(f"Unknown location mode or loss {', '.join(map(repr, unknown)) or '(none given)'}: "
+                             f"locations are {', '.join(LOCATION_MODES)}; losses are {', '.join(LOSSES)}.")
     rows = []
     with tempfile.TemporaryDirectory() as folder, connection(db_path, read_only="sentence" not in locations) as con:
         dataset, data_command = dataset_description(con, db_path)
@@ -104,22 +120,24 @@ def evaluate_models(db_path: Path, epochs: int = EVAL_EPOCHS, seed: int = 0, lab
         for location in locations:
             data = load_dataset(con, label, location)
             lookup = load_location_lookup(con) if location == "sentence" else None
-            for layers in layer_options:
-                options = TrainOptions(layers=layers, location=location, label=label, epochs=epochs, seed=seed)
-                result = fit(data, options)
-                encoder = Encoder(export_model(result, Path(folder), f"eval_{layers}l_{location}"))
-                encoder.sentence_lookup = lookup
-                seconds = time_scoring(encoder, features)
-                rows.append({"layers": layers, "location": location, "test_mae": result.metrics["test_mae"],
-                             "best_epoch": result.metrics["best_epoch"], "score_seconds": seconds,
-                             "customers_per_second": features.num_rows / seconds})
-                progress(f"{layers} layers, location {location:<8} test MAE {result.metrics['test_mae']:.4f} "
-                         f"(best epoch {result.metrics['best_epoch']}), scoring {rows[-1]['customers_per_second']:,.0f} customers/s")
+            for loss in losses:
+                for layers in layer_options:
+                    options = TrainOptions(layers=layers, location=location, label=label, epochs=epochs, seed=seed, **LOSSES[loss])
+                    result = fit(data, options)
+                    encoder = Encoder(export_model(result, Path(folder), f"eval_{layers}l_{location}_{loss}"))
+                    encoder.sentence_lookup = lookup
+                    seconds = time_scoring(encoder, features)
+                    rows.append({"layers": layers, "location": location, "loss": loss, "test_mae": result.metrics["test_mae"],
+                                 "best_epoch": result.metrics["best_epoch"], "score_seconds": seconds,
+                                 "customers_per_second": features.num_rows / seconds})
+                    progress(f"{layers} layers, location {location:<8} loss {loss:<7} test MAE {result.metrics['test_mae']:.4f} "
+                             f"(best epoch {result.metrics['best_epoch']}), scoring {rows[-1]['customers_per_second']:,.0f} customers/s")
         one_off = sentence_cost(con) if "sentence" in locations else None
     command = (f"{data_command} && lookalike --db {shlex.quote(str(db_path))} evaluate-model --epochs {epochs} "
-               f"--seed {seed} --label {label} --locations {','.join(locations)}"
+               f"--seed {seed} --label {label} --locations {','.join(locations)} --losses {','.join(losses)}"
                + (f" --results {shlex.quote(str(results_file))}" if results_file else ""))
-    return ModelEvaluation(rows, features.num_rows, one_off, epochs, seed, label, tuple(locations), dataset, command)
+    return ModelEvaluation(rows, features.num_rows, one_off, epochs, seed, label, tuple(locations), dataset, command,
+                           tuple(losses))
 
 
 def loss_description(options: TrainOptions | None = None) -> str:
@@ -135,21 +153,31 @@ def loss_description(options: TrainOptions | None = None) -> str:
 def tables_markdown(evaluation: ModelEvaluation) -> str:
     rows, locations, label, seed, epochs = (evaluation.rows, evaluation.locations, evaluation.label, evaluation.seed,
                                             evaluation.epochs)
-    customers, one_off = evaluation.customers, evaluation.one_off
-    base = next(r for r in rows if r["layers"] == min(r["layers"] for r in rows) and r["location"] == locations[0])
+    customers, one_off, losses = evaluation.customers, evaluation.one_off, evaluation.losses
     layer_options = sorted({r["layers"] for r in rows})
-    cell = {(r["layers"], r["location"]): r for r in rows}
+    cell = {(r["layers"], r["location"], r.get("loss", "default")): r for r in rows}
+    base = cell[layer_options[0], locations[0], losses[0]]
     headers = ["", *[f"location {loc}" for loc in locations]]
-    quality = [[f"{n} layers", *[f"{100 * cell[n, loc]['test_mae'] / base['test_mae']:.0f}% ({cell[n, loc]['test_mae']:.4f})" for loc in locations]]
-               for n in layer_options]
-    speed = [[f"{n} layers", *[f"{100 * cell[n, loc]['score_seconds'] / base['score_seconds']:.0f}% ({cell[n, loc]['customers_per_second']:,.0f}/s)" for loc in locations]]
+
+    def row_name(layers: int, loss: str) -> str:
+        return f"{layers} layers" + (f", {LOSS_NAMES[loss]}" if len(losses) > 1 else "")
+
+    quality = [[row_name(n, loss), *[f"{100 * cell[n, loc, loss]['test_mae'] / base['test_mae']:.0f}% ({cell[n, loc, loss]['test_mae']:.4f})"
+                                     for loc in locations]]
+               for loss in losses for n in layer_options]
+    # Scoring time depends on the architecture only: one row per layer count (the last loss's models).
+    timed = losses[-1]
+    speed_base = cell[layer_options[0], locations[0], timed]
+    speed = [[f"{n} layers", *[f"{100 * cell[n, loc, timed]['score_seconds'] / speed_base['score_seconds']:.0f}% "
+                               f"({cell[n, loc, timed]['customers_per_second']:,.0f}/s)" for loc in locations]]
              for n in layer_options]
+    losses_text = "; ".join(f"{LOSS_NAMES[x]}: {loss_description(TrainOptions(**LOSSES[x]))}" for x in losses)
     body = (
-        f"Table 1, test MAE relative to {base['layers']} layers / location {base['location']} (absolute MAE in brackets; "
-        f"label {label}, seed {seed}, up to {epochs} epochs, early stopping on valid; {loss_description()}):\n\n"
+        f"Table 1, test MAE relative to {row_name(base['layers'], losses[0])} / location {base['location']} (absolute MAE in brackets; "
+        f"label {label}, seed {seed}, up to {epochs} epochs, early stopping on valid; {losses_text}):\n\n"
         + markdown_table(headers, quality)
         + f"\n\nTable 2, ONNX Runtime scoring time (features re-coding + inference, {customers:,} customers, "
-        "best of 3) relative to the same baseline (customers/s in brackets):\n\n"
+        f"best of 3) relative to {speed_base['layers']} layers / location {speed_base['location']} (customers/s in brackets):\n\n"
         + markdown_table(headers, speed)
     )
     if one_off:

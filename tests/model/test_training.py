@@ -171,3 +171,20 @@ def test_in_batch_pairs_are_labelled_as_sql_labels_them_and_never_held_out(gener
     wrong[torch.arange(63), torch.arange(1, 64)] += 1.0  # every cell holding a test pair, and only those
     assert in_batch_l1(wrong, data, rows_a, rows_b, held_out_pairs(data)).item() < 1e-6
     assert in_batch_l1(wrong, data, rows_a, rows_b, sp.csr_matrix(held_out_pairs(data).shape, dtype=np.float32)).item() > 1e-3
+
+
+@pytest.mark.slow
+def test_evaluate_model_tables_compare_losses_against_the_papers_baseline(generated_warehouse, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    result = run_cli(generated_warehouse, "evaluate-model", "--epochs", "1", "--locations", "none",
+                     "--losses", "paper,default", "--results", str(results))
+    table = results.read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| 2 layers") or line.startswith("| 3 layers")}
+    # The paper's baseline is the 100% cell; each of the 4 setups has its own row in Table 1.
+    assert rows["2 layers, paper's L1, sampled pairs"].split("|")[2].strip().startswith("100% (")
+    assert {"3 layers, paper's L1, sampled pairs", "2 layers, product default loss", "3 layers, product default loss"} <= set(rows)
+    assert "--losses paper,default" in table and "section:model_quality_generated" in table
+    assert "Table 2" in result.output
+
+    bad = run_cli(generated_warehouse, "evaluate-model", "--locations", "nowhere", expect_exit=1)
+    assert "'nowhere'" in bad.output and "none, word, sentence" in bad.output
