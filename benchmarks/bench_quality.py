@@ -122,6 +122,21 @@ def holdout_table(results: list) -> tuple[str, list[list], int]:
     return markdown_table(headers, rows), checks, wins
 
 
+def ablation_table(results: list) -> list[list]:
+    """Per holdout: the default minus the same blend without the encoder's components, and minus the
+    embedding-only centroid (paired per split: same seeds, same hidden converters)."""
+    rows = []
+    for r in results:
+        values = metrics(r, 10.0)
+        cells = [r.name]
+        for other in ("model:blend-no-embedding", "model:centroid"):
+            for metric, digits in (("auc", 3), ("lift", 2)):
+                paired = values[DEFAULT][f"{metric}_splits"] - values[other][f"{metric}_splits"]
+                cells.append(f"{paired.mean():+.{digits}f} ± {paired.std(ddof=1):.{digits}f} ({int((paired > 0).sum())}/{len(paired)})")
+        rows.append(cells)
+    return rows
+
+
 def run_speed(settings: Settings, seed_count: int = 500, size: str = "5%") -> str:
     """expand() wall time per strategy on one warehouse (index in memory, as a service holds it):
     centroid (one ANN query), blend scoring every customer, and blend re-ranking an ANN pool (the
@@ -217,6 +232,10 @@ def main_(argv: list[str] | None = None) -> None:
             + "\n\nDoes the default (`model:blend`) beat the best baseline on mean AUC and mean lift@10%? "
               f"(Both on {wins} of {len(results)} holdouts.)\n\n"
             + markdown_table(["holdout", "population / converters", "feature_end / as_of", "AUC", "lift@10%"], checks)
+            + "\n\nDoes the encoder earn its place? The default minus the same blend without the embedding components, "
+              "and minus the embedding-only centroid (paired per split: mean ± sd, splits where the default is ahead):\n\n"
+            + markdown_table(["holdout", "AUC vs no-embedding", "lift@10% vs no-embedding", "AUC vs centroid", "lift@10% vs centroid"],
+                             ablation_table(results))
             + f"\n\nBlend weights (mean over the splits): {weights}.\n\nStages: {stages}.\n\nTotal {time.perf_counter() - started:.0f}s.")
     command = "python -m benchmarks.bench_quality" + "".join(
         f" {flag}" for flag, on in (("--skip-generated", args.skip_generated), ("--skip-completejourney", args.skip_completejourney)) if on)
