@@ -35,3 +35,12 @@ class ParameterError(LookalikeError):
         for param in self.params:
             message = message.replace("{" + param + "}", names.get(param, param))
         return message
+
+
+def input_error(what: str, problem: str) -> LookalikeError:
+    """An error about something the user gave, `what` first: a ParameterError when `what` is the
+    name of the parameter that holds it ("exclude_sql"), a plain LookalikeError when it describes
+    it ("Seed sql: select ...", "raw.opt_outs")."""
+    if what.isidentifier():
+        return ParameterError(f"{{{what}}} {problem}", what)
+    return LookalikeError(f"{what} {problem}")
