@@ -152,7 +152,7 @@ def test_seed_table_and_seed_file(world, tmp_path):
     ({"seed_sql": SEED_SQL, "size": 100_000}, "population has only"),
     ({"seed_sql": SEED_SQL, "size": "150%"}, "percentage"),
     ({"seed_sql": SEED_SQL, "size": "lots"}, "positive count"),
-    ({"seed_sql": SEED_SQL, "size": None}, "--size"),
+    ({"seed_sql": SEED_SQL, "size": None}, "Give size .* or min_similarity"),
     ({"seed_sql": SEED_SQL, "size": 10, "strategy": "magic"}, "Unknown strategy"),
     ({"seed_sql": "select nope from customer_features", "size": 10}, "failed"),
     ({"seed_sql": SEED_SQL, "seed_table": "x", "size": 10}, "exactly one seed source"),
