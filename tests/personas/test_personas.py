@@ -150,7 +150,7 @@ def test_propagation_covers_everyone_and_agrees_with_direct_labels(labelled):
     assert np.array_equal(category_ids, embedding_ids) and category_vectors.shape == (customers, 64)
     assert np.allclose(np.linalg.norm(category_vectors, axis=1), 1, atol=1e-5)
     assert np.allclose(np.linalg.norm(embedding_vectors, axis=1), 1, atol=1e-5)
-    with pytest.raises(LookalikeError, match="Unknown --graph 'items'"):
+    with pytest.raises(LookalikeError, match="Unknown graph 'items'"):
         customer_space(labelled.db_path, "items")
 
 
