@@ -150,8 +150,8 @@ def expand_spark(
     from lookalike_cli.spark.session import require_spark_table, schema_name, spark_session
 
     if strategy not in SPARK_STRATEGIES:
-        raise ParameterError(f"{{strategy}} {strategy!r} needs the DuckDB engine (FAISS); on Spark choose "
-                             f"{' or '.join(SPARK_STRATEGIES)}.", "strategy")
+        raise ParameterError(f"{{strategy}} {strategy!r} needs the DuckDB engine (FAISS); Spark runs "
+                             f"{', '.join(SPARK_STRATEGIES)}.", "strategy")
     check_cut(size, min_similarity)
     started = time.perf_counter()
     spark = spark_session(settings, progress=progress)
