@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lookalike_cli.errors import LookalikeError, ParameterError
+from lookalike_cli.errors import ParameterError
 
 BUNDLED_DBT_PROJECT_DIR = Path(__file__).resolve().parent / "warehouse" / "dbt_project"
 
@@ -50,9 +50,10 @@ def writable_folder(path: Path, what: str) -> Path:
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise LookalikeError(
+        param = "onnx_dir" if what == "models" else "index_dir"
+        raise ParameterError(
             f"Cannot write {what} to {path} ({exc.strerror or exc}). Choose a writable folder "
-            f"(Settings.{'onnx_dir' if what == 'models' else 'index_dir'}, env LOOKALIKE_{'ONNX' if what == 'models' else 'INDEX'}_DIR)."
+            f"({{{param}}}, env LOOKALIKE_{param.removesuffix('_dir').upper()}_DIR).", param
         ) from exc
     return path
 
