@@ -12,12 +12,12 @@ personas, ads, spark -> cli. The public API, for notebooks and schedulers:
 Importing the package loads none of torch, click, FAISS or ONNX Runtime.
 """
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.settings import Settings
 from lookalike_cli.version import __version__
 
 API = ("generate_data", "build", "train", "score", "build_index", "expand", "publish", "show")
-__all__ = ["Settings", "LookalikeError", *API, "__version__"]
+__all__ = ["Settings", "LookalikeError", "ParameterError", *API, "__version__"]
 
 
 def __getattr__(name: str):

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import ParameterError
 
 BUNDLED_DBT_PROJECT_DIR = Path(__file__).resolve().parent / "warehouse" / "dbt_project"
 
@@ -34,9 +34,10 @@ def dbt_project_at(path: str | os.PathLike) -> Path:
     """A dbt project folder given by the user; one line saying what to run when it is not one."""
     folder = Path(path).expanduser().resolve()
     if not (folder / "dbt_project.yml").is_file():
-        raise LookalikeError(
+        raise ParameterError(
             f"No dbt project at {folder} (it has no dbt_project.yml). Create one with "
-            f"`lookalike init {path}`, or unset LOOKALIKE_PROJECT_DIR / drop --project-dir to use the bundled project."
+            f"`lookalike init {path}`, or unset LOOKALIKE_PROJECT_DIR / drop {{project_dir}} to use the bundled project.",
+            "project_dir",
         )
     return folder
 
@@ -49,9 +50,10 @@ def writable_folder(path: Path, what: str) -> Path:
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise LookalikeError(
+        param = "onnx_dir" if what == "models" else "index_dir"
+        raise ParameterError(
             f"Cannot write {what} to {path} ({exc.strerror or exc}). Choose a writable folder "
-            f"(Settings.{'onnx_dir' if what == 'models' else 'index_dir'}, env LOOKALIKE_{'ONNX' if what == 'models' else 'INDEX'}_DIR)."
+            f"({{{param}}}, env LOOKALIKE_{param.removesuffix('_dir').upper()}_DIR).", param
         ) from exc
     return path
 

@@ -53,6 +53,16 @@ def run_cli(settings: Settings, *args: str, expect_exit: int | None = 0):
     return result
 
 
+def cli_error(settings: Settings, *args: str) -> str:
+    """The message of a command that must fail like a user error: exit 1, one `Error: ...` line
+    as its last output (progress lines may come before it), no traceback."""
+    result = run_cli(settings, *args, expect_exit=1)
+    lines = result.output.splitlines()
+    assert "Traceback" not in result.output, result.output
+    assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], result.output
+    return lines[-1].removeprefix("Error: ")
+
+
 def make_settings(folder: Path, name: str = "warehouse") -> Settings:
     folder.mkdir(parents=True, exist_ok=True)
     return Settings.resolve(

@@ -22,24 +22,26 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
 
 
-def parse_objective_weights(text: str) -> dict[str, float]:
+def parse_objective_weights(objective_weights: str) -> dict[str, float]:
     """'revenue=1,margin=0.5' -> {'revenue': 1.0, 'margin': 0.5}."""
     weights: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+    for part in filter(None, (p.strip() for p in (objective_weights or "").split(","))):
         name, sep, value = part.partition("=")
         try:
             weights[name.strip()] = float(value)
         except ValueError:
             sep = ""
         if not sep or not name.strip():
-            raise LookalikeError(f"--objective-weights: cannot read {part!r}; write name=weight pairs, e.g. revenue=1,margin=0.5.")
+            raise ParameterError(f"{{objective_weights}}: cannot read {part!r}; write name=weight pairs, e.g. revenue=1,margin=0.5.",
+                                 "objective_weights")
     if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise LookalikeError(f"--objective-weights {text!r}: weights must be >= 0 with at least one positive.")
+        raise ParameterError(f"{{objective_weights}} {objective_weights!r}: weights must be >= 0 with at least one positive.",
+                             "objective_weights")
     return weights
 
 
@@ -54,7 +56,7 @@ def solve_bids(weighted_rpc: np.ndarray, clicks_per_bid: np.ndarray, budget: flo
                min_bid: float = 0.0, max_bid: float | None = None, iterations: int = 200) -> BidSolution:
     """Bids b_g = clip(W_g / T, min_bid, max_bid) with T such that sum_g c_g b_g^2 = budget."""
     if budget <= 0:
-        raise LookalikeError(f"--budget must be positive, got {budget}.")
+        raise ParameterError(f"{{budget}} must be positive, got {budget}.", "budget")
     w = np.maximum(np.asarray(weighted_rpc, float), 0.0)
     c = np.maximum(np.asarray(clicks_per_bid, float), 0.0)
     cap = np.inf if max_bid is None else float(max_bid)
@@ -161,9 +163,9 @@ def recommend_bids(db_path: Path, budget: float, objective_weights: dict[str, fl
                    progress: Progress = quiet) -> dict:
     """Write bid_recommendations (one row per cluster) and view ad_bid_recommendations; plot the curve."""
     if budget is None or budget <= 0:
-        raise LookalikeError(f"--budget must be positive, got {budget}.")
+        raise ParameterError(f"{{budget}} must be positive, got {budget}.", "budget")
     if max_bid is not None and max_bid <= min_bid:
-        raise LookalikeError(f"--max-bid ({max_bid}) must be above --min-bid ({min_bid}).")
+        raise ParameterError(f"{{max_bid}} ({max_bid}) must be above {{min_bid}} ({min_bid}).", "max_bid", "min_bid")
     weights = objective_weights or {"revenue": 1.0}
     started = time.perf_counter()
     with connection(db_path, read_only=True) as con:
@@ -171,8 +173,9 @@ def recommend_bids(db_path: Path, budget: float, objective_weights: dict[str, fl
         objectives = [row[0] for row in con.execute("select distinct objective from ad_rpc_predictions order by 1").fetchall()]
         unknown = sorted(set(weights) - set(objectives))
         if unknown:
-            raise LookalikeError(f"--objective-weights names {', '.join(unknown)}, but ad_rpc_predictions only has "
-                                 f"{', '.join(objectives)} (margin needs a margin column in raw ad_daily_stats).")
+            raise ParameterError(f"{{objective_weights}} names {', '.join(unknown)}, but ad_rpc_predictions only has "
+                                 f"{', '.join(objectives)} (margin needs a margin column in raw ad_daily_stats).",
+                                 "objective_weights")
         horizon, model_version = con.execute("select max(horizon_days), max(model_version) from ad_rpc_predictions").fetchone()
         period = int(period_days or horizon)
         groups = group_inputs(con, objectives, period)

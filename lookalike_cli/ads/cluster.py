@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike_cli.ads.threads import single_blas_thread
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.vectors import to_matrix
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
@@ -122,7 +122,8 @@ def strings(values) -> list[str | None]:
 def cluster_ads(db_path: Path, options: ClusterOptions = ClusterOptions(), progress: Progress = quiet) -> dict:
     """Write ad_clusters (one row per ad) in one transaction; return counts and stage-1 metrics."""
     if not 0 < options.distance_threshold <= 2:
-        raise LookalikeError(f"--distance-threshold must be in (0, 2] (cosine distance), got {options.distance_threshold}.")
+        raise ParameterError(f"{{distance_threshold}} must be in (0, 2] (cosine distance), got {options.distance_threshold}.",
+                             "distance_threshold")
     started = time.perf_counter()
     with connection(db_path, read_only=True) as con:
         ads, vectors, embedding_version = read_embedded_ads(con)

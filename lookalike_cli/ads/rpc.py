@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike_cli.ads.threads import single_blas_thread
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
 
@@ -69,11 +69,11 @@ def read_windows(con, horizon_days: int | None) -> Windows:
     first, split, last, test_days = con.execute("select first_date, split_date, last_date, test_days from int_ad_periods").fetchone()
     horizon = int(horizon_days or test_days)
     if horizon < 1:
-        raise LookalikeError(f"--horizon-days must be at least 1, got {horizon}.")
+        raise ParameterError(f"{{horizon_days}} must be at least 1, got {horizon}.", "horizon_days")
     if (split - first).days < 2 * horizon:
-        raise LookalikeError(
+        raise ParameterError(
             f"The ads history before the split ({first} .. {split}) is shorter than two horizons ({horizon} days each): "
-            "load more days, or set a later dbt var ads_split_date / a shorter --horizon-days.")
+            "load more days, or set a later dbt var ads_split_date / a shorter {horizon_days}.", "horizon_days")
     return Windows(first, split, last, horizon)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.audiences.expand import Expansion, expand
 from lookalike_cli.audiences.publish import check_name, drop_audience, publish_audience
 from lookalike_cli.warehouse.connection import connection, table_exists
@@ -61,7 +61,8 @@ def create_audience(
     holdout_share = parse_holdout(holdout) if holdout else None
     if ring_shares:
         if size is not None or min_similarity is not None:
-            raise LookalikeError("Give rings or a size / min similarity, not both: the outer ring is the size.")
+            raise ParameterError("Give {rings} or {size} / {min_similarity}, not both: the outer ring is the size.",
+                                 "rings", "size", "min_similarity")
         with connection(db_path, read_only=True) as con:
             population = con.execute("select count(*) from customer_embeddings").fetchall()[0][0]
         size = ring_size(ring_shares, population)

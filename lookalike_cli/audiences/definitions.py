@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.settings import Settings
 
@@ -165,7 +165,10 @@ def apply_definitions(settings: Settings, path: str | Path, progress: Progress =
         options = dict(definition.options)
         if options.get("seed_persona"):
             options["seed_sql"] = persona_seed_sql(settings.db_path, options.pop("seed_persona"))
-        result = expand(settings.db_path, settings.index_dir, progress=progress, **options)
+        try:
+            result = expand(settings.db_path, settings.index_dir, progress=progress, **options)
+        except ParameterError as exc:  # the file's keys are expand's parameter names: no flag to show
+            raise LookalikeError(f"{path}: audience {definition.name!r}: {exc}") from exc
         computed.append((definition, split_expansion(result, definition.name, definition.rings, definition.holdout,
                                                      seed=int(options.get("seed", 0)))))
     applied = []

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from lookalike_cli.audiences.seeds import Seeds, excluded_ids, resolve_seeds
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index
 from lookalike_cli.index.search import exact_search, ivf_search, top_k
 from lookalike_cli.progress import Progress
@@ -85,26 +85,26 @@ def parse_size(size: str | int | None, population: int) -> int | None:
     if match:
         share = float(match.group(1))
         if not 0 < share <= 100:
-            raise LookalikeError(f"--size {text}: a percentage must be in (0, 100].")
+            raise ParameterError(f"{{size}} {text}: a percentage must be in (0, 100].", "size")
         return max(1, math.ceil(population * share / 100))
     if not text.isdigit() or int(text) <= 0:
-        raise LookalikeError(f"--size {text!r}: give a positive count (20000) or a share of the population (5%).")
+        raise ParameterError(f"{{size}} {text!r}: give a positive count (20000) or a share of the population (5%).", "size")
     return int(text)
 
 
 def check_cut(size: str | int | None, min_similarity: float | None) -> None:
     """An audience is cut by size, by similarity or both (either engine)."""
     if size is None and min_similarity is None:
-        raise LookalikeError("Give --size (20000 or 5%) or --min-similarity (e.g. 0.8).")
+        raise ParameterError("Give {size} (20000 or 5%) or {min_similarity} (e.g. 0.8).", "size", "min_similarity")
     if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
-        raise LookalikeError(f"--min-similarity {min_similarity} must be a cosine similarity in [-1, 1].")
+        raise ParameterError(f"{{min_similarity}} {min_similarity} must be a cosine similarity in [-1, 1].", "min_similarity")
 
 
 def check_target(target: int | None, size: str | int | None, population: int, seeds: Seeds) -> None:
     if target is not None and target > population - seeds.found:
-        raise LookalikeError(
-            f"--size {size} asks for {target:,} customers but the population has only "
-            f"{population - seeds.found:,} besides the {seeds.found:,} seeds."
+        raise ParameterError(
+            f"{{size}} {size} asks for {target:,} customers but the population has only "
+            f"{population - seeds.found:,} besides the {seeds.found:,} seeds.", "size"
         )
 
 

@@ -26,7 +26,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress
 from lookalike_cli.warehouse.connection import append_rows, registered, write_table
 
@@ -150,7 +150,7 @@ def refresh_attributes(con: duckdb.DuckDBPyConnection, attributes: pa.Table | No
 def check_name(name: str) -> None:
     """An audience needs a name (checked before any work is done, by every way of publishing one)."""
     if not name or not name.strip():
-        raise LookalikeError("--name must not be empty.")
+        raise ParameterError("{name} must not be empty.", "name")
 
 
 def publish_audience(

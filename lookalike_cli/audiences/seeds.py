@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError, input_error
 from lookalike_cli.vectors import ids_and_vectors, normalise
 from lookalike_cli.warehouse.connection import connection, registered, require_table, sql_errors, table_exists, user_query
 
@@ -37,9 +37,9 @@ class Seeds:
 
 def seed_source(seed_sql: str | None, seed_table: str | None, seed_file: str | Path | None) -> str:
     """The description of the one seed source given (either engine); refuses none or several."""
-    given = [(k, v) for k, v in (("--seed-sql", seed_sql), ("--seed-table", seed_table), ("--seed-file", seed_file)) if v]
-    if len(given) != 1:
-        raise LookalikeError("Give exactly one seed source: --seed-sql, --seed-table or --seed-file.")
+    if sum(1 for source in (seed_sql, seed_table, seed_file) if source) != 1:
+        raise ParameterError("Give exactly one seed source: {seed_sql}, {seed_table} or {seed_file}.",
+                             "seed_sql", "seed_table", "seed_file")
     return f"file {seed_file}" if seed_file else f"sql: {seed_sql}" if seed_sql else f"table {seed_table}"
 
 
@@ -49,7 +49,7 @@ def id_column(columns: list[str], what: str) -> str:
         return "customer_id"
     if len(columns) == 1:
         return columns[0]
-    raise LookalikeError(f"{what} returns columns {columns}: name the id column customer_id.")
+    raise input_error(what, f"returns columns {columns}: name the id column customer_id.")
 
 
 def requested_ids(con: duckdb.DuckDBPyConnection, seed_sql: str | None, seed_table: str | None, seed_file: str | Path | None) -> tuple[str, np.ndarray]:
@@ -61,7 +61,7 @@ def requested_ids(con: duckdb.DuckDBPyConnection, seed_sql: str | None, seed_tab
 
 
 def query_ids(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> np.ndarray:
-    """Distinct customer ids (sorted) of a query the user gave; `what` names it in errors ("--exclude-sql")."""
+    """Distinct customer ids (sorted) of a query the user gave; `what` names it in errors ("exclude_sql")."""
     return np.unique(ids_from_relation(user_query(con, sql, what), what))
 
 
@@ -131,10 +131,10 @@ def seeds_from_embeddings(source: str, requested: int, found: pa.Table) -> Seeds
 
 
 def excluded_ids(con: duckdb.DuckDBPyConnection, exclude_sql: str | None) -> tuple[np.ndarray, dict]:
-    """Suppression list (--exclude-sql) plus raw.opt_outs when present; returns ids and counts per source."""
+    """Suppression list (exclude_sql) plus raw.opt_outs when present; returns ids and counts per source."""
     parts, counts = [], {}
     if exclude_sql:
-        parts.append(query_ids(con, exclude_sql, "--exclude-sql"))
+        parts.append(query_ids(con, exclude_sql, "exclude_sql"))
         counts["exclude_sql"] = len(parts[-1])
     if table_exists(con, "opt_outs", schema="raw"):
         parts.append(query_ids(con, "select customer_id from raw.opt_outs", "raw.opt_outs"))

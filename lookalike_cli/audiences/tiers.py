@@ -19,30 +19,31 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError, input_error
 
 MAX_HOLDOUT = 0.5
 
 
-def parse_share(value, what: str) -> float:
-    """'10%' (or 0.1) -> 0.1; a clear error for anything that is not a share in (0, 1]."""
+def parse_share(value, param: str) -> float:
+    """'10%' (or 0.1) -> 0.1; a clear error, naming the parameter, for anything that is not a share in (0, 1]."""
     text = str(value).strip()
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text)
     try:
         share = float(match.group(1)) / 100 if match else float(text)
     except ValueError:
-        raise LookalikeError(f"{what} {text!r} is not a share: write it as a percentage, e.g. 10%.") from None
+        raise input_error(param, f"{text!r} is not a share: write it as a percentage, e.g. 10%.") from None
     if not match and share > 1:
-        raise LookalikeError(f"{what} {text!r} is not a share: write it as a percentage, e.g. 10%.")
+        raise input_error(param, f"{text!r} is not a share: write it as a percentage, e.g. 10%.")
     if not 0 < share <= 1:
-        raise LookalikeError(f"{what} {text!r} must be a share in (0%, 100%].")
+        raise input_error(param, f"{text!r} must be a share in (0%, 100%].")
     return share
 
 
 def parse_holdout(value) -> float:
     share = parse_share(value, "holdout")
     if share > MAX_HOLDOUT:
-        raise LookalikeError(f"holdout {value!r} must be in (0%, {MAX_HOLDOUT:.0%}]: above that the audience is mostly held out.")
+        raise ParameterError(f"{{holdout}} {value!r} must be in (0%, {MAX_HOLDOUT:.0%}]: above that the audience is mostly held out.",
+                             "holdout")
     return share
 
 
@@ -55,10 +56,10 @@ def parse_rings(values) -> list[float]:
     if isinstance(values, str):
         values = [v for v in values.split(",") if v.strip()]
     if not values:
-        raise LookalikeError("rings must list at least one share of the population, e.g. [1%, 2%, 5%].")
-    shares = [parse_share(v, "ring") for v in values]
+        raise ParameterError("{rings} must list at least one share of the population, e.g. [1%, 2%, 5%].", "rings")
+    shares = [parse_share(v, "rings") for v in values]
     if any(b <= a for a, b in zip(shares, shares[1:])):
-        raise LookalikeError(f"rings {[format_share(s) for s in shares]} must increase strictly, e.g. [1%, 2%, 5%].")
+        raise ParameterError(f"{{rings}} {[format_share(s) for s in shares]} must increase strictly, e.g. [1%, 2%, 5%].", "rings")
     return shares
 
 

@@ -10,18 +10,34 @@ import functools
 
 import click
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.settings import Settings
 
 
 class LookalikeGroup(click.Group):
-    """Turns LookalikeError into a one-line `Error: ...` and exit 1, like ClickException."""
+    """Turns LookalikeError into a one-line `Error: ...` and exit 1, like ClickException.
+
+    A ParameterError reads with the flags of the command that was run. Every group is a
+    LookalikeGroup, so the one that catches it is the command's own group.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except ParameterError as exc:
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            raise click.ClickException(exc.render(flags(command or self, exc.params))) from exc
         except LookalikeError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+def flags(command: click.Command, params) -> dict[str, str]:
+    """How the command spells each library parameter: the longest `--` opt of the option with that
+    param name, else `--` + the name with dashes (a library parameter the command has no option for)."""
+    options = {option.name: max((opt for opt in option.opts if opt.startswith("--")), key=len)
+               for option in command.params
+               if isinstance(option, click.Option) and any(opt.startswith("--") for opt in option.opts)}
+    return {param: options.get(param, "--" + param.replace("_", "-")) for param in params}
 
 
 def pass_settings(func):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lookalike_cli.cli._common import echo_table, pass_settings, progress
+from lookalike_cli.cli._common import LookalikeGroup, echo_table, pass_settings, progress
 from lookalike_cli.settings import Settings
 
 
@@ -20,7 +20,7 @@ def parse_k(value: str) -> int | None:
 
 
 
-@click.group("personas")
+@click.group("personas", cls=LookalikeGroup)
 def personas_group() -> None:
     """Label a small sample of customers with personas, then propagate to everyone.
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from lookalike_cli.cli._common import echo_table, pass_settings, progress
+from lookalike_cli.cli._common import LookalikeGroup, echo_table, pass_settings, progress
 from lookalike_cli.settings import Settings
 
 
@@ -123,7 +123,7 @@ def expand_cmd(settings: Settings, **options) -> None:
     click.echo(f"audience {row['name']} v{row['version']} (id {row['audience_id']}): {row['size']:,} members, "
                f"strategy {row['strategy']}, seeds {row['seed_found']:,} found / {row['seed_missing']:,} missing")
 
-@click.group("audiences")
+@click.group("audiences", cls=LookalikeGroup)
 def audiences_group() -> None:
     """List, show, diff and drop published audiences (in the serving file)."""
 

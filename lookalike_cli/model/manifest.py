@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.model.config import label_expression
 
 MANIFEST_FORMAT = 1
@@ -106,9 +106,9 @@ def check_trained_here(manifest_path: Path, manifest: dict, db_path: Path, con) 
     trained_id, here = training.get("warehouse_id"), warehouse_id(con)
     if not trained_id or not here or trained_id == here:
         return
-    raise LookalikeError(
+    raise ParameterError(
         f"Model {manifest_path.name} was trained on another warehouse ({training.get('warehouse')}, warehouse id "
         f"{trained_id}, training-data fingerprint {training.get('data_fingerprint')}), not {db_path} (id {here}). "
-        f"Run `lookalike train` on this warehouse, or point the models folder (--onnx-dir) at its own models "
-        f"(default: {Path(db_path).stem}_models/ beside it)."
+        f"Run `lookalike train` on this warehouse, or point the models folder ({{onnx_dir}}) at its own models "
+        f"(default: {Path(db_path).stem}_models/ beside it).", "onnx_dir"
     )

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress
 from lookalike_cli.vectors import to_column
 from lookalike_cli.model.manifest import OUTPUT_NAME, check_trained_here, check_version, find_manifest, load_manifest
@@ -57,7 +57,7 @@ class Encoder:
         self.dim = int(self.manifest["output"]["shape"][1])
         self.model_version = self.manifest["model_version"]
         if quantize not in QUANTIZE_MODES:
-            raise LookalikeError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.")
+            raise ParameterError(f"{{quantize}} must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.", "quantize")
         if quantize == "none":
             onnx_file = self.manifest["onnx_file"]
         elif quantize in self.manifest["quantized"]:
@@ -174,7 +174,7 @@ def score(settings, model: str | None = None, quantize: str = "none", model_vers
             embed_locations(con, progress=echo or print)
     if quantize != "none" and quantize not in manifest["quantized"]:
         if quantize not in QUANTIZE_MODES:
-            raise LookalikeError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.")
+            raise ParameterError(f"{{quantize}} must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.", "quantize")
         quantize_int8(manifest_path)
     dbt_vars = {"score_customers": True, "lookalike_model": str(manifest_path), "lookalike_quantize": quantize, "lookalike_model_version": model_version or ""}
     start = time.perf_counter()

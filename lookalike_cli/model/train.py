@@ -31,7 +31,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.settings import writable_folder
 from lookalike_cli.model.config import LABEL_COLUMNS, SCHEDULES, TrainOptions, label_expression, label_inputs, label_signals
@@ -123,7 +123,7 @@ def load_dataset(con: duckdb.DuckDBPyConnection, label: str, location: str, n_bu
     for table in ("training_features", "similarity_pairs", "categories"):
         require_table(con, table, "Build the marts with `lookalike build`.")
     if label not in LABEL_COLUMNS:
-        raise LookalikeError(f"--label must be one of {', '.join(LABEL_COLUMNS)}, got {label!r}.")
+        raise ParameterError(f"{{label}} must be one of {', '.join(LABEL_COLUMNS)}, got {label!r}.", "label")
     columns = table_columns(con, "similarity_pairs")
     for column in label_inputs(label):
         if column not in columns:
@@ -182,7 +182,7 @@ def mean_absolute_error(tower: CustomerTower, data: Dataset, split: str, batch_s
 
 def build_tower(spec: FeatureSpec, options: TrainOptions, shares: torch.Tensor | None = None) -> CustomerTower:
     if options.layers < 1:
-        raise LookalikeError("--layers must be at least 1.")
+        raise ParameterError("{layers} must be at least 1.", "layers")
     config = TowerConfig(
         n_dense=len(spec.dense_columns),
         cardinalities=[len(spec.vocabularies[c]) + 1 for c in spec.categorical_columns],
@@ -254,7 +254,8 @@ def fit(data: Dataset, options: TrainOptions, progress: Progress = quiet) -> Tra
     torch.manual_seed(options.seed)
     torch.set_num_threads(options.threads)
     if options.contrastive < 0 or options.temperature <= 0 or options.in_batch < 0:
-        raise LookalikeError("--contrastive and --in-batch must be >= 0 and --temperature > 0.")
+        raise ParameterError("{contrastive} and {in_batch} must be >= 0 and {temperature} > 0.",
+                             "contrastive", "in_batch", "temperature")
     in_batch = options.in_batch > 0 and data.label_vectors is not None
     if options.in_batch > 0 and data.label_vectors is None:
         progress(f"  no {LABEL_VECTORS} table: training on the sampled pairs only (rebuild with `lookalike build` for the in-batch pairs)")
@@ -266,7 +267,7 @@ def fit(data: Dataset, options: TrainOptions, progress: Progress = quiet) -> Tra
     best_mae, best_state, best_epoch, stale = float("inf"), None, 0, 0
     n_batches = (len(labels) + options.batch_size - 1) // options.batch_size
     if options.schedule not in SCHEDULES:
-        raise LookalikeError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}.")
+        raise ParameterError(f"{{schedule}} must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}.", "schedule")
     # Cosine decay to 0 over the maximum epochs: big steps early, fine ones near the end.
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs * n_batches)
                  if options.schedule == "cosine" else None)

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.vectors import normalise
 from lookalike_cli.warehouse.connection import connection, registered, replace_tables, require_table, table_exists
@@ -163,6 +163,7 @@ class LLMLabeller:
     every attempt (prompt, raw answer, status) becomes a `persona_label_log` row. `max_calls`
     caps the calls of one run, retries included: customers left when it runs out stay unlabelled.
     `concurrency` customers are in flight at once (threads: the work is waiting on the endpoint).
+    `make_labeller` checks the options as the user gave them (label_sample's llm_* parameters).
     """
 
     name = "llm"
@@ -170,10 +171,6 @@ class LLMLabeller:
     def __init__(self, personas: Sequence[Persona], url: str, model: str, api_key: str | None = None,
                  timeout: float = 30.0, retries: int = 2, max_calls: int = 1000, backoff_seconds: float = 1.0,
                  concurrency: int = 1):
-        if not url:
-            raise LookalikeError("--labeller llm needs --llm-url (an OpenAI-compatible base URL, e.g. http://localhost:8000/v1).")
-        if not model:
-            raise LookalikeError("--labeller llm needs --llm-model (the model name the endpoint serves).")
         self.personas = list(personas)
         self.endpoint = url.rstrip("/") if url.rstrip("/").endswith("/chat/completions") else url.rstrip("/") + "/chat/completions"
         self.model = model
@@ -182,8 +179,6 @@ class LLMLabeller:
         self.retries = retries
         self.max_calls = max_calls
         self.backoff_seconds = backoff_seconds
-        if concurrency < 1:
-            raise LookalikeError(f"--llm-concurrency must be at least 1, got {concurrency}.")
         self.concurrency = concurrency
         self.calls = 0
         self._budget_lock = threading.Lock()
@@ -251,8 +246,9 @@ class LLMLabeller:
                 retry = exc.code == 429 or exc.code >= 500
                 if not retry:
                     log.append(self._finish(row, started))
-                    raise LookalikeError(f"The LLM endpoint {self.endpoint} answered HTTP {exc.code} ({row['response'][:200]}): "
-                                         "check --llm-url, --llm-model and --llm-api-key.") from exc
+                    raise ParameterError(f"The LLM endpoint {self.endpoint} answered HTTP {exc.code} ({row['response'][:200]}): "
+                                         "check {llm_url}, {llm_model} and {llm_api_key}.",
+                                         "llm_url", "llm_model", "llm_api_key") from exc
             except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
                 row["status"], row["error"] = "unreachable", str(getattr(exc, "reason", exc))
             except ValueError as exc:
@@ -307,10 +303,17 @@ def make_labeller(personas: Sequence[Persona], labeller: str = "zero-shot", llm_
     if labeller == "zero-shot":
         return ZeroShotLabeller(personas, temperature=temperature)
     if labeller == "llm":
-        return LLMLabeller(personas, url=llm_url or "", model=llm_model or "", api_key=llm_api_key,
+        if not llm_url:
+            raise ParameterError("{labeller} 'llm' needs {llm_url} (an OpenAI-compatible base URL, e.g. http://localhost:8000/v1).",
+                                 "labeller", "llm_url")
+        if not llm_model:
+            raise ParameterError("{labeller} 'llm' needs {llm_model} (the model name the endpoint serves).", "labeller", "llm_model")
+        if llm_concurrency < 1:
+            raise ParameterError(f"{{llm_concurrency}} must be at least 1, got {llm_concurrency}.", "llm_concurrency")
+        return LLMLabeller(personas, url=llm_url, model=llm_model, api_key=llm_api_key,
                            timeout=llm_timeout, retries=llm_retries, max_calls=max_calls, backoff_seconds=llm_backoff,
                            concurrency=llm_concurrency)
-    raise LookalikeError(f"Unknown labeller {labeller!r}; choose one of {', '.join(LABELLERS)}.")
+    raise ParameterError(f"Unknown {{labeller}} {labeller!r}; choose one of {', '.join(LABELLERS)}.", "labeller")
 
 
 # --------------------------------------------------------------------------- graph and propagation
@@ -352,7 +355,7 @@ def random_walk_with_restart(transition: sp.csr_matrix, seeds: np.ndarray, resta
     Rows no walk reaches (no labelled customer in their component) get the labels' overall mix.
     """
     if not 0 < restart <= 1:
-        raise LookalikeError(f"--restart must be in (0, 1], got {restart}.")
+        raise ParameterError(f"{{restart}} must be in (0, 1], got {restart}.", "restart")
     scores = seeds.copy()
     for _ in range(iterations):
         updated = (1 - restart) * (transition @ scores) + restart * seeds
@@ -477,7 +480,7 @@ def customer_space(db_path: Path, space: str = "categories", seed: int = 0, prog
         return category_vectors(db_path, seed=seed)
     if space == "embeddings":
         return read_customer_vectors(db_path, progress)
-    raise LookalikeError(f"Unknown --graph {space!r}; choose one of {', '.join(SPACES)}.")
+    raise ParameterError(f"Unknown {{graph}} {space!r}; choose one of {', '.join(SPACES)}.", "graph")
 
 
 LOG_SCHEMA = pa.schema([
@@ -509,9 +512,9 @@ def label_sample(
 ) -> dict:
     """Label a diversity-and-uncertainty sample of customers; replaces `persona_labels`."""
     if not 0 < fraction <= 1:
-        raise LookalikeError(f"--fraction must be in (0, 1], got {fraction}.")
+        raise ParameterError(f"{{fraction}} must be in (0, 1], got {fraction}.", "fraction")
     if not 0 < diversity_share <= 1:
-        raise LookalikeError(f"--diversity-share must be in (0, 1], got {diversity_share}.")
+        raise ParameterError(f"{{diversity_share}} must be in (0, 1], got {diversity_share}.", "diversity_share")
     started = time.perf_counter()
     ids, vectors = customer_space(db_path, graph, seed, progress)
     with connection(db_path, read_only=True) as con:

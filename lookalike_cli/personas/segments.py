@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.personas.labels import PERSONAS_TABLE, RESULT_TABLE, read_category_shares, read_customer_vectors
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table, table_exists, write_table
 from lookalike_cli.progress import Progress
@@ -165,7 +165,7 @@ def cluster(
     else:
         chosen_by = "given"
     if not 2 <= k < n:
-        raise LookalikeError(f"--k must be between 2 and {n - 1}, got {k}.")
+        raise ParameterError(f"{{k}} must be between 2 and {n - 1}, got {k}.", "k")
     model = KMeans(k, n_init=5, random_state=seed).fit(reduced)
     labels = model.labels_
     distances = np.linalg.norm(reduced - model.cluster_centers_[labels], axis=1)

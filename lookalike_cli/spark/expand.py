@@ -24,7 +24,7 @@ import pyarrow as pa
 from lookalike_cli.audiences.expand import (Expansion, base_parameters, check_cut, check_found, check_target, parse_size,
                                             ranked_expansion, seed_clusters)
 from lookalike_cli.audiences.seeds import Seeds, id_column, read_id_file, seed_source, seeds_from_embeddings
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError, input_error
 from lookalike_cli.progress import Progress
 from lookalike_cli.vectors import ids_and_vectors, normalise
 
@@ -104,7 +104,7 @@ def spark_sql_errors(what: str) -> Iterator[None]:
     try:
         yield
     except PySparkException as exc:
-        raise LookalikeError(f"{what} failed on Spark: {str(exc).splitlines()[0]}") from exc
+        raise input_error(what, f"failed on Spark: {str(exc).splitlines()[0]}") from exc
 
 
 def customer_ids(frame, what: str):
@@ -114,13 +114,13 @@ def customer_ids(frame, what: str):
 
 
 def excluded_frame(spark, exclude_sql: str | None, raw_schema: str = "raw"):
-    """Suppressed customer ids as a Spark frame (--exclude-sql plus raw.opt_outs when present) and counts."""
+    """Suppressed customer ids as a Spark frame (exclude_sql plus raw.opt_outs when present) and counts."""
     from lookalike_cli.spark.session import table_exists
 
     parts, counts = [], {}
     if exclude_sql:
-        with spark_sql_errors("--exclude-sql"):
-            parts.append(customer_ids(spark.sql(exclude_sql), "--exclude-sql").distinct())
+        with spark_sql_errors("exclude_sql"):
+            parts.append(customer_ids(spark.sql(exclude_sql), "exclude_sql").distinct())
             counts["exclude_sql"] = parts[-1].count()
     if table_exists(spark, f"{raw_schema}.opt_outs"):
         parts.append(spark.table(f"{raw_schema}.opt_outs").selectExpr("cast(customer_id as bigint) as customer_id").distinct())
@@ -150,8 +150,8 @@ def expand_spark(
     from lookalike_cli.spark.session import require_spark_table, schema_name, spark_session
 
     if strategy not in SPARK_STRATEGIES:
-        raise LookalikeError(f"--engine spark supports the strategies {', '.join(SPARK_STRATEGIES)}, not {strategy!r}: "
-                             "use --engine duckdb (FAISS) for knn-vote and classifier.")
+        raise ParameterError(f"{{strategy}} {strategy!r} needs the DuckDB engine (FAISS); Spark runs "
+                             f"{', '.join(SPARK_STRATEGIES)}.", "strategy")
     check_cut(size, min_similarity)
     started = time.perf_counter()
     spark = spark_session(settings, progress=progress)

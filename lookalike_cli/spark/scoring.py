@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.model.features import check_columns
 from lookalike_cli.model.manifest import check_version, find_manifest, load_manifest
 from lookalike_cli.model.scoring import QUANTIZE_MODES, Encoder
@@ -34,7 +34,7 @@ def model_payload(manifest_path: Path, quantize: str) -> dict:
     """What executors need to score: the manifest and the chosen ONNX file, as bytes."""
     manifest = load_manifest(manifest_path)
     if quantize not in QUANTIZE_MODES:
-        raise LookalikeError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.")
+        raise ParameterError(f"{{quantize}} must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.", "quantize")
     onnx_file = manifest["onnx_file"] if quantize == "none" else manifest["quantized"][quantize]
     return {
         "manifest_name": manifest_path.name,
@@ -95,11 +95,11 @@ def score_spark(settings, model: str | None = None, quantize: str = "none", mode
     if spec.location == "sentence":
         raise LookalikeError(
             f"{manifest_path.name} embeds locations with a sentence encoder, whose location_embeddings "
-            "live in the DuckDB warehouse: score it with `lookalike score`, or train with --location word|none for Spark."
+            "live in the DuckDB warehouse: score it with `lookalike score`, or train it with `lookalike train --location word` (or none) for Spark."
         )
     if quantize != "none" and quantize not in manifest["quantized"]:
         if quantize not in QUANTIZE_MODES:
-            raise LookalikeError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.")
+            raise ParameterError(f"{{quantize}} must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.", "quantize")
         quantize_int8(manifest_path)
     spark = spark_session(settings, progress=progress)
     schema = schema_name(settings)

@@ -39,7 +39,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from lookalike_cli.audiences import blend, expand as expansion
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index, read_embeddings
 from lookalike_cli.audiences.publish import insert_rows, publish_tables
 from lookalike_cli.audiences.raw_features import RawFeatures, load_raw_features
@@ -175,7 +175,7 @@ def campaign_sql(con: duckdb.DuckDBPyConnection, campaign: str) -> tuple[str, st
     those of them that redeemed its coupons (`lookalike load-sample completejourney` loads both tables)."""
     for table in ("campaigns", "coupon_redemptions"):
         if not table_exists(con, table, schema="raw"):
-            raise LookalikeError(f"--campaign needs raw.{table} (load it with `lookalike load-sample completejourney`).")
+            raise ParameterError(f"{{campaign}} needs raw.{table} (load it with `lookalike load-sample completejourney`).", "campaign")
     quoted = campaign.replace("'", "''")
     if not con.execute(f"select count(*) from raw.campaigns where campaign_id::varchar = '{quoted}'").fetchall()[0][0]:
         known = [r[0] for r in con.execute("select distinct campaign_id::varchar from raw.campaigns order by 1").fetchall()]
@@ -204,7 +204,7 @@ def run_backtest(
         raise LookalikeError(f"Unknown method(s) {unknown}: strategies are {', '.join(expansion.STRATEGIES)}, "
                              f"baselines {', '.join(BASELINES)}.")
     if splits < 1 or not 0 < seed_fraction < 1:
-        raise LookalikeError("--splits must be >= 1 and --seed-fraction in (0, 1).")
+        raise ParameterError("{splits} must be >= 1 and {seed_fraction} in (0, 1).", "splits", "seed_fraction")
     started = time.perf_counter()
     embedding_ids, vectors, model_version = read_embeddings(db_path)
     index = load_index(index_dir, expected_model_version=model_version)
@@ -213,11 +213,12 @@ def run_backtest(
         raw = load_raw_features(con)
         population = np.intersect1d(embedding_ids, raw.ids)
         if population_sql:
-            population = np.intersect1d(population, query_ids(con, population_sql, "--population-sql"))
-        converters = np.intersect1d(query_ids(con, converters_sql, "--converters-sql"), population)
+            population = np.intersect1d(population, query_ids(con, population_sql, "population_sql"))
+        converters = np.intersect1d(query_ids(con, converters_sql, "converters_sql"), population)
         if len(converters) < MIN_CONVERTERS:
-            raise LookalikeError(f"Only {len(converters)} converters are in the population (need {MIN_CONVERTERS}): "
-                                 "check --converters-sql and --population-sql use the warehouse's customer_id.")
+            raise ParameterError(f"Only {len(converters)} converters are in the population (need {MIN_CONVERTERS}): "
+                                 "check {converters_sql} and {population_sql} use the warehouse's customer_id.",
+                                 "converters_sql", "population_sql")
         if len(converters) >= len(population):
             raise LookalikeError("Every customer of the population is a converter: nothing to rank against.")
         progress(f"Backtest {name!r}: population {len(population):,}, converters {len(converters):,} "

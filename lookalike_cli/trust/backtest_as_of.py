@@ -26,7 +26,7 @@ from pathlib import Path
 
 import duckdb
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.settings import Settings
 from lookalike_cli.progress import Progress
 
@@ -58,8 +58,8 @@ def campaign_start(con: duckdb.DuckDBPyConnection, campaign: str) -> dt.date:
         start = con.execute("select min(start_date) from raw.campaign_descriptions where campaign_id::varchar = ?",
                             [str(campaign)]).fetchone()[0]
     except duckdb.Error:
-        raise LookalikeError("--campaign needs raw.campaign_descriptions (load it with "
-                             "`lookalike load-sample completejourney`).") from None
+        raise ParameterError("{campaign} needs raw.campaign_descriptions (load it with "
+                             "`lookalike load-sample completejourney`).", "campaign") from None
     if start is None:
         raise LookalikeError(f"Campaign {campaign!r} has no start_date in raw.campaign_descriptions.")
     return parse_date(start, "start_date")
@@ -68,8 +68,8 @@ def campaign_start(con: duckdb.DuckDBPyConnection, campaign: str) -> dt.date:
 def check_as_of(as_of: dt.date, first: dt.date, last: dt.date) -> None:
     # Training needs a feature window and a label window before DATE: at least a few days of history.
     if not first + dt.timedelta(days=8) <= as_of <= last + dt.timedelta(days=1):
-        raise LookalikeError(f"--as-of {as_of} is outside the data: the order lines run from {first} to {last} "
-                             f"(give a date from {first + dt.timedelta(days=8)} to {last + dt.timedelta(days=1)}).")
+        raise ParameterError(f"{{as_of}} {as_of} is outside the data: the order lines run from {first} to {last} "
+                             f"(give a date from {first + dt.timedelta(days=8)} to {last + dt.timedelta(days=1)}).", "as_of")
 
 
 def copy_raw_tables(source: Path, target: Path) -> list[str]:

@@ -75,7 +75,7 @@ def measure_audience(db_path: Path, serving_db_path: Path, name: str, outcome_sq
         serving.close()
     with connection(db_path, read_only=True) as con:
         converted = user_query(con, f"select distinct customer_id from ({outcome_sql}) as outcome",
-                               "The outcome SQL").to_arrow_table()
+                               "outcome_sql").to_arrow_table()
         with registered(con, "members", members), registered(con, "converted", converted):
             (treated, treated_hits, holdout, holdout_hits), = con.execute(
                 """select count(*) filter (where not is_holdout),

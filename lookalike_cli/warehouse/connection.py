@@ -10,7 +10,7 @@ from typing import Iterator
 import duckdb
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, input_error
 
 
 def connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -77,15 +77,15 @@ def sql_errors(what: str) -> Iterator[None]:
     try:
         yield
     except duckdb.Error as exc:
-        raise LookalikeError(f"{what} failed: {str(exc).splitlines()[0]}") from exc
+        raise input_error(what, f"failed: {str(exc).splitlines()[0]}") from exc
 
 
 def user_query(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> duckdb.DuckDBPyRelation:
-    """The relation of a query the user gave (`what` names it in errors: "--exclude-sql", "Seed sql: ...")."""
+    """The relation of a query the user gave (`what` names it in errors: "exclude_sql", "Seed sql: ...")."""
     with sql_errors(what):
         relation = con.sql(sql)
     if relation is None:
-        raise LookalikeError(f"{what} is not a query returning customer ids.")
+        raise input_error(what, "is not a query returning customer ids.")
     return relation
 
 

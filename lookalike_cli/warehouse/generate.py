@@ -70,7 +70,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.warehouse.connection import connection, registered, transaction
 
 DEPARTMENTS = [
@@ -129,11 +129,11 @@ class GeneratorConfig:
 
     def validate(self) -> None:
         if self.customers < 10:
-            raise LookalikeError("--customers must be at least 10.")
+            raise ParameterError("{customers} must be at least 10.", "customers")
         if self.days < 14:
-            raise LookalikeError("--days must be at least 14 (features and labels need two windows).")
+            raise ParameterError("{days} must be at least 14 (features and labels need two windows).", "days")
         if not 2 <= self.segments <= 200:
-            raise LookalikeError("--segments must be between 2 and 200.")
+            raise ParameterError("{segments} must be between 2 and 200.", "segments")
         if not 1 <= self.departments <= len(DEPARTMENTS):
             raise LookalikeError(f"departments must be between 1 and {len(DEPARTMENTS)}.")
         if not 1 <= self.categories_per_department <= len(CATEGORY_STYLES):

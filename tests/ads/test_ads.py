@@ -10,12 +10,12 @@ import duckdb
 import numpy as np
 import pytest
 
-from lookalike_cli.ads.bid import parse_objective_weights, replay, solve_bids
+from lookalike_cli.ads.bid import parse_objective_weights, recommend_bids, replay, solve_bids
 from lookalike_cli.ads.embedding import embed_onnx, load_manifest
 from lookalike_cli.ads.model import TokenizerSpec, tokenize
 from lookalike_cli.warehouse.dbt_runner import run_dbt
-from lookalike_cli.errors import LookalikeError
-from tests.helpers import copy_warehouse, make_settings, query, run_cli
+from lookalike_cli.errors import LookalikeError, ParameterError
+from tests.helpers import cli_error, copy_warehouse, make_settings, query, run_cli
 
 GENERATED_ADS = 1500
 BUDGET = 2000.0
@@ -225,6 +225,27 @@ def test_solve_bids_closed_form_caps_and_replay():
     uniform = replay(np.array([1.0, 1.0]), clicks, revenue, cpc, budget=200.0)
     assert better["spend"] == uniform["spend"] == 200.0
     assert better["revenue"] > uniform["revenue"]
+
+
+@pytest.mark.parametrize("kwargs, args, python_message, cli_message", [
+    ({"budget": 100.0, "min_bid": 5.0, "max_bid": 3.0}, ["--budget", "100", "--min-bid", "5", "--max-bid", "3"],
+     "max_bid (3.0) must be above min_bid (5.0).", "--max-bid (3.0) must be above --min-bid (5.0)."),
+    ({"budget": 0.0}, ["--budget", "0"], "budget must be positive, got 0.0.", "--budget must be positive, got 0.0."),
+])
+def test_bid_errors_name_the_parameters_as_the_caller_spells_them(tmp_path, kwargs, args, python_message, cli_message):
+    # Checked before the warehouse is opened: no warehouse needed.
+    settings = make_settings(tmp_path)
+    with pytest.raises(ParameterError) as raised:
+        recommend_bids(settings.db_path, **kwargs)
+    assert str(raised.value) == python_message
+    assert cli_error(settings, "ads", "bid", *args) == cli_message
+
+
+def test_objective_weights_errors_name_the_parameter_as_the_caller_spells_it(tmp_path):
+    with pytest.raises(ParameterError, match="^objective_weights: cannot read 'revenue'; write name=weight pairs"):
+        parse_objective_weights("revenue")
+    assert cli_error(make_settings(tmp_path), "ads", "bid", "--budget", "1", "--objective-weights", "revenue").startswith(
+        "--objective-weights: cannot read 'revenue'; write name=weight pairs")
 
 
 def price_level_frame(seed: int, ads: int = 400):

@@ -9,10 +9,12 @@ from click.testing import CliRunner
 
 from lookalike_cli.index import faiss_index as index_module
 from lookalike_cli.audiences.catalog import create_audience
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli import api
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.audiences.expand import STRATEGIES, expand, parse_size
 from lookalike_cli.index.faiss_index import INDEX_FILE, build_index
-from tests.helpers import build_planted_warehouse
+from lookalike_cli.settings import Settings
+from tests.helpers import build_planted_warehouse, cli_error
 
 SEGMENT = 3
 SEED_SQL = f"select customer_id from customer_features where segment_id = {SEGMENT} order by customer_id limit 200"
@@ -152,7 +154,7 @@ def test_seed_table_and_seed_file(world, tmp_path):
     ({"seed_sql": SEED_SQL, "size": 100_000}, "population has only"),
     ({"seed_sql": SEED_SQL, "size": "150%"}, "percentage"),
     ({"seed_sql": SEED_SQL, "size": "lots"}, "positive count"),
-    ({"seed_sql": SEED_SQL, "size": None}, "--size"),
+    ({"seed_sql": SEED_SQL, "size": None}, "Give size .* or min_similarity"),
     ({"seed_sql": SEED_SQL, "size": 10, "strategy": "magic"}, "Unknown strategy"),
     ({"seed_sql": "select nope from customer_features", "size": 10}, "failed"),
     ({"seed_sql": SEED_SQL, "seed_table": "x", "size": 10}, "exactly one seed source"),
@@ -161,6 +163,33 @@ def test_bad_input_is_a_clear_error(world, kwargs, message):
     kwargs = {"size": 100, **kwargs}
     with pytest.raises(LookalikeError, match=message):
         expand(world["db"], world["root"] / "flat", progress=quiet, **kwargs)
+
+
+@pytest.mark.parametrize("options, python_message, cli_message", [
+    ({"size": "150%"}, "size 150%: a percentage must be in (0, 100].", "--size 150%: a percentage must be in (0, 100]."),
+    ({}, "Give size (20000 or 5%) or min_similarity (e.g. 0.8).", "Give --size (20000 or 5%) or --min-similarity (e.g. 0.8)."),
+    ({"size": "10", "exclude_sql": "select nope from customer_features"}, "exclude_sql failed: ", "--exclude-sql failed: "),
+])
+def test_bad_parameters_are_named_as_the_caller_spells_them(world, tmp_path, options, python_message, cli_message):
+    """A notebook user reads the keyword argument, a CLI user the flag (issue 17): the same input both ways."""
+    settings = Settings.resolve(db=world["db"], serving_db=tmp_path / "serving.duckdb", index_dir=world["root"] / "flat")
+    with pytest.raises(ParameterError) as raised:
+        api.expand(settings, seed_sql=SEED_SQL, progress=quiet, **options)
+    assert str(raised.value).startswith(python_message)
+    flags = [arg for key, value in options.items() for arg in ("--" + key.replace("_", "-"), value)]
+    message = cli_error(settings, "expand", "--name", "named", "--seed-sql", SEED_SQL, *flags)
+    assert message.startswith(cli_message)
+    assert message.removeprefix(cli_message) == str(raised.value).removeprefix(python_message)  # the same error otherwise
+    assert not settings.serving_db_path.exists()
+
+
+def test_audiences_file_errors_name_the_files_keys(world, tmp_path):
+    # The file's keys are expand's parameter names: an error found while computing says which audience, with no flag.
+    path = tmp_path / "audiences.yml"
+    path.write_text(f"audiences:\n  - name: close\n    seed_sql: {SEED_SQL}\n    min_similarity: 3\n")
+    settings = Settings.resolve(db=world["db"], serving_db=tmp_path / "serving.duckdb", index_dir=world["root"] / "flat")
+    assert cli_error(settings, "audiences", "apply", str(path)) == (
+        f"{path}: audience 'close': min_similarity 3 must be a cosine similarity in [-1, 1].")
 
 
 def test_small_seed_warns_like_ad_platforms(world):

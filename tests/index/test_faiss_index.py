@@ -158,7 +158,7 @@ def test_memory_budget_parses_shares_and_sizes(budget, expected):
 
 @pytest.mark.parametrize("budget", ["lots", "0%", "150%", "-3GB"])
 def test_bad_memory_budget_is_a_clear_error(budget):
-    with pytest.raises(LookalikeError, match="memory-budget"):
+    with pytest.raises(LookalikeError, match="memory_budget"):
         index_module.parse_memory_budget(budget, total_ram=1000)
 
 
@@ -244,7 +244,7 @@ def test_memory_estimate_at_100m_customers_chooses_ivf_pq_under_the_default_budg
 @pytest.mark.parametrize("pq_m", [7, 0])
 def test_pq_m_must_divide_the_dimension(warehouse, tmp_path, pq_m):
     db, _ = warehouse
-    with pytest.raises(LookalikeError, match="--pq-m .* must divide the embedding dimension 32"):
+    with pytest.raises(LookalikeError, match="pq_m .* must divide the embedding dimension 32"):
         build_index(db, tmp_path, index_type="ivf_pq", pq_m=pq_m, progress=quiet)
     assert not (tmp_path / INDEX_FILE).exists()
 

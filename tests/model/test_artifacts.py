@@ -41,7 +41,7 @@ def test_unwritable_models_folder_fails_before_training(tmp_path):
         folder.chmod(0o500)
     settings = Settings.resolve(db=tmp_path / "w.duckdb", onnx_dir=folder / "models")
     result = run_cli(settings, "train", expect_exit=1)
-    assert "Cannot write models to" in result.output and "LOOKALIKE_ONNX_DIR" in result.output
+    assert "Cannot write models to" in result.output and "(--onnx-dir, env LOOKALIKE_ONNX_DIR)" in result.output
 
 
 def test_missing_dbt_project_says_to_run_init(tmp_path):

@@ -15,13 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.personas.labels import (
-    LLMLabeller, Persona, ZeroShotLabeller, customer_space, diversity_sample, load_personas, read_profiles,
-    uncertainty_sample,
+    LLMLabeller, Persona, ZeroShotLabeller, customer_space, diversity_sample, label_sample, load_personas, make_labeller,
+    read_profiles, uncertainty_sample,
 )
 from lookalike_cli.warehouse.connection import replace_tables
-from tests.helpers import copy_warehouse, run_cli
+from tests.helpers import cli_error, copy_warehouse, make_settings, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,27 @@ def test_propagation_covers_everyone_and_agrees_with_direct_labels(labelled):
     assert np.array_equal(category_ids, embedding_ids) and category_vectors.shape == (customers, 64)
     assert np.allclose(np.linalg.norm(category_vectors, axis=1), 1, atol=1e-5)
     assert np.allclose(np.linalg.norm(embedding_vectors, axis=1), 1, atol=1e-5)
-    with pytest.raises(LookalikeError, match="Unknown --graph 'items'"):
+    with pytest.raises(LookalikeError, match="Unknown graph 'items'"):
         customer_space(labelled.db_path, "items")
+
+
+def test_label_errors_name_the_parameters_as_the_caller_spells_them(tmp_path):
+    from lookalike_cli.cli._common import flags
+    from lookalike_cli.cli.personas import label_cmd
+
+    # fraction is checked before the warehouse is read; the llm options once the personas are loaded,
+    # so here the CLI's rendering of those is checked with the flags of `personas label`.
+    settings = make_settings(tmp_path)
+    with pytest.raises(ParameterError) as raised:
+        label_sample(settings.db_path, fraction=2.0)
+    assert str(raised.value) == "fraction must be in (0, 1], got 2.0."
+    assert cli_error(settings, "personas", "label", "--fraction", "2") == "--fraction must be in (0, 1], got 2.0."
+    with pytest.raises(ParameterError) as raised:
+        make_labeller([], "llm")
+    assert str(raised.value).startswith("labeller 'llm' needs llm_url (an OpenAI-compatible base URL")
+    assert raised.value.render(flags(label_cmd, raised.value.params)).startswith("--labeller 'llm' needs --llm-url (")
+    with pytest.raises(ParameterError, match=r"^labeller 'llm' needs llm_model \(the model name"):
+        make_labeller([], "llm", llm_url="http://localhost:8000/v1")
 
 
 class FakeChatCompletions(BaseHTTPRequestHandler):
