@@ -1,4 +1,4 @@
-"""CLI commands for personas and segments: personas label|propagate|show, segment."""
+"""CLI commands for personas and segments: personas label|propagate|show, segment, recommend."""
 
 from __future__ import annotations
 
@@ -153,5 +153,74 @@ def segment_cmd(settings: Settings, k: str, publish: bool, **options) -> None:
     echo_table(profiles)
 
 
+@click.command("recommend")
+@click.option("--model", type=click.Choice(["persona-lightgcn", "lightgcn", "mf", "popularity"]), default="persona-lightgcn",
+              show_default=True, help="persona-lightgcn: LightGCN on the customer-persona-item graph (personas from customer_personas); "
+                                      "lightgcn: on customer-item only; mf: matrix factorisation (BPR); popularity.")
+@click.option("--item-column", default="category", show_default=True,
+              help="Column of the order lines that names the item (e.g. product_id on Complete Journey).")
+@click.option("--order-lines-table", default="raw.order_lines", show_default=True,
+              help="Table with customer_id, ordered_at and the item column (returns, quantity or amount < 0, are left out).")
+@click.option("--window", type=click.Choice(["feature", "serving"]), default="feature", show_default=True,
+              help="feature: learn from the feature window, evaluate on the held-out label window after it; "
+                   "serving: learn from everything before as_of_date (no evaluation).")
+@click.option("--k", "k", type=int, default=10, show_default=True, help="Recommendations per customer.")
+@click.option("--compare", is_flag=True, help="Also train mf and lightgcn on the same split and print their metrics "
+                                              "(popularity is always compared).")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Passes over the training interactions.")
+@click.option("--dim", type=int, default=64, show_default=True, help="Embedding dimension.")
+@click.option("--layers", type=int, default=3, show_default=True, help="LightGCN propagation layers.")
+@click.option("--batch-size", type=int, default=0, show_default=True, help="BPR pairs per step; 0 = about 40 steps an epoch.")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate.")
+@click.option("--reg", type=float, default=1e-4, show_default=True, help="L2 penalty on the batch's embeddings.")
+@click.option("--personas-table", default="customer_personas", show_default=True, help="Propagated personas (persona-lightgcn).")
+@click.option("--persona-edges", type=int, default=1, show_default=True, help="Each customer links to its top-n personas.")
+@click.option("--persona-weight", type=float, default=1.0, show_default=True,
+              help="Total weight of a customer's persona edges (each item edge weighs 1).")
+@click.option("--include-purchased", is_flag=True,
+              help="Also recommend (and count as hits) items the customer already bought in the training window.")
+@click.option("--min-item-customers", type=int, default=1, show_default=True, help="Items bought by fewer training customers are left out.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (initialisation, batches, negatives).")
+@click.option("--publish/--no-publish", default=True, show_default=True,
+              help="Replace customer_recommendations in the serving file BI tools read (atomic swap).")
+@click.option("--show", type=int, default=3, show_default=True, help="Print the recommendations of this many customers.")
+@pass_settings
+def recommend_cmd(settings: Settings, compare: bool, publish: bool, show: int, **options) -> None:
+    """Recommend items to every customer from a customer-persona-item graph (GPLR, LightGCN).
+
+    Learns from the (customer, item) pairs of the feature window plus each customer's persona edges
+    (customer_personas), evaluates NDCG@K and F1@K on the items bought in the held-out window after it
+    against popularity (and mf, lightgcn with --compare), and writes the top --k items per customer to
+    customer_recommendations (customer_id, rank, item, score, model_version) in the serving file, with
+    recommendation_runs and recommendation_metrics.
+
+    \b
+    Example:
+      lookalike personas label && lookalike personas propagate
+      lookalike recommend --k 10 --compare
+      lookalike recommend --item-column product_id --window serving     # Complete Journey products, all data
+    """
+    from lookalike_cli.personas.recommend import RecommendOptions, read_recommendations, recommend
+
+    result = recommend(settings.db_path, settings.serving_db_path if publish else None, RecommendOptions(**options),
+                       compare=compare, progress=progress)
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    s = result.summary
+    click.echo(f"{result.model_version}: {s['customers']:,} customers x {s['items']:,} items, {s['train_interactions']:,} training pairs"
+               f" ({s['train_start']} .. {s['train_end']}), trained in {s['train_seconds']:.1f}s")
+    if result.metrics:
+        rows = {}
+        for m in result.metrics:
+            rows.setdefault(m["model"], {"model": m["model"]}).update({f"NDCG@{m['k']}": round(m["ndcg"], 4), f"F1@{m['k']}": round(m["f1"], 4)})
+        import pyarrow as pa
+
+        click.echo(f"Held out: items first bought {s['train_end']} .. {s['test_end']} (exclusive), "
+                   f"{result.metrics[0]['customers_evaluated']:,} customers")
+        echo_table(pa.Table.from_pylist(list(rows.values())))
+    if publish and show > 0:
+        echo_table(read_recommendations(settings.serving_db_path, show))
+
+
 # The commands this module adds to `lookalike` (cli/main.py).
-COMMANDS = [personas_group, segment_cmd]
+COMMANDS = [personas_group, segment_cmd, recommend_cmd]
