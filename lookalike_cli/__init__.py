@@ -16,7 +16,7 @@ from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.settings import Settings
 from lookalike_cli.version import __version__
 
-API = ("generate_data", "build", "train", "score", "build_index", "expand", "publish", "show")
+API = ("generate_data", "build", "train", "score", "build_index", "expand", "publish", "show", "recommend")
 __all__ = ["Settings", "LookalikeError", "ParameterError", *API, "__version__"]
 
 

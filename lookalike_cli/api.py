@@ -85,3 +85,13 @@ def show(settings: Settings, name: str, version: int | None = None, limit: int =
     from lookalike_cli.audiences.catalog import show_audience
 
     return show_audience(settings.serving_db_path, name, version=version, limit=limit)
+
+
+def recommend(settings: Settings, model: str = "persona-lightgcn", k: int = 10, compare: bool = False, publish: bool = True,
+              progress: Progress = quiet, **options):
+    """Train a recommender on the customer(-persona)-item graph, evaluate it on the held-out window and (with `publish`)
+    replace customer_recommendations in the serving file; returns a RecommendResult (options: RecommendOptions)."""
+    from lookalike_cli.personas.recommend import RecommendOptions, recommend as run
+
+    return run(settings.db_path, settings.serving_db_path if publish else None, RecommendOptions(model=model, k=k, **options),
+               compare=compare, progress=progress)

@@ -167,12 +167,17 @@ def segment_cmd(settings: Settings, k: str, publish: bool, **options) -> None:
 @click.option("--k", "k", type=int, default=10, show_default=True, help="Recommendations per customer.")
 @click.option("--compare", is_flag=True, help="Also train mf and lightgcn on the same split and print their metrics "
                                               "(popularity is always compared).")
-@click.option("--epochs", type=int, default=30, show_default=True, help="Passes over the training interactions.")
+@click.option("--epochs", type=int, default=60, show_default=True,
+              help="At most this many passes over the training pairs (early stopping usually stops sooner).")
 @click.option("--dim", type=int, default=64, show_default=True, help="Embedding dimension.")
 @click.option("--layers", type=int, default=3, show_default=True, help="LightGCN propagation layers.")
-@click.option("--batch-size", type=int, default=0, show_default=True, help="BPR pairs per step; 0 = about 40 steps an epoch.")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate.")
+@click.option("--batch-size", type=int, default=0, show_default=True, help="BPR pairs per step; 0 = about 10 steps an epoch.")
+@click.option("--lr", type=float, default=0.02, show_default=True, help="Adam learning rate.")
 @click.option("--reg", type=float, default=1e-4, show_default=True, help="L2 penalty on the batch's embeddings.")
+@click.option("--validation-share", type=float, default=0.1, show_default=True,
+              help="Training pairs held out of the graph to pick the epoch (early stopping); 0 = train on all for --epochs.")
+@click.option("--eval-every", type=int, default=2, show_default=True, help="Epochs between validation checks.")
+@click.option("--patience", type=int, default=3, show_default=True, help="Checks without improvement before stopping.")
 @click.option("--personas-table", default="customer_personas", show_default=True, help="Propagated personas (persona-lightgcn).")
 @click.option("--persona-edges", type=int, default=1, show_default=True, help="Each customer links to its top-n personas.")
 @click.option("--persona-weight", type=float, default=1.0, show_default=True,

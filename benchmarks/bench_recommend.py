@@ -1,0 +1,281 @@
+"""Recommendations (issue 19, GPLR's first application): LightGCN on the customer-persona-item graph vs
+popularity, MF (BPR) and LightGCN on customer-item, on the same split, NDCG@K and F1@K over seeds.
+
+Split: the model learns from the (customer, item) pairs of the feature window [data start,
+feature_end_date) and is scored on the items each customer buys for the first time in the held-out
+label window after it (`lookalike recommend --window feature`). Personas must not see the held-out
+window, so they are labelled and propagated on a warehouse built as of the day before
+feature_end_date, once from a 5% sample and once labelling 100% of the customers, then the
+warehouse is rebuilt on all the data. One extra row shows what leaking does: personas labelled
+(5%) on the full warehouse, whose customer_features include the held-out window.
+
+    python -m benchmarks.bench_recommend --customers 20000 --seeds 3
+    python -m benchmarks.bench_recommend --scale 100000 --scale 300000     # time and peak memory only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import psutil
+
+from benchmarks.results import machine_line, markdown_table, write_section
+from lookalike_cli.cli.main import main
+from lookalike_cli.personas.recommend import (
+    EVAL_KS, RecommendOptions, evaluate, fit, load_interactions, load_persona_edges,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(db: Path, *args: str) -> None:
+    main.main(["--db", str(db), *args], standalone_mode=False)
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def copy_table(db: Path, source: str, target: str) -> None:
+    with duckdb.connect(str(db)) as con:
+        con.execute(f"create or replace table {target} as select * from {source}")
+
+
+def prepare(folder: Path, load: list[str], leaky: bool) -> Path:
+    """A warehouse with honest personas (as of the day before feature_end_date) from 5% and 100% labelling."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    db = folder / "w.duckdb"
+    cli(db, *load)
+    cli(db, "build")
+    with duckdb.connect(str(db), read_only=True) as con:
+        feature_end = con.execute("select feature_end_at from int_time_windows").fetchall()[0][0]
+    before = (feature_end - timedelta(days=1)).date()
+    say(f"{folder.name}: personas as of {before} (feature_end_date {feature_end.date()})")
+    cli(db, "build", "--vars", json.dumps({"as_of_date": str(before)}))
+    for fraction, table in ((0.05, "customer_personas_5pct"), (1.0, "customer_personas_100pct")):
+        start = time.perf_counter()
+        cli(db, "personas", "label", "--fraction", str(fraction), "--seed", "0")
+        cli(db, "personas", "propagate")
+        copy_table(db, "customer_personas", table)
+        say(f"{folder.name}: labelled {fraction:.0%} and propagated in {time.perf_counter() - start:.0f}s")
+    cli(db, "build")
+    if leaky:
+        cli(db, "personas", "label", "--fraction", "0.05", "--seed", "0")
+        cli(db, "personas", "propagate")
+        copy_table(db, "customer_personas", "customer_personas_leaky")
+    return db
+
+
+VARIANTS = (
+    # (label, model, personas table, options)
+    ("popularity", "popularity", None, {}),
+    ("MF (BPR)", "mf", None, {}),
+    ("LightGCN, customer-item", "lightgcn", None, {}),
+    ("ours: LightGCN, customer-persona-item, personas from 5%", "persona-lightgcn", "customer_personas_5pct", {}),
+    ("ours: LightGCN, customer-persona-item, personas from 100%", "persona-lightgcn", "customer_personas_100pct", {}),
+)
+EXTRA_VARIANTS = (
+    ("ours, 5%, top-3 personas per customer", "persona-lightgcn", "customer_personas_5pct", {"persona_edges": 3}),
+    ("ours, 5%, persona edge weight 5", "persona-lightgcn", "customer_personas_5pct", {"persona_weight": 5.0}),
+    ("ours, 5%, LEAKY personas (labelled on data incl. the held-out window)", "persona-lightgcn", "customer_personas_leaky", {}),
+)
+
+
+def run_models(db: Path, options: RecommendOptions, seeds: int, variants) -> tuple[list[list], dict]:
+    data = load_interactions(db, options.item_column, options.order_lines_table, min_item_customers=options.min_item_customers,
+                             progress=say)
+    items_per_customer = np.diff(data.train.indptr)
+    light = items_per_customer <= np.quantile(items_per_customer, 0.25)
+    rows, per_seed = [], {}
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+    for label, model, table, extra in variants:
+        if table is not None and table not in tables:
+            continue
+        personas = None
+        if table is not None:
+            opts = replace(options, personas_table=table, **extra)
+            personas = load_persona_edges(db, data.customer_ids, table, opts.persona_edges, opts.persona_weight)
+        runs = []
+        for seed in range(1 if model == "popularity" else seeds):
+            opts = replace(options, model=model, seed=seed, **extra)
+            fitted = fit(data, opts, personas)
+            metrics = {m["k"]: m for m in evaluate(fitted, data, EVAL_KS)}
+            light_ndcg = evaluate(fitted, data, (10,), only=light)[0]["ndcg"]
+            runs.append((metrics, light_ndcg, fitted.seconds, fitted.epoch))
+            say(f"  {label} seed {seed}: NDCG@10 {metrics[10]['ndcg']:.4f} (light customers {light_ndcg:.4f}), "
+                f"epoch {fitted.epoch}, {fitted.seconds:.0f}s")
+        per_seed[label] = [r[0][10]["ndcg"] for r in runs]
+        ndcg = {k: np.mean([r[0][k]["ndcg"] for r in runs]) for k in EVAL_KS}
+        f1 = {k: np.mean([r[0][k]["f1"] for r in runs]) for k in EVAL_KS}
+        sd = np.std([r[0][10]["ndcg"] for r in runs])
+        rows.append([label, *(f"{ndcg[k]:.4f}" for k in EVAL_KS), *(f"{f1[k]:.4f}" for k in EVAL_KS),
+                     f"{sd:.4f}" if len(runs) > 1 else "", f"{np.mean([r[1] for r in runs]):.4f}",
+                     f"{np.mean([r[3] for r in runs]):.0f}" if model != "popularity" else "",
+                     f"{np.mean([r[2] for r in runs]):.1f}"])
+    evaluated = evaluate(fit(data, replace(options, model="popularity")), data, (10,))[0]["customers_evaluated"]
+    info = {"customers": data.shape[0], "items": data.shape[1], "train": data.train.nnz, "test": data.test.nnz,
+            "evaluated": evaluated, "light": int((light & (np.diff(data.test.indptr) > 0)).sum()),
+            "light_max_items": int(items_per_customer[light].max()), "windows": data.windows, "per_seed": per_seed}
+    return rows, info
+
+
+HEADER = ["model", *(f"NDCG@{k}" for k in EVAL_KS), *(f"F1@{k}" for k in EVAL_KS), "sd NDCG@10",
+          "NDCG@10, light customers", "epoch kept", "train s"]
+
+
+def paired(info: dict, ours: str, base: str) -> str:
+    a, b = np.array(info["per_seed"].get(ours, [])), np.array(info["per_seed"].get(base, []))
+    if not len(a) or len(a) != len(b):
+        return ""
+    d = a - b
+    return f"{d.mean():+.4f} (per seed: {', '.join(f'{x:+.4f}' for x in d)})"
+
+
+def section(title: str, rows: list[list], info: dict) -> str:
+    w = info["windows"]
+    ours5 = "ours: LightGCN, customer-persona-item, personas from 5%"
+    ours100 = "ours: LightGCN, customer-persona-item, personas from 100%"
+    return (
+        f"**{title}**: {info['customers']:,} customers with a training pair x {info['items']:,} items, {info['train']:,} training pairs "
+        f"({w['train_start']} .. {w['train_end']}, exclusive); held out {info['test']:,} new (customer, item) pairs up to "
+        f"{w['test_end']} (exclusive); {info['evaluated']:,} customers evaluated, {info['light']:,} of them light "
+        f"(<= {info['light_max_items']} training items, the lightest quarter).\n\n"
+        + markdown_table(HEADER, rows)
+        + f"\n\nOurs (5%) minus LightGCN, NDCG@10: {paired(info, ours5, 'LightGCN, customer-item')}; "
+          f"ours (100%) minus LightGCN: {paired(info, ours100, 'LightGCN, customer-item')}."
+    )
+
+
+def tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def timed_command(db: Path, args: list[str], log: Path, threads: int | None = None) -> tuple[float, float, str]:
+    """(seconds, peak RSS MiB of the process tree, output) of `lookalike --db DB ARGS` in a subprocess."""
+    start = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lookalike_cli.cli.main", "--db", str(db), *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+        handle, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                peak = max(peak, tree_rss(handle))
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.2)
+    output = log.read_text()
+    if proc.returncode != 0:
+        raise SystemExit(f"lookalike {' '.join(args)} failed:\n{output[-3000:]}")
+    return time.perf_counter() - start, peak / 2**20, output
+
+
+def scale_rows(workdir: Path, scales: list[int], epochs: int, threads: int) -> list[list]:
+    rows = []
+    for n in scales:
+        folder = workdir / f"scale_{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        db = folder / "w.duckdb"
+        start = time.perf_counter()
+        cli(db, "generate-data", "--customers", str(n), "--seed", "11")
+        cli(db, "build")
+        say(f"scale {n:,}: generated and built in {time.perf_counter() - start:.0f}s")
+        label_s, label_mb, _ = timed_command(db, ["personas", "label", "--fraction", "0.05"], folder / "label.log")
+        prop_s, prop_mb, _ = timed_command(db, ["personas", "propagate"], folder / "propagate.log")
+        for model in ("lightgcn", "persona-lightgcn"):
+            seconds, peak, output = timed_command(
+                db, ["recommend", "--model", model, "--epochs", str(epochs), "--validation-share", "0", "--show", "0"],
+                folder / f"recommend_{model}.log", threads)
+            line = next(l for l in output.splitlines() if "trained in" in l)
+            trained = float(line.rsplit("trained in ", 1)[1].rstrip("s"))
+            pairs = int(line.split(" training pairs")[0].rsplit(", ", 1)[1].replace(",", ""))
+            rows.append([f"{n:,}", model, f"{pairs:,}", epochs, f"{trained:.0f}", f"{trained / epochs:.1f}", f"{seconds:.0f}",
+                         f"{peak:,.0f}", f"{label_s:.0f} / {prop_s:.0f}", f"{max(label_mb, prop_mb):,.0f}"])
+            say(f"scale {n:,} {model}: {rows[-1]}")
+    return rows
+
+
+def main_bench() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=20000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_recommend"))
+    parser.add_argument("--skip-generated", action="store_true")
+    parser.add_argument("--skip-completejourney", action="store_true")
+    parser.add_argument("--no-extras", action="store_true", help="Skip the persona variants and the leaky row.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine: 2 contended threads ran 5x slower).")
+    parser.add_argument("--scale", type=int, action="append", default=[], help="Also time `lookalike recommend` at N customers.")
+    parser.add_argument("--scale-epochs", type=int, default=5)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    variants = VARIANTS + (() if args.no_extras else EXTRA_VARIANTS)
+    options = RecommendOptions()
+    parts, started = [], time.perf_counter()
+    command = "python -m benchmarks.bench_recommend"
+    if not args.skip_generated or not args.skip_completejourney:
+        command += f" --customers {args.customers} --seeds {args.seeds}" + (" --no-extras" if args.no_extras else "")
+        if args.skip_generated:
+            command += " --skip-generated"
+        if args.skip_completejourney:
+            command += " --skip-completejourney"
+    if not args.skip_generated:
+        db = prepare(args.workdir / "generated", ["generate-data", "--customers", str(args.customers), "--seed", "11"], not args.no_extras)
+        rows, info = run_models(db, options, args.seeds, variants)
+        parts.append(section(f"Generated data, {args.customers:,} customers (seed 11, 12 planted segments), items = 300 categories",
+                             rows, info))
+    if not args.skip_completejourney:
+        db = prepare(args.workdir / "completejourney", ["load-sample", "completejourney"], not args.no_extras)
+        rows, info = run_models(db, options, args.seeds, variants)
+        parts.append(section("Complete Journey (2,469 households), items = product categories", rows, info))
+        products = replace(options, item_column="product_id", min_item_customers=5)
+        rows, info = run_models(db, products, args.seeds, variants[:5])
+        parts.append(section("Complete Journey, items = products bought by at least 5 households in the feature window", rows, info))
+    if args.scale:
+        command += "".join(f" --scale {n}" for n in args.scale) + f" --scale-epochs {args.scale_epochs}"
+        rows = scale_rows(args.workdir, args.scale, args.scale_epochs, args.threads)
+        parts.append(
+            f"**Time and peak memory** of `lookalike recommend --epochs {args.scale_epochs} --validation-share 0` in a subprocess "
+            f"(generated data, seed 11, personas from 5%; peak RSS of the process tree sampled every 0.2 s; torch threads {args.threads}):\n\n"
+            + markdown_table(["customers", "model", "training pairs", "epochs", "train s", "s / epoch", "command s", "peak RSS MiB",
+                              "personas label / propagate s", "personas peak RSS MiB"], rows))
+    body = (
+        f"{machine_line()}; shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end). torch threads {args.threads}. "
+        f"Every model: d = {options.dim}, Adam lr {options.lr}, L2 {options.reg}, BPR with one negative per pair, auto batch "
+        f"(~40 steps an epoch), LightGCN {options.layers} layers; at most {options.epochs} epochs, the epoch kept is the best "
+        f"NDCG@10 on {options.validation_share:.0%} of the training pairs held out of the graph (checked every {options.eval_every} epochs, "
+        f"stop after {options.patience} checks without gain). Metrics: mean over {args.seeds} seeds (initialisation, batches, "
+        "negatives; the data and personas fixed) of the per-customer NDCG@K and F1@K (2PR/(P+R), 0 without a hit) over the customers "
+        "with at least one new item in the held-out window; items bought in the training window are neither recommended nor counted.\n\n"
+        + "\n\n".join(parts)
+        + f"\n\nTotal {time.perf_counter() - started:.0f}s."
+    )
+    write_section("recommend", "Recommendations: LightGCN on customer-persona-item (GPLR) vs popularity, MF, LightGCN", body, command)
+
+
+if __name__ == "__main__":
+    main_bench()
