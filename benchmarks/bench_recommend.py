@@ -9,8 +9,8 @@ feature_end_date, once from a 5% sample and once labelling 100% of the customers
 warehouse is rebuilt on all the data. One extra row shows what leaking does: personas labelled
 (5%) on the full warehouse, whose customer_features include the held-out window.
 
-    python -m benchmarks.bench_recommend --customers 20000 --seeds 3
-    python -m benchmarks.bench_recommend --scale 100000 --scale 300000     # time and peak memory only
+    python -m benchmarks.bench_recommend --customers 10000 --seeds 3
+    python -m benchmarks.bench_recommend --skip-generated --skip-completejourney --scale 100000   # time, memory
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ EXTRA_VARIANTS = (
 )
 
 
-def run_models(db: Path, options: RecommendOptions, seeds: int, variants) -> tuple[list[list], dict]:
+def run_models(db: Path, options: RecommendOptions, seeds: int, variants, extras=(), extra_seeds: int = 1) -> tuple[list[list], dict]:
     data = load_interactions(db, options.item_column, options.order_lines_table, min_item_customers=options.min_item_customers,
                              progress=say)
     items_per_customer = np.diff(data.train.indptr)
@@ -101,15 +101,18 @@ def run_models(db: Path, options: RecommendOptions, seeds: int, variants) -> tup
     rows, per_seed = [], {}
     with duckdb.connect(str(db), read_only=True) as con:
         tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
-    for label, model, table, extra in variants:
+    for label, model, table, extra in [*variants, *extras]:
         if table is not None and table not in tables:
             continue
+        n_seeds = 1 if model == "popularity" else seeds if (label, model, table, extra) in variants else extra_seeds
+        if n_seeds == 1 and model != "popularity" and seeds > 1:
+            label += " (1 seed)"
         personas = None
         if table is not None:
             opts = replace(options, personas_table=table, **extra)
             personas = load_persona_edges(db, data.customer_ids, table, opts.persona_edges, opts.persona_weight)
         runs = []
-        for seed in range(1 if model == "popularity" else seeds):
+        for seed in range(n_seeds):
             opts = replace(options, model=model, seed=seed, **extra)
             fitted = fit(data, opts, personas)
             metrics = {m["k"]: m for m in evaluate(fitted, data, EVAL_KS)}
@@ -217,64 +220,77 @@ def scale_rows(workdir: Path, scales: list[int], epochs: int, threads: int) -> l
     return rows
 
 
+def preamble(options: RecommendOptions, seeds: int, threads: int) -> str:
+    return (
+        f"{machine_line()}; shared with other jobs (load average {os.getloadavg()[0]:.1f} when this section was written), "
+        f"torch threads {threads}. Every model: d = {options.dim}, Adam lr 0.005 (MF) / 0.02 (LightGCNs), L2 {options.reg}, BPR with "
+        f"one negative per pair, auto batch (~10 steps an epoch), LightGCN {options.layers} layers; at most {options.epochs} epochs, "
+        f"the epoch kept is the best NDCG@10 on {options.validation_share:.0%} of the training pairs held out of the graph (checked "
+        f"every {options.eval_every} epochs, stop after {options.patience} checks without gain). Metrics: mean over {seeds} seeds "
+        "(initialisation, batches, negatives; data and personas fixed) of the per-customer NDCG@K and F1@K (2PR/(P+R), 0 without "
+        "a hit) over the customers with at least one new item in the held-out window; items bought in the training window are "
+        "neither recommended nor counted. Personas are labelled zero-shot (the packaged sentence encoder, `lookalike personas "
+        "label`) on a warehouse built as of the day before feature_end_date, so they never see the held-out window. Rows marked "
+        "(1 seed) ran one seed."
+    )
+
+
 def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=20000)
+    parser.add_argument("--customers", type=int, default=10000)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--extra-seeds", type=int, default=1, help="Seeds of the extra persona variants and the leaky row.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_recommend"))
     parser.add_argument("--skip-generated", action="store_true")
     parser.add_argument("--skip-completejourney", action="store_true")
+    parser.add_argument("--skip-products", action="store_true", help="Complete Journey: categories only.")
     parser.add_argument("--no-extras", action="store_true", help="Skip the persona variants and the leaky row.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine: 2 contended threads ran 5x slower).")
-    parser.add_argument("--scale", type=int, action="append", default=[], help="Also time `lookalike recommend` at N customers.")
-    parser.add_argument("--scale-epochs", type=int, default=5)
+    parser.add_argument("--scale", type=int, action="append", default=[], help="Time `lookalike recommend` at N customers.")
+    parser.add_argument("--scale-epochs", type=int, default=3)
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    variants = VARIANTS + (() if args.no_extras else EXTRA_VARIANTS)
+    extras = () if args.no_extras else EXTRA_VARIANTS
     options = RecommendOptions()
-    parts, started = [], time.perf_counter()
-    command = "python -m benchmarks.bench_recommend"
-    if not args.skip_generated or not args.skip_completejourney:
-        command += f" --customers {args.customers} --seeds {args.seeds}" + (" --no-extras" if args.no_extras else "")
-        if args.skip_generated:
-            command += " --skip-generated"
-        if args.skip_completejourney:
-            command += " --skip-completejourney"
+    title = "Recommendations: LightGCN on customer-persona-item (GPLR) vs popularity, MF, LightGCN"
+    common = f" --seeds {args.seeds} --extra-seeds {args.extra_seeds}" + (" --no-extras" if args.no_extras else "") + \
+        (f" --threads {args.threads}" if args.threads != 1 else "")
     if not args.skip_generated:
-        db = prepare(args.workdir / "generated", ["generate-data", "--customers", str(args.customers), "--seed", "11"], not args.no_extras)
-        rows, info = run_models(db, options, args.seeds, variants)
-        parts.append(section(f"Generated data, {args.customers:,} customers (seed 11, 12 planted segments), items = 300 categories",
-                             rows, info))
+        started = time.perf_counter()
+        db = prepare(args.workdir / "generated", ["generate-data", "--customers", str(args.customers), "--seed", "11"], bool(extras))
+        rows, info = run_models(db, options, args.seeds, VARIANTS, extras, args.extra_seeds)
+        body = preamble(options, args.seeds, args.threads) + "\n\n" + section(
+            f"Generated data, {args.customers:,} customers (seed 11, 12 planted segments), items = 300 categories", rows, info)
+        write_section("recommend_generated", title + ", generated data", body + f"\n\nTotal {time.perf_counter() - started:.0f}s.",
+                      f"python -m benchmarks.bench_recommend --customers {args.customers}{common} --skip-completejourney")
     if not args.skip_completejourney:
-        db = prepare(args.workdir / "completejourney", ["load-sample", "completejourney"], not args.no_extras)
-        rows, info = run_models(db, options, args.seeds, variants)
-        parts.append(section("Complete Journey (2,469 households), items = product categories", rows, info))
-        products = replace(options, item_column="product_id", min_item_customers=5)
-        rows, info = run_models(db, products, args.seeds, variants[:5])
-        parts.append(section("Complete Journey, items = products bought by at least 5 households in the feature window", rows, info))
+        started = time.perf_counter()
+        db = prepare(args.workdir / "completejourney", ["load-sample", "completejourney"], bool(extras))
+        rows, info = run_models(db, options, args.seeds, VARIANTS, extras, args.extra_seeds)
+        parts = [section("Complete Journey (2,469 households), items = product categories", rows, info)]
+        if not args.skip_products:
+            products = replace(options, item_column="product_id", min_item_customers=5)
+            rows, info = run_models(db, products, args.seeds, VARIANTS, (), args.extra_seeds)
+            parts.append(section("Complete Journey, items = products bought by at least 5 households in the feature window", rows, info))
+        body = preamble(options, args.seeds, args.threads) + "\n\n" + "\n\n".join(parts)
+        write_section("recommend_completejourney", title + ", Complete Journey", body + f"\n\nTotal {time.perf_counter() - started:.0f}s.",
+                      f"python -m benchmarks.bench_recommend{common} --skip-generated" + (" --skip-products" if args.skip_products else ""))
     if args.scale:
-        command += "".join(f" --scale {n}" for n in args.scale) + f" --scale-epochs {args.scale_epochs}"
         rows = scale_rows(args.workdir, args.scale, args.scale_epochs, args.threads)
-        parts.append(
-            f"**Time and peak memory** of `lookalike recommend --epochs {args.scale_epochs} --validation-share 0` in a subprocess "
-            f"(generated data, seed 11, personas from 5%; peak RSS of the process tree sampled every 0.2 s; torch threads {args.threads}):\n\n"
-            + markdown_table(["customers", "model", "training pairs", "epochs", "train s", "s / epoch", "command s", "peak RSS MiB",
-                              "personas label / propagate s", "personas peak RSS MiB"], rows))
-    body = (
-        f"{machine_line()}; shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end). torch threads {args.threads}. "
-        f"Every model: d = {options.dim}, Adam lr {options.lr}, L2 {options.reg}, BPR with one negative per pair, auto batch "
-        f"(~40 steps an epoch), LightGCN {options.layers} layers; at most {options.epochs} epochs, the epoch kept is the best "
-        f"NDCG@10 on {options.validation_share:.0%} of the training pairs held out of the graph (checked every {options.eval_every} epochs, "
-        f"stop after {options.patience} checks without gain). Metrics: mean over {args.seeds} seeds (initialisation, batches, "
-        "negatives; the data and personas fixed) of the per-customer NDCG@K and F1@K (2PR/(P+R), 0 without a hit) over the customers "
-        "with at least one new item in the held-out window; items bought in the training window are neither recommended nor counted.\n\n"
-        + "\n\n".join(parts)
-        + f"\n\nTotal {time.perf_counter() - started:.0f}s."
-    )
-    write_section("recommend", "Recommendations: LightGCN on customer-persona-item (GPLR) vs popularity, MF, LightGCN", body, command)
+        body = (f"{machine_line()}; shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end). "
+                f"`lookalike recommend --epochs {args.scale_epochs} --validation-share 0` in a subprocess (no early stopping, so every "
+                "run does the same epochs) on generated data (seed 11), personas from 5%; peak RSS of the process tree sampled every "
+                f"0.2 s; torch threads {args.threads}. `command s` includes reading the interactions, scoring top-10 for every "
+                "customer and publishing the serving file.\n\n"
+                + markdown_table(["customers", "model", "training pairs", "epochs", "train s", "s / epoch", "command s", "peak RSS MiB",
+                                  "personas label / propagate s", "personas peak RSS MiB"], rows))
+        write_section("recommend_scale", "Recommendations: training time and peak memory by scale", body,
+                      "python -m benchmarks.bench_recommend --skip-generated --skip-completejourney"
+                      + "".join(f" --scale {n}" for n in args.scale) + f" --scale-epochs {args.scale_epochs}"
+                      + (f" --threads {args.threads}" if args.threads != 1 else ""))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def segment_cmd(settings: Settings, k: str, publish: bool, **options) -> None:
 @click.option("--dim", type=int, default=64, show_default=True, help="Embedding dimension.")
 @click.option("--layers", type=int, default=3, show_default=True, help="LightGCN propagation layers.")
 @click.option("--batch-size", type=int, default=0, show_default=True, help="BPR pairs per step; 0 = about 10 steps an epoch.")
-@click.option("--lr", type=float, default=0.02, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=float, default=None, help="Adam learning rate. Default: 0.005 for mf, 0.02 for the LightGCNs.")
 @click.option("--reg", type=float, default=1e-4, show_default=True, help="L2 penalty on the batch's embeddings.")
 @click.option("--validation-share", type=float, default=0.1, show_default=True,
               help="Training pairs held out of the graph to pick the epoch (early stopping); 0 = train on all for --epochs.")
