@@ -52,8 +52,19 @@ def copy_table(db: Path, source: str, target: str) -> None:
         con.execute(f"create or replace table {target} as select * from {source}")
 
 
-def prepare(folder: Path, load: list[str], leaky: bool) -> Path:
+def prepared(db: Path, leaky: bool) -> bool:
+    if not db.exists():
+        return False
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+    return {"customer_personas_5pct", "customer_personas_100pct", "int_time_windows"} | ({"customer_personas_leaky"} if leaky else set()) <= tables
+
+
+def prepare(folder: Path, load: list[str], leaky: bool, reuse: bool = False) -> Path:
     """A warehouse with honest personas (as of the day before feature_end_date) from 5% and 100% labelling."""
+    if reuse and prepared(folder / "w.duckdb", leaky):
+        say(f"{folder.name}: reusing {folder / 'w.duckdb'}")
+        return folder / "w.duckdb"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     db = folder / "w.duckdb"
@@ -241,6 +252,7 @@ def main_bench() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--extra-seeds", type=int, default=1, help="Seeds of the extra persona variants and the leaky row.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_recommend"))
+    parser.add_argument("--reuse", action="store_true", help="Reuse a workdir warehouse that already has the persona tables.")
     parser.add_argument("--skip-generated", action="store_true")
     parser.add_argument("--skip-completejourney", action="store_true")
     parser.add_argument("--skip-products", action="store_true", help="Complete Journey: categories only.")
@@ -260,7 +272,7 @@ def main_bench() -> None:
         (f" --threads {args.threads}" if args.threads != 1 else "")
     if not args.skip_generated:
         started = time.perf_counter()
-        db = prepare(args.workdir / "generated", ["generate-data", "--customers", str(args.customers), "--seed", "11"], bool(extras))
+        db = prepare(args.workdir / "generated", ["generate-data", "--customers", str(args.customers), "--seed", "11"], bool(extras), args.reuse)
         rows, info = run_models(db, options, args.seeds, VARIANTS, extras, args.extra_seeds)
         body = preamble(options, args.seeds, args.threads) + "\n\n" + section(
             f"Generated data, {args.customers:,} customers (seed 11, 12 planted segments), items = 300 categories", rows, info)
@@ -268,7 +280,7 @@ def main_bench() -> None:
                       f"python -m benchmarks.bench_recommend --customers {args.customers}{common} --skip-completejourney")
     if not args.skip_completejourney:
         started = time.perf_counter()
-        db = prepare(args.workdir / "completejourney", ["load-sample", "completejourney"], bool(extras))
+        db = prepare(args.workdir / "completejourney", ["load-sample", "completejourney"], bool(extras), args.reuse)
         rows, info = run_models(db, options, args.seeds, VARIANTS, extras, args.extra_seeds)
         parts = [section("Complete Journey (2,469 households), items = product categories", rows, info)]
         if not args.skip_products:

@@ -186,6 +186,8 @@ def segment_cmd(settings: Settings, k: str, publish: bool, **options) -> None:
               help="Also recommend (and count as hits) items the customer already bought in the training window.")
 @click.option("--min-item-customers", type=int, default=1, show_default=True, help="Items bought by fewer training customers are left out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (initialisation, batches, negatives).")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="torch threads for training and scoring; 0 = torch's default (all cores). On a busy machine 1 can be much faster.")
 @click.option("--publish/--no-publish", default=True, show_default=True,
               help="Replace customer_recommendations in the serving file BI tools read (atomic swap).")
 @click.option("--show", type=int, default=3, show_default=True, help="Print the recommendations of this many customers.")

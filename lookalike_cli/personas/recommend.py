@@ -37,6 +37,7 @@ import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -126,6 +127,7 @@ class RecommendOptions:
     include_purchased: bool = False
     min_item_customers: int = 1
     seed: int = 0
+    threads: int = 0               # torch intra-op threads while training and scoring; 0 = torch's default
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -143,7 +145,8 @@ class RecommendOptions:
                   ("validation_share", 0 <= self.validation_share < 1, "in [0, 1)"), ("eval_every", self.eval_every >= 1, "at least 1"),
                   ("patience", self.patience >= 1, "at least 1"),
                   ("persona_edges", self.persona_edges >= 1, "at least 1"), ("persona_weight", self.persona_weight > 0, "positive"),
-                  ("min_item_customers", self.min_item_customers >= 1, "at least 1")]
+                  ("min_item_customers", self.min_item_customers >= 1, "at least 1"),
+                  ("threads", self.threads >= 0, "0 (torch's default) or more")]
         for name, ok, what in checks:
             if not ok:
                 raise LookalikeError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)}.")
@@ -593,20 +596,28 @@ def recommend(db_path: Path, serving_path: Path | None, options: RecommendOption
             warnings.append(f"{n_users - covered:,} customers have no row in {options.personas_table} (propagated on another "
                             "population?): they get no persona edge.")
         if data.test is not None:
-            warnings.append(f"Held-out metrics of {options.model} are honest only if {options.personas_table} was propagated from "
-                            f"data before {data.windows['train_end']} (build with as_of_date before it, then label and propagate); "
-                            "customer_features as of as_of_date include the held-out window.")
+            before = data.windows["train_end"] - timedelta(days=1)
+            warnings.append(f"held-out metrics of {options.model} are optimistic if {options.personas_table} was labelled and "
+                            f"propagated on features that include the held-out window (customer_features are as of as_of_date). "
+                            f"For an honest comparison: lookalike build --vars '{{as_of_date: {before}}}', personas label, "
+                            "personas propagate, then lookalike build again (as benchmarks/bench_recommend.py does).")
     progress(f"Training {options.model} on {n_users:,} customers x {n_items:,} items ({options.window} window)")
-    fitted = fit(data, options, personas, progress)
-    model_version = f"{options.model}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-s{options.seed}"
-    metrics = [{**row, "model_version": model_version} for row in evaluate(fitted, data)]
-    if data.test is not None:
-        baselines = ["popularity"] + (["mf", "lightgcn"] if compare else [])
-        for baseline in [b for b in baselines if b != options.model]:
-            progress(f"Training baseline {baseline} on the same split")
-            other = fit(data, replace(options, model=baseline), None, progress)
-            metrics.extend({**row, "model_version": model_version} for row in evaluate(other, data))
-    table = recommendations_table(fitted, data, options.k, model_version, not options.include_purchased)
+    previous_threads = torch.get_num_threads()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    try:
+        fitted = fit(data, options, personas, progress)
+        model_version = f"{options.model}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-s{options.seed}"
+        metrics = [{**row, "model_version": model_version} for row in evaluate(fitted, data)]
+        if data.test is not None:
+            baselines = ["popularity"] + (["mf", "lightgcn"] if compare else [])
+            for baseline in [b for b in baselines if b != options.model]:
+                progress(f"Training baseline {baseline} on the same split")
+                other = fit(data, replace(options, model=baseline), None, progress)
+                metrics.extend({**row, "model_version": model_version} for row in evaluate(other, data))
+        table = recommendations_table(fitted, data, options.k, model_version, not options.include_purchased)
+    finally:
+        torch.set_num_threads(previous_threads)
     summary = {"model_version": model_version, "model": options.model, "customers": n_users, "items": n_items,
                "train_interactions": int(data.train.nnz), "held_out_interactions": int(data.test.nnz) if data.test is not None else 0,
                "persona_edges": fitted.persona_edges, "rows": table.num_rows, "train_seconds": round(fitted.seconds, 2),

@@ -52,7 +52,7 @@ def warehouse(tmp_path_factory) -> dict:
     shutil.copyfile(db, before_personas)
     cli(db, "personas", "label", "--fraction", "0.05", "--seed", "1")
     cli(db, "personas", "propagate")
-    result = cli(db, "recommend", "--k", "5", "--epochs", EPOCHS, "--seed", "1")
+    result = cli(db, "recommend", "--k", "5", "--epochs", EPOCHS, "--seed", "1", "--threads", "1")
     return {"db": db, "serving": folder / "w_serving.duckdb", "no_personas": before_personas, "output": result.output}
 
 
@@ -122,6 +122,18 @@ def test_no_personas_yet_is_one_line_and_keeps_previous_recommendations(warehous
     # The customer-item models need no personas.
     cli(warehouse["no_personas"], "recommend", "--model", "popularity", "--no-publish", serving=serving)
     assert digest(serving) == before
+
+
+@pytest.mark.slow
+def test_serving_window_learns_from_all_data_without_evaluation(warehouse):
+    serving = warehouse["serving"]
+    before = digest(serving)
+    result = cli(warehouse["db"], "recommend", "--model", "popularity", "--window", "serving", "--no-publish")
+    assert "Held out" not in result.output and "NDCG" not in result.output
+    with duckdb.connect(str(warehouse["db"]), read_only=True) as con:
+        as_of_at = con.execute("select cast(as_of_at as date) from int_time_windows").fetchall()[0][0]
+    assert f".. {as_of_at})" in result.output  # trained on everything before as_of_at (the day after as_of_date)
+    assert digest(serving) == before  # --no-publish writes nothing
 
 
 # --------------------------------------------------------------------------- units (no warehouse)
