@@ -197,9 +197,10 @@ def recommend_cmd(settings: Settings, compare: bool, publish: bool, show: int, *
 
     Learns from the (customer, item) pairs of the feature window plus each customer's persona edges
     (customer_personas), evaluates NDCG@K and F1@K on the items bought in the held-out window after it
-    against popularity (and mf, lightgcn with --compare), and writes the top --k items per customer to
-    customer_recommendations (customer_id, rank, item, score, model_version) in the serving file, with
-    recommendation_runs and recommendation_metrics.
+    against popularity (and mf, lightgcn with --compare), and writes the top --k items of every customer
+    (customer_features) to customer_recommendations (customer_id, rank, item, score, model_version) in the
+    serving file, with recommendation_runs and recommendation_metrics. Customers without a purchase in the
+    training window get the most popular items.
 
     \b
     Example:
@@ -215,7 +216,8 @@ def recommend_cmd(settings: Settings, compare: bool, publish: bool, show: int, *
         click.echo(f"Warning: {warning}", err=True)
     s = result.summary
     click.echo(f"{result.model_version}: {s['customers']:,} customers x {s['items']:,} items, {s['train_interactions']:,} training pairs"
-               f" ({s['train_start']} .. {s['train_end']}), trained in {s['train_seconds']:.1f}s")
+               f" ({s['train_start']} .. {s['train_end']}), trained in {s['train_seconds']:.1f}s; "
+               f"{s['cold_start_customers']:,} more customers without a training purchase get the most popular items")
     if result.metrics:
         rows = {}
         for m in result.metrics:

@@ -1,97 +1,100 @@
-"""`lookalike recommend` (issue 19): LightGCN on the customer-persona-item graph, on a small generated
-warehouse built here through the CLI (self-contained: no shared fixtures), plus the ranking metrics
-and the bad inputs that must leave the published recommendations as they were."""
+"""`lookalike recommend` (issue 19): LightGCN on the customer-persona-item graph, trained through the CLI
+on a copy of the shared generated warehouse (3,000 customers), plus the ranking metrics and the bad
+inputs that must leave the published recommendations as they were."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import shutil
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from click.testing import CliRunner
 
-from lookalike_cli.cli.main import main
 from lookalike_cli.personas.recommend import (
     Fitted, Interactions, RecommendOptions, evaluate, fit, normalised_adjacency, sample_negatives, top_k,
 )
+from tests.helpers import copy_warehouse, query, run_cli, serving_connection
 
-CUSTOMERS = 1500
 EPOCHS = "20"
 
 
-def cli(db: Path, *args: str, serving: Path | None = None, expect_exit: int = 0):
-    serving = serving or db.with_name(db.stem + "_serving.duckdb")
-    result = CliRunner().invoke(main, ["--db", str(db), "--serving-db", str(serving), *args], catch_exceptions=False)
-    assert result.exit_code == expect_exit, f"exit {result.exit_code}: {result.output}"
-    return result
-
-
-def serving_rows(serving: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(serving), read_only=True) as con:
+def serving_rows(settings, sql: str) -> list[tuple]:
+    with serving_connection(settings) as con:
         return con.execute(sql).fetchall()
 
 
-def digest(serving: Path) -> str:
-    rows = serving_rows(serving, "select * from customer_recommendations order by customer_id, rank")
+def joined_rows(settings, sql: str) -> list[tuple]:
+    """Rows of a query on the warehouse with the serving file attached as `serving`."""
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        con.execute(f"attach '{settings.serving_db_path}' as serving (read_only)")
+        return con.execute(sql).fetchall()
+
+
+def digest(settings) -> str:
+    rows = serving_rows(settings, "select * from customer_recommendations order by customer_id, rank")
     return hashlib.sha256(repr(rows).encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory) -> dict:
-    """A generated warehouse with personas (5% zero-shot, propagated) and one published recommendation run;
-    also a copy taken before personas existed."""
+def warehouse(generated_warehouse, tmp_path_factory) -> dict:
+    """The generated warehouse with personas (5% zero-shot, propagated) and one published recommendation run;
+    also a copy without personas that publishes to the same serving file."""
     folder = tmp_path_factory.mktemp("recommend")
-    db = folder / "w.duckdb"
-    cli(db, "generate-data", "--customers", str(CUSTOMERS), "--seed", "3")
-    cli(db, "build")
-    before_personas = folder / "no_personas.duckdb"
-    shutil.copyfile(db, before_personas)
-    cli(db, "personas", "label", "--fraction", "0.05", "--seed", "1")
-    cli(db, "personas", "propagate")
-    result = cli(db, "recommend", "--k", "5", "--epochs", EPOCHS, "--seed", "1", "--threads", "1")
-    return {"db": db, "serving": folder / "w_serving.duckdb", "no_personas": before_personas, "output": result.output}
+    settings = copy_warehouse(generated_warehouse, folder, "recommend")
+    no_personas = dataclasses.replace(copy_warehouse(generated_warehouse, folder, "no_personas"),
+                                      serving_db_path=settings.serving_db_path)
+    run_cli(settings, "personas", "label", "--fraction", "0.05", "--seed", "1")
+    run_cli(settings, "personas", "propagate")
+    result = run_cli(settings, "recommend", "--k", "5", "--epochs", EPOCHS, "--seed", "1", "--threads", "1")
+    return {"settings": settings, "no_personas": no_personas, "output": result.output}
 
 
 @pytest.mark.slow
-def test_recommend_publishes_top_k_new_items_per_customer(warehouse):
-    serving, db = warehouse["serving"], warehouse["db"]
+def test_recommend_publishes_top_k_new_items_for_every_customer(warehouse):
+    settings = warehouse["settings"]
     assert "NDCG@10" in warehouse["output"] and "persona-lightgcn" in warehouse["output"]
-    columns = [r[0] for r in serving_rows(serving, "describe customer_recommendations")]
+    columns = [r[0] for r in serving_rows(settings, "describe customer_recommendations")]
     assert columns == ["customer_id", "rank", "item", "score", "model_version"]
-    per_customer = serving_rows(serving, """
+    per_customer = serving_rows(settings, """
         select count(*), min(rank), max(rank), count(distinct item), bool_and(score is not null)
         from customer_recommendations group by customer_id""")
     assert all(n == 5 and lo == 1 and hi == 5 and distinct == 5 and scored for n, lo, hi, distinct, scored in per_customer)
     # Ranks follow scores.
-    assert serving_rows(serving, """
+    assert serving_rows(settings, """
         select count(*) from (select score < lead(score) over (partition by customer_id order by rank) as wrong
                               from customer_recommendations) where wrong""")[0][0] == 0
-    # Nothing bought in the training window is recommended (the default), and every trained customer is covered.
-    with duckdb.connect(str(db), read_only=True) as con:
-        con.execute(f"attach '{serving}' as serving (read_only)")
-        bought = con.execute("""
-            select count(*) from serving.customer_recommendations r
-            join raw.order_lines o on o.customer_id = r.customer_id and o.category = r.item
-            where o.ordered_at < (select feature_end_at from int_time_windows) and o.quantity > 0 and o.amount >= 0
-        """).fetchall()[0][0]
-        trained = con.execute("""
-            select count(distinct customer_id) from raw.order_lines
-            where ordered_at < (select feature_end_at from int_time_windows) and category is not null and quantity >= 0 and amount >= 0
-        """).fetchall()[0][0]
-    assert bought == 0
-    assert len(per_customer) == trained
-    version = serving_rows(serving, "select distinct model_version from customer_recommendations")
-    runs = serving_rows(serving, "select model_version, model, k, customers from recommendation_runs")
-    assert len(version) == 1 and [(r[0], r[1], r[2], r[3]) for r in runs] == [(version[0][0], "persona-lightgcn", 5, trained)]
+    # Nothing bought in the training window is recommended (the default).
+    assert joined_rows(settings, """
+        select count(*) from serving.customer_recommendations r
+        join raw.order_lines o on o.customer_id = r.customer_id and o.category = r.item
+        where o.ordered_at < (select feature_end_at from int_time_windows) and o.quantity > 0 and o.amount >= 0
+    """)[0][0] == 0
+    # Every customer is covered: those with a training purchase by the model, the others (no orders yet, or
+    # first orders after the feature window) by the training window's most popular items, in that order.
+    trained_sql = """
+        select distinct customer_id from raw.order_lines
+        where ordered_at < (select feature_end_at from int_time_windows) and category is not null and quantity >= 0 and amount >= 0"""
+    trained = query(settings, f"select count(*) from ({trained_sql})")[0][0]
+    customers = query(settings, "select count(*) from customer_features")[0][0]
+    assert len(per_customer) == customers > trained
+    popular = [r[0] for r in query(settings, """
+        select category from raw.order_lines
+        where ordered_at < (select feature_end_at from int_time_windows) and category is not null and quantity >= 0 and amount >= 0
+        group by category order by count(distinct customer_id) desc, category limit 5""")]
+    cold = joined_rows(settings, f"""
+        select customer_id, list(item order by rank) from serving.customer_recommendations
+        where customer_id not in ({trained_sql}) group by customer_id""")
+    assert len(cold) == customers - trained and all(items == popular for _, items in cold), (popular, cold[:3])
+    version = serving_rows(settings, "select distinct model_version from customer_recommendations")
+    runs = serving_rows(settings, "select model_version, model, k, customers, cold_start_customers from recommendation_runs")
+    assert len(version) == 1 and runs == [(version[0][0], "persona-lightgcn", 5, trained, customers - trained)]
 
 
 @pytest.mark.slow
 def test_ours_beats_popularity_on_held_out_ndcg(warehouse):
-    metrics = dict(serving_rows(warehouse["serving"], "select model, ndcg from recommendation_metrics where k = 10"))
+    metrics = dict(serving_rows(warehouse["settings"], "select model, ndcg from recommendation_metrics where k = 10"))
     assert set(metrics) == {"persona-lightgcn", "popularity"}
     assert metrics["persona-lightgcn"] > metrics["popularity"], metrics
 
@@ -99,41 +102,40 @@ def test_ours_beats_popularity_on_held_out_ndcg(warehouse):
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--item-column", "product_id"], "Item column 'product_id' not found in raw.order_lines"),
-    (["--k", "100000"], "--k 100000 is larger than the"),
+    (["--k", "100000"], "--k 100000 is larger than the 300 items (category) of the training window: choose --k 300 or less."),
     (["--k", "0"], "--k must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_keeps_previous_recommendations(warehouse, args, message):
-    serving = warehouse["serving"]
-    before = digest(serving)
-    result = cli(warehouse["db"], "recommend", "--epochs", "1", *args, expect_exit=1)
+    settings = warehouse["settings"]
+    before = digest(settings)
+    result = run_cli(settings, "recommend", "--epochs", "1", *args, expect_exit=1)
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], result.output
-    assert digest(serving) == before
+    assert digest(settings) == before
 
 
 @pytest.mark.slow
 def test_no_personas_yet_is_one_line_and_keeps_previous_recommendations(warehouse):
-    serving = warehouse["serving"]
-    before = digest(serving)
-    result = cli(warehouse["no_personas"], "recommend", serving=serving, expect_exit=1)
+    no_personas = warehouse["no_personas"]  # publishes to the same serving file
+    before = digest(no_personas)
+    result = run_cli(no_personas, "recommend", expect_exit=1)
     assert result.output.strip().splitlines()[-1].startswith("Error: Table customer_personas not found")
     assert "lookalike personas propagate" in result.output
-    assert digest(serving) == before
+    assert digest(no_personas) == before
     # The customer-item models need no personas.
-    cli(warehouse["no_personas"], "recommend", "--model", "popularity", "--no-publish", serving=serving)
-    assert digest(serving) == before
+    run_cli(no_personas, "recommend", "--model", "popularity", "--no-publish")
+    assert digest(no_personas) == before
 
 
 @pytest.mark.slow
 def test_serving_window_learns_from_all_data_without_evaluation(warehouse):
-    serving = warehouse["serving"]
-    before = digest(serving)
-    result = cli(warehouse["db"], "recommend", "--model", "popularity", "--window", "serving", "--no-publish")
+    settings = warehouse["settings"]
+    before = digest(settings)
+    result = run_cli(settings, "recommend", "--model", "popularity", "--window", "serving", "--no-publish")
     assert "Held out" not in result.output and "NDCG" not in result.output
-    with duckdb.connect(str(warehouse["db"]), read_only=True) as con:
-        as_of_at = con.execute("select cast(as_of_at as date) from int_time_windows").fetchall()[0][0]
+    as_of_at = query(settings, "select cast(as_of_at as date) from int_time_windows")[0][0]
     assert f".. {as_of_at})" in result.output  # trained on everything before as_of_at (the day after as_of_date)
-    assert digest(serving) == before  # --no-publish writes nothing
+    assert digest(settings) == before  # --no-publish writes nothing
 
 
 # --------------------------------------------------------------------------- units (no warehouse)
