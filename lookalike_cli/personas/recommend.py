@@ -53,7 +53,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 import torch
 
-from lookalike_cli.errors import LookalikeError
+from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.warehouse.connection import connection, table_columns, table_exists
 
@@ -140,14 +140,14 @@ class RecommendOptions:
 
     def validate(self) -> None:
         if self.model not in MODELS:
-            raise LookalikeError(f"Unknown --model {self.model!r}; choose one of {', '.join(MODELS)}.")
+            raise ParameterError(f"Unknown {{model}} {self.model!r}; choose one of {', '.join(MODELS)}.", "model")
         if self.window not in WINDOWS:
-            raise LookalikeError(f"Unknown --window {self.window!r}; choose one of {', '.join(WINDOWS)}.")
+            raise ParameterError(f"Unknown {{window}} {self.window!r}; choose one of {', '.join(WINDOWS)}.", "window")
         for name in ("order_lines_table", "personas_table"):
             if not IDENTIFIER.match(getattr(self, name)):
-                raise LookalikeError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not a table name (table or schema.table).")
+                raise ParameterError(f"{{{name}}} {getattr(self, name)!r} is not a table name (table or schema.table).", name)
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.item_column):
-            raise LookalikeError(f"--item-column {self.item_column!r} is not a column name.")
+            raise ParameterError(f"{{item_column}} {self.item_column!r} is not a column name.", "item_column")
         checks = [("k", self.k >= 1, "at least 1"), ("dim", self.dim >= 1, "at least 1"), ("layers", self.layers >= 0, "0 or more"),
                   ("epochs", self.epochs >= 1, "at least 1"), ("batch_size", self.batch_size >= 0, "0 (auto) or more"),
                   ("lr", self.lr is None or self.lr > 0, "positive"), ("reg", self.reg >= 0, "0 or more"),
@@ -158,7 +158,7 @@ class RecommendOptions:
                   ("threads", self.threads >= 0, "0 (torch's default) or more")]
         for name, ok, what in checks:
             if not ok:
-                raise LookalikeError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)}.")
+                raise ParameterError(f"{{{name}}} must be {what}, got {getattr(self, name)}.", name)
 
     @property
     def learning_rate(self) -> float:
@@ -223,13 +223,14 @@ def _time_bounds(con, window: str) -> dict:
 def check_source(con, table: str, item_column: str) -> list[str]:
     """The order-line table's columns, after checking it has customer_id, ordered_at and the item column."""
     if not table_exists(con, table):
-        raise LookalikeError(f"Table {table} not found in the warehouse: load data with `lookalike generate-data` or "
-                             "`lookalike load-sample completejourney`, or name your order-line table with --order-lines-table.")
+        raise ParameterError(f"Table {table} not found in the warehouse: load data with `lookalike generate-data` or "
+                             "`lookalike load-sample completejourney`, or name your order-line table with {order_lines_table}.",
+                             "order_lines_table")
     columns = table_columns(con, table)
     lowered = {c.lower() for c in columns}
     if item_column.lower() not in lowered:
-        raise LookalikeError(f"Item column {item_column!r} not found in {table} (columns: {', '.join(columns)}); "
-                             "choose one with --item-column.")
+        raise ParameterError(f"{{item_column}} {item_column!r} not found in {table} (columns: {', '.join(columns)}); "
+                             "choose one of them.", "item_column")
     missing = [c for c in ("customer_id", "ordered_at") if c not in lowered]
     if missing:
         raise LookalikeError(f"{table} has no {' or '.join(missing)} column: the recommender reads customer_id, ordered_at "
@@ -310,8 +311,7 @@ def load_persona_edges(db_path: Path, customer_ids: np.ndarray, table: str = PER
     renormalised to sum to `weight`. Rows of customers missing from the table are empty."""
     with connection(db_path, read_only=True) as con:
         if not table_exists(con, table):
-            raise LookalikeError(f"Table {table} not found: personas are needed for --model persona-lightgcn. Run "
-                                 "`lookalike personas label` and `lookalike personas propagate` first (or --model lightgcn).")
+            raise no_personas_error(table)
         columns = {c.lower() for c in table_columns(con, table)}
         missing = {"customer_id", "persona_id", "probability", "persona_rank"} - columns
         if missing:
@@ -603,8 +603,12 @@ def check_inputs(db_path: Path, options: RecommendOptions) -> None:
             if not table_exists(con, table):
                 raise LookalikeError(f"Table {table} not found in the warehouse. {WINDOWS_HINT}")
         if options.uses_personas and not table_exists(con, options.personas_table):
-            raise LookalikeError(f"Table {options.personas_table} not found: personas are needed for --model persona-lightgcn. "
-                                 "Run `lookalike personas label` and `lookalike personas propagate` first (or --model lightgcn).")
+            raise no_personas_error(options.personas_table)
+
+
+def no_personas_error(table: str) -> ParameterError:
+    return ParameterError(f"Table {table} not found: {{model}} 'persona-lightgcn' needs personas. Run `lookalike personas label` "
+                          "and `lookalike personas propagate` first (or choose {model} 'lightgcn').", "model")
 
 
 def recommend(db_path: Path, serving_path: Path | None, options: RecommendOptions | None = None, compare: bool = False,
@@ -618,8 +622,8 @@ def recommend(db_path: Path, serving_path: Path | None, options: RecommendOption
                              options.include_purchased, options.min_item_customers, progress)
     n_users, n_items = data.shape
     if options.k > n_items:
-        raise LookalikeError(f"--k {options.k} is larger than the {n_items:,} items ({options.item_column}) of the training window: "
-                             f"choose --k {n_items} or less.")
+        raise ParameterError(f"{{k}} {options.k} is larger than the {n_items:,} items ({options.item_column}) of the training window: "
+                             f"choose {{k}} {n_items} or less.", "k")
     cold_ids = np.setdiff1d(load_population(db_path), data.customer_ids)
     personas = None
     warnings = []

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from lookalike_cli.errors import ParameterError
 from lookalike_cli.personas.recommend import (
     Fitted, Interactions, RecommendOptions, evaluate, fit, normalised_adjacency, sample_negatives, top_k,
 )
-from tests.helpers import copy_warehouse, query, run_cli, serving_connection
+from tests.helpers import cli_error, copy_warehouse, query, run_cli, serving_connection
 
 EPOCHS = "20"
 
@@ -101,16 +102,14 @@ def test_ours_beats_popularity_on_held_out_ndcg(warehouse):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
-    (["--item-column", "product_id"], "Item column 'product_id' not found in raw.order_lines"),
+    (["--item-column", "product_id"], "--item-column 'product_id' not found in raw.order_lines (columns: "),
     (["--k", "100000"], "--k 100000 is larger than the 300 items (category) of the training window: choose --k 300 or less."),
     (["--k", "0"], "--k must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_keeps_previous_recommendations(warehouse, args, message):
     settings = warehouse["settings"]
     before = digest(settings)
-    result = run_cli(settings, "recommend", "--epochs", "1", *args, expect_exit=1)
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0], result.output
+    assert message in cli_error(settings, "recommend", "--epochs", "1", *args)
     assert digest(settings) == before
 
 
@@ -118,9 +117,9 @@ def test_bad_input_is_one_line_and_keeps_previous_recommendations(warehouse, arg
 def test_no_personas_yet_is_one_line_and_keeps_previous_recommendations(warehouse):
     no_personas = warehouse["no_personas"]  # publishes to the same serving file
     before = digest(no_personas)
-    result = run_cli(no_personas, "recommend", expect_exit=1)
-    assert result.output.strip().splitlines()[-1].startswith("Error: Table customer_personas not found")
-    assert "lookalike personas propagate" in result.output
+    message = cli_error(no_personas, "recommend")
+    assert message.startswith("Table customer_personas not found: --model 'persona-lightgcn' needs personas.")
+    assert "lookalike personas propagate" in message
     assert digest(no_personas) == before
     # The customer-item models need no personas.
     run_cli(no_personas, "recommend", "--model", "popularity", "--no-publish")
@@ -148,6 +147,13 @@ def tiny(train_rows, test_rows, n_users=3, n_items=4) -> Interactions:
 
     return Interactions(np.arange(n_users, dtype=np.int64) + 100, np.array([f"i{j}" for j in range(n_items)], dtype=object),
                         matrix(train_rows), matrix(test_rows), {}, "t", "item")
+
+
+def test_option_errors_name_the_python_parameter():
+    with pytest.raises(ParameterError, match=r"^k must be at least 1, got 0\.$"):
+        RecommendOptions(k=0).validate()
+    with pytest.raises(ParameterError, match=r"^Unknown model 'gcn'; choose one of persona-lightgcn, lightgcn, mf, popularity\.$"):
+        RecommendOptions(model="gcn").validate()
 
 
 def test_ndcg_and_f1_against_hand_computed_values():
