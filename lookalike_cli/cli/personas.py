@@ -188,6 +188,9 @@ def segment_cmd(settings: Settings, k: str, publish: bool, **options) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (initialisation, batches, negatives).")
 @click.option("--threads", type=int, default=0, show_default=True,
               help="torch threads for training and scoring; 0 = torch's default (all cores). On a busy machine 1 can be much faster.")
+@click.option("--refit/--no-refit", default=True, show_default=True,
+              help="With --window feature: after the held-out evaluation, train again on every purchase before as_of_date "
+                   "(as many epochs as validation chose) and publish that model, so recommendations use the latest purchases.")
 @click.option("--publish/--no-publish", default=True, show_default=True,
               help="Replace customer_recommendations in the serving file BI tools read (atomic swap).")
 @click.option("--show", type=int, default=3, show_default=True, help="Print the recommendations of this many customers.")
@@ -199,8 +202,9 @@ def recommend_cmd(settings: Settings, compare: bool, publish: bool, show: int, *
     (customer_personas), evaluates NDCG@K and F1@K on the items bought in the held-out window after it
     against popularity (and mf, lightgcn with --compare), and writes the top --k items of every customer
     (customer_features) to customer_recommendations (customer_id, rank, item, score, model_version) in the
-    serving file, with recommendation_runs and recommendation_metrics. Customers without a purchase in the
-    training window get the most popular items.
+    serving file, with recommendation_runs and recommendation_metrics. The published model is trained again
+    on every purchase before as_of_date (--no-refit publishes the evaluated one). Customers without a
+    purchase in the training window get the most popular items.
 
     \b
     Example:

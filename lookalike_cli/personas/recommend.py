@@ -137,6 +137,11 @@ class RecommendOptions:
     min_item_customers: int = 1
     seed: int = 0
     threads: int = 0               # torch intra-op threads while training and scoring; 0 = torch's default
+    # With window="feature": after the held-out evaluation, train again on everything before as_of_date
+    # (the serving window) for the epoch count validation chose, and publish that model's top K. Serving
+    # never uses a window that stops before the latest data (DESIGN.md): the evaluated model would miss
+    # the last quarter's purchases. False publishes the evaluated model itself.
+    refit: bool = True
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -655,12 +660,20 @@ def recommend(db_path: Path, serving_path: Path | None, options: RecommendOption
                 progress(f"Training baseline {baseline} on the same split")
                 other = fit(data, replace(options, model=baseline), None, progress)
                 metrics.extend({**row, "model_version": model_version} for row in evaluate(other, data))
-        table = recommendations_table(fitted, data, options.k, model_version, not options.include_purchased)
-        if len(cold_ids):
-            table = pa.concat_tables([table, cold_start_table(data, cold_ids, options.k, model_version)])
+        published, published_data, published_cold = fitted, data, cold_ids
+        if options.refit and data.test is not None and serving_path is not None:
+            published_data, published = refit_on_serving(db_path, options, fitted, progress)
+            published_cold = np.setdiff1d(load_population(db_path), published_data.customer_ids)
+        table = recommendations_table(published, published_data, options.k, model_version, not options.include_purchased)
+        if len(published_cold):
+            table = pa.concat_tables([table, cold_start_table(published_data, published_cold, options.k, model_version)])
+        cold_ids = published_cold
     finally:
         torch.set_num_threads(previous_threads)
-    summary = {"model_version": model_version, "model": options.model, "customers": n_users, "items": n_items,
+    refitted = published is not fitted
+    # The evaluation split's windows and sizes; customers / cold_start_customers / rows describe the published table.
+    summary = {"model_version": model_version, "model": options.model, "customers": published_data.shape[0], "items": n_items,
+               "published_window": "serving" if refitted else options.window,
                "train_interactions": int(data.train.nnz), "held_out_interactions": int(data.test.nnz) if data.test is not None else 0,
                "persona_edges": fitted.persona_edges, "cold_start_customers": len(cold_ids), "rows": table.num_rows,
                "train_seconds": round(fitted.seconds, 2),
@@ -668,10 +681,24 @@ def recommend(db_path: Path, serving_path: Path | None, options: RecommendOption
     summary["total_seconds"] = round(time.perf_counter() - started, 2)
     if serving_path is not None:
         publish_recommendations(serving_path, table, options, summary, metrics)
-        progress(f"Published {RECOMMENDATIONS_TABLE} ({table.num_rows:,} rows: top {options.k} for {n_users + len(cold_ids):,} customers, "
+        progress(f"Published {RECOMMENDATIONS_TABLE} ({table.num_rows:,} rows: top {options.k} for {summary['customers'] + len(cold_ids):,} customers, "
                  f"{len(cold_ids):,} of them without a training purchase, who get the most popular items), "
                  f"{RUNS_TABLE} and {METRICS_TABLE} to {serving_path}")
     return RecommendResult(model_version, metrics, table, summary, warnings)
+
+
+def refit_on_serving(db_path: Path, options: RecommendOptions, evaluated: Fitted,
+                     progress: Progress = quiet) -> tuple["Interactions", Fitted]:
+    """The evaluated setup trained again on the serving window (every purchase before as_of_date) for the
+    epoch validation picked, without a validation split: what gets published."""
+    serving_options = replace(options, window="serving", validation_share=0.0, epochs=max(1, evaluated.epoch or options.epochs))
+    data = load_interactions(db_path, options.item_column, options.order_lines_table, "serving",
+                             options.include_purchased, options.min_item_customers, progress)
+    personas = (load_persona_edges(db_path, data.customer_ids, options.personas_table, options.persona_edges, options.persona_weight)
+                if options.uses_personas else None)
+    progress(f"Training {options.model} again on the serving window ({data.shape[0]:,} customers, "
+             f"{serving_options.epochs} epochs, as validation chose) for the published recommendations")
+    return data, fit(data, serving_options, personas, progress)
 
 
 def publish_recommendations(serving_path: Path, table: pa.Table, options: RecommendOptions, summary: dict, metrics: list[dict]) -> None:
@@ -682,7 +709,8 @@ def publish_recommendations(serving_path: Path, table: pa.Table, options: Recomm
     run = pa.Table.from_pylist([{
         "model_version": summary["model_version"], "created_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "model": options.model, "item_column": options.item_column, "source_table": options.order_lines_table,
-        "window_kind": options.window, "train_start": summary["train_start"], "train_end": summary["train_end"],
+        "window_kind": options.window if summary["published_window"] == options.window else f"{options.window}, published from serving",
+        "train_start": summary["train_start"], "train_end": summary["train_end"],
         "test_end": summary["test_end"], "customers": summary["customers"], "items": summary["items"],
         "train_interactions": summary["train_interactions"], "persona_edges": summary["persona_edges"],
         "cold_start_customers": summary["cold_start_customers"], "k": options.k,

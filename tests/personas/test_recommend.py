@@ -66,31 +66,34 @@ def test_recommend_publishes_top_k_new_items_for_every_customer(warehouse):
     assert serving_rows(settings, """
         select count(*) from (select score < lead(score) over (partition by customer_id order by rank) as wrong
                               from customer_recommendations) where wrong""")[0][0] == 0
-    # Nothing bought in the training window is recommended (the default).
+    # Published from the serving window (--refit, the default): evaluated on the feature window, trained
+    # again on every purchase before as_of_at. Nothing bought before it is recommended (the default).
+    assert "again on the serving window" in warehouse["output"]
     assert joined_rows(settings, """
         select count(*) from serving.customer_recommendations r
         join raw.order_lines o on o.customer_id = r.customer_id and o.category = r.item
-        where o.ordered_at < (select feature_end_at from int_time_windows) and o.quantity > 0 and o.amount >= 0
+        where o.ordered_at < (select as_of_at from int_time_windows) and o.quantity > 0 and o.amount >= 0
     """)[0][0] == 0
-    # Every customer is covered: those with a training purchase by the model, the others (no orders yet, or
-    # first orders after the feature window) by the training window's most popular items, in that order.
+    # Every customer is covered: those with a purchase by the model, the others (no orders before
+    # as_of_at) by the serving window's most popular items, in that order.
     trained_sql = """
         select distinct customer_id from raw.order_lines
-        where ordered_at < (select feature_end_at from int_time_windows) and category is not null and quantity >= 0 and amount >= 0"""
+        where ordered_at < (select as_of_at from int_time_windows) and category is not null and quantity >= 0 and amount >= 0"""
     trained = query(settings, f"select count(*) from ({trained_sql})")[0][0]
     customers = query(settings, "select count(*) from customer_features")[0][0]
-    assert len(per_customer) == customers > trained
+    assert len(per_customer) == customers >= trained
     popular = [r[0] for r in query(settings, """
         select category from raw.order_lines
-        where ordered_at < (select feature_end_at from int_time_windows) and category is not null and quantity >= 0 and amount >= 0
+        where ordered_at < (select as_of_at from int_time_windows) and category is not null and quantity >= 0 and amount >= 0
         group by category order by count(distinct customer_id) desc, category limit 5""")]
     cold = joined_rows(settings, f"""
         select customer_id, list(item order by rank) from serving.customer_recommendations
         where customer_id not in ({trained_sql}) group by customer_id""")
     assert len(cold) == customers - trained and all(items == popular for _, items in cold), (popular, cold[:3])
     version = serving_rows(settings, "select distinct model_version from customer_recommendations")
-    runs = serving_rows(settings, "select model_version, model, k, customers, cold_start_customers from recommendation_runs")
-    assert len(version) == 1 and runs == [(version[0][0], "persona-lightgcn", 5, trained, customers - trained)]
+    runs = serving_rows(settings, "select model_version, model, k, customers, cold_start_customers, window_kind from recommendation_runs")
+    assert len(version) == 1
+    assert runs == [(version[0][0], "persona-lightgcn", 5, trained, customers - trained, "feature, published from serving")]
 
 
 @pytest.mark.slow
