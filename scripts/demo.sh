@@ -90,8 +90,8 @@ $LOOKALIKE personas propagate
 $LOOKALIKE segment --k auto --stability-runs 2 --seed "$SEED"
 
 step "10/11 recommend: LightGCN on the customer-persona-item graph (GPLR), top 10 categories for every customer"
-# Learns from the feature window, scores the held-out window after it against popularity, publishes to the
-# serving file. Small and short here (32 dimensions, 2 layers, 6 epochs: 7-13 s of training at 20k customers);
+# Learns from the feature window, scores the held-out window after it against popularity, trains again on
+# every purchase before as_of_date and publishes that model to the serving file. Small and short here (32 dimensions, 2 layers, 6 epochs: 7-13 s of training at 20k customers);
 # `lookalike recommend` alone trains 64 dimensions x 3 layers with early stopping (~1 minute at 20k).
 # The personas above saw every window, so the warning below (optimistic held-out metrics) applies.
 $LOOKALIKE recommend --k 10 --dim 32 --layers 2 --epochs 6 --seed "$SEED" --threads 1 --show 2
