@@ -22,8 +22,12 @@ install: $(BIN)/.installed
 demo: install
 	CUSTOMERS=$(CUSTOMERS) DAYS=$(DAYS) SEED=$(SEED) DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
 
+# Two workers, whole files each (module fixtures such as the Spark session stay on one worker):
+# most steps of a test (dbt, training, Spark) use one core, so two files at once halve the wall time.
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # No dbt, no training, no Spark, no wheel: every test marked `slow` is deselected.
 test-quick: install
