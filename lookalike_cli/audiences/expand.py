@@ -301,23 +301,27 @@ class PUClassifier:
 
 
 def train_classifier(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int, sample_size: int | None = None) -> tuple[PUClassifier, dict]:
-    from sklearn.linear_model import LogisticRegression
-
     sample_size = sample_size or int(np.clip(5 * seeds.found, 5_000, 50_000))
     table = con.sql(
         f"select customer_id, embedding from customer_embeddings using sample reservoir({sample_size} rows) repeatable ({seed})"
     ).to_arrow_table()
     ids, unlabelled = ids_and_vectors(table)
-    unlabelled = unlabelled[~np.isin(ids, seeds.ids)]
+    return fit_pu(seeds.vectors, unlabelled[~np.isin(ids, seeds.ids)], seed)
+
+
+def fit_pu(positives: np.ndarray, unlabelled: np.ndarray, seed: int) -> tuple[PUClassifier, dict]:
+    """The PU classifier of seed vectors against unlabelled vectors (also refitted per fold by reach.py)."""
+    from sklearn.linear_model import LogisticRegression
+
     rng = np.random.default_rng(seed)
-    held_out = rng.random(seeds.found) < 0.2
+    held_out = rng.random(len(positives)) < 0.2
     if held_out.sum() < 5 or (~held_out).sum() < 5:
-        held_out = np.zeros(seeds.found, dtype=bool)
-    train_pos = seeds.vectors[~held_out]
+        held_out = np.zeros(len(positives), dtype=bool)
+    train_pos = positives[~held_out]
     x = np.vstack([train_pos, unlabelled])
     y = np.r_[np.ones(len(train_pos)), np.zeros(len(unlabelled))]
     model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
-    check = seeds.vectors[held_out] if held_out.any() else train_pos
+    check = positives[held_out] if held_out.any() else train_pos
     c = float(np.clip(model.predict_proba(check)[:, 1].mean(), 1e-6, 1.0))
     return PUClassifier(model, c), {"population_sample": int(len(unlabelled)), "label_frequency": round(c, 4)}
 

@@ -233,11 +233,9 @@ def fold_scorer(strategy: str, seeds: np.ndarray, unlabelled: np.ndarray, refere
         centres = normalise(KMeans(n_clusters=clusters, n_init=3, random_state=random_seed).fit(seeds).cluster_centers_)
         return lambda vectors: (vectors @ centres.T).max(axis=1)
     if strategy == "classifier":
-        from sklearn.linear_model import LogisticRegression
+        from lookalike_cli.audiences.expand import fit_pu
 
-        model = LogisticRegression(C=1.0, max_iter=1000, random_state=random_seed).fit(
-            np.vstack([seeds, unlabelled]), np.r_[np.ones(len(seeds)), np.zeros(len(unlabelled))])
-        return lambda vectors: model.decision_function(vectors)
+        return fit_pu(seeds, unlabelled, random_seed)[0].probability  # clipped at 1, ties and all, as expand ranks
     if strategy == "knn-vote":
         k = min(len(reference), max(1, round(k_per_seed * len(reference) / population)))
         radius = -np.partition(-(seeds @ reference.T), k - 1, axis=1)[:, k - 1]
