@@ -178,15 +178,15 @@ def reach_curve(population: int, ranked_scores: np.ndarray, published: int, larg
 def size_for_lift(min_expected_lift: float, population: int, largest: int, validation: Validation | None,
                   backtest: BacktestCurve | None, seed_count: int) -> tuple[int, dict]:
     """The largest size (up to `largest`) whose expected lift is at least `min_expected_lift`, and its expectations."""
-    if validation is None and backtest is None:
-        raise ParameterError(
-            f"{{min_expected_lift}} needs an expected lift, and a seed of {seed_count} customers is too small to "
-            f"validate (at least {MIN_VALIDATION_SEEDS}): give {{size}} instead, or a larger seed.",
-            "min_expected_lift", "size")
     shares = np.r_[CURVE_SHARES, SELECTION_SHARES]
     sizes = np.unique(np.clip(np.ceil(shares * population).astype(np.int64), 1, largest))
     found = [(int(size), expected(size / population, validation, backtest)) for size in sizes]
     found = [(size, e) for size, e in found if e["expected_lift"] is not None]
+    if not found:
+        raise ParameterError(
+            f"{{min_expected_lift}} needs an expected lift, and a seed of {seed_count} customers is too small to "
+            f"validate (at least {MIN_VALIDATION_SEEDS}): give {{size}} instead, or a larger seed.",
+            "min_expected_lift", "size")
     passing = [(size, e) for size, e in found if e["expected_lift"] >= min_expected_lift]
     if not passing:
         size, best = max(found, key=lambda item: item[1]["expected_lift"])
