@@ -96,7 +96,7 @@ def expand_cmd(settings: Settings, **options) -> None:
         --size 5% --strategy knn-vote --exclude-sql "select customer_id from raw.do_not_mail"
       lookalike expand --name cooks --seed-persona "Fresh Food Cook" --size 5%
       lookalike expand --name vip_tiers --rings 1%,2%,5% --holdout 10% --seed-table vip_customers
-      lookalike expand --name vip_lift --seed-table vip_customers --min-expected-lift 3 \
+      lookalike expand --name vip_lift --seed-table vip_customers --min-expected-lift 3 \\
         --exclude-features gender,age_band,income_band
       lookalike expand --engine spark --name vip --size 5% \\
         --seed-sql "select customer_id from customer_features order by total_spend desc limit 500"
