@@ -288,6 +288,9 @@ class Blend:
     components: FittedComponents
     weights: tuple[float, ...]        # aligned to components.active
     evidence: dict
+    # Blended out-of-fold scores of the held-out seeds and held-out unlabelled customers (reach.py's
+    # in-seed validation); None when the seed was too small to validate.
+    validation: tuple[np.ndarray, np.ndarray] | None = None
 
     def score(self, inputs: BlendInputs) -> np.ndarray:
         return self.components.percentiles(inputs) @ np.array(self.weights)
@@ -312,6 +315,7 @@ def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int, em
         seeds.preference(), unlabelled.preference()
     reference = unlabelled.take(rng.permutation(len(unlabelled))[:REFERENCE_SIZE])
     weights = np.full(len(active), 1.0 / len(active))
+    validation = None
     evidence: dict = {"components": list(active), "folds": 0, "unlabelled": int(len(unlabelled)),
                       "selection": "equal weights (seed too small to validate)"}
     if len(seeds) >= MIN_VALIDATION_SEEDS and len(unlabelled) >= 2 * FOLDS:
@@ -322,7 +326,8 @@ def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int, em
             selection="bagged greedy forward selection on out-of-fold percentiles, by held-out AUC",
             validation_auc={name: round(auc(positives[:, k], negatives[:, k]), 4) for k, name in enumerate(active)},
             blend_validation_auc=round(auc(positives @ weights, negatives @ weights), 4))
+        validation = (positives @ weights, negatives @ weights)
     components = fit_components(seeds, unlabelled, reference, random_seed, active, embeddings)
     weights = tuple(float(w) for w in weights)
     evidence["weights"] = {name: round(w, 3) for name, w in zip(active, weights)}
-    return Blend(components, weights, evidence)
+    return Blend(components, weights, evidence, validation)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ def create_audience(
     export_parquet: str | Path | None = None,
     rings: str | list | None = None,
     holdout: str | float | None = None,
+    min_expected_lift: float | None = None,
+    exclude_features: str | list | None = None,
     progress: Progress = print,
     on_warning: Progress = warn,
 ) -> dict:
@@ -53,22 +56,25 @@ def create_audience(
 
     `rings` ([1%, 2%, 5%]) publishes disjoint tiers up to the outer ring (which sets the size);
     `holdout` (10%) marks a stable share of members as held out of activation (audiences/tiers.py).
+    The reach curve takes the lift of the latest backtest named `name` where it measured (reach.py).
     """
+    from lookalike_cli.audiences.reach import latest_backtest
     from lookalike_cli.audiences.tiers import parse_holdout, parse_rings, ring_size, split_expansion
 
     check_name(name)
     ring_shares = parse_rings(rings) if rings else None
     holdout_share = parse_holdout(holdout) if holdout else None
     if ring_shares:
-        if size is not None or min_similarity is not None:
-            raise ParameterError("Give {rings} or {size} / {min_similarity}, not both: the outer ring is the size.",
-                                 "rings", "size", "min_similarity")
+        if size is not None or min_similarity is not None or min_expected_lift is not None:
+            raise ParameterError("Give {rings} or {size} / {min_similarity} / {min_expected_lift}, not both: the outer "
+                                 "ring is the size.", "rings", "size", "min_similarity", "min_expected_lift")
         with connection(db_path, read_only=True) as con:
             population = con.execute("select count(*) from customer_embeddings").fetchall()[0][0]
         size = ring_size(ring_shares, population)
     result = expand(db_path, index_dir, seed_sql=seed_sql, seed_table=seed_table, seed_file=seed_file, size=size,
                     min_similarity=min_similarity, strategy=strategy, exclude_sql=exclude_sql,
-                    k_per_seed=k_per_seed, seed=seed, progress=progress)
+                    k_per_seed=k_per_seed, seed=seed, progress=progress, min_expected_lift=min_expected_lift,
+                    exclude_features=exclude_features, reach_backtest=latest_backtest(serving_db_path, name, strategy))
     result = split_expansion(result, name, ring_shares, holdout_share, seed=seed)
     return publish_expansion(db_path, serving_db_path, name, result, seed=seed, export_parquet=export_parquet,
                              progress=progress, on_warning=on_warning)
@@ -84,8 +90,11 @@ def publish_expansion(
     progress: Progress = print,
     on_warning: Progress = warn,
 ) -> dict:
-    """Publish a computed expansion as a new version of audience `name`, with its seed diagnostics."""
+    """Publish a computed expansion as a new version of audience `name`, with its seed diagnostics and
+    reach curve; the curve's PNG goes beside the serving file (`row["reach_curve_png"]`)."""
     from lookalike_cli.audiences.diagnostics import inspect_seed, write_seed_diagnostics
+    from lookalike_cli.audiences.publish import safe_file_name
+    from lookalike_cli.audiences.reach import plot_reach, reach_png_dir, reach_png_path, write_reach
 
     check_name(name)
     for message in result.warnings:
@@ -95,18 +104,36 @@ def publish_expansion(
     with connection(db_path, read_only=True) as con:
         diagnostics = inspect_seed(con, result.seeds, seed)
         skew = attribute_skew(con, result.members.column("customer_id").to_numpy(), result.seeds.ids)
-    for message in diagnostics.warnings + skew_warnings(skew, result.members.num_rows):
+    excluded = result.audience["parameters"].get("exclude_features", ())
+    for message in diagnostics.warnings + skew_warnings(skew, result.members.num_rows, excluded=excluded):
         if message not in result.warnings:
             on_warning(message)
 
     def companions(con, audience_id: int) -> None:
         write_seed_diagnostics(con, audience_id, diagnostics)
         write_skew(con, audience_id, skew)
+        if result.reach is not None:
+            write_reach(con, audience_id, result.reach)
 
-    return publish_audience(serving_db_path, name, result.audience, result.members,
-                            attributes=customer_attributes(db_path),
-                            export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
-                            extra=companions)
+    # The picture is drawn before the publish (not while holding its lock) and moved in once it succeeded.
+    picture = None
+    if result.reach is not None:
+        picture = reach_png_dir(serving_db_path) / f".{safe_file_name(name)}.{os.getpid()}.tmp.png"
+        plot_reach(result.reach, f"{name}: {result.audience['strategy']}", result.members.num_rows,
+                   result.audience["population_size"], picture)
+    try:
+        row = publish_audience(serving_db_path, name, result.audience, result.members,
+                               attributes=customer_attributes(db_path),
+                               export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
+                               extra=companions)
+        if picture is not None:
+            path = reach_png_path(serving_db_path, name, row["version"])
+            os.replace(picture, path)
+            row["reach_curve_png"] = str(path)
+    finally:
+        if picture is not None:
+            picture.unlink(missing_ok=True)
+    return row
 
 
 def open_serving(serving_db_path: Path) -> duckdb.DuckDBPyConnection:
@@ -143,6 +170,8 @@ def resolve_version(con: duckdb.DuckDBPyConnection, name: str, version: int | No
 class AudienceView:
     audience: dict
     members: pa.Table
+    reach_curve: pa.Table | None = None      # audience_reach_curve rows (None before curves existed)
+    reach_curve_png: Path | None = None
 
 
 def show_audience(serving_db_path: Path, name: str, version: int | None = None, limit: int = 10) -> AudienceView:
@@ -158,7 +187,10 @@ def show_audience(serving_db_path: Path, name: str, version: int | None = None, 
             "from audience_members where audience_id = $id order by rank limit $limit",
             params={"id": audience_id, "limit": limit},
         ).to_arrow_table()
-        return AudienceView(audience, members)
+        from lookalike_cli.audiences.reach import reach_png_path, read_reach
+
+        picture = reach_png_path(serving_db_path, name, audience["version"])
+        return AudienceView(audience, members, read_reach(con, audience_id), picture if picture.exists() else None)
     finally:
         con.close()
 

@@ -3,7 +3,8 @@
     audiences:
       - name: big_spenders
         seed_sql: select customer_id from customer_features order by total_spend desc limit 500
-        size: 5%                 # a count or a share; or min_similarity; or rings
+        size: 5%                 # a count or a share; or min_similarity; or min_expected_lift; or rings
+        exclude_features: [gender, age_band]   # optional: columns kept out of the ranking (blend)
         strategy: blend          # and any other expand option: exclude_sql, seed_table, seed_file, seed_persona, ...
         holdout: 10%             # optional: held out of activation, for `lookalike measure`
         rings: [1%, 2%, 5%]      # optional: disjoint tiers in one version
@@ -24,7 +25,8 @@ from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.settings import Settings
 
 SEED_KEYS = ("seed_sql", "seed_table", "seed_file", "seed_persona")
-EXPAND_KEYS = ("size", "min_similarity", "strategy", "exclude_sql", "k_per_seed", "seed")
+EXPAND_KEYS = ("size", "min_similarity", "strategy", "exclude_sql", "k_per_seed", "seed", "min_expected_lift",
+               "exclude_features")
 KEYS = ("name", *SEED_KEYS, *EXPAND_KEYS, "holdout", "rings", "export_parquet")
 
 
@@ -65,7 +67,9 @@ def read_definitions_file(path: str | Path) -> list[dict]:
 
 def validate_definitions(entries: list, settings: Settings, where: str = "audiences file") -> list[AudienceDefinition]:
     """Every definition checked against the warehouse; one LookalikeError listing every problem."""
-    from lookalike_cli.audiences.expand import STRATEGIES, parse_size
+    from lookalike_cli.audiences.expand import STRATEGIES, check_exclusion, feature_list, parse_size
+    from lookalike_cli.audiences.raw_features import check_excludable
+    from lookalike_cli.audiences.reach import check_min_expected_lift
     from lookalike_cli.audiences.tiers import parse_holdout, parse_rings, ring_size
     from lookalike_cli.warehouse.connection import connection, require_table, table_exists
 
@@ -127,12 +131,28 @@ def validate_definitions(entries: list, settings: Settings, where: str = "audien
                 holdout = parse_holdout(entry["holdout"]) if entry.get("holdout") is not None else None
             except LookalikeError as exc:
                 problems.append(f"{label}: {exc}")
+            by_lift = entry.get("min_expected_lift") is not None
             if rings:
-                if entry.get("size") is not None or entry.get("min_similarity") is not None:
-                    problems.append(f"{label}: give rings or size/min_similarity, not both (the outer ring is the size).")
+                if entry.get("size") is not None or entry.get("min_similarity") is not None or by_lift:
+                    problems.append(f"{label}: give rings or size/min_similarity/min_expected_lift, not both "
+                                    "(the outer ring is the size).")
                 options["size"] = ring_size(rings, population)
-            elif entry.get("size") is None and entry.get("min_similarity") is None:
-                problems.append(f"{label}: give size (a count or a share, e.g. 5%), min_similarity, or rings.")
+            elif by_lift and (entry.get("size") is not None or entry.get("min_similarity") is not None):
+                problems.append(f"{label}: give min_expected_lift alone, without size or min_similarity: it chooses the size.")
+            elif entry.get("size") is None and entry.get("min_similarity") is None and not by_lift:
+                problems.append(f"{label}: give size (a count or a share, e.g. 5%), min_similarity, min_expected_lift, or rings.")
+            try:
+                if by_lift:
+                    check_min_expected_lift(entry["min_expected_lift"])
+            except LookalikeError as exc:
+                problems.append(f"{label}: {exc}")
+            try:
+                columns = feature_list(entry.get("exclude_features"))
+                if columns:
+                    check_exclusion(columns, strategy, entry.get("min_similarity"))
+                    check_excludable(con, columns)
+            except LookalikeError as exc:
+                problems.append(f"{label}: {exc}")
             if entry.get("size") is not None:
                 try:
                     target = parse_size(entry["size"], population)
@@ -155,6 +175,7 @@ def apply_definitions(settings: Settings, path: str | Path, progress: Progress =
     """Validate every definition, compute every audience, then publish each as a new version."""
     from lookalike_cli.audiences.catalog import diff_audience, publish_expansion
     from lookalike_cli.audiences.expand import expand
+    from lookalike_cli.audiences.reach import latest_backtest
     from lookalike_cli.audiences.seeds import persona_seed_sql
     from lookalike_cli.audiences.tiers import split_expansion
 
@@ -166,7 +187,8 @@ def apply_definitions(settings: Settings, path: str | Path, progress: Progress =
         if options.get("seed_persona"):
             options["seed_sql"] = persona_seed_sql(settings.db_path, options.pop("seed_persona"))
         try:
-            result = expand(settings.db_path, settings.index_dir, progress=progress, **options)
+            backtest = latest_backtest(settings.serving_db_path, definition.name, options.get("strategy", "blend"))
+            result = expand(settings.db_path, settings.index_dir, progress=progress, reach_backtest=backtest, **options)
         except ParameterError as exc:  # the file's keys are expand's parameter names: no flag to show
             raise LookalikeError(f"{path}: audience {definition.name!r}: {exc}") from exc
         computed.append((definition, split_expansion(result, definition.name, definition.rings, definition.holdout,

@@ -12,7 +12,13 @@
   correction) re-ranking a candidate pool from ANN search around the seeds.
 
 `--min-similarity` cuts on cosine to the centroid (centroid, blend), to the nearest sub-centroid
-(multi-centroid) or to the nearest seed (knn-vote, classifier).
+(multi-centroid) or to the nearest seed (knn-vote, classifier); `--min-expected-lift` sizes the
+audience by its reach curve (`reach.py`), which every expansion computes from its in-seed validation.
+
+`--exclude-features` keeps customer_features columns out of the ranking: the blend drops their raw
+columns from every raw component and leaves out its embedding components, since the encoder's
+embeddings were computed from every column (the other strategies rank on embeddings only, so they
+refuse it). The `similarity` and `nearest_seed_id` reported per member stay embedding-based.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from lookalike_cli.warehouse.connection import connection, require_table
 
 if TYPE_CHECKING:
     import faiss
+
+    from lookalike_cli.audiences.reach import BacktestCurve
 
 STRATEGIES = ("blend", "centroid", "knn-vote", "multi-centroid", "classifier")
 DEFAULT_STRATEGY = "blend"
@@ -74,6 +82,8 @@ class Expansion:
     warnings: list[str] = field(default_factory=list)
     # The resolved seed (ids and vectors), so publishing can diagnose it without running the seed query again.
     seeds: Seeds | None = None
+    # audience_reach_curve rows (reach.py) without the audience_id publishing assigns.
+    reach: pa.Table | None = None
 
 
 def parse_size(size: str | int | None, population: int) -> int | None:
@@ -92,12 +102,43 @@ def parse_size(size: str | int | None, population: int) -> int | None:
     return int(text)
 
 
-def check_cut(size: str | int | None, min_similarity: float | None) -> None:
-    """An audience is cut by size, by similarity or both (either engine)."""
+def check_cut(size: str | int | None, min_similarity: float | None, min_expected_lift: float | None = None) -> None:
+    """An audience is cut by size, by similarity or both, or sized by expected lift alone (either engine)."""
+    if min_expected_lift is not None:
+        from lookalike_cli.audiences.reach import check_min_expected_lift
+
+        if size is not None or min_similarity is not None:
+            raise ParameterError("Give {min_expected_lift} alone, without {size} or {min_similarity}: it chooses the size.",
+                                 "min_expected_lift", "size", "min_similarity")
+        check_min_expected_lift(min_expected_lift)
+        return
     if size is None and min_similarity is None:
-        raise ParameterError("Give {size} (20000 or 5%) or {min_similarity} (e.g. 0.8).", "size", "min_similarity")
+        raise ParameterError("Give {size} (20000 or 5%), {min_similarity} (e.g. 0.8) or {min_expected_lift} (e.g. 2).",
+                             "size", "min_similarity", "min_expected_lift")
     if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
         raise ParameterError(f"{{min_similarity}} {min_similarity} must be a cosine similarity in [-1, 1].", "min_similarity")
+
+
+def feature_list(columns: str | list | tuple | None) -> tuple[str, ...]:
+    """'gender,age_band' or a list -> ('gender', 'age_band'), blanks and repeats dropped."""
+    if columns is None:
+        return ()
+    if not isinstance(columns, (str, list, tuple)):
+        raise ParameterError(f"{{exclude_features}} {columns!r}: list customer_features columns, e.g. gender,age_band.",
+                             "exclude_features")
+    items = columns.split(",") if isinstance(columns, str) else list(columns)
+    return tuple(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+
+
+def check_exclusion(columns: tuple[str, ...], strategy: str, min_similarity: float | None) -> None:
+    """exclude_features needs a ranking that can leave columns out: the blend without its embedding components."""
+    if columns and strategy != "blend":
+        raise ParameterError(f"{{exclude_features}} needs {{strategy}} blend: {strategy} ranks on the encoder's embeddings, "
+                             "which were computed from every customer_features column.", "exclude_features", "strategy")
+    if columns and min_similarity is not None:
+        raise ParameterError("{exclude_features} cannot be combined with {min_similarity}: the similarity is measured on the "
+                             "encoder's embeddings, which were computed from every customer_features column.",
+                             "exclude_features", "min_similarity")
 
 
 def check_target(target: int | None, size: str | int | None, population: int, seeds: Seeds) -> None:
@@ -126,7 +167,7 @@ def base_parameters(seeds: Seeds, size: str | int | None, min_similarity: float 
 def ranked_expansion(ids: np.ndarray, scores: np.ndarray, similarities: np.ndarray, nearest_seed: np.ndarray, *,
                      seeds: Seeds, strategy: str, parameters: dict, excluded_count: int, population: int,
                      model_version: str, index_version: str | None, index_type: str, started: float,
-                     warnings: list[str], progress: Progress, engine: str = "") -> Expansion:
+                     warnings: list[str], progress: Progress, engine: str = "", reach: pa.Table | None = None) -> Expansion:
     """The Expansion of members ranked best first: the members table and the audiences row (either engine)."""
     members = pa.table({
         "rank": pa.array(np.arange(1, len(ids) + 1), pa.int32()),
@@ -156,7 +197,7 @@ def ranked_expansion(ids: np.ndarray, scores: np.ndarray, similarities: np.ndarr
     }
     progress(f"Audience: {len(ids):,} customers, score {audience['score_min']:.3f}..{audience['score_max']:.3f} "
              f"in {audience['compute_seconds']:.2f}s{engine}")
-    return Expansion(members=members, audience=audience, warnings=warnings, seeds=seeds)
+    return Expansion(members=members, audience=audience, warnings=warnings, seeds=seeds, reach=reach)
 
 
 def search_union(index: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -260,23 +301,27 @@ class PUClassifier:
 
 
 def train_classifier(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int, sample_size: int | None = None) -> tuple[PUClassifier, dict]:
-    from sklearn.linear_model import LogisticRegression
-
     sample_size = sample_size or int(np.clip(5 * seeds.found, 5_000, 50_000))
     table = con.sql(
         f"select customer_id, embedding from customer_embeddings using sample reservoir({sample_size} rows) repeatable ({seed})"
     ).to_arrow_table()
     ids, unlabelled = ids_and_vectors(table)
-    unlabelled = unlabelled[~np.isin(ids, seeds.ids)]
+    return fit_pu(seeds.vectors, unlabelled[~np.isin(ids, seeds.ids)], seed)
+
+
+def fit_pu(positives: np.ndarray, unlabelled: np.ndarray, seed: int) -> tuple[PUClassifier, dict]:
+    """The PU classifier of seed vectors against unlabelled vectors (also refitted per fold by reach.py)."""
+    from sklearn.linear_model import LogisticRegression
+
     rng = np.random.default_rng(seed)
-    held_out = rng.random(seeds.found) < 0.2
+    held_out = rng.random(len(positives)) < 0.2
     if held_out.sum() < 5 or (~held_out).sum() < 5:
-        held_out = np.zeros(seeds.found, dtype=bool)
-    train_pos = seeds.vectors[~held_out]
+        held_out = np.zeros(len(positives), dtype=bool)
+    train_pos = positives[~held_out]
     x = np.vstack([train_pos, unlabelled])
     y = np.r_[np.ones(len(train_pos)), np.zeros(len(unlabelled))]
     model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
-    check = seeds.vectors[held_out] if held_out.any() else train_pos
+    check = positives[held_out] if held_out.any() else train_pos
     c = float(np.clip(model.predict_proba(check)[:, 1].mean(), 1e-6, 1.0))
     return PUClassifier(model, c), {"population_sample": int(len(unlabelled)), "label_frequency": round(c, 4)}
 
@@ -356,6 +401,25 @@ def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tupl
     return ranked(ids, scores, similarities, max(pool.frontier, around_centroid.frontier), capped=pool.capped)
 
 
+def blend_scan(index: LoadedIndex, seeds: Seeds, limit: int, blend_scan: tuple, **_) -> Candidates:
+    """Large populations under exclude_features: every customer scored on its raw features, BLEND_EXACT_MAX
+    at a time (an ANN pool around the seeds would be found with the embeddings, which saw the excluded columns)."""
+    from lookalike_cli.audiences.raw_features import load_raw_features, without_columns
+
+    db_path, fitted, scale, columns = blend_scan
+    ids, scores = [], []
+    with connection(db_path, read_only=True) as con:
+        everyone = con.sql("select customer_id from customer_embeddings order by customer_id").fetchnumpy()["customer_id"]
+        for start in range(0, len(everyone), BLEND_EXACT_MAX):
+            raw = without_columns(load_raw_features(con, ids=everyone[start : start + BLEND_EXACT_MAX], scale=scale), columns)
+            ids.append(raw.ids)
+            scores.append(fitted.score(blend_inputs(raw.ids, np.zeros((len(raw.ids), 0), np.float32), raw)))
+    ids = np.concatenate(ids)
+    centre = normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+    (similarities,) = over_vectors(index, ids, lambda _, vectors: (normalise(vectors) @ centre,))
+    return ranked(ids, np.concatenate(scores), similarities, -1.0)
+
+
 ACTIVITY_LIKE = ("activity", "rfm", "spend", "shares_lr", "shares_gbm")
 
 
@@ -427,15 +491,25 @@ def expand(
     seed: int = 0,
     progress: Progress = print,
     loaded_index: LoadedIndex | None = None,
+    min_expected_lift: float | None = None,
+    exclude_features: str | list | None = None,
+    reach_backtest: "BacktestCurve | None" = None,
 ) -> Expansion:
-    """Compute an audience (nothing is written): members ranked by score plus the audiences row.
+    """Compute an audience (nothing is written): members ranked by score, the audiences row and its reach curve.
 
-    A long-lived process (a service, a benchmark) can pass `loaded_index` to skip reading the
-    index file; its model version is checked all the same.
+    `min_expected_lift` sizes it by the reach curve instead of `size` / `min_similarity`;
+    `exclude_features` ('gender,age_band' or a list) keeps customer_features columns out of the
+    ranking (blend only); `reach_backtest` (reach.latest_backtest) puts a backtest's measured lift
+    on the curve where it measured. A long-lived process (a service, a benchmark) can pass
+    `loaded_index` to skip reading the index file; its model version is checked all the same.
     """
+    from lookalike_cli.audiences.reach import population_sample, reach_curve, size_for_lift, Validation, vector_validation
+
     if strategy not in STRATEGIES:
         raise LookalikeError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
-    check_cut(size, min_similarity)
+    check_cut(size, min_similarity, min_expected_lift)
+    excluded_features = feature_list(exclude_features)
+    check_exclusion(excluded_features, strategy, min_similarity)
     started = time.perf_counter()
     with connection(db_path, read_only=True) as con:
         require_table(con, "customer_embeddings", "Build it with `lookalike dbt build` after `lookalike train`.")
@@ -446,6 +520,10 @@ def expand(
         manifest = index.manifest
         population = manifest.row_count
         target = parse_size(size, population)
+        if excluded_features:
+            from lookalike_cli.audiences.raw_features import check_excludable
+
+            check_excludable(con, excluded_features)
         seeds = resolve_seeds(con, seed_sql, seed_table, seed_file)
         warnings = list(seeds.warnings)
         check_target(target, size, population, seeds)
@@ -456,6 +534,9 @@ def expand(
 
         extra: dict = {}
         parameters = base_parameters(seeds, size, min_similarity, exclude_sql, seed)
+        if excluded_features:
+            parameters["exclude_features"] = list(excluded_features)
+        validation, sample_scores = None, None
         if strategy == "multi-centroid":
             extra["centroids"], info = seed_clusters(seeds.vectors, seed)
             parameters.update(info)
@@ -467,20 +548,52 @@ def expand(
         elif strategy == "blend":
             exact = population <= BLEND_EXACT_MAX
             ids_all, vectors_all, raw, raw_warnings = blend_population(con, seeds, None if exact else seed)
+            scale = None if raw is None else raw.scale
+            if excluded_features:
+                from lookalike_cli.audiences.raw_features import without_columns
+
+                if raw is None:
+                    raise ParameterError(f"{{exclude_features}} ranks on raw features only, and there are none: "
+                                         f"{raw_warnings[0]}", "exclude_features")
+                raw = without_columns(raw, excluded_features)
+                progress(f"  excluding {', '.join(excluded_features)}: {len(raw.names)} raw feature columns left; "
+                         "no embedding components (the encoder saw every column)")
             warnings += raw_warnings
-            fitted = fit_blend_for(seeds, ids_all, vectors_all, raw, seed)
+            fitted = fit_blend_for(seeds, ids_all, vectors_all, raw, seed, embeddings=not excluded_features)
+            validation = Validation(*fitted.validation) if fitted.validation is not None else None
             if exact:
                 extra["blend_population"] = (ids_all, vectors_all, raw, fitted)
+            elif excluded_features:
+                extra["blend_scan"] = (db_path, fitted, scale, excluded_features)
+                progress(f"  blend scores every customer on raw features, {BLEND_EXACT_MAX:,} at a time")
             else:
-                extra["blend_sampled"] = (db_path, fitted, None if raw is None else raw.scale)
+                extra["blend_sampled"] = (db_path, fitted, scale)
+                sample_scores = lambda: fitted.score(blend_inputs(ids_all, vectors_all, raw))
                 progress(f"  blend re-ranks an ANN candidate pool ({population:,} customers > {BLEND_EXACT_MAX:,})")
-            parameters["blend"] = {**fitted.evidence, "scored": "every customer" if exact else "ANN candidate pool"}
+            parameters["blend"] = {**fitted.evidence, "scored": "ANN candidate pool" if "blend_sampled" in extra else "every customer"}
             progress(f"  blend weights {fitted.evidence['weights']} (self-validated: {fitted.evidence['folds']} folds "
                      f"of the seed, AUC of held-out seeds {fitted.evidence.get('validation_auc', 'n/a')})")
         if strategy == "knn-vote" and k_per_seed:
             parameters["k_per_seed"] = k_per_seed
+        if strategy != "blend":
+            sample = population_sample(con, seeds.ids, seed)
+            # knn-vote's k as its search starts (it grows when the union of neighbours falls short).
+            k = max(k_per_seed or 10, math.ceil(2 * ((target or 1000) + len(blocked) + 100) / seeds.found))
+            validation = vector_validation(strategy, seeds.vectors, sample, seed, population,
+                                           clusters=len(extra.get("centroids", [])), k_per_seed=k)
+            centre = normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+            sample_scores = {"centroid": lambda: sample @ centre,
+                             "multi-centroid": lambda: (sample @ extra["centroids"].T).max(axis=1),
+                             "classifier": lambda: extra["pu"].probability(sample)}.get(strategy)
+        if min_expected_lift is not None:
+            target, chosen = size_for_lift(float(min_expected_lift), population, population - seeds.found, validation,
+                                           reach_backtest, seeds.found)
+            parameters.update(min_expected_lift=float(min_expected_lift), expected_lift=round(chosen["expected_lift"], 4),
+                              lift_source=chosen["source"])
+            progress(f"  min expected lift {float(min_expected_lift):g}: {target:,} customers ({target / population:.2%}), "
+                     f"expected lift {chosen['expected_lift']:.2f} ({chosen['source']})")
     search = {"centroid": centroid, "knn-vote": knn_vote, "multi-centroid": multi_centroid, "classifier": classifier,
-              "blend": blend if "blend_population" in extra else blend_pool}[strategy]
+              "blend": blend if "blend_population" in extra else blend_scan if "blend_scan" in extra else blend_pool}[strategy]
 
     # Widen the search until enough eligible customers are found (size) or the search frontier
     # drops below the threshold (min-similarity), or the whole population is covered (frontier -1).
@@ -497,10 +610,13 @@ def expand(
         progress(f"  widening the search ({limit:,} candidates)")
     ids, scores, sims = found.ids[keep], found.scores[keep], found.similarities[keep]
     nearest = found.nearest_seed[keep] if found.nearest_seed is not None else None
+    eligible_scores = scores
     if target is not None:
         ids, scores, sims = ids[:target], scores[:target], sims[:target]
         nearest = nearest[:target] if nearest is not None else None
-    check_found(len(ids), target, size, warnings)
+    check_found(len(ids), target, size if min_expected_lift is None else target, warnings)
+    curve = reach_curve(population, eligible_scores, len(ids), population - seeds.found, validation, reach_backtest,
+                        sample_scores)
     if found.capped and not enough:
         warnings.append(f"knn-vote stopped at its cap of {MAX_VOTES:,} neighbours over all {seeds.found:,} seeds before "
                         "reaching the size/similarity cut; use fewer seeds or another strategy.")
@@ -510,4 +626,4 @@ def expand(
     return ranked_expansion(ids, scores, sims, nearest, seeds=seeds, strategy=strategy, parameters=parameters,
                             excluded_count=len(excluded), population=population, model_version=manifest.model_version,
                             index_version=manifest.index_version, index_type=manifest.index_type, started=started,
-                            warnings=warnings, progress=progress)
+                            warnings=warnings, progress=progress, reach=curve)

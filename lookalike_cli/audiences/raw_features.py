@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lookalike_cli.errors import ParameterError
 from lookalike_cli.model.features import CATEGORICAL_COLUMNS, DENSE_COLUMNS, dense_matrix, dense_shares, log1p_dense
 from lookalike_cli.warehouse.connection import registered, require_table, table_columns
 
@@ -106,3 +107,34 @@ def sparse_shares(table: pa.Table, n_categories: int):
     columns = pc.list_flatten(ids).to_numpy(zero_copy_only=False).astype(np.int64)
     values = pc.list_flatten(shares).to_numpy(zero_copy_only=False).astype(np.float32)
     return sparse.csr_matrix((values, (rows, columns)), shape=(table.num_rows, n_categories))
+
+
+# The category share columns come from one column family: excluding either list column drops them all.
+CATEGORY_FAMILY = ("category_ids", "category_shares")
+
+
+def source_column(name: str) -> str:
+    """The customer_features column a raw feature comes from: `gender=F` -> gender, `category:Beer` -> category_shares."""
+    return "category_shares" if name.startswith("category:") else name.split("=", 1)[0]
+
+
+def without_columns(raw: RawFeatures, columns: tuple[str, ...]) -> RawFeatures:
+    """`raw` with the matrix columns (and their names and scale) of the listed customer_features columns
+    left out: what the blend's raw components see under `exclude_features`. The backtest baselines'
+    inputs (activity, spend, lines, shares) are not narrowed."""
+    from dataclasses import replace
+
+    dropped = {"category_shares" if c in CATEGORY_FAMILY else c for c in columns}
+    keep = np.array([source_column(n) not in dropped for n in raw.names], dtype=bool)
+    return replace(raw, matrix=raw.matrix[:, keep], names=[n for n, k in zip(raw.names, keep) if k],
+                   scale=(raw.scale[0][keep], raw.scale[1][keep]))
+
+
+def check_excludable(con: duckdb.DuckDBPyConnection, columns: tuple[str, ...]) -> None:
+    """Every listed column must be a customer_features column (customer_id is not a feature)."""
+    require_table(con, "customer_features", FEATURES_HINT)
+    valid = [c for c in table_columns(con, "customer_features") if c != "customer_id"]
+    unknown = [c for c in columns if c not in valid]
+    if unknown:
+        raise ParameterError(f"{{exclude_features}} {', '.join(unknown)}: not a column of customer_features. "
+                             f"Valid columns: {', '.join(valid)}.", "exclude_features")

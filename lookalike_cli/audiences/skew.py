@@ -62,11 +62,13 @@ def attribute_skew(con: duckdb.DuckDBPyConnection, member_ids: np.ndarray, seed_
             from counts order by attribute, value""").to_arrow_table().cast(schema)
 
 
-def skew_warnings(skew: pa.Table, audience_size: int, threshold: float = SKEW_WARNING) -> list[str]:
+def skew_warnings(skew: pa.Table, audience_size: int, threshold: float = SKEW_WARNING,
+                  excluded: tuple[str, ...] | list[str] = ()) -> list[str]:
     """At most one warning per attribute: its most skewed value, when the skew is large and not chance.
 
     Not chance: the audience share is more than SKEW_Z binomial standard errors from the
     population share (a 100-member audience of a 36% group varies by about +-5 points by chance).
+    Each warning says whether the attribute was among the `excluded` features (exclude_features).
     """
     worst: dict[str, tuple[float, dict]] = {}
     for row in skew.to_pylist():
@@ -79,7 +81,10 @@ def skew_warnings(skew: pa.Table, audience_size: int, threshold: float = SKEW_WA
     return [
         f"Attribute skew: {row['attribute']} = {row['value']} is {row['audience_share']:.0%} of the audience vs "
         f"{row['population_share']:.0%} of customers ({row['skew_ratio']:.2f}x; seed {row['seed_share'] or 0:.0%}). "
-        "See audience_attribute_skew before activating."
+        "See audience_attribute_skew before activating. "
+        + (f"{row['attribute']} was excluded from the ranking: the skew comes through correlated features."
+           if row["attribute"] in excluded else
+           f"{row['attribute']} was not excluded from the ranking: exclude_features can keep it out.")
         for _, row in worst.values()
     ]
 

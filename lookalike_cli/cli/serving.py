@@ -63,10 +63,16 @@ def build_index_cmd(settings: Settings, **options) -> None:
 @click.option("--size", default=None, help="Audience size: a count (20000) or a share of the population (5%).")
 @click.option("--min-similarity", type=float, default=None,
               help="Keep customers at least this similar (cosine) to the centroid / nearest sub-centroid / nearest seed.")
+@click.option("--min-expected-lift", type=float, default=None,
+              help="Instead of --size / --min-similarity: the largest size whose expected lift (reach curve: in-seed "
+                   "validation, or a backtest named like the audience) is at least this, e.g. 2.")
 @click.option("--strategy", type=click.Choice(["blend", "centroid", "knn-vote", "multi-centroid", "classifier"]),
               default="blend", show_default=True,
               help="How candidates are scored against the seed (blend: similarity + propensity, self-validated; see README).")
 @click.option("--exclude-sql", default=None, help="SQL returning customer_id to suppress (seeds and raw.opt_outs always are).")
+@click.option("--exclude-features", default=None,
+              help="customer_features columns to keep out of the ranking, e.g. gender,age_band (blend only: its raw "
+                   "components without them, no embedding components; category_shares drops every category share).")
 @click.option("--k-per-seed", type=int, default=None, help="knn-vote: at least this many neighbours per seed vote (default 10, raised to reach --size).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (k-means, classifier sample).")
 @click.option("--export-parquet", type=click.Path(file_okay=False), default=None,
@@ -90,6 +96,8 @@ def expand_cmd(settings: Settings, **options) -> None:
         --size 5% --strategy knn-vote --exclude-sql "select customer_id from raw.do_not_mail"
       lookalike expand --name cooks --seed-persona "Fresh Food Cook" --size 5%
       lookalike expand --name vip_tiers --rings 1%,2%,5% --holdout 10% --seed-table vip_customers
+      lookalike expand --name vip_lift --seed-table vip_customers --min-expected-lift 3 \\
+        --exclude-features gender,age_band,income_band
       lookalike expand --engine spark --name vip --size 5% \\
         --seed-sql "select customer_id from customer_features order by total_spend desc limit 500"
     """
@@ -105,6 +113,8 @@ def expand_cmd(settings: Settings, **options) -> None:
             raise LookalikeError("--rings and --holdout are published by --engine duckdb only.")
         if options.pop("k_per_seed"):
             raise LookalikeError("--k-per-seed is a knn-vote option, which --engine spark does not run.")
+        if options.pop("min_expected_lift") is not None or options.pop("exclude_features"):
+            raise LookalikeError("--min-expected-lift and --exclude-features need --engine duckdb (in-seed validation, raw features).")
         if click.get_current_context().get_parameter_source("strategy") == click.core.ParameterSource.DEFAULT:
             options["strategy"] = "centroid"  # the default blend needs the DuckDB warehouse's raw features
         row = create_audience_spark(settings, progress=progress, **options)
@@ -122,6 +132,8 @@ def expand_cmd(settings: Settings, **options) -> None:
     row = create_audience(settings.db_path, settings.serving_db_path, settings.index_dir, progress=progress, **options)
     click.echo(f"audience {row['name']} v{row['version']} (id {row['audience_id']}): {row['size']:,} members, "
                f"strategy {row['strategy']}, seeds {row['seed_found']:,} found / {row['seed_missing']:,} missing")
+    if "reach_curve_png" in row:
+        click.echo(f"reach curve: {row['reach_curve_png']} (table audience_reach_curve)")
 
 @click.group("audiences", cls=LookalikeGroup)
 def audiences_group() -> None:
@@ -150,7 +162,8 @@ def apply_cmd(settings: Settings, file: str) -> None:
         extras = "".join(f", {key} {parameters[key]}" for key in ("rings", "holdout") if key in parameters)
         change = (f"vs v{diff.from_version}: +{diff.entered.num_rows:,} entered, -{diff.left.num_rows:,} left, "
                   f"{diff.stayed:,} stayed" if diff else "first version")
-        click.echo(f"{row['name']} v{row['version']}: {row['size']:,} members{extras}; {change}")
+        click.echo(f"{row['name']} v{row['version']}: {row['size']:,} members{extras}; {change}"
+                   + (f"; reach curve {row['reach_curve_png']}" if "reach_curve_png" in row else ""))
 
 
 @audiences_group.command("list")
@@ -185,6 +198,9 @@ def show_cmd(settings: Settings, name: str, version: int | None, limit: int) -> 
         click.echo(f"{key}: {value}")
     click.echo("")
     echo_table(view.members)
+    if view.reach_curve is not None and view.reach_curve.num_rows:
+        click.echo("\nreach curve" + (f" ({view.reach_curve_png})" if view.reach_curve_png else "") + ":")
+        echo_table(view.reach_curve)
 
 @audiences_group.command("diff")
 @click.argument("name")

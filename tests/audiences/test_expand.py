@@ -154,7 +154,7 @@ def test_seed_table_and_seed_file(world, tmp_path):
     ({"seed_sql": SEED_SQL, "size": 100_000}, "population has only"),
     ({"seed_sql": SEED_SQL, "size": "150%"}, "percentage"),
     ({"seed_sql": SEED_SQL, "size": "lots"}, "positive count"),
-    ({"seed_sql": SEED_SQL, "size": None}, "Give size .* or min_similarity"),
+    ({"seed_sql": SEED_SQL, "size": None}, "Give size .*, min_similarity .* or min_expected_lift"),
     ({"seed_sql": SEED_SQL, "size": 10, "strategy": "magic"}, "Unknown strategy"),
     ({"seed_sql": "select nope from customer_features", "size": 10}, "failed"),
     ({"seed_sql": SEED_SQL, "seed_table": "x", "size": 10}, "exactly one seed source"),
@@ -167,7 +167,8 @@ def test_bad_input_is_a_clear_error(world, kwargs, message):
 
 @pytest.mark.parametrize("options, python_message, cli_message", [
     ({"size": "150%"}, "size 150%: a percentage must be in (0, 100].", "--size 150%: a percentage must be in (0, 100]."),
-    ({}, "Give size (20000 or 5%) or min_similarity (e.g. 0.8).", "Give --size (20000 or 5%) or --min-similarity (e.g. 0.8)."),
+    ({}, "Give size (20000 or 5%), min_similarity (e.g. 0.8) or min_expected_lift (e.g. 2).",
+     "Give --size (20000 or 5%), --min-similarity (e.g. 0.8) or --min-expected-lift (e.g. 2)."),
     ({"size": "10", "exclude_sql": "select nope from customer_features"}, "exclude_sql failed: ", "--exclude-sql failed: "),
 ])
 def test_bad_parameters_are_named_as_the_caller_spells_them(world, tmp_path, options, python_message, cli_message):
@@ -230,7 +231,10 @@ def test_cli_expand_show_diff_drop(world, tmp_path):
     assert second.exit_code == 0 and "seg3 v2" in second.output, second.output
     shown = runner.invoke(main, base + ["audiences", "show", "seg3", "--limit", "5"])
     assert shown.exit_code == 0 and "size: 250" in shown.output and "nearest_seed_id" in shown.output
-    assert len([line for line in shown.output.splitlines() if line[:1].isdigit()]) == 5
+    members, curve = shown.output.split("\nreach curve (")
+    assert len([line for line in members.splitlines() if line[:1].isdigit()]) == 5
+    assert curve.startswith(str(tmp_path / "serving_reach_curves" / "seg3_v2.png")) and "expected_lift" in curve
+    assert f"reach curve: {tmp_path / 'serving_reach_curves' / 'seg3_v2.png'}" in second.output
     listed = runner.invoke(main, base + ["audiences", "list"])
     assert listed.output.count("seg3") == 2
     diff = runner.invoke(main, base + ["audiences", "diff", "seg3"])

@@ -57,6 +57,14 @@ def test_apply_publishes_rings_and_holdouts(lifecycle):
     skew = serving_sql(settings, "select count(distinct attribute) from audience_attribute_skew s "
                                  "join latest_audiences a using (audience_id) where a.name = 'spenders'")[0][0]
     assert skew >= 2
+    curve = serving_sql(settings, """
+        select a.name, c.size, c.min_score, c.expected_lift, c.source from audience_reach_curve c
+        join latest_audiences a using (audience_id) order by a.name, c.size""")
+    for name in ("spenders", "tiers"):
+        rows = [r for r in curve if r[0] == name]
+        assert len(rows) >= 6 and {r[4] for r in rows} == {"in_seed"}, rows
+        assert all(a[2] >= b[2] and a[3] >= b[3] for a, b in zip(rows, rows[1:])), rows  # size up: score and lift down
+    assert f"reach curve {settings.serving_db_path.with_name(settings.serving_db_path.stem + '_reach_curves')}" in out
 
     # Re-applying publishes version 2 and reports the diff; who stays keeps their holdout arm.
     again = run_cli(settings, "audiences", "apply", str(path)).output

@@ -77,7 +77,8 @@ def test_failed_publish_leaves_the_serving_file_untouched(world, tmp_path, monke
     with pytest.raises(RuntimeError, match="disk full"):
         publish(world, serving)
     assert digest(serving) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["serving.duckdb", "serving.duckdb.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["serving.duckdb", "serving.duckdb.lock", "serving_reach_curves"]
+    assert [p.name for p in (tmp_path / "serving_reach_curves").iterdir()] == ["seg5_v1.png"]  # no picture of the failed one
     with pytest.raises(LookalikeError, match="No audience named"):
         publish_module.drop_audience(serving, "nope")
     assert digest(serving) == before

@@ -39,3 +39,12 @@ def test_small_chance_gaps_do_not_warn(con):
     # 20 members, 13 'f' (65% vs 50%): 1.3x and well within chance for n = 20.
     members = np.concatenate([np.arange(0, 13), np.arange(500, 507)])
     assert skew_warnings(attribute_skew(con, members, members), len(members)) == []
+
+
+def test_warnings_say_whether_the_attribute_was_excluded(con):
+    members = np.arange(0, 200)
+    skew = attribute_skew(con, members, members)
+    assert skew_warnings(skew, len(members))[0].endswith("gender was not excluded from the ranking: exclude_features can keep it out.")
+    (warning,) = skew_warnings(skew, len(members), excluded=["gender"])
+    assert warning.endswith("gender was excluded from the ranking: the skew comes through correlated features.")
+    assert "\n" not in warning
