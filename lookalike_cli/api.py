@@ -64,12 +64,16 @@ def build_index(settings: Settings, progress: Progress = quiet, **options):
 
 
 def expand(settings: Settings, seed_sql: str | None = None, seed_table: str | None = None,
-           seed_file: str | Path | None = None, size: str | int | None = None, progress: Progress = quiet, **options):
-    """Compute a lookalike audience of a seed (nothing is written); returns an Expansion (members, audience row)."""
+           seed_file: str | Path | None = None, size: str | int | None = None, progress: Progress = quiet,
+           seed_value_sql: str | None = None, **options):
+    """Compute a lookalike audience of a seed (nothing is written); returns an Expansion (members, audience row).
+
+    `seed_value_sql` (SQL returning customer_id, value) makes a value-based seed, each seed weighted by
+    its value; other options are expand's (strategy, exclude_sql, min_similarity, ...)."""
     from lookalike_cli.audiences.expand import expand as compute
 
     return compute(settings.db_path, settings.index_dir, seed_sql=seed_sql, seed_table=seed_table, seed_file=seed_file,
-                   size=size, progress=progress, **options)
+                   seed_value_sql=seed_value_sql, size=size, progress=progress, **options)
 
 
 def publish(settings: Settings, name: str, expansion, progress: Progress = quiet) -> dict:

@@ -38,6 +38,12 @@ differences are noisy (near-ties share the weight instead of flipping from one t
 The evidence (held-out AUC of every component and of the chosen blend, the weights) is stored with
 the audience. Seeds too small to validate (< MIN_VALIDATION_SEEDS) get equal weights on every
 available component: an uninformed prior, not a choice made on any dataset.
+
+A value-based seed (`BlendInputs.weights`, from `--seed-value-sql`) weighs each seed by its value
+everywhere the seed enters: the centroids are weighted means, the classifiers take the values as
+sample weights, and the selection maximises the value-weighted AUC of held-out seeds (the chance
+that a seed drawn in proportion to its value outranks an unlabelled customer), so the blend
+chooses the components that find valuable seeds rather than many seeds.
 """
 
 from __future__ import annotations
@@ -80,10 +86,12 @@ class BlendInputs:
     names: tuple = ()
     scale: tuple | None = None
     cached_preference: np.ndarray | None = field(default=None, repr=False)  # preference(), once computed
+    weights: np.ndarray | None = None  # seeds only: value weight per row (None: all alike)
 
     def take(self, rows: np.ndarray) -> "BlendInputs":
         cached = None if self.cached_preference is None else self.cached_preference[rows]
-        return BlendInputs(self.embeddings[rows], self.raw[rows], self.names, self.scale, cached)
+        weights = None if self.weights is None else self.weights[rows]
+        return BlendInputs(self.embeddings[rows], self.raw[rows], self.names, self.scale, cached, weights)
 
     def joint(self, embeddings: bool = True) -> np.ndarray:
         # Unit embeddings scaled to the raw features' per-column variance (~1), so the
@@ -157,6 +165,11 @@ def cosine_to_centroid(rows: np.ndarray, seed_rows: np.ndarray) -> np.ndarray:
     return rows @ centre / np.maximum(norms, 1e-12)
 
 
+def weighted_mean(rows: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """The column means of `rows` (weighted by `weights` when given; a zero-width block stays zero-width)."""
+    return rows.mean(axis=0) if weights is None or rows.shape[1] == 0 else np.average(rows, axis=0, weights=weights)
+
+
 @dataclass
 class FittedComponents:
     active: tuple[str, ...]
@@ -198,11 +211,13 @@ class FittedComponents:
         ])
 
 
-def fit_gbm(x: np.ndarray, y: np.ndarray, random_seed: int):
+def fit_gbm(x: np.ndarray, y: np.ndarray, random_seed: int, sample_weight: np.ndarray | None = None):
     import lightgbm
 
     positives = max(float(y.sum()), 1.0)
     weights = np.where(y == 1, (len(y) - positives) / positives, 1.0)  # class-balanced, as the LRs
+    if sample_weight is not None:
+        weights = weights * sample_weight
     model = lightgbm.LGBMClassifier(random_state=random_seed, **GBM_PARAMS)
     return model.fit(x, y, sample_weight=weights)
 
@@ -212,40 +227,51 @@ def fit_components(seeds: BlendInputs, unlabelled: BlendInputs, reference: Blend
     from sklearn.linear_model import LogisticRegression
 
     y = np.r_[np.ones(len(seeds)), np.zeros(len(unlabelled))]
+    # Value weights rescaled to mean 1 on these seeds: the seeds' total weight, which class balancing
+    # and the regularisation see, stays their count (a fold whose seeds are all worth 0: unweighted).
+    seed_weights = seeds.weights
+    if seed_weights is not None:
+        seed_weights = seed_weights / seed_weights.mean() if seed_weights.any() else None
+    sample_weight = None if seed_weights is None else np.r_[seed_weights, np.ones(len(unlabelled))]
     models: dict = {}
     if "propensity" in active:
         x = np.vstack([seeds.joint(embeddings), unlabelled.joint(embeddings)]).astype(np.float64)  # lbfgs converts float32 anyway, slower
         models["propensity"] = LogisticRegression(C=PROPENSITY_C, max_iter=1000, class_weight="balanced",
-                                                  random_state=random_seed).fit(x, y)
+                                                  random_state=random_seed).fit(x, y, sample_weight=sample_weight)
     if "shares_lr" in active or "shares_gbm" in active:
         x = np.vstack([seeds.preference(), unlabelled.preference()])
         if "shares_lr" in active:
             models["shares_lr"] = LogisticRegression(C=SHARES_LR_C, max_iter=1000, class_weight="balanced",
-                                                     random_state=random_seed).fit(x, y)
+                                                     random_state=random_seed).fit(x, y, sample_weight=sample_weight)
         if "shares_gbm" in active:
             keep = np.r_[np.arange(len(seeds)), len(seeds) + np.sort(np.random.default_rng(random_seed).permutation(
                 len(unlabelled))[:GBM_UNLABELLED])]
-            models["shares_gbm"] = fit_gbm(x[keep], y[keep], random_seed)
-    fitted = FittedComponents(active, normalise(seeds.embeddings.mean(axis=0, keepdims=True))[0],
-                              seeds.raw.astype(np.float64).mean(axis=0), models, embeddings)
+            models["shares_gbm"] = fit_gbm(x[keep], y[keep], random_seed,
+                                           None if sample_weight is None else sample_weight[keep])
+    fitted = FittedComponents(active, normalise(weighted_mean(seeds.embeddings, seed_weights)[None, :])[0],
+                              weighted_mean(seeds.raw.astype(np.float64), seed_weights), models, embeddings)
     fitted.references = [np.sort(column) for column in fitted.raw_scores(reference).T]
     return fitted
 
 
-def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+def auc(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney); with `weights`,
+    the positive is drawn in proportion to its weight (a value-based seed's value)."""
     negatives = np.sort(negatives)
     below = np.searchsorted(negatives, positives, side="left")
     ties = np.searchsorted(negatives, positives, side="right") - below
-    return float((below + 0.5 * ties).sum() / (len(positives) * len(negatives)))
+    if weights is None:
+        return float((below + 0.5 * ties).sum() / (len(positives) * len(negatives)))
+    return float(weights @ (below + 0.5 * ties) / (max(float(weights.sum()), 1e-12) * len(negatives)))
 
 
-def greedy_selection(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
-    """Selection counts [K] of greedy forward selection with replacement over percentile columns."""
+def greedy_selection(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Selection counts [K] of greedy forward selection with replacement over percentile columns
+    (by the AUC of the positives weighted by `weights`, when given)."""
     counts = np.zeros(positives.shape[1])
     current_pos, current_neg = np.zeros(len(positives)), np.zeros(len(negatives))
     for _ in range(STEPS):
-        trial = [auc(current_pos + positives[:, k], current_neg + negatives[:, k]) for k in range(positives.shape[1])]
+        trial = [auc(current_pos + positives[:, k], current_neg + negatives[:, k], weights) for k in range(positives.shape[1])]
         k = int(np.argmax(trial))
         counts[k] += 1
         current_pos += positives[:, k]
@@ -253,34 +279,42 @@ def greedy_selection(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray
     return counts
 
 
-def select_weights(positives: np.ndarray, negatives: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Bagged greedy selection: mean over BAGS bootstrap resamples of the normalised selection counts."""
+def select_weights(positives: np.ndarray, negatives: np.ndarray, rng: np.random.Generator,
+                   weights: np.ndarray | None = None) -> np.ndarray:
+    """Bagged greedy selection: mean over BAGS bootstrap resamples of the normalised selection counts
+    (each resampled positive keeps its weight; a resample whose weights are all 0 counts them alike)."""
     total = np.zeros(positives.shape[1])
     for _ in range(BAGS):
-        pos = positives[rng.integers(0, len(positives), len(positives))]
+        rows = rng.integers(0, len(positives), len(positives))
+        pos = positives[rows]
         neg = negatives[rng.integers(0, len(negatives), len(negatives))]
-        counts = greedy_selection(pos, neg)
+        bag_weights = None if weights is None or not weights[rows].any() else weights[rows]
+        counts = greedy_selection(pos, neg, bag_weights)
         total += counts / max(counts.sum(), 1.0)
     return total / BAGS
 
 
 def out_of_fold(seeds: BlendInputs, unlabelled: BlendInputs, reference: BlendInputs, rng: np.random.Generator,
-                random_seed: int, active: tuple[str, ...], embeddings: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                random_seed: int, active: tuple[str, ...], embeddings: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Out-of-fold percentiles [n, len(active)] of every seed and of (a sample of) the unlabelled customers:
-    each fold's rows scored by components fitted on the other folds."""
+    each fold's rows scored by components fitted on the other folds; and the seeds' weights in the same
+    order (None for an unweighted seed)."""
     seed_fold = rng.permutation(len(seeds)) % FOLDS
     unlabelled_fold = rng.permutation(len(unlabelled)) % FOLDS
     reference = reference.take(np.arange(min(len(reference), SELECTION_UNLABELLED)))  # enough resolution to select
-    held_pos, held_neg = [], []
+    held_pos, held_neg, held_rows = [], [], []
     for fold in range(FOLDS):
         # Time goes into the fits, which grow with the unlabelled rows; the seeds are what is scarce.
         train = rng.permutation(np.flatnonzero(unlabelled_fold != fold))[:FOLD_UNLABELLED]
         held = rng.permutation(np.flatnonzero(unlabelled_fold == fold))[:SELECTION_UNLABELLED // FOLDS + 1]
         fitted = fit_components(seeds.take(np.flatnonzero(seed_fold != fold)), unlabelled.take(np.sort(train)),
                                 reference, random_seed, active, embeddings)
-        held_pos.append(fitted.percentiles(seeds.take(np.flatnonzero(seed_fold == fold))))
+        held_rows.append(np.flatnonzero(seed_fold == fold))
+        held_pos.append(fitted.percentiles(seeds.take(held_rows[-1])))
         held_neg.append(fitted.percentiles(unlabelled.take(np.sort(held))))
-    return np.vstack(held_pos), np.vstack(held_neg)
+    weights = None if seeds.weights is None else seeds.weights[np.concatenate(held_rows)]
+    return np.vstack(held_pos), np.vstack(held_neg), weights
 
 
 @dataclass
@@ -319,13 +353,14 @@ def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int, em
     evidence: dict = {"components": list(active), "folds": 0, "unlabelled": int(len(unlabelled)),
                       "selection": "equal weights (seed too small to validate)"}
     if len(seeds) >= MIN_VALIDATION_SEEDS and len(unlabelled) >= 2 * FOLDS:
-        positives, negatives = out_of_fold(seeds, unlabelled, reference, rng, random_seed, active, embeddings)
-        weights = select_weights(positives, negatives, rng)
+        positives, negatives, value = out_of_fold(seeds, unlabelled, reference, rng, random_seed, active, embeddings)
+        weights = select_weights(positives, negatives, rng, value)
         evidence.update(
             folds=FOLDS, bags=BAGS, steps=STEPS,
-            selection="bagged greedy forward selection on out-of-fold percentiles, by held-out AUC",
-            validation_auc={name: round(auc(positives[:, k], negatives[:, k]), 4) for k, name in enumerate(active)},
-            blend_validation_auc=round(auc(positives @ weights, negatives @ weights), 4))
+            selection="bagged greedy forward selection on out-of-fold percentiles, by held-out AUC"
+                      + ("" if value is None else " (held-out seeds weighted by value)"),
+            validation_auc={name: round(auc(positives[:, k], negatives[:, k], value), 4) for k, name in enumerate(active)},
+            blend_validation_auc=round(auc(positives @ weights, negatives @ weights, value), 4))
         validation = (positives @ weights, negatives @ weights)
     components = fit_components(seeds, unlabelled, reference, random_seed, active, embeddings)
     weights = tuple(float(w) for w in weights)

@@ -38,6 +38,7 @@ def create_audience(
     seed_sql: str | None = None,
     seed_table: str | None = None,
     seed_file: str | Path | None = None,
+    seed_value_sql: str | None = None,
     size: str | int | None = None,
     min_similarity: float | None = None,
     strategy: str = "blend",
@@ -71,7 +72,8 @@ def create_audience(
         with connection(db_path, read_only=True) as con:
             population = con.execute("select count(*) from customer_embeddings").fetchall()[0][0]
         size = ring_size(ring_shares, population)
-    result = expand(db_path, index_dir, seed_sql=seed_sql, seed_table=seed_table, seed_file=seed_file, size=size,
+    result = expand(db_path, index_dir, seed_sql=seed_sql, seed_table=seed_table, seed_file=seed_file,
+                    seed_value_sql=seed_value_sql, size=size,
                     min_similarity=min_similarity, strategy=strategy, exclude_sql=exclude_sql,
                     k_per_seed=k_per_seed, seed=seed, progress=progress, min_expected_lift=min_expected_lift,
                     exclude_features=exclude_features, reach_backtest=latest_backtest(serving_db_path, name, strategy))

@@ -3,6 +3,7 @@
     audiences:
       - name: big_spenders
         seed_sql: select customer_id from customer_features order by total_spend desc limit 500
+        value_sql: select customer_id, total_spend as value from customer_features   # optional: value-based seed
         size: 5%                 # a count or a share; or min_similarity; or min_expected_lift; or rings
         exclude_features: [gender, age_band]   # optional: columns kept out of the ranking (blend)
         strategy: blend          # and any other expand option: exclude_sql, seed_table, seed_file, seed_persona, ...
@@ -27,7 +28,9 @@ from lookalike_cli.settings import Settings
 SEED_KEYS = ("seed_sql", "seed_table", "seed_file", "seed_persona")
 EXPAND_KEYS = ("size", "min_similarity", "strategy", "exclude_sql", "k_per_seed", "seed", "min_expected_lift",
                "exclude_features")
-KEYS = ("name", *SEED_KEYS, *EXPAND_KEYS, "holdout", "rings", "export_parquet")
+KEYS = ("name", *SEED_KEYS, "value_sql", *EXPAND_KEYS, "holdout", "rings", "export_parquet")
+# Keys of the file that name an expand() parameter differently: how its errors spell them.
+FILE_NAMES = {"seed_value_sql": "value_sql"}
 
 
 @dataclass
@@ -113,6 +116,10 @@ def validate_definitions(entries: list, settings: Settings, where: str = "audien
                 problems.append(f"{label}: seed_sql fails: {error}")
             if entry.get("exclude_sql") and (error := runs(entry["exclude_sql"])):
                 problems.append(f"{label}: exclude_sql fails: {error}")
+            if entry.get("value_sql"):
+                options["seed_value_sql"] = entry["value_sql"]
+                if error := runs(entry["value_sql"]):
+                    problems.append(f"{label}: value_sql fails: {error}")
             if entry.get("seed_table") and not table_exists(con, str(entry["seed_table"])):
                 problems.append(f"{label}: seed_table {entry['seed_table']!r} does not exist in {settings.db_path.name}.")
             if entry.get("seed_file") and not Path(entry["seed_file"]).is_file():
@@ -190,7 +197,7 @@ def apply_definitions(settings: Settings, path: str | Path, progress: Progress =
             backtest = latest_backtest(settings.serving_db_path, definition.name, options.get("strategy", "blend"))
             result = expand(settings.db_path, settings.index_dir, progress=progress, reach_backtest=backtest, **options)
         except ParameterError as exc:  # the file's keys are expand's parameter names: no flag to show
-            raise LookalikeError(f"{path}: audience {definition.name!r}: {exc}") from exc
+            raise LookalikeError(f"{path}: audience {definition.name!r}: {exc.render(FILE_NAMES)}") from exc
         computed.append((definition, split_expansion(result, definition.name, definition.rings, definition.holdout,
                                                      seed=int(options.get("seed", 0)))))
     applied = []

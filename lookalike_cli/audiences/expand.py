@@ -19,6 +19,12 @@ audience by its reach curve (`reach.py`), which every expansion computes from it
 columns from every raw component and leaves out its embedding components, since the encoder's
 embeddings were computed from every column (the other strategies rank on embeddings only, so they
 refuse it). The `similarity` and `nearest_seed_id` reported per member stay embedding-based.
+
+`--seed-value-sql` (a value per seed member) weights the seed in every strategy: the weighted
+centroid (centroid, blend's centroid components), value-weighted votes (knn-vote), sample weights
+in the classifiers (classifier, blend's propensity, shares_lr and shares_gbm) and value-weighted
+held-out AUC in the blend's self-validation. multi-centroid runs weighted k-means: each sub-centroid
+moves towards its valuable members, but every sub-group of the seed keeps its share of the audience.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.audiences.seeds import Seeds, excluded_ids, resolve_seeds
+from lookalike_cli.audiences.seeds import Seeds, excluded_ids, resolve_seeds, seed_value_weights
 from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index
 from lookalike_cli.index.search import exact_search, ivf_search, top_k
@@ -241,13 +247,14 @@ def over_vectors(index: LoadedIndex, ids: np.ndarray, use: Callable[[np.ndarray,
 
 
 def centroid(index: LoadedIndex, seeds: Seeds, limit: int, **_) -> Candidates:
-    query = normalise(seeds.vectors.mean(axis=0, keepdims=True))
+    query = seeds.centroid()
     ids, sims, _, frontier = search_union(index, query, limit)
     return ranked(ids, sims, sims, frontier)
 
 
 def knn_vote(index: LoadedIndex, seeds: Seeds, limit: int, k_per_seed: int | None = None, **_) -> Candidates:
-    """Score = sum of the similarities of the seeds that have the customer among their k nearest.
+    """Score = sum of the similarities of the seeds that have the customer among their k nearest
+    (each times the seed's weight, for a value-based seed).
 
     Seeds' neighbourhoods overlap, so the union of k neighbours per seed holds far fewer than
     seeds*k customers. k grows by the observed shortfall (at least doubling) until the union
@@ -264,19 +271,21 @@ def knn_vote(index: LoadedIndex, seeds: Seeds, limit: int, k_per_seed: int | Non
         if len(unique) >= limit or k >= cap:
             break
         k = min(cap, max(2 * k, math.ceil(1.5 * k * limit / len(unique))))
+    if seeds.weights is not None:
+        votes = group_by_id(ids, sims * seeds.weights[rows])[3]
     return ranked(unique, votes, best, frontier, seeds.ids[rows[at]], capped=k >= cap and frontier > -1.0)
 
 
-def seed_clusters(vectors: np.ndarray, seed: int, max_k: int = 8) -> tuple[np.ndarray, dict]:
-    """Sub-centroids of the seed by k-means, k chosen by silhouette (k=1 when no split is clearly better)."""
+def seed_clusters(vectors: np.ndarray, seed: int, max_k: int = 8, weights: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Sub-centroids of the seed by (value-weighted) k-means, k chosen by silhouette (k=1 when no split is clearly better)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
     upper = min(max_k, len(vectors) // 20)
-    best = (0.1, 1, normalise(vectors.mean(axis=0, keepdims=True)))  # a split must beat silhouette 0.1
+    best = (0.1, 1, normalise(np.average(vectors, axis=0, weights=weights)[None, :]))  # a split must beat silhouette 0.1
     scores = {}
     for k in range(2, upper + 1):
-        model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(vectors)
+        model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(vectors, sample_weight=weights)
         score = float(silhouette_score(vectors, model.labels_, sample_size=min(len(vectors), 2000), random_state=seed))
         scores[k] = round(score, 3)
         if score > best[0]:
@@ -306,11 +315,13 @@ def train_classifier(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int, sa
         f"select customer_id, embedding from customer_embeddings using sample reservoir({sample_size} rows) repeatable ({seed})"
     ).to_arrow_table()
     ids, unlabelled = ids_and_vectors(table)
-    return fit_pu(seeds.vectors, unlabelled[~np.isin(ids, seeds.ids)], seed)
+    return fit_pu(seeds.vectors, unlabelled[~np.isin(ids, seeds.ids)], seed, seeds.weights)
 
 
-def fit_pu(positives: np.ndarray, unlabelled: np.ndarray, seed: int) -> tuple[PUClassifier, dict]:
-    """The PU classifier of seed vectors against unlabelled vectors (also refitted per fold by reach.py)."""
+def fit_pu(positives: np.ndarray, unlabelled: np.ndarray, seed: int, positive_weights: np.ndarray | None = None
+           ) -> tuple[PUClassifier, dict]:
+    """The PU classifier of seed vectors (value-weighted by `positive_weights`) against unlabelled vectors
+    (also refitted per fold by reach.py)."""
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(seed)
@@ -320,7 +331,8 @@ def fit_pu(positives: np.ndarray, unlabelled: np.ndarray, seed: int) -> tuple[PU
     train_pos = positives[~held_out]
     x = np.vstack([train_pos, unlabelled])
     y = np.r_[np.ones(len(train_pos)), np.zeros(len(unlabelled))]
-    model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
+    weights = None if positive_weights is None else np.r_[positive_weights[~held_out], np.ones(len(unlabelled))]
+    model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y, sample_weight=weights)
     check = positives[held_out] if held_out.any() else train_pos
     c = float(np.clip(model.predict_proba(check)[:, 1].mean(), 1e-6, 1.0))
     return PUClassifier(model, c), {"population_sample": int(len(unlabelled)), "label_frequency": round(c, 4)}
@@ -357,15 +369,16 @@ def fit_blend_for(seeds: Seeds, population_ids: np.ndarray, population_vectors: 
     unlabelled = np.flatnonzero(~np.isin(population_ids, seeds.ids))
     if len(unlabelled) > BLEND_UNLABELLED:
         unlabelled = np.sort(np.random.default_rng(seed).choice(unlabelled, BLEND_UNLABELLED, replace=False))
-    return fit_blend(blend_inputs(seeds.ids, seeds.vectors, raw),
-                     blend_inputs(population_ids[unlabelled], population_vectors[unlabelled], raw), seed, embeddings)
+    seed_inputs = blend_inputs(seeds.ids, seeds.vectors, raw)
+    seed_inputs.weights = seeds.weights
+    return fit_blend(seed_inputs, blend_inputs(population_ids[unlabelled], population_vectors[unlabelled], raw), seed, embeddings)
 
 
 def blend(index: LoadedIndex, seeds: Seeds, limit: int, blend_population: tuple, **_) -> Candidates:
     """Every customer scored by the fitted blend (exact: no candidate pool); similarity = cosine to the centroid."""
     ids, vectors, raw, fitted = blend_population
     scores = fitted.score(blend_inputs(ids, vectors, raw))
-    similarities = vectors @ normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+    similarities = vectors @ seeds.centroid()[0]
     return ranked(ids, scores, similarities, -1.0)
 
 
@@ -391,7 +404,7 @@ def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tupl
                 ids = np.union1d(ids, top_active(con, 2 * limit))
             raw = load_raw_features(con, ids=ids, scale=scale)
         ids = raw.ids
-    centre = normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+    centre = seeds.centroid()[0]
 
     def score(part: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         vectors = normalise(vectors)
@@ -415,7 +428,7 @@ def blend_scan(index: LoadedIndex, seeds: Seeds, limit: int, blend_scan: tuple, 
             ids.append(raw.ids)
             scores.append(fitted.score(blend_inputs(raw.ids, np.zeros((len(raw.ids), 0), np.float32), raw)))
     ids = np.concatenate(ids)
-    centre = normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+    centre = seeds.centroid()[0]
     (similarities,) = over_vectors(index, ids, lambda _, vectors: (normalise(vectors) @ centre,))
     return ranked(ids, np.concatenate(scores), similarities, -1.0)
 
@@ -483,6 +496,7 @@ def expand(
     seed_sql: str | None = None,
     seed_table: str | None = None,
     seed_file: str | Path | None = None,
+    seed_value_sql: str | None = None,
     size: str | int | None = None,
     min_similarity: float | None = None,
     strategy: str = DEFAULT_STRATEGY,
@@ -500,7 +514,9 @@ def expand(
     `min_expected_lift` sizes it by the reach curve instead of `size` / `min_similarity`;
     `exclude_features` ('gender,age_band' or a list) keeps customer_features columns out of the
     ranking (blend only); `reach_backtest` (reach.latest_backtest) puts a backtest's measured lift
-    on the curve where it measured. A long-lived process (a service, a benchmark) can pass
+    on the curve where it measured; `seed_value_sql` (customer_id, value) makes a value-based seed,
+    each seed weighing by its value (seeds.seed_values says what is accepted; seed members without a
+    row weigh the median). A long-lived process (a service, a benchmark) can pass
     `loaded_index` to skip reading the index file; its model version is checked all the same.
     """
     from lookalike_cli.audiences.reach import population_sample, reach_curve, size_for_lift, Validation, vector_validation
@@ -525,6 +541,7 @@ def expand(
 
             check_excludable(con, excluded_features)
         seeds = resolve_seeds(con, seed_sql, seed_table, seed_file)
+        seed_value = seed_value_weights(con, seeds, seed_value_sql) if seed_value_sql else None
         warnings = list(seeds.warnings)
         check_target(target, size, population, seeds)
         excluded, excluded_counts = excluded_ids(con, exclude_sql)
@@ -536,9 +553,13 @@ def expand(
         parameters = base_parameters(seeds, size, min_similarity, exclude_sql, seed)
         if excluded_features:
             parameters["exclude_features"] = list(excluded_features)
+        if seed_value:
+            parameters["seed_value"] = {"weighted": True, **seed_value}
+            progress(f"  value-weighted seed: values {seed_value['min']:.4g}..{seed_value['max']:.4g} "
+                     f"(median {seed_value['median']:.4g}), worth {seed_value['effective_seeds']:,} equally weighted seeds")
         validation, sample_scores = None, None
         if strategy == "multi-centroid":
-            extra["centroids"], info = seed_clusters(seeds.vectors, seed)
+            extra["centroids"], info = seed_clusters(seeds.vectors, seed, weights=seeds.weights)
             parameters.update(info)
             progress(f"  seed sub-clusters: {info['clusters']} (silhouette {info['silhouette']})")
         elif strategy == "classifier":
@@ -581,7 +602,7 @@ def expand(
             k = max(k_per_seed or 10, math.ceil(2 * ((target or 1000) + len(blocked) + 100) / seeds.found))
             validation = vector_validation(strategy, seeds.vectors, sample, seed, population,
                                            clusters=len(extra.get("centroids", [])), k_per_seed=k)
-            centre = normalise(seeds.vectors.mean(axis=0, keepdims=True))[0]
+            centre = seeds.centroid()[0]  # the centroid strategy's own centre, weighted for a value-based seed
             sample_scores = {"centroid": lambda: sample @ centre,
                              "multi-centroid": lambda: (sample @ extra["centroids"].T).max(axis=1),
                              "classifier": lambda: extra["pu"].probability(sample)}.get(strategy)

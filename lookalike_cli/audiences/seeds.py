@@ -1,4 +1,5 @@
-"""Seed audiences: resolve `--seed-sql`, `--seed-table` or `--seed-file` to customers with embeddings."""
+"""Seed audiences: resolve `--seed-sql`, `--seed-table` or `--seed-file` to customers with embeddings,
+optionally weighted by a value per seed member (`--seed-value-sql`, see `seed_value_weights`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class Seeds:
     ids: np.ndarray          # int64, seeds found in customer_embeddings
     vectors: np.ndarray      # float32 (found, d), L2-normalised
     warnings: list[str]
+    # float64 (found,), mean 1: a value-based seed's weight per seed (`seed_value_weights`); None: all alike.
+    weights: np.ndarray | None = None
 
     @property
     def found(self) -> int:
@@ -33,6 +36,10 @@ class Seeds:
     @property
     def missing(self) -> int:
         return self.requested - self.found
+
+    def centroid(self) -> np.ndarray:
+        """[1, d]: the L2-normalised mean seed vector, weighted by value when the seed has weights."""
+        return normalise(np.average(self.vectors, axis=0, weights=self.weights)[None, :])
 
 
 def seed_source(seed_sql: str | None, seed_table: str | None, seed_file: str | Path | None) -> str:
@@ -128,6 +135,90 @@ def seeds_from_embeddings(source: str, requested: int, found: pa.Table) -> Seeds
             "for a stable lookalike audience."
         )
     return seeds
+
+
+NUMERIC_TYPES = {"tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
+                 "ubigint", "uhugeint", "float", "double", "decimal", "null"}  # null: an untyped NULL column, caught below
+
+
+def value_column(relation: duckdb.DuckDBPyRelation, what: str) -> str:
+    """The value column of a (customer_id, value) query: `value`, or the only column besides customer_id."""
+    columns = relation.columns
+    others = [c for c in columns if c != "customer_id"]
+    if "customer_id" not in columns or not others:
+        raise input_error(what, f"returns columns {columns}: it needs customer_id and value "
+                                "(select customer_id, <amount> as value from ...).")
+    column = "value" if "value" in others else others[0] if len(others) == 1 else None
+    if column is None:
+        raise input_error(what, f"returns columns {columns}: name the value column `value`.")
+    kind = relation.types[columns.index(column)]
+    if kind.id not in NUMERIC_TYPES:
+        raise input_error(what, f"column {column} is {kind}, not a number: cast it (e.g. {column}::double).")
+    return column
+
+
+def example(ids: np.ndarray, values: np.ndarray | None = None) -> str:
+    """The first few offending customers of an error: 'e.g. customer 12, 15' or 'e.g. customer 12: -5'."""
+    items = ids[:3].tolist() if values is None else [f"{i}: {v:g}" for i, v in zip(ids[:3].tolist(), values[:3].tolist())]
+    return "e.g. customer " + ", ".join(map(str, items))
+
+
+def seed_values(con: duckdb.DuckDBPyConnection, sql: str, ids: np.ndarray, what: str, noun: str = "seed members"
+                ) -> tuple[np.ndarray, dict, list[str]]:
+    """(value per id in `ids`, summary, warnings) from a (customer_id, value) query (`what` names it in errors).
+
+    Rows of customers not in `ids` are ignored. Every value given must be a finite number >= 0, one per
+    customer, and at least one positive. An id with no row gets the median of the values given (and a
+    warning): a value table that misses a few seed members should not drop them, nor stop the job.
+    """
+    relation = user_query(con, sql, what)
+    column = value_column(relation, what)
+    wanted = con.from_arrow(pa.table({"customer_id": pa.array(ids, pa.int64())}))
+    with sql_errors(what):
+        table = (relation.select(f'try_cast("customer_id" as bigint) as customer_id, cast("{column}" as double) as value')
+                 .join(wanted, "customer_id").order("customer_id").to_arrow_table())
+    found = table.column("customer_id").to_numpy()
+    given = table.column("value").to_numpy()  # NaN where null
+    repeated = np.unique(found[1:][found[1:] == found[:-1]])
+    if len(repeated):
+        raise input_error(what, f"returns several rows for {len(repeated):,} customer(s) ({example(repeated)}): "
+                                "give one value per customer (aggregate with sum or max).")
+    null = np.isnan(given)
+    if null.any():
+        raise input_error(what, f"gives a null (or NaN) value to {int(null.sum()):,} of the {noun} ({example(found[null])}): "
+                                "every value must be a number >= 0 (coalesce(value, 0) counts them as worth nothing).")
+    bad = ~np.isfinite(given) | (given < 0)
+    if bad.any():
+        raise input_error(what, f"gives a negative or infinite value to {int(bad.sum()):,} of the {noun} "
+                                f"({example(found[bad], given[bad])}): values must be finite and >= 0.")
+    if len(found) == 0:
+        raise input_error(what, f"has no row for any of the {len(ids):,} {noun}: check that it returns the "
+                                "warehouse's customer_id.")
+    if not (given > 0).any():
+        raise input_error(what, f"gives each of the {len(found):,} {noun} it covers a value of 0: at least one must be positive.")
+    median = float(np.median(given))
+    values = np.full(len(ids), median)
+    values[np.searchsorted(ids, found)] = given  # ids are sorted and unique (np.unique / ids_and_vectors)
+    weights = values / values.mean()
+    summary = {"value_sql": sql, "seeds_with_value": int(len(found)), "filled_with_median": int(len(ids) - len(found)),
+               "zero_values": int((values == 0).sum()), "min": float(values.min()), "median": median,
+               "mean": float(values.mean()), "max": float(values.max()),
+               # Kish's effective sample size: how many equally weighted seeds the weights are worth.
+               "effective_seeds": round(float(weights.sum() ** 2 / (weights ** 2).sum()), 1)}
+    warnings = []
+    if len(found) < len(ids):
+        warnings.append(f"{len(ids) - len(found):,} of the {len(ids):,} {noun} have no row in the value SQL; "
+                        f"they count at the median value ({median:g}).")
+    return values, summary, warnings
+
+
+def seed_value_weights(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed_value_sql: str) -> dict:
+    """Weight `seeds` by the values of `seed_value_sql` (mean weight 1); returns the summary for
+    audiences.parameters (and adds a warning to the seeds when some have no value)."""
+    values, summary, warnings = seed_values(con, seed_value_sql, seeds.ids, "seed_value_sql")
+    seeds.weights = values / values.mean()
+    seeds.warnings.extend(warnings)
+    return summary
 
 
 def excluded_ids(con: duckdb.DuckDBPyConnection, exclude_sql: str | None) -> tuple[np.ndarray, dict]:

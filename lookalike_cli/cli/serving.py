@@ -60,6 +60,10 @@ def build_index_cmd(settings: Settings, **options) -> None:
 @click.option("--seed-table", default=None, help="Warehouse table (or view) with a customer_id column.")
 @click.option("--seed-file", type=click.Path(dir_okay=False), default=None, help="CSV of customer ids (header optional).")
 @click.option("--seed-persona", default=None, help="Persona name: seed = customers whose top persona (customer_personas) it is.")
+@click.option("--seed-value-sql", default=None,
+              help="SQL returning customer_id, value (a number >= 0 per seed member): a value-based seed, each seed "
+                   "weighted by its value (weighted centroid, classifier sample weights, weighted self-validation). "
+                   "Customers outside the seed are ignored; seed members without a row weigh the median value.")
 @click.option("--size", default=None, help="Audience size: a count (20000) or a share of the population (5%).")
 @click.option("--min-similarity", type=float, default=None,
               help="Keep customers at least this similar (cosine) to the centroid / nearest sub-centroid / nearest seed.")
@@ -95,6 +99,9 @@ def expand_cmd(settings: Settings, **options) -> None:
         --seed-sql "select customer_id from customer_features order by total_spend desc limit 500" \\
         --size 5% --strategy knn-vote --exclude-sql "select customer_id from raw.do_not_mail"
       lookalike expand --name cooks --seed-persona "Fresh Food Cook" --size 5%
+      lookalike expand --name valuable --size 5% \\
+        --seed-sql "select customer_id from customer_features order by total_spend desc limit 500" \\
+        --seed-value-sql "select customer_id, total_spend as value from customer_features"
       lookalike expand --name vip_tiers --rings 1%,2%,5% --holdout 10% --seed-table vip_customers
       lookalike expand --name vip_lift --seed-table vip_customers --min-expected-lift 3 \\
         --exclude-features gender,age_band,income_band
@@ -115,6 +122,8 @@ def expand_cmd(settings: Settings, **options) -> None:
             raise LookalikeError("--k-per-seed is a knn-vote option, which --engine spark does not run.")
         if options.pop("min_expected_lift") is not None or options.pop("exclude_features"):
             raise LookalikeError("--min-expected-lift and --exclude-features need --engine duckdb (in-seed validation, raw features).")
+        if options.pop("seed_value_sql"):
+            raise LookalikeError("--seed-value-sql (a value-based seed) is run by --engine duckdb only.")
         if click.get_current_context().get_parameter_source("strategy") == click.core.ParameterSource.DEFAULT:
             options["strategy"] = "centroid"  # the default blend needs the DuckDB warehouse's raw features
         row = create_audience_spark(settings, progress=progress, **options)
