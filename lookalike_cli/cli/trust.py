@@ -30,6 +30,9 @@ def default_report_dir(settings: Settings) -> Path:
               help="With --as-of: maximum training epochs (default: `lookalike train`'s).")
 @click.option("--keep-scratch", is_flag=True, help="With --as-of: keep the scratch warehouse (in .backtests/ beside --db).")
 @click.option("--population-sql", default=None, help="SQL returning the customer_id of the population to rank (default: every scored customer).")
+@click.option("--value-sql", default=None,
+              help="SQL returning customer_id, value (>= 0) of the converters: reports value captured (share of the hidden "
+                   "converters' value in the top k%) and runs each strategy also with the seed value-weighted (+value).")
 @click.option("--splits", type=int, default=5, show_default=True, help="Random seed/hidden splits of the converters.")
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice(["blend", "blend-no-embedding", "centroid", "knn-vote", "multi-centroid", "classifier"]),
@@ -45,7 +48,8 @@ def default_report_dir(settings: Settings) -> Path:
 @click.option("--full-table", is_flag=True, help="Also print recall, precision, lift and AUC at every size.")
 @pass_settings
 def backtest_cmd(settings: Settings, name: str, converters_sql: str | None, campaign: str | None,
-                 as_of: str | None, epochs: int | None, keep_scratch: bool, population_sql: str | None, splits: int,
+                 as_of: str | None, epochs: int | None, keep_scratch: bool, population_sql: str | None,
+                 value_sql: str | None, splits: int,
                  strategies: tuple[str, ...], baselines: str, seed_fraction: float, report_dir: str | None,
                  note: str | None, seed: int, full_table: bool) -> None:
     """Would this have worked? Hide half of known converters, expand from the other half, measure.
@@ -53,7 +57,8 @@ def backtest_cmd(settings: Settings, name: str, converters_sql: str | None, camp
     Reports recall, precision, lift and AUC of the hidden converters at 1/2/5/10/20% of the
     population for the model and for baselines (random, spend, RFM activity, category-share
     cosine, raw-feature cosine, raw-feature classifier); writes audience_backtests (serving
-    file) and a Markdown report with lift-curve PNGs.
+    file) and a Markdown report with lift-curve PNGs. With --value-sql (a value per converter)
+    also value captured, and every strategy again with the seed weighted by value (`+value`).
 
     Without --as-of (and --campaign) it ranks with the warehouse's current embeddings and index.
     With --as-of DATE (or --campaign C, which sets DATE to C's start) it first rebuilds everything
@@ -68,6 +73,10 @@ def backtest_cmd(settings: Settings, name: str, converters_sql: str | None, camp
         --population-sql "select customer_id from raw.campaigns where campaign_id = '18'" \\
         --converters-sql "select customer_id from raw.coupon_redemptions where campaign_id = '18'"
       lookalike backtest --name campaign_18 --campaign 18    # the same, as of the campaign's start
+      lookalike backtest --name response_value --strategy blend \\
+        --converters-sql "select customer_id from raw.planted_conversions where conversion_name = 'segment_response'" \\
+        --value-sql "select customer_id, conversion_value as value from raw.planted_conversions
+                     where conversion_name = 'segment_response'"
       lookalike backtest --name later_pet_buyers --as-of 2025-10-01 \
         --converters-sql "select customer_id from raw.order_lines where category like 'Pet%' group by 1
                           having min(ordered_at) >= date '2025-10-01'"
@@ -93,7 +102,8 @@ def backtest_cmd(settings: Settings, name: str, converters_sql: str | None, camp
 
     from lookalike_cli.trust.backtest import BASELINES
 
-    options = dict(population_sql=population_sql, name=name, splits=splits, strategies=strategies or DEFAULT_STRATEGIES,
+    options = dict(population_sql=population_sql, value_sql=value_sql, name=name, splits=splits,
+                   strategies=strategies or DEFAULT_STRATEGIES,
                    baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines else BASELINES,
                    seed_fraction=seed_fraction, seed=seed, progress=progress)
     if as_of_date is not None:

@@ -7,6 +7,12 @@ non-seed customer of the population; at audience sizes of 1/2/5/10/20% of the po
 measure recall, precision and lift of the hidden converters, and AUC over the whole ranking.
 Means and standard deviations are over the splits.
 
+With a value per converter (`value_sql`: customer_id, value, e.g. what each converter spent) the
+backtest also reports **value captured**: the share of the hidden converters' total value that falls
+in the top k%, beside recall (the share of their number). Every model strategy then runs twice on the
+same splits: unweighted (`model:<strategy>`) and with the seed weighted by the seed converters'
+values (`model:<strategy>+value`, what `expand --seed-value-sql` does).
+
 Methods, all ranking the same candidates:
 - `model:<strategy>`: expand's own ranking functions (blend, centroid, multi-centroid, knn-vote,
   classifier) on the encoder's embeddings, asked for the whole population instead of a top-K
@@ -43,7 +49,7 @@ from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index, read_embeddings
 from lookalike_cli.audiences.publish import insert_rows, publish_tables
 from lookalike_cli.audiences.raw_features import RawFeatures, load_raw_features
-from lookalike_cli.audiences.seeds import Seeds, query_ids
+from lookalike_cli.audiences.seeds import Seeds, query_ids, seed_values
 from lookalike_cli.warehouse.connection import connection, table_exists
 from lookalike_cli.progress import Progress
 
@@ -68,6 +74,7 @@ create table if not exists audience_backtests (
     precision_mean double, precision_std double,
     lift_mean double, lift_std double,
     auc_mean double, auc_std double,
+    value_captured_mean double, value_captured_std double,
     splits integer not null,
     seed_size bigint not null,
     hidden_size bigint not null,
@@ -75,10 +82,13 @@ create table if not exists audience_backtests (
     population_size bigint not null,
     converters_sql varchar not null,
     population_sql varchar,
+    value_sql varchar,
     model_version varchar,
     parameters json
 );
 """
+# Columns added since the table was first published: added to older serving files before appending.
+BACKTESTS_ADDED_COLUMNS = ("value_captured_mean double", "value_captured_std double", "value_sql varchar")
 
 
 @dataclass
@@ -114,7 +124,7 @@ def model_scores(index: LoadedIndex, con: duckdb.DuckDBPyConnection, seeds: Seed
         return fitted.score(expansion.blend_inputs(candidates, candidate_vectors, raw))
     extra: dict = {}
     if strategy == "multi-centroid":
-        extra["centroids"], _ = expansion.seed_clusters(seeds.vectors, seed)
+        extra["centroids"], _ = expansion.seed_clusters(seeds.vectors, seed, weights=seeds.weights)
     elif strategy == "classifier":
         extra["pu"], _ = expansion.train_classifier(con, seeds, seed)
     search = {"centroid": expansion.centroid, "knn-vote": expansion.knn_vote,
@@ -164,7 +174,8 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def hits_at(labels: np.ndarray, scores: np.ndarray, candidates: np.ndarray, sizes: list[int]) -> np.ndarray:
-    """Hidden converters among the top `size` candidates, for each size (ties broken by customer id)."""
+    """Hidden converters among the top `size` candidates, for each size (ties broken by customer id);
+    with values instead of 0/1 labels, the value they hold."""
     order = np.lexsort((candidates, -scores))
     cumulative = np.cumsum(labels[order])
     return np.array([cumulative[min(s, len(cumulative)) - 1] for s in sizes])
@@ -197,8 +208,12 @@ def run_backtest(
     seed_fraction: float = 0.5,
     seed: int = 0,
     progress: Progress = print,
+    value_sql: str | None = None,
 ) -> Backtest:
-    """Run the protocol for every method (nothing is written); see the module docstring."""
+    """Run the protocol for every method (nothing is written); see the module docstring.
+
+    `value_sql` (customer_id, value >= 0 per converter; other customers ignored, converters without a
+    row at the median) adds value captured and the value-weighted model strategies."""
     unknown = [s for s in strategies if s not in (*expansion.STRATEGIES, ABLATION)] + [b for b in baselines if b not in BASELINES]
     if unknown:
         raise LookalikeError(f"Unknown method(s) {unknown}: strategies are {', '.join(expansion.STRATEGIES)}, "
@@ -223,16 +238,24 @@ def run_backtest(
             raise LookalikeError("Every customer of the population is a converter: nothing to rank against.")
         progress(f"Backtest {name!r}: population {len(population):,}, converters {len(converters):,} "
                  f"({len(converters) / len(population):.1%}), {splits} split(s)")
+        values, value_summary = None, None
+        if value_sql:
+            values, value_summary, value_warnings = seed_values(con, value_sql, converters, "value_sql", "converters")
+            for message in value_warnings:
+                progress(f"  {message}")
         n_seed = max(1, min(len(converters) - 1, round(len(converters) * seed_fraction)))
         sizes = [max(1, math.ceil(len(population) * p / 100)) for p in sizes_percent]
         curve_sizes = [max(1, math.ceil(len(population) * p / 100)) for p in CURVE_PERCENT]
-        methods = [f"model:{s}" for s in strategies] + list(baselines)
+        weightings = ("", "+value") if values is not None else ("",)
+        methods = [f"model:{s}{weighting}" for s in strategies for weighting in weightings] + list(baselines)
         recall = {m: [] for m in methods}
         precision = {m: [] for m in methods}
         lift = {m: [] for m in methods}
         aucs = {m: [] for m in methods}
         curves = {m: [] for m in methods}
+        captured = {m: [] for m in methods}
         blend_weights: list = []
+        value_blend_weights: list = []
         # Small fits (k-means of the seed, logistic regressions): one thread avoids OpenMP oversubscription.
         limits = threadpool_limits(1)
         for split in range(splits):
@@ -244,10 +267,18 @@ def run_backtest(
             base_rate = labels.mean()
             seeds = Seeds(source=f"backtest split {split}", requested=n_seed, ids=seed_ids,
                           vectors=vectors[np.searchsorted(embedding_ids, seed_ids)], warnings=[])
+            if values is not None:
+                gains = np.where(labels, lookup(converters, values, candidates, 0.0), 0.0)
+                seed_value = lookup(converters, values, seed_ids, 0.0)
+                if not seed_value.any():
+                    raise ParameterError(f"{{value_sql}} gives every seed converter of split {split + 1} a value of 0: "
+                                         "nothing to weight the seed by.", "value_sql")
+                weighted = Seeds(seeds.source, seeds.requested, seeds.ids, seeds.vectors, [], seed_value / seed_value.mean())
             for method in methods:
                 if method.startswith("model:"):
-                    scores = model_scores(index, con, seeds, method.split(":", 1)[1], candidates, seed + split,
-                                          (embedding_ids, vectors), raw, blend_weights)
+                    strategy, _, weighting = method.removeprefix("model:").partition("+")
+                    scores = model_scores(index, con, weighted if weighting else seeds, strategy, candidates, seed + split,
+                                          (embedding_ids, vectors), raw, value_blend_weights if weighting else blend_weights)
                 elif method == "random":
                     scores = rng.random(len(candidates))
                 elif method == "spend":
@@ -271,6 +302,8 @@ def run_backtest(
                 aucs[method].append(auc(labels, scores))
                 curve_hits = hits_at(labels, scores, candidates, curve_sizes)
                 curves[method].append(curve_hits / np.minimum(curve_sizes, len(candidates)) / base_rate)
+                if values is not None:
+                    captured[method].append(hits_at(gains, scores, candidates, sizes) / max(float(gains.sum()), 1e-12))
             progress(f"  split {split + 1}/{splits}: lift@{sizes_percent[min(2, len(sizes) - 1)]:g}% "
                      + ", ".join(f"{m} {lift[m][-1][min(2, len(sizes) - 1)]:.2f}" for m in methods))
         limits.restore_original_limits()
@@ -281,19 +314,24 @@ def run_backtest(
 
     parameters = {"strategies": list(strategies), "baselines": list(baselines), "seed_fraction": seed_fraction,
                   "random_seed": seed, "index_version": index.manifest.index_version,
-                  **({"blend_weights_per_split": blend_weights} if blend_weights else {})}
+                  **({"blend_weights_per_split": blend_weights} if blend_weights else {}),
+                  **({"value": value_summary} if value_summary else {}),
+                  **({"value_weighted_blend_weights_per_split": value_blend_weights} if value_blend_weights else {})}
     rows = []
     for method in methods:
         (r_mean, r_std), (p_mean, p_std), (l_mean, l_std) = spread(recall[method]), spread(precision[method]), spread(lift[method])
         a_mean, a_std = spread(aucs[method])
+        v_mean, v_std = spread(captured[method]) if values is not None else ([None] * len(sizes), [None] * len(sizes))
         for i, percent in enumerate(sizes_percent):
             rows.append({
                 "method": method, "size_percent": float(percent), "audience_size": sizes[i],
                 "recall_mean": r_mean[i], "recall_std": r_std[i], "precision_mean": p_mean[i], "precision_std": p_std[i],
                 "lift_mean": l_mean[i], "lift_std": l_std[i], "auc_mean": float(a_mean), "auc_std": float(a_std),
+                "value_captured_mean": v_mean[i], "value_captured_std": v_std[i],
                 "splits": splits, "seed_size": n_seed, "hidden_size": len(converters) - n_seed,
                 "candidate_count": len(population) - n_seed, "population_size": len(population),
-                "converters_sql": converters_sql, "population_sql": population_sql, "model_version": model_version,
+                "converters_sql": converters_sql, "population_sql": population_sql, "value_sql": value_sql,
+                "model_version": model_version,
                 "parameters": json.dumps(parameters, sort_keys=True),
             })
     info = {"population": int(len(population)), "converters": int(len(converters)), "seed_size": n_seed,
@@ -301,6 +339,9 @@ def run_backtest(
             # Per split, so methods can be compared pairwise (same seeds, same hidden converters).
             "auc_per_split": {m: [float(a) for a in aucs[m]] for m in methods},
             "lift_per_split": {m: {f"{p:g}": [float(l[i]) for l in lift[m]] for i, p in enumerate(sizes_percent)} for m in methods},
+            **({"value": value_summary,
+                "value_captured_per_split": {m: {f"{p:g}": [float(v[i]) for v in captured[m]] for i, p in enumerate(sizes_percent)}
+                                             for m in methods}} if values is not None else {}),
             "seconds": round(time.perf_counter() - started, 2), "model_version": model_version}
     return Backtest(name=name, table=pa.Table.from_pylist(rows), curves={m: np.array(c) for m, c in curves.items()}, info=info)
 
@@ -309,6 +350,8 @@ def publish_backtest(serving_path: Path, result: Backtest) -> int:
     """Append the backtest to `audience_backtests` in the serving file (atomic swap); returns its backtest_id."""
     def write(con: duckdb.DuckDBPyConnection) -> int:
         con.execute(BACKTESTS_DDL)
+        for column in BACKTESTS_ADDED_COLUMNS:
+            con.execute(f"alter table audience_backtests add column if not exists {column}")
         backtest_id = con.execute("select coalesce(max(backtest_id), 0) + 1 from audience_backtests").fetchall()[0][0]
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         table = result.table.append_column("backtest_id", pa.array([backtest_id] * result.table.num_rows, pa.int64()))
@@ -328,7 +371,10 @@ def summary_table(result: Backtest) -> pa.Table:
 
     rows = [{
         "method": r["method"], "size": f"{r['size_percent']:g}%", "customers": r["audience_size"],
-        "recall": fmt(r["recall_mean"], r["recall_std"]), "precision": fmt(r["precision_mean"], r["precision_std"], 3),
+        "recall": fmt(r["recall_mean"], r["recall_std"]),
+        **({"value captured": fmt(r["value_captured_mean"], r["value_captured_std"])}
+           if r.get("value_captured_mean") is not None else {}),
+        "precision": fmt(r["precision_mean"], r["precision_std"], 3),
         "lift": fmt(r["lift_mean"], r["lift_std"]), "auc": fmt(r["auc_mean"], r["auc_std"], 3),
     } for r in result.table.to_pylist()]
     return pa.Table.from_pylist(rows)
@@ -342,6 +388,8 @@ def ranking_table(result: Backtest, lift_percent: float = 10.0, precision_percen
                                             "_auc": r["auc_mean"]})
         if r["size_percent"] == lift_percent:
             row[f"lift@{lift_percent:g}%"] = f"{r['lift_mean']:.2f} ± {r['lift_std']:.2f}"
+            if r.get("value_captured_mean") is not None:
+                row[f"value@{lift_percent:g}%"] = f"{r['value_captured_mean']:.3f} ± {r['value_captured_std']:.3f}"
         if r["size_percent"] == precision_percent:
             row[f"precision@{precision_percent:g}%"] = f"{r['precision_mean']:.3f}"
     ranked = sorted(rows.values(), key=lambda row: -row.pop("_auc"))
@@ -389,14 +437,17 @@ def write_report(result: Backtest, report_dir: Path, note: str | None = None) ->
         f"- protocol: {result.table['splits'][0].as_py()} random split(s); seed = {info['seed_size']:,} converters, "
         f"hidden = the rest; every method ranks the {result.table['candidate_count'][0].as_py():,} non-seed customers",
         f"- model version: `{info['model_version']}`; computed in {info['seconds']}s",
+        *([f"- values: `{info['value']['value_sql']}`: value captured = share of the hidden converters' total value "
+           "in the top k%; `+value` methods weight the seed by its converters' values"] if "value" in info else []),
         *([f"- note: {note}"] if note else []),
         "",
         "Mean ± standard deviation across splits. Lift = precision / share of hidden converters among candidates.",
         "",
-        "| method | size | customers | recall | precision | lift | AUC |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for row in summary_table(result).to_pylist():
+    summary = summary_table(result)
+    headers = ["AUC" if c == "auc" else c for c in summary.column_names]
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in summary.to_pylist():
         lines.append("| " + " | ".join(str(v) for v in row.values()) + " |")
     lines += ["", "## Lift curves", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = report_dir / f"{stem}.md"

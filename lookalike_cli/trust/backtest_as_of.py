@@ -94,18 +94,20 @@ def copy_raw_tables(source: Path, target: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Holdout:
-    """One known outcome to backtest: who converted (SQL), among whom (SQL, default everyone)."""
+    """One known outcome to backtest: who converted (SQL), among whom (SQL, default everyone) and,
+    optionally, what each converter was worth (SQL of customer_id, value: value captured)."""
     name: str
     converters_sql: str
     population_sql: str | None = None
+    value_sql: str | None = None
 
 
 def backtest_as_of(settings: Settings, as_of: dt.date, converters_sql: str, population_sql: str | None = None,
-                   name: str = "backtest", **options):
+                   name: str = "backtest", value_sql: str | None = None, **options):
     """Rebuild everything from the data before `as_of` in a scratch warehouse, then run the backtest there.
 
     Returns the Backtest (see lookalike_cli.trust.backtest), with info["as_of"], info["windows"] and the stage timings."""
-    return backtests_as_of(settings, as_of, [Holdout(name, converters_sql, population_sql)], **options)[0]
+    return backtests_as_of(settings, as_of, [Holdout(name, converters_sql, population_sql, value_sql)], **options)[0]
 
 
 def backtests_as_of(settings: Settings, as_of: dt.date, holdouts: list[Holdout], splits: int = 5,
@@ -168,7 +170,7 @@ def backtests_as_of(settings: Settings, as_of: dt.date, holdouts: list[Holdout],
         for holdout in holdouts:
             result = backtesting.run_backtest(
                 scratch_settings.db_path, scratch_settings.index_dir, holdout.converters_sql,
-                population_sql=holdout.population_sql, name=holdout.name, splits=splits,
+                population_sql=holdout.population_sql, value_sql=holdout.value_sql, name=holdout.name, splits=splits,
                 strategies=strategies or backtesting.DEFAULT_STRATEGIES, baselines=baselines or backtesting.BASELINES,
                 seed_fraction=seed_fraction, seed=seed, progress=progress)
             result.info.update(as_of=as_of.isoformat(), stage_seconds=timings, model_manifest=Path(manifest).name,
