@@ -27,7 +27,8 @@ def generate_data_cmd(settings: Settings, customers: int, days: int, seed: int, 
 
     Replaces raw.customers, raw.order_lines, raw.visits, raw.engagements, raw.opt_outs
     and the ground truth raw.planted_segments and raw.planted_conversions (segment_response,
-    category_adoption, high_value_next) in one transaction (dbt-built tables are kept).
+    category_adoption, high_value_next, each with a conversion_value) in one transaction
+    (dbt-built tables are kept).
     See README "Generated data" for what is planted.
 
     \b

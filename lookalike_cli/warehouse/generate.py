@@ -29,8 +29,8 @@ Customers and their baskets:
 - dirty rows: ~1% returns (negative quantity and amount), ~0.3% lines with a null category,
   ~3% customers with no orders at all, ~1% customers in `raw.opt_outs`.
 
-Conversions, `raw.planted_conversions (conversion_name, customer_id, converted_at)`, one row per
-converter and kind. Each is a Bernoulli draw of a logistic of latent preference, log activity
+Conversions, `raw.planted_conversions (conversion_name, customer_id, converted_at, conversion_value)`,
+one row per converter and kind. Each is a Bernoulli draw of a logistic of latent preference, log activity
 (`log a`), recency and N(0, 1) noise, so preference, activity and recency all matter and nothing
 is separable; base rates after the cutoff are 1-10% of customers:
 - `segment_response`: a campaign sent on `label_day`, aimed at segment RESPONSE_SEGMENT's (1) taste:
@@ -47,6 +47,12 @@ is separable; base rates after the cutoff are 1-10% of customers:
 - `high_value_next`: customers active on label_day who upgrade during the first half of the label
   period: logit = -4.3 + 1.5 z(latent value segment mix: segment price level + noise) + 0.6 log a +
   noise. After converted_at the customer orders 2.5x as often at 1.4x the prices. ~2-3% of customers.
+- `conversion_value` (every kind): what the conversion is worth, log-normal around the customer's
+  latent spend propensity: VALUE_SCALE * exp(log price level + 0.5 z(latent value segment mix) +
+  0.5 log a + N(0, VALUE_NOISE)), in the currency of order_lines.amount (converters' median ~30-60 by
+  kind, p90/p50 ~3-5x), so high-value converters are the pricier, more active, high-value-segment
+  ones, and the value is only partly predictable. Drawn from its own random stream ([seed, chunk, VALUE_STREAM]): every other
+  table is the same with or without it. `planted_value_holdouts` gives each kind with its values.
 
 Recommended backtest (benchmarks/bench_generated_separation.py does this on the raw tables):
 features from order lines before `cutoff = start_date + label_day`; converters = a kind's rows with
@@ -85,6 +91,8 @@ CATEGORY_STYLES = [
     "New Arrivals", "Bulk", "Regional", "Diet & Light", "Limited Edition", "Accessories",
 ]
 RESPONSE_SEGMENT = 1  # segment_response's campaign is aimed at this segment's taste
+VALUE_SCALE, VALUE_NOISE = 40.0, 0.5  # conversion_value: median scale and log-sd of its noise
+VALUE_STREAM = 1  # conversion_value's noise comes from its own stream, so other draws are unchanged
 CONVERSION_KINDS = ("segment_response", "category_adoption", "high_value_next")
 GENDERS = ["female", "male", "nonbinary"]
 AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
@@ -355,16 +363,20 @@ def _logistic(logit: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-np.clip(logit, -30, 30)))
 
 
+def _segment_mix(chunk: dict, per_segment: np.ndarray) -> np.ndarray:
+    """Per customer: a per-segment quantity mixed over the customer's primary and secondary segments."""
+    primary, secondary, weight = chunk["primary"], chunk["secondary"], chunk["secondary_weight"]
+    return (1 - weight) * per_segment[primary] + weight * per_segment[np.where(secondary >= 0, secondary, primary)]
+
+
+def _log_activity(chunk: dict) -> np.ndarray:
+    return np.log(np.maximum(chunk["activity"], 0.02))  # never-orderers: as a very light customer
+
+
 def _conversions(config: GeneratorConfig, world: World, rng: np.random.Generator, chunk: dict) -> dict[str, np.ndarray]:
     """Latent conversion days (-1: none) and seconds per customer; see the module docstring."""
     n = len(chunk["primary"])
-    primary, secondary, weight = chunk["primary"], chunk["secondary"], chunk["secondary_weight"]
-    secondary_or_primary = np.where(secondary >= 0, secondary, primary)
-
-    def mix(per_segment: np.ndarray) -> np.ndarray:
-        return (1 - weight) * per_segment[primary] + weight * per_segment[secondary_or_primary]
-
-    log_activity = np.log(np.maximum(chunk["activity"], 0.02))  # never-orderers: as a very light customer
+    log_activity = _log_activity(chunk)
     start, end = chunk["start_day"], chunk["end_day"]
     label_day = int(config.days * (1 - config.label_fraction))
     active_at_label = (start <= label_day) & (end > label_day) & (chunk["activity"] > 0)
@@ -372,21 +384,21 @@ def _conversions(config: GeneratorConfig, world: World, rng: np.random.Generator
 
     # segment_response: a campaign aimed at segment RESPONSE_SEGMENT's taste, sent on label_day.
     similarity = world.segment_similarity[:, RESPONSE_SEGMENT]
-    affinity = (mix(similarity) - similarity.mean()) / (similarity.std() + 1e-12)
+    affinity = (_segment_mix(chunk, similarity) - similarity.mean()) / (similarity.std() + 1e-12)
     logit = -4.0 + 1.0 * affinity + 1.0 * log_activity + np.where(active_at_label, 0.0, -2.0) + rng.normal(0, 1.0, n)
     responds = rng.random(n) < _logistic(logit)
     response_day = np.where(responds, np.minimum(label_day + rng.exponential(7.0, n).astype(np.int64), config.days - 1), -1)
 
     # category_adoption: first purchase of the target category, likelier for customers whose segment
     # mix drifts towards it; adoption spreads over the history, faster towards the end (drift).
-    logit = -3.0 + 2.0 * mix(world.segment_adoption) + 0.5 * log_activity + rng.normal(0, 1.0, n)
+    logit = -3.0 + 2.0 * _segment_mix(chunk, world.segment_adoption) + 0.5 * log_activity + rng.normal(0, 1.0, n)
     adopts = rng.random(n) < _logistic(logit)
     adoption_day = start + (np.sqrt(rng.random(n)) * (config.days - start)).astype(np.int64)
     adoption_day = np.where(adopts & (adoption_day < end) & (chunk["activity"] > 0), adoption_day, -1)
 
     # high_value_next: an upgrade in the first half of the label period, after which the customer
     # orders 2.5x as often at 1.4x the prices; driven by activity and a latent value segment mix.
-    logit = -4.3 + 1.5 * mix(world.segment_value) + 0.6 * log_activity + rng.normal(0, 1.0, n)
+    logit = -4.3 + 1.5 * _segment_mix(chunk, world.segment_value) + 0.6 * log_activity + rng.normal(0, 1.0, n)
     upgrades = active_at_label & (rng.random(n) < _logistic(logit))
     upgrade_day = np.where(upgrades, label_day + (rng.random(n) * label_days / 2).astype(np.int64), -1)
     return {
@@ -395,6 +407,15 @@ def _conversions(config: GeneratorConfig, world: World, rng: np.random.Generator
         "upgrade_day": upgrade_day,
         "conversion_seconds": rng.integers(6 * 3600, 22 * 3600, (n, 3)),
     }
+
+
+def _conversion_values(world: World, chunk: dict, rng: np.random.Generator) -> np.ndarray:
+    """(n, len(CONVERSION_KINDS)) conversion_value of each customer for each kind, were they to convert:
+    log-normal around the latent spend propensity (module docstring). `rng` is the value stream only."""
+    propensity = (np.log(chunk["price_level"]) + 0.5 * _segment_mix(chunk, world.segment_value)
+                  + 0.5 * _log_activity(chunk))
+    noise = rng.normal(0.0, VALUE_NOISE, (len(propensity), len(CONVERSION_KINDS)))
+    return np.round(VALUE_SCALE * np.exp(propensity[:, None] + noise), 2)
 
 
 ADOPTER_REPEAT = 0.08  # after adopting, this share of a customer's lines are the target category
@@ -560,7 +581,7 @@ RAW_TABLE_COLUMNS = {
     "engagements": "customer_id bigint, engaged_at timestamp, category varchar",
     "opt_outs": "customer_id bigint, opted_out_at timestamp",
     "planted_segments": "customer_id bigint, segment_id integer, secondary_segment_id integer, secondary_weight double",
-    "planted_conversions": "conversion_name varchar, customer_id bigint, converted_at timestamp",
+    "planted_conversions": "conversion_name varchar, customer_id bigint, converted_at timestamp, conversion_value double",
     "generator_runs": "generated_at timestamp, config varchar, customers bigint, order_lines bigint, seconds double",
 }
 # New tables are written under this prefix in `raw`, committed chunk by chunk, and renamed over the
@@ -631,16 +652,18 @@ def generate_data(
 
 def _planted_conversions(config: GeneratorConfig, chunk: dict) -> pa.Table:
     days = [chunk["response_day"], chunk["adoption_day"], chunk["upgrade_day"]]
-    names, owners, timestamps = [], [], []
+    names, owners, timestamps, values = [], [], [], []
     for k, day in enumerate(days):
         who = np.flatnonzero(day >= 0)
         names.append(np.full(len(who), k, dtype=np.int32))
         owners.append(chunk["customers"]["customer_id"][who])
         timestamps.append(_timestamps(config, day[who], chunk["conversion_seconds"][who, k]))
+        values.append(chunk["conversion_value"][who, k])
     return pa.table({
         "conversion_name": _labels(np.concatenate(names), CONVERSION_KINDS),
         "customer_id": pa.array(np.concatenate(owners), pa.int64()),
         "converted_at": pa.array(np.concatenate(timestamps), pa.timestamp("s")),
+        "conversion_value": pa.array(np.concatenate(values), pa.float64()),
     })
 
 
@@ -650,6 +673,7 @@ def _write_chunks(db_path: Path, config: GeneratorConfig, world: World, seed: in
         n = min(config.chunk_customers, config.customers - first)
         chunk_rng = np.random.default_rng([seed, first])
         chunk = _customers_chunk(config, world, chunk_rng, first + 1, n)
+        chunk["conversion_value"] = _conversion_values(world, chunk, np.random.default_rng([seed, first, VALUE_STREAM]))
         customers_table = pa.table({
             "customer_id": pa.array(chunk["customers"]["customer_id"], pa.int64()),
             "signup_date": pa.array(chunk["customers"]["signup_date"], pa.date32()),
@@ -726,4 +750,16 @@ def planted_holdouts(config: GeneratorConfig) -> tuple[date, list[tuple[str, str
         ("category_adoption", converters("category_adoption"),
          f"select customer_id from raw.customers where customer_id not in ({earlier_adopters})"),
         ("high_value_next", converters("high_value_next"), None),
+    ]
+
+
+def planted_value_holdouts(config: GeneratorConfig) -> tuple[date, list[tuple[str, str, str | None, str]]]:
+    """`planted_holdouts` with each kind's values: (as_of, [(name, converters_sql, population_sql, value_sql)]),
+    value_sql = the converters' conversion_value (a value-based holdout: backtest value captured)."""
+    cutoff, holdouts = planted_holdouts(config)
+    return cutoff, [
+        (name, converters, population,
+         f"select customer_id, conversion_value as value from raw.planted_conversions where conversion_name = '{name}' "
+         f"and converted_at >= timestamp '{cutoff}'")
+        for name, converters, population in holdouts
     ]

@@ -99,6 +99,27 @@ def test_converters_are_more_active_and_upgrades_show_in_spend(db):
     assert after > 2 * before, (before, after)
 
 
+def test_conversion_values_follow_spend_propensity_and_feed_a_value_holdout(db):
+    """Every conversion has a positive value, heavy-tailed, higher for customers who spent more before
+    the cutoff (but far from a copy of it); planted_value_holdouts' SQL returns each kind's values."""
+    from lookalike_cli.warehouse.generate import GeneratorConfig, planted_value_holdouts
+
+    for kind, n, smallest, p50, p90, correlation in query(db, """
+        with spend as (select customer_id, sum(amount) as spend from raw.order_lines where ordered_at < ?::timestamp group by 1)
+        select conversion_name, count(*), min(conversion_value), quantile_cont(conversion_value, 0.5),
+               quantile_cont(conversion_value, 0.9), corr(ln(conversion_value), ln(1 + greatest(coalesce(spend, 0), 0)))
+        from raw.planted_conversions left join spend using (customer_id) group by 1
+    """, [CUTOFF]):
+        assert smallest > 0 and 2 < p90 / p50 < 8, (kind, smallest, p50, p90)
+        assert 0.2 < correlation < 0.9, (kind, correlation)
+    as_of, holdouts = planted_value_holdouts(GeneratorConfig(customers=CUSTOMERS, days=DAYS, seed=11))
+    assert str(as_of) == CUTOFF and [h[0] for h in holdouts] == list(CONVERSION_KINDS)
+    for name, converters_sql, _, value_sql in holdouts:
+        converters = {r[0] for r in query(db, converters_sql)}
+        values = dict(query(db, value_sql))
+        assert set(values) == converters and min(values.values()) > 0, name
+
+
 def test_activity_is_heavy_tailed_and_customers_lapse(db):
     p50, p90, lapsed = query(db, """
         with per as (select customer_id, count(*) as n, max(ordered_at) as last_at from raw.order_lines group by 1)
