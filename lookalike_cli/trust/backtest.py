@@ -335,9 +335,10 @@ def run_backtest(
                 "parameters": json.dumps(parameters, sort_keys=True),
             })
     info = {"population": int(len(population)), "converters": int(len(converters)), "seed_size": n_seed,
-            "blend_weights": blend_weights,
+            "blend_weights": blend_weights, "value_blend_weights": value_blend_weights,
             # Per split, so methods can be compared pairwise (same seeds, same hidden converters).
             "auc_per_split": {m: [float(a) for a in aucs[m]] for m in methods},
+            "recall_per_split": {m: {f"{p:g}": [float(r[i]) for r in recall[m]] for i, p in enumerate(sizes_percent)} for m in methods},
             "lift_per_split": {m: {f"{p:g}": [float(l[i]) for l in lift[m]] for i, p in enumerate(sizes_percent)} for m in methods},
             **({"value": value_summary,
                 "value_captured_per_split": {m: {f"{p:g}": [float(v[i]) for v in captured[m]] for i, p in enumerate(sizes_percent)}
