@@ -3,6 +3,8 @@ plumbing every layer shares: existence checks, user SQL, Arrow tables in and ato
 
 from __future__ import annotations
 
+import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -13,21 +15,40 @@ import pyarrow as pa
 from lookalike_cli.errors import LookalikeError, input_error
 
 
-def connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+# How long a command waits for another process's write lock on a DuckDB file before giving up. Most
+# writers hold it for seconds (train reads its pairs, publish swaps a file), so two jobs started together
+# (a scheduler, `make demo`) take turns instead of failing; LOOKALIKE_LOCK_WAIT_SECONDS=0 fails at once.
+DEFAULT_LOCK_WAIT_SECONDS = 20.0
+
+
+def lock_wait_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get("LOOKALIKE_LOCK_WAIT_SECONDS", DEFAULT_LOCK_WAIT_SECONDS)))
+    except ValueError:
+        return DEFAULT_LOCK_WAIT_SECONDS
+
+
+def connect(db_path: Path, read_only: bool = False, wait_seconds: float | None = None) -> duckdb.DuckDBPyConnection:
     if read_only and not Path(db_path).exists():
         raise LookalikeError(
             f"Warehouse file {db_path} does not exist. Create it with `lookalike generate-data` "
             "or `lookalike load-sample completejourney`, then `lookalike dbt build`."
         )
-    try:
-        return duckdb.connect(str(db_path), read_only=read_only)
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise LookalikeError(
-                f"{db_path} is locked by another process ({exc}). DuckDB allows one writer or many "
-                "readers: close the other writer, or point BI tools at the serving file instead."
-            ) from exc
-        raise
+    wait = lock_wait_seconds() if wait_seconds is None else wait_seconds
+    deadline, pause = time.monotonic() + wait, 0.05
+    while True:
+        try:
+            return duckdb.connect(str(db_path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() + pause > deadline:
+                raise LookalikeError(
+                    f"{db_path} is locked by another process ({exc}); waited {wait:g}s. DuckDB allows one writer or many "
+                    "readers: close the other writer, or point BI tools at the serving file instead."
+                ) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 @contextmanager
