@@ -36,9 +36,14 @@ $LOOKALIKE build | grep -vE ' (START|PASS|OK created) '
 
 EPOCHS=${EPOCHS:-6}
 step "3/11 train the paper's baseline (2 layers, no location, L1 on the sampled pairs) and the default model"
-$LOOKALIKE train --name baseline --layers 2 --location none --in-batch 0 --contrastive 0 --epochs "$EPOCHS" --seed "$SEED"
-# The default: also an L1 over every other pair of each batch, labelled from the label-window vectors.
+# Both at once: training uses one thread, and the machine has two cores. The default model also takes
+# an L1 over every other pair of each batch, labelled from the label-window vectors.
+$LOOKALIKE train --name baseline --layers 2 --location none --in-batch 0 --contrastive 0 --epochs "$EPOCHS" --seed "$SEED" \
+  > "$DEMO_DIR/train_baseline.log" 2>&1 &
+BASELINE_PID=$!
 $LOOKALIKE train --name demo --epochs "$EPOCHS" --seed "$SEED"
+if ! wait "$BASELINE_PID"; then cat "$DEMO_DIR/train_baseline.log"; echo "training the baseline failed" >&2; exit 1; fi
+tail -1 "$DEMO_DIR/train_baseline.log"
 .venv/bin/python - <<'PY'
 import json, os
 from lookalike_cli import Settings
