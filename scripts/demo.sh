@@ -36,7 +36,8 @@ $LOOKALIKE build | grep -vE ' (START|PASS|OK created) '
 
 EPOCHS=${EPOCHS:-6}
 step "3/11 train the paper's baseline (2 layers, no location, L1 on the sampled pairs) and the default model"
-# Both at once: training uses one thread, and the machine has two cores. The default model also takes
+# Both at once: training uses one thread and the machine has two cores (the second waits a few seconds
+# for the first to read its pairs: one writer at a time on DuckDB). The default model also takes
 # an L1 over every other pair of each batch, labelled from the label-window vectors.
 $LOOKALIKE train --name baseline --layers 2 --location none --in-batch 0 --contrastive 0 --epochs "$EPOCHS" --seed "$SEED" \
   > "$DEMO_DIR/train_baseline.log" 2>&1 &
