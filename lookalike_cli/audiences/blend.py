@@ -30,9 +30,14 @@ into FOLDS folds; for each fold every fitted component is refitted without it (o
 FOLD_UNLABELLED unlabelled customers, for speed), which gives out-of-fold percentiles of every
 component for every seed and for SELECTION_UNLABELLED held-out unlabelled customers.
 On those, greedy forward selection with replacement (Caruana et al. 2004) adds, STEPS times, the
-component that most raises the AUC of held-out seeds against held-out unlabelled customers (a
-component may be picked again; there is no early stop, so late picks average rather than chase
-noise); weights are the selection counts / STEPS. The selection is repeated on BAGS bootstrap
+component that most raises the selection criterion of held-out seeds against held-out unlabelled
+customers (a component may be picked again; there is no early stop, so late picks average rather
+than chase noise); weights are the selection counts / STEPS. The criterion is top-weighted: the mean
+of the AUC against every held-out unlabelled customer and the AUC against the top TOP_SHARE of them
+(the ones the blend itself ranks highest). An audience is cut from the top of the ranking (sizes of
+1-20% of the population), so a component that finds seeds among the highest-ranked customers is
+worth more than one that orders the bottom well; the plain-AUC half keeps the whole ranking sound
+for reach curves and large sizes. The selection is repeated on BAGS bootstrap
 resamples of the held-out rows and the weights averaged: shrinkage for small seeds, whose AUC
 differences are noisy (near-ties share the weight instead of flipping from one to the other).
 The evidence (held-out AUC of every component and of the chosen blend, the weights) is stored with
@@ -60,6 +65,7 @@ FOLDS = 3
 STEPS = 10            # greedy selection steps: weights in multiples of 1/STEPS per bag
 BAGS = 16             # bootstrap resamples of the held-out rows the selection is averaged over
 MIN_VALIDATION_SEEDS = 30
+TOP_SHARE = 0.2      # the criterion's second half: AUC against the top 20% of held-out unlabelled customers
 SELECTION_UNLABELLED = 5_000  # held-out unlabelled customers the selection ranks the seeds against
 FOLD_UNLABELLED = 6_000       # most unlabelled customers a fold's classifiers are fitted on (the final fit: all)
 PROPENSITY_C = 0.0003     # inverse L2 strength of `propensity`; one value for every audience
@@ -265,13 +271,20 @@ def auc(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None
     return float(weights @ (below + 0.5 * ties) / (max(float(weights.sum()), 1e-12) * len(negatives)))
 
 
+def top_weighted_auc(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The selection criterion: the mean of the AUC against every negative and the AUC against the
+    highest-scoring TOP_SHARE of the negatives (how well positives rank where an audience is cut)."""
+    top = np.sort(negatives)[int(len(negatives) * (1 - TOP_SHARE)):]
+    return 0.5 * auc(positives, negatives, weights) + 0.5 * auc(positives, top, weights)
+
+
 def greedy_selection(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Selection counts [K] of greedy forward selection with replacement over percentile columns
-    (by the AUC of the positives weighted by `weights`, when given)."""
+    """Selection counts [K] of greedy forward selection with replacement over percentile columns, by
+    top_weighted_auc (of the positives weighted by `weights`, when given)."""
     counts = np.zeros(positives.shape[1])
     current_pos, current_neg = np.zeros(len(positives)), np.zeros(len(negatives))
     for _ in range(STEPS):
-        trial = [auc(current_pos + positives[:, k], current_neg + negatives[:, k], weights) for k in range(positives.shape[1])]
+        trial = [top_weighted_auc(current_pos + positives[:, k], current_neg + negatives[:, k], weights) for k in range(positives.shape[1])]
         k = int(np.argmax(trial))
         counts[k] += 1
         current_pos += positives[:, k]
@@ -357,7 +370,7 @@ def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int, em
         weights = select_weights(positives, negatives, rng, value)
         evidence.update(
             folds=FOLDS, bags=BAGS, steps=STEPS,
-            selection="bagged greedy forward selection on out-of-fold percentiles, by held-out AUC"
+            selection="bagged greedy forward selection on out-of-fold percentiles, by held-out top-weighted AUC"
                       + ("" if value is None else " (held-out seeds weighted by value)"),
             validation_auc={name: round(auc(positives[:, k], negatives[:, k], value), 4) for k, name in enumerate(active)},
             blend_validation_auc=round(auc(positives @ weights, negatives @ weights, value), 4))

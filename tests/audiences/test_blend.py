@@ -151,3 +151,21 @@ def test_blend_pool_mode_agrees_with_exact_scoring(scored_warehouse, monkeypatch
         segment = {r[0] for r in con.execute("select customer_id from raw.planted_segments where segment_id = 1").fetchall()}
     # 80 of the segment's customers are seeds; the rest of the segment should fill most of the audience.
     assert len(pooled_ids & segment) >= 0.6 * min(150, len(segment) - 80), len(pooled_ids & segment)
+
+
+def test_selection_prefers_the_component_that_ranks_seeds_at_the_top():
+    """Component A shifts every positive a little (the better plain AUC); component B puts a third of
+    the positives above almost every negative and leaves the rest random (worse plain AUC, far better
+    where an audience is cut). The top-weighted criterion must choose B; plain AUC would choose A."""
+    from lookalike_cli.audiences.blend import greedy_selection, top_weighted_auc
+
+    rng = np.random.default_rng(3)
+    negatives = rng.uniform(size=(4000, 2))
+    positives = np.column_stack([
+        rng.uniform(0.4, 0.98, 300),                                      # A: everyone somewhat higher
+        np.where(np.arange(300) < 100, rng.uniform(0.97, 1.0, 300), rng.uniform(size=300)),  # B: a third on top
+    ])
+    assert auc(positives[:, 0], negatives[:, 0]) > auc(positives[:, 1], negatives[:, 1])
+    assert top_weighted_auc(positives[:, 1], negatives[:, 1]) > top_weighted_auc(positives[:, 0], negatives[:, 0])
+    counts = greedy_selection(positives, negatives)
+    assert counts[1] > counts[0]
