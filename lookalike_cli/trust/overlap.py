@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.audiences.publish import AUDIENCE_COLUMNS, insert_rows, publish_tables
+from lookalike_cli.audiences.publish import AUDIENCE_COLUMNS, insert_rows, publish_tables, write_members
 from lookalike_cli.warehouse.connection import registered, table_exists
 
 OVERLAPS_DDL = """
@@ -125,9 +125,8 @@ def make_disjoint(serving_path: Path, names: list[str]) -> list[dict]:
                        score_min=stats[0], score_max=stats[1], score_mean=stats[2], score_median=stats[3], similarity_min=stats[4])
             con.execute(f"insert into audiences ({', '.join(AUDIENCE_COLUMNS)}) values ({', '.join('?' * len(AUDIENCE_COLUMNS))})",
                         [row[c] for c in AUDIENCE_COLUMNS])
-            # By name: the members table gains columns over releases (ring, is_holdout); a disjoint
-            # copy keeps each member's ring and holdout flag.
-            con.execute("insert into audience_members by name select ? as audience_id, * from kept order by rank", [new_id])
+            # A disjoint copy keeps each member's ring and holdout flag.
+            write_members(con, new_id, "select * from kept")
             if has_seeds:
                 for table in ("audience_seeds", "seed_diagnostics"):
                     columns = [r[0] for r in con.execute(f"describe {table}").fetchall() if r[0] != "audience_id"]
