@@ -203,8 +203,8 @@ def swapped(serving_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
             try:
                 con.execute("begin")
                 con.execute(SCHEMA)
-                migrate_single_file_layout(con)
-                refresh_views(con)  # a new catalog has them from the start, for the writes that read them
+                if migrate_single_file_layout(con) or not table_exists(con, "audience_members"):
+                    refresh_views(con)  # for the writes that read them; otherwise the copied catalog's are current
                 previous_attributes = referenced_files(con, ATTRIBUTES)
                 yield con
                 refresh_views(con)
@@ -273,7 +273,8 @@ def record_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, rows: int
 
 def write_members(con: duckdb.DuckDBPyConnection, audience_id: int, query: str) -> int:
     """Write one audience version's members, the rows of `query` (MEMBER_COLUMNS but audience_id;
-    ring and is_holdout may be absent), as a new Parquet file the catalog being written references."""
+    ring and is_holdout may be absent), as a new Parquet file the catalog being written references.
+    The views show it once the swap ends (`refresh_views` binds every file, so it runs once per swap)."""
     swap = swap_of(con)
     available = {c.lower() for c in con.sql(f"select * from ({query}) limit 0").columns}
     select = ", ".join(
@@ -286,7 +287,6 @@ def write_members(con: duckdb.DuckDBPyConnection, audience_id: int, query: str) 
     swap.written.append(path)
     rows = copy_to_parquet(con, f"select {select} from ({query}) order by rank", path)
     record_file(con, path, MEMBERS, rows, audience_id=audience_id)
-    refresh_views(con)
     return rows
 
 
@@ -295,7 +295,6 @@ def forget_members(con: duckdb.DuckDBPyConnection, audience_ids: list[int]) -> N
     if audience_ids:
         con.execute(f"delete from serving_files where kind = 'members' and audience_id in ({', '.join('?' * len(audience_ids))})",
                     audience_ids)
-    refresh_views(con)
 
 
 def attributes_fingerprint(attributes: pa.Table) -> str:
@@ -334,7 +333,6 @@ def refresh_attributes(con: duckdb.DuckDBPyConnection, attributes: pa.Table | No
                     copy_to_parquet(con, "select * from incoming_attributes", path)
             con.execute("delete from serving_files where kind = 'attributes'")
             record_file(con, path, ATTRIBUTES, attributes.num_rows, fingerprint=fingerprint)
-    refresh_views(con)
 
 
 def parquet_source(con: duckdb.DuckDBPyConnection, files: list[str], empty: str) -> str:
@@ -364,13 +362,14 @@ def refresh_views(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(VIEWS)
 
 
-def migrate_single_file_layout(con: duckdb.DuckDBPyConnection) -> None:
+def migrate_single_file_layout(con: duckdb.DuckDBPyConnection) -> bool:
     """A serving file from before the Parquet layout holds audience_members and customer_attributes as
-    tables: move them to Parquet files once (inside the swap, so a failure keeps the old file)."""
+    tables: move them to Parquet files once (inside the swap, so a failure keeps the old file).
+    Returns whether it did."""
     tables = {r[0] for r in con.execute("select table_name from information_schema.tables where table_schema = 'main' "
                                         "and table_type = 'BASE TABLE' and table_name in ('audience_members', 'customer_attributes')").fetchall()}
     if not tables:
-        return
+        return False
     for view in ("audience_members_enriched", "latest_audience_activation", "latest_audience_members"):
         con.execute(f"drop view if exists {view}")
     for table in tables:  # out of the way of the views of the same names
@@ -384,6 +383,7 @@ def migrate_single_file_layout(con: duckdb.DuckDBPyConnection) -> None:
         attributes = con.sql("select * from single_file_customer_attributes").to_arrow_table()
         con.execute("drop table single_file_customer_attributes")
         refresh_attributes(con, attributes if attributes.num_rows else None)
+    return True
 
 
 def check_name(name: str) -> None:
@@ -470,6 +470,7 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, ddl:
 
 def export_audience(con: duckdb.DuckDBPyConnection, audience_id: int, directory: Path) -> None:
     """members/<name>/v<version>.parquet plus a full audiences.parquet, each swapped in atomically."""
+    refresh_views(con)  # the views are rebuilt once per swap, at its end: this one reads members written in it
     name, version = con.execute("select name, version from audiences where audience_id = ?", [audience_id]).fetchall()[0]
     targets = {
         directory / "audiences.parquet": con.sql("select * from audiences order by audience_id").to_arrow_table(),
