@@ -277,12 +277,15 @@ def write_members(con: duckdb.DuckDBPyConnection, audience_id: int, query: str) 
     The views show it once the swap ends (`refresh_views` binds every file, so it runs once per swap)."""
     swap = swap_of(con)
     available = {c.lower() for c in con.sql(f"select * from ({query}) limit 0").columns}
-    select = ", ".join(
-        f"{int(audience_id)}::bigint as audience_id" if name == "audience_id"
-        else f"coalesce(is_holdout, false) as is_holdout" if name == "is_holdout" and name in available
-        else f"false as is_holdout" if name == "is_holdout"
-        else f"{name}::{kind} as {name}" if name in available else f"null::{kind} as {name}"
-        for name, kind in MEMBER_COLUMNS.items())
+
+    def column(name: str, kind: str) -> str:
+        if name == "audience_id":
+            return f"{int(audience_id)}::bigint as audience_id"
+        if name == "is_holdout":  # never null, so activation filters need no coalesce
+            return "coalesce(is_holdout, false) as is_holdout" if name in available else "false as is_holdout"
+        return f"{name}::{kind} as {name}" if name in available else f"null::{kind} as {name}"
+
+    select = ", ".join(column(name, kind) for name, kind in MEMBER_COLUMNS.items())
     path = swap.folder / MEMBERS / f"audience_{int(audience_id)}_{uuid.uuid4().hex[:12]}.parquet"
     swap.written.append(path)
     rows = copy_to_parquet(con, f"select {select} from ({query}) order by rank", path)
