@@ -38,8 +38,9 @@ version's rows (open a new one).
 
 Paths in the views are absolute: DuckDB resolves a relative `read_parquet` path against the
 reader's working directory, not the database file. Moving the serving file therefore needs its
-`_parquet` folder moved with it and then one no-op publish (`relink_views(serving_path)`), which
-rewrites the views for the new location; until then the views name the old paths.
+`_parquet` folder moved with it and then one no-op publish (`relink_views(serving_path)`, CLI
+`lookalike audiences relink`; any publish does it too), which rewrites the views for the new
+location; until then the views name the old paths.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -20,6 +20,7 @@ import pytest
 from lookalike_cli.audiences import publish as publish_module
 from lookalike_cli.audiences.publish import drop_audience, parquet_dir, publish_audience, relink_views, serving_files
 from lookalike_cli.errors import LookalikeError
+from tests.helpers import make_settings, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,7 +135,9 @@ def test_moving_the_serving_file_and_folder_then_relinking(tmp_path):
     os.replace(parquet_dir(serving), parquet_dir(moved))
     with duckdb.connect(str(moved), read_only=True) as con, pytest.raises(duckdb.IOException):
         con.execute("select count(*) from audience_members").fetchall()  # absolute paths: the old folder
-    relink_views(moved)
+    settings = make_settings(tmp_path / "b")
+    relinked = run_cli(replace(settings, serving_db_path=moved), "audiences", "relink")
+    assert str(parquet_dir(moved)) in relinked.output
     with duckdb.connect(str(moved), read_only=True) as con:
         assert con.execute("select count(*) from audience_members_enriched").fetchall() == [(7,)]
     os.replace(parquet_dir(moved), tmp_path / "elsewhere")
