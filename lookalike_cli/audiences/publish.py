@@ -23,7 +23,10 @@ table `serving_files` (which Parquet files the catalog references) and views ove
 list rebuilt on every publish, so a swap copies only the catalog (a few MiB) and writes only the
 new version's members. BI reads the same names and columns as before, read-only, with DuckDB
 1.x drivers too (the catalog keeps storage_compatibility_version v1.4.0; Parquet is written as
-format version 1). Measured in benchmarks/bench_publish.py against the full-file copy.
+format version 1). Measured in benchmarks/bench_publish.py against the full-file copy (one 500k-member
+version, 10M customers, 50 prior versions, attributes unchanged, on 2 cores shared with other jobs):
+2.7 s vs 35 s wall, 1.0 vs 12.4 CPU s, the same with 0 or 10 prior versions; what remains is the
+members file and the attribute fingerprint (0.65 CPU s at 10M), not history.
 Keeping everything in DuckDB with one attached file per version was the alternative; it needs
 every reader to ATTACH files itself (a BI connection opens one file), so views over Parquet won.
 
