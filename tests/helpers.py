@@ -94,7 +94,14 @@ def copy_warehouse(source: Settings, folder: Path, name: str = "copy") -> Settin
     target = make_settings(folder, name)
     shutil.copy(source.db_path, target.db_path)
     if source.serving_db_path.exists():
+        from lookalike_cli.audiences.publish import parquet_dir, relink_views
+
         shutil.copy(source.serving_db_path, target.serving_db_path)
+        # The serving file's members and attributes are Parquet files beside it, named by absolute path in its views.
+        shutil.rmtree(parquet_dir(target.serving_db_path), ignore_errors=True)
+        if parquet_dir(source.serving_db_path).exists():
+            shutil.copytree(parquet_dir(source.serving_db_path), parquet_dir(target.serving_db_path))
+            relink_views(target.serving_db_path)
     for attribute in ("onnx_dir", "index_dir"):
         src = getattr(source, attribute)
         if src.exists():

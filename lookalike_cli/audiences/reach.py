@@ -74,6 +74,11 @@ create table if not exists audience_reach_curve (
 )
 """
 
+CURVE_SCHEMA = pa.schema([
+    ("size", pa.int64()), ("share_of_population", pa.float64()), ("min_score", pa.float64()),
+    ("expected_precision", pa.float64()), ("expected_recall", pa.float64()), ("expected_lift", pa.float64()),
+    ("source", pa.string())])
+
 
 @dataclass
 class Validation:
@@ -169,10 +174,7 @@ def reach_curve(population: int, ranked_scores: np.ndarray, published: int, larg
     for row in rows:
         if row["min_score"] is not None:
             lowest = row["min_score"] = min(row["min_score"], lowest)
-    return pa.Table.from_pylist(rows, schema=pa.schema([
-        ("size", pa.int64()), ("share_of_population", pa.float64()), ("min_score", pa.float64()),
-        ("expected_precision", pa.float64()), ("expected_recall", pa.float64()), ("expected_lift", pa.float64()),
-        ("source", pa.string())]))
+    return pa.Table.from_pylist(rows, schema=CURVE_SCHEMA)
 
 
 def size_for_lift(min_expected_lift: float, population: int, largest: int, validation: Validation | None,
@@ -284,6 +286,25 @@ def latest_backtest(serving_path: Path, name: str, strategy: str) -> BacktestCur
         return None
     columns = list(zip(*rows))
     return BacktestCurve(int(rows[0][0]), *(np.array(c, np.float64) for c in columns[1:]))
+
+
+def derived_curve(parent: pa.Table, kept_scores: np.ndarray, population: int) -> pa.Table:
+    """The curve of an audience derived by removing customers another audience took (`overlap --disjoint`).
+
+    The customers left keep their parent's scores and order, so the expectations stay the parent's at
+    each share (interpolated in log share at the new size, as `Validation.lift` does); `min_score` is
+    read from the kept ranking where it reaches that size."""
+    rows = [r for r in parent.to_pylist() if r["size"] != len(kept_scores)]
+    shares = np.log([r["share_of_population"] for r in rows]) if rows else np.array([])
+    share = len(kept_scores) / population
+    at_size = {"size": len(kept_scores), "share_of_population": share, "source": rows[-1]["source"] if rows else UNVALIDATED}
+    for column in ("expected_precision", "expected_recall", "expected_lift"):
+        known = [(x, r[column]) for x, r in zip(shares, rows) if r[column] is not None]
+        at_size[column] = float(np.interp(np.log(share), *zip(*known))) if known else None
+    for row in rows + [at_size]:
+        row["min_score"] = float(kept_scores[row["size"] - 1]) if row["size"] <= len(kept_scores) else row.get("min_score")
+    rows = sorted(rows + [at_size], key=lambda r: r["size"])
+    return pa.Table.from_pylist(rows, schema=CURVE_SCHEMA)
 
 
 def write_reach(con: duckdb.DuckDBPyConnection, audience_id: int, curve: pa.Table) -> None:

@@ -252,5 +252,23 @@ def drop_cmd(settings: Settings, name: str, version: int | None) -> None:
     click.echo(f"Dropped {dropped} version(s) of {name!r}.")
 
 
+@audiences_group.command("relink")
+@pass_settings
+def relink_cmd(settings: Settings) -> None:
+    """Point the serving file's views at its Parquet folder again, after moving both.
+
+    Members and attributes are Parquet files in <serving stem>_parquet/ beside the serving file,
+    named in its views by absolute path; move the folder with the file, then run this.
+
+    \b
+    Example:
+      lookalike --serving-db /bi/shop_serving.duckdb audiences relink
+    """
+    from lookalike_cli.audiences.publish import parquet_dir, relink_views
+
+    relink_views(settings.serving_db_path)
+    click.echo(f"Views of {settings.serving_db_path} now read {parquet_dir(settings.serving_db_path).resolve()}.")
+
+
 # The commands this module adds to `lookalike` (cli/main.py).
 COMMANDS = [build_index_cmd, expand_cmd, audiences_group]

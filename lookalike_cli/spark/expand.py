@@ -139,8 +139,10 @@ def expand_spark(
     exclude_sql: str | None = None,
     seed: int = 0,
     progress: Progress = print,
+    reach_backtest=None,
 ) -> Expansion:
-    """Compute an audience on Spark (nothing is written); same result shape as `expand.expand`.
+    """Compute an audience on Spark (nothing is written); same result shape as `expand.expand`,
+    reach curve included (in-seed validation on a population sample, `reach_backtest` where it measured).
 
     Seed and exclusion SQL run on Spark with the dbt schema as the current database, so the
     same `select customer_id from customer_features ...` works on both engines.
@@ -205,11 +207,27 @@ def expand_spark(
         search.unpersist()
     check_found(top.num_rows, target, size, warnings)
     scores = top.column("score").to_numpy()
+    curve = spark_reach_curve(embeddings, seeds, strategy, centroids, scores, population, seed, reach_backtest)
     return ranked_expansion(top.column("customer_id").to_numpy(), scores, scores, top.column("nearest_seed_id").to_numpy(),
                             seeds=seeds, strategy=strategy, parameters=parameters, excluded_count=excluded_count,
                             population=population, model_version=versions[0], index_version=None,
                             index_type="spark-exact", started=started, warnings=warnings, progress=progress,
-                            engine=" on Spark")
+                            engine=" on Spark", reach=curve)
+
+
+def spark_reach_curve(embeddings, seeds: Seeds, strategy: str, centroids: np.ndarray, ranked_scores: np.ndarray,
+                      population: int, seed: int, backtest) -> pa.Table:
+    """The reach curve as the DuckDB path computes it (reach.py), from a seeded sample of the Spark population."""
+    from lookalike_cli.audiences.reach import VALIDATION_SAMPLE, reach_curve, vector_validation
+
+    wanted = VALIDATION_SAMPLE + len(seeds.ids)
+    fraction = min(1.0, 2.0 * wanted / max(population, 1))  # Bernoulli sampling: twice the share, then cut
+    rows = embeddings.select("customer_id", "embedding").sample(fraction=fraction, seed=seed).limit(wanted).toArrow()
+    ids, vectors = ids_and_vectors(rows)
+    sample = normalise(vectors[~np.isin(ids, seeds.ids)][:VALIDATION_SAMPLE])
+    validation = vector_validation(strategy, seeds.vectors, sample, seed, population, clusters=len(centroids))
+    return reach_curve(population, ranked_scores, len(ranked_scores), population - seeds.found, validation, backtest,
+                       lambda: (sample @ centroids.T).max(axis=1))
 
 
 def customer_attributes_spark(spark, schema: str) -> pa.Table | None:
@@ -228,12 +246,15 @@ def create_audience_spark(settings, name: str, export_parquet: str | Path | None
     """Expand on Spark and publish the members to the serving file like `audiences.create_audience`."""
     from lookalike_cli.audiences.catalog import warn
     from lookalike_cli.audiences.publish import check_name, publish_audience
+    from lookalike_cli.audiences.reach import latest_backtest, write_reach
     from lookalike_cli.spark.session import schema_name, spark_session
 
     check_name(name)
-    result = expand_spark(settings, progress=progress, **options)
+    backtest = latest_backtest(settings.serving_db_path, name, options.get("strategy", "centroid"))
+    result = expand_spark(settings, progress=progress, reach_backtest=backtest, **options)
     for message in result.warnings:
         (on_warning or warn)(message)
     attributes = customer_attributes_spark(spark_session(settings), schema_name(settings))
     return publish_audience(settings.serving_db_path, name, result.audience, result.members, attributes=attributes,
-                            export_parquet=Path(export_parquet) if export_parquet else None, progress=progress)
+                            export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
+                            extra=lambda con, audience_id: write_reach(con, audience_id, result.reach))

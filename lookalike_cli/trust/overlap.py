@@ -6,7 +6,8 @@ serving file as `audience_overlaps` (one row per pair, replaced on every run) fo
 
 Disjoint by priority: given names in priority order, every audience loses the customers
 already in a higher-priority one and is published as a new version (ranks renumbered,
-seeds and seed diagnostics carried over), all in one atomic swap.
+seeds and seed diagnostics carried over, and a reach curve derived from its parent's:
+`reach.derived_curve`), all in one atomic swap.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import duckdb
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.audiences.publish import AUDIENCE_COLUMNS, insert_rows, publish_tables
+from lookalike_cli.audiences.reach import derived_curve, write_reach
+from lookalike_cli.audiences.publish import AUDIENCE_COLUMNS, insert_rows, publish_tables, write_members
 from lookalike_cli.warehouse.connection import registered, table_exists
 
 OVERLAPS_DDL = """
@@ -101,6 +103,7 @@ def make_disjoint(serving_path: Path, names: list[str]) -> list[dict]:
         ids = latest_ids(con, names)
         con.execute("create temp table taken as select customer_id from audience_members where audience_id = ?", [ids[names[0]]])
         has_seeds = table_exists(con, "audience_seeds") and table_exists(con, "seed_diagnostics")
+        has_curves = table_exists(con, "audience_reach_curve")
         results = []
         for name in names[1:]:
             old_id = ids[name]
@@ -125,9 +128,14 @@ def make_disjoint(serving_path: Path, names: list[str]) -> list[dict]:
                        score_min=stats[0], score_max=stats[1], score_mean=stats[2], score_median=stats[3], similarity_min=stats[4])
             con.execute(f"insert into audiences ({', '.join(AUDIENCE_COLUMNS)}) values ({', '.join('?' * len(AUDIENCE_COLUMNS))})",
                         [row[c] for c in AUDIENCE_COLUMNS])
-            # By name: the members table gains columns over releases (ring, is_holdout); a disjoint
-            # copy keeps each member's ring and holdout flag.
-            con.execute("insert into audience_members by name select ? as audience_id, * from kept order by rank", [new_id])
+            # A disjoint copy keeps each member's ring and holdout flag.
+            write_members(con, new_id, "select * from kept")
+            if has_curves:
+                parent = con.sql("select * exclude (audience_id) from audience_reach_curve where audience_id = $id order by size",
+                                 params={"id": old_id}).to_arrow_table()
+                if parent.num_rows:
+                    kept_scores = con.sql("select score from kept order by rank").to_arrow_table().column(0).to_numpy()
+                    write_reach(con, new_id, derived_curve(parent, kept_scores, row["population_size"]))
             if has_seeds:
                 for table in ("audience_seeds", "seed_diagnostics"):
                     columns = [r[0] for r in con.execute(f"describe {table}").fetchall() if r[0] != "audience_id"]

@@ -69,6 +69,7 @@ def test_failed_publish_leaves_the_serving_file_untouched(world, tmp_path, monke
     serving = tmp_path / "serving.duckdb"
     publish(world, serving)
     before = digest(serving)
+    files_before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "serving_parquet").rglob("*"))
 
     def explode(*_args, **_kwargs):
         raise RuntimeError("disk full")
@@ -77,7 +78,10 @@ def test_failed_publish_leaves_the_serving_file_untouched(world, tmp_path, monke
     with pytest.raises(RuntimeError, match="disk full"):
         publish(world, serving)
     assert digest(serving) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["serving.duckdb", "serving.duckdb.lock", "serving_reach_curves"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["serving.duckdb", "serving.duckdb.lock", "serving_parquet",
+                                                          "serving_reach_curves"]
+    # The failed version's members file was written before the failure and removed with it.
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "serving_parquet").rglob("*")) == files_before
     assert [p.name for p in (tmp_path / "serving_reach_curves").iterdir()] == ["seg5_v1.png"]  # no picture of the failed one
     with pytest.raises(LookalikeError, match="No audience named"):
         publish_module.drop_audience(serving, "nope")

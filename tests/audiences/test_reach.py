@@ -19,7 +19,7 @@ import pytest
 from lookalike_cli.audiences import expand as expand_module
 from lookalike_cli.audiences.catalog import create_audience, show_audience
 from lookalike_cli.audiences.expand import expand
-from lookalike_cli.audiences.reach import BacktestCurve, Validation, expected, reach_curve
+from lookalike_cli.audiences.reach import BacktestCurve, Validation, derived_curve, expected, reach_curve
 from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.index.faiss_index import build_index
 from lookalike_cli.settings import Settings
@@ -307,3 +307,21 @@ def test_show_reads_a_serving_file_without_curves(shop, tmp_path):
 def test_unknown_feature_list_type_is_a_parameter_error():
     with pytest.raises(LookalikeError, match="exclude_features 5"):
         expand_module.feature_list(5)
+
+
+def test_a_disjoint_audience_keeps_its_parents_expectations_with_its_own_min_scores():
+    """overlap --disjoint: 1,000 of a 2,000-member parent are left; the curve keeps the parent's lifts at
+    its sizes, interpolates the lift at the new size in log share, and reads min scores off the kept ranking."""
+    population = 100_000
+    parent = pa.table({"size": [500, 1_000, 2_000], "share_of_population": [0.005, 0.01, 0.02],
+                       "min_score": [0.9, 0.8, 0.7], "expected_precision": [None, None, None],
+                       "expected_recall": [0.02, 0.03, 0.04], "expected_lift": [4.0, 3.0, 2.0],
+                       "source": ["in_seed"] * 3})
+    kept = np.linspace(0.95, 0.6, 1_400)  # 1,400 kept, ranked best first
+    rows = derived_curve(parent, kept, population).to_pylist()
+    assert [r["size"] for r in rows] == [500, 1_000, 1_400, 2_000]
+    assert [r["expected_lift"] for r in rows if r["size"] != 1_400] == [4.0, 3.0, 2.0]
+    at_size = rows[2]
+    assert at_size["expected_lift"] == pytest.approx(3.0 - np.log(1.4) / np.log(2))  # linear in log share between 1% and 2%
+    assert at_size["expected_precision"] is None and at_size["source"] == "in_seed"
+    assert [r["min_score"] for r in rows] == pytest.approx([kept[499], kept[999], kept[-1], 0.7])

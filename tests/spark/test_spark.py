@@ -150,6 +150,9 @@ def test_spark_expand_agrees_with_exact_search(spark_warehouse):
         members = {name: con.execute(
             "select customer_id, rank, score, nearest_seed_id from latest_audience_members where audience_name = ? order by rank",
             [name]).fetchall() for name in ("exact", "on_spark")}
+        curves = {name: con.execute(
+            "select c.size, c.min_score, c.expected_lift, c.source from audience_reach_curve c join latest_audiences a "
+            "using (audience_id) where a.name = ? order by c.size", [name]).fetchall() for name in ("exact", "on_spark")}
     # Below 50k customers build-index chose a flat (exact) index: the DuckDB path is exact search.
     assert audiences["exact"][1] == "flat"
     assert audiences["on_spark"][:3] == ("centroid", "spark-exact", audiences["exact"][2])
@@ -165,6 +168,11 @@ def test_spark_expand_agrees_with_exact_search(spark_warehouse):
     opted_out = set(duckdb_table(settings, "select customer_id from raw.opt_outs").column("customer_id").to_pylist())
     assert not (set(on_spark) & (seeds | opted_out)), "seeds and opt-outs are never members"
     assert {row[3] for row in members["on_spark"]} <= seeds
+    # Spark audiences get a reach curve like DuckDB ones: the same sizes, in-seed lifts, min scores of its ranking.
+    assert [row[0] for row in curves["on_spark"]] == [row[0] for row in curves["exact"]]
+    at_size = [row for row in curves["on_spark"] if row[0] == len(on_spark)]
+    assert at_size and at_size[0][1] == pytest.approx(scores[-1])
+    assert {row[3] for row in curves["on_spark"]} == {"in_seed"} and curves["on_spark"][0][2] > 1
 
 
 def test_spark_errors_name_the_problem_and_keep_tables(spark_warehouse):

@@ -100,5 +100,17 @@ def test_overlap_matrix_and_disjoint_by_priority(trust_warehouse, segment):
             from latest_audiences a where name = 'second'
         """).fetchall()[0]
         stored = con.execute("select overlap from audience_overlaps where audience_a = 'first' and audience_b = 'second'").fetchall()[0][0]
+        # The disjoint version gets a reach curve: its parent's expectations, min scores of the kept ranking.
+        curve = con.execute("""
+            select c.size, c.min_score, c.expected_lift, c.source from audience_reach_curve c join latest_audiences a using (audience_id)
+            where a.name = 'second' order by c.size""").fetchall()
+        last_kept = con.execute("select score from latest_audience_members where audience_name = 'second' "
+                                "order by rank desc limit 1").fetchall()[0][0]
+        parent_sources = {r[0] for r in con.execute(
+            "select source from audience_reach_curve c join audiences a using (audience_id) where a.name = 'second' and a.version = 1"
+        ).fetchall()}
     assert shared == 0 and stored == 0
+    at_size = [row for row in curve if row[0] == 200 - overlap]
+    assert len(at_size) == 1 and at_size[0][1] == pytest.approx(last_kept)
+    assert {row[3] for row in curve} <= parent_sources and len(curve) >= 2
     assert (version, size, ranks) == (2, 200 - overlap, 200 - overlap)
