@@ -17,16 +17,13 @@ collection fails if such a test lacks the marker, so the quick run never starts 
 
 from __future__ import annotations
 
-import fcntl
 import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from lookalike_cli.settings import Settings
-from tests.helpers import GENERATED_CUSTOMERS, GENERATED_SEED, copy_warehouse, make_settings, run_cli
+from tests.helpers import GENERATED_CUSTOMERS, GENERATED_SEED, build_once_and_copy, copy_warehouse, make_settings, run_cli
 
 DBT_BUILT_FIXTURES = {"generated_warehouse", "completejourney_warehouse", "scored_warehouse"}
 
@@ -62,28 +59,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 def built_once(tmp_path_factory, name: str, build: Callable[[Settings], None], file_name: str = "warehouse") -> Settings:
-    """A private copy of the warehouse `build` makes, built once per test run.
+    """The warehouse `build` makes, built once per test run (see `tests.helpers.build_once_and_copy`).
 
-    Without xdist the build runs in this process's temp folder and is returned as is. Under xdist
-    the workers share the run's temp root: the first to get here builds (under an exclusive lock
-    the others wait on), marks it done, and each worker copies the result into its own folder.
-    A failed build leaves no mark, so the next worker tries again and reports its own error.
-    """
+    Without xdist it is built in this process's temp folder and returned as is; under xdist the
+    workers share the run's temp root (`getbasetemp().parent`) and each gets a private copy."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         settings = make_settings(tmp_path_factory.mktemp(name), file_name)
         build(settings)
         return settings
     shared = tmp_path_factory.getbasetemp().parent / "shared_warehouses"
-    shared.mkdir(exist_ok=True)
-    done = shared / f"{name}.done"  # holds the folder of the finished build
-    with open(shared / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build raises
-        if not done.exists():
-            settings = make_settings(Path(tempfile.mkdtemp(prefix=f"{name}_", dir=shared)), file_name)
-            build(settings)
-            done.write_text(str(settings.db_path.parent))
-        source = make_settings(Path(done.read_text()), file_name)
-    return copy_warehouse(source, tmp_path_factory.mktemp(name), file_name)
+    return build_once_and_copy(shared, name, build, tmp_path_factory.mktemp(name), file_name)
 
 
 def build_generated(settings: Settings) -> None:
