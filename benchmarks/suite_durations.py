@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.results import RESULTS_PATH, markdown_table, write_section
 
 DURATION = re.compile(r"^\s*([\d.]+)s (setup|call|teardown)\s+(\S+?)::")
-SUMMARY = re.compile(r"=+ (.*\d+ passed.*) in ([\d.]+)s")
+SUMMARY = re.compile(r"^=*\s*(\d+ (?:passed|failed).*?) in ([\d.]+)s")
 
 
 def per_file(log: Path) -> tuple[dict[str, dict[str, float]], str, float]:
