@@ -24,7 +24,8 @@ demo: install
 
 # Two workers, whole files each (module fixtures such as the Spark session stay on one worker):
 # most steps of a test (dbt, training, Spark) use one core, so two files at once halve the wall time.
-# TEST_WORKERS=0 runs in one process.
+# The longest files start first and the dbt-built warehouses are built once for both workers
+# (tests/conftest.py). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)

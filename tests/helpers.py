@@ -1,5 +1,6 @@
 """Shared test helpers (plain functions, no fixtures): drive the CLI in-process, read a warehouse
-back with SQL, copy a built warehouse to mutate, and build planted-cluster warehouses.
+back with SQL, copy a built warehouse to mutate, build a warehouse once for every xdist worker,
+and build planted-cluster warehouses.
 
 Tests import from here (`from tests.helpers import run_cli`); the fixtures live in conftest.py,
 which nothing imports.
@@ -12,7 +13,10 @@ model layer.
 
 from __future__ import annotations
 
+import fcntl
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -107,6 +111,27 @@ def copy_warehouse(source: Settings, folder: Path, name: str = "copy") -> Settin
         if src.exists():
             shutil.copytree(src, getattr(target, attribute), dirs_exist_ok=True)
     return target
+
+
+def build_once_and_copy(shared: Path, name: str, build: Callable[[Settings], None], private: Path,
+                        file_name: str = "warehouse") -> Settings:
+    """A private copy (in `private`) of the warehouse `build` makes in `shared`, built once by
+    whichever process gets here first (the xdist workers of one run share `shared`).
+
+    The builder holds an exclusive lock the others wait on, and marks the build done; a failed
+    build leaves no mark, so the next process builds again (in a fresh folder) and reports its own
+    error rather than copying half a warehouse.
+    """
+    shared.mkdir(parents=True, exist_ok=True)
+    done = shared / f"{name}.done"  # holds the folder of the finished build
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build raises
+        if not done.exists():
+            settings = make_settings(Path(tempfile.mkdtemp(prefix=f"{name}_", dir=shared)), file_name)
+            build(settings)
+            done.write_text(str(settings.db_path.parent))
+        source = make_settings(Path(done.read_text()), file_name)
+    return copy_warehouse(source, private, file_name)
 
 
 # --- planted-cluster warehouses (no dbt, no model) --------------------------------------

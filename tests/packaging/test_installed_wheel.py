@@ -39,12 +39,14 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(source)],
         cwd=root, env=env)
     wheel = next((root / "dist").glob("lookalike-*.whl"))
-    run([sys.executable, "-m", "venv", str(root / "venv")], cwd=root, env=env)
+    # No pip inside the venv (ensurepip costs seconds): this interpreter's pip installs into it (`--python`).
+    run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], cwd=root, env=env)
     venv_python = root / "venv" / "bin" / "python"
     site_packages = Path(run([str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              cwd=root, env=env).strip())
     (site_packages / "_lookalike_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([str(venv_python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], cwd=root, env=env)
+    run([sys.executable, "-m", "pip", "--python", str(venv_python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        cwd=root, env=env)
     return root / "venv", env
 
 
