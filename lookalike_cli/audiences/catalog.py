@@ -11,6 +11,7 @@ import duckdb
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError, ParameterError
+from lookalike_cli.files import remove_stale_temp_files
 from lookalike_cli.audiences.expand import Expansion, expand
 from lookalike_cli.audiences.publish import check_name, drop_audience, publish_audience
 from lookalike_cli.warehouse.connection import connection, table_exists
@@ -120,6 +121,7 @@ def publish_expansion(
     # The picture is drawn before the publish (not while holding its lock) and moved in once it succeeded.
     picture = None
     if result.reach is not None:
+        remove_stale_temp_files(reach_png_dir(serving_db_path))
         picture = reach_png_dir(serving_db_path) / f".{safe_file_name(name)}.{os.getpid()}.tmp.png"
         plot_reach(result.reach, f"{name}: {result.audience['strategy']}", result.members.num_rows,
                    result.audience["population_size"], picture)
@@ -141,7 +143,15 @@ def publish_expansion(
 def open_serving(serving_db_path: Path) -> duckdb.DuckDBPyConnection:
     if not serving_db_path.exists():
         raise LookalikeError(f"No serving file at {serving_db_path}: run `lookalike expand` to publish an audience first.")
-    return duckdb.connect(str(serving_db_path), read_only=True)
+    try:
+        return duckdb.connect(str(serving_db_path), read_only=True)
+    except duckdb.Error as exc:
+        if "lock" in str(exc).lower():
+            raise
+        raise LookalikeError(
+            f"Serving file {serving_db_path} is not a readable DuckDB file ({str(exc).splitlines()[0]}). Move it aside and "
+            "publish again (`lookalike audiences apply`, `lookalike expand`) to start a new one."
+        ) from exc
 
 
 def list_audiences(serving_db_path: Path) -> pa.Table:

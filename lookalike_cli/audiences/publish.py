@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lookalike_cli.errors import LookalikeError, ParameterError
+from lookalike_cli.files import is_disk_full, remove_stale_temp_files
 from lookalike_cli.progress import Progress
 from lookalike_cli.warehouse.connection import append_rows, registered, write_table
 
@@ -116,12 +117,14 @@ def publisher_lock(serving_path: Path) -> Iterator[None]:
 def swapped(serving_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to a copy of the serving file that replaces it atomically on success."""
     with publisher_lock(serving_path):
+        # A publisher killed mid-swap (kill -9, OOM) left its copy; holding the lock, this one may remove it.
+        remove_stale_temp_files(serving_path.parent)
         tmp = serving_path.with_name(f".{serving_path.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
-        if serving_path.exists():
-            shutil.copyfile(serving_path, tmp)
         try:
-            con = connect_for_write(tmp)
+            if serving_path.exists():
+                shutil.copyfile(serving_path, tmp)
+            con = open_serving_copy(tmp, serving_path)
             try:
                 con.execute("begin")
                 con.execute(SCHEMA)
@@ -136,6 +139,19 @@ def swapped(serving_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         finally:
             tmp.unlink(missing_ok=True)
             tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+
+
+def open_serving_copy(tmp: Path, serving_path: Path) -> duckdb.DuckDBPyConnection:
+    """The copy to publish into; a serving file DuckDB cannot read (truncated, overwritten) is named, not a traceback."""
+    try:
+        return connect_for_write(tmp)
+    except duckdb.Error as exc:
+        if is_disk_full(exc):
+            raise
+        raise LookalikeError(
+            f"Serving file {serving_path} is not a readable DuckDB file ({str(exc).splitlines()[0]}). It is left as it is: "
+            "move it aside and publish again (`lookalike audiences apply`, `lookalike expand`) to start a new one."
+        ) from exc
 
 
 def refresh_attributes(con: duckdb.DuckDBPyConnection, attributes: pa.Table | None) -> None:
@@ -226,9 +242,13 @@ def export_audience(con: duckdb.DuckDBPyConnection, audience_id: int, directory:
     }
     for path, table in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def safe_file_name(name: str) -> str:

@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError, input_error
+from lookalike_cli.files import disk_full_error, is_disk_full
 
 
 # How long a command waits for another process's write lock on a DuckDB file before giving up. Most
@@ -39,9 +40,14 @@ def connect(db_path: Path, read_only: bool = False, wait_seconds: float | None =
     while True:
         try:
             return duckdb.connect(str(db_path), read_only=read_only)
-        except duckdb.IOException as exc:
+        except duckdb.Error as exc:
             if "lock" not in str(exc).lower():
-                raise
+                if is_disk_full(exc):
+                    raise disk_full_error(exc, db_path) from exc
+                raise LookalikeError(
+                    f"Warehouse file {db_path} cannot be opened by DuckDB ({str(exc).splitlines()[0]}). Restore it from a "
+                    "backup, or rebuild it: `lookalike generate-data` or `lookalike load-sample`, then `lookalike build`."
+                ) from exc
             if time.monotonic() + pause > deadline:
                 raise LookalikeError(
                     f"{db_path} is locked by another process ({exc}); waited {wait:g}s. DuckDB allows one writer or many "
