@@ -488,9 +488,9 @@ def build_index(
         raise LookalikeError(f"Unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}.")
     from lookalike_cli.settings import writable_folder
 
-    writable_folder(Path(index_dir), "indexes")  # fail before minutes of work, not at the write
     start = time.perf_counter()
-    rows, dim, model_version = embeddings_summary(db_path)
+    rows, dim, model_version = embeddings_summary(db_path)  # first: a missing warehouse creates no folder
+    writable_folder(Path(index_dir), "indexes")  # fail before minutes of work, not at the write
     budget = parse_memory_budget(memory_budget)
     if pq_m is not None:
         check_pq_m(pq_m, dim)
