@@ -14,7 +14,7 @@ from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.files import remove_stale_temp_files
 from lookalike_cli.audiences.expand import Expansion, expand
 from lookalike_cli.audiences.publish import check_name, drop_audience, publish_audience
-from lookalike_cli.warehouse.connection import connection, table_exists
+from lookalike_cli.warehouse.connection import connect_serving, connection, table_exists
 from lookalike_cli.progress import Progress
 
 
@@ -143,15 +143,7 @@ def publish_expansion(
 def open_serving(serving_db_path: Path) -> duckdb.DuckDBPyConnection:
     if not serving_db_path.exists():
         raise LookalikeError(f"No serving file at {serving_db_path}: run `lookalike expand` to publish an audience first.")
-    try:
-        return duckdb.connect(str(serving_db_path), read_only=True)
-    except duckdb.Error as exc:
-        if "lock" in str(exc).lower():
-            raise
-        raise LookalikeError(
-            f"Serving file {serving_db_path} is not a readable DuckDB file ({str(exc).splitlines()[0]}). Move it aside and "
-            "publish again (`lookalike audiences apply`, `lookalike expand`) to start a new one."
-        ) from exc
+    return connect_serving(serving_db_path)
 
 
 def list_audiences(serving_db_path: Path) -> pa.Table:

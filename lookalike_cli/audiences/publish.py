@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.files import is_disk_full, remove_stale_temp_files
 from lookalike_cli.progress import Progress
-from lookalike_cli.warehouse.connection import append_rows, registered, write_table
+from lookalike_cli.warehouse.connection import append_rows, registered, unreadable_serving_file, write_table
 
 STORAGE_COMPATIBILITY = "v1.4.0"
 T = TypeVar("T")
@@ -148,10 +148,7 @@ def open_serving_copy(tmp: Path, serving_path: Path) -> duckdb.DuckDBPyConnectio
     except duckdb.Error as exc:
         if is_disk_full(exc):
             raise
-        raise LookalikeError(
-            f"Serving file {serving_path} is not a readable DuckDB file ({str(exc).splitlines()[0]}). It is left as it is: "
-            "move it aside and publish again (`lookalike audiences apply`, `lookalike expand`) to start a new one."
-        ) from exc
+        raise unreadable_serving_file(serving_path, exc) from exc
 
 
 def refresh_attributes(con: duckdb.DuckDBPyConnection, attributes: pa.Table | None) -> None:

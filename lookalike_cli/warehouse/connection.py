@@ -57,6 +57,23 @@ def connect(db_path: Path, read_only: bool = False, wait_seconds: float | None =
             pause = min(pause * 2, 1.0)
 
 
+def unreadable_serving_file(path: Path, exc: BaseException) -> LookalikeError:
+    return LookalikeError(
+        f"Serving file {path} is not a readable DuckDB file ({str(exc).splitlines()[0]}). It is left as it is: move it "
+        "aside and publish again (`lookalike audiences apply`, `lookalike expand`) to start a new one."
+    )
+
+
+def connect_serving(path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the serving file (never locked by a publisher: publishes swap the file)."""
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        if "lock" in str(exc).lower():
+            raise
+        raise unreadable_serving_file(path, exc) from exc
+
+
 @contextmanager
 def connection(db_path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     con = connect(db_path, read_only=read_only)

@@ -16,6 +16,8 @@ from lookalike_cli.settings import Settings
 from lookalike_cli.warehouse.profile import is_session_target
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# dbt logs its own crash as "12:00:00  Traceback (most recent call last):".
+TRACEBACK_START = re.compile(r"^(\d\d:\d\d:\d\d\s+)?Traceback \(most recent call last\):")
 
 
 def dbt_executable() -> list[str]:
@@ -92,14 +94,23 @@ def run_dbt(
         preexec_fn=die_with_parent,
     ) as process:
         assert process.stdout is not None
+        # dbt's own crash traceback (it dies writing target/ on a full disk) is held back until the end:
+        # shown when dbt failed for a reason of its own, replaced by one line when the machine is to blame.
+        crash: list[str] = []
         for line in process.stdout:
             line = line.rstrip("\n")
             lines.append(line)
-            echo(line)
+            if crash or TRACEBACK_START.match(ANSI_ESCAPE.sub("", line)):
+                crash.append(line)
+            else:
+                echo(line)
         returncode = process.wait()
+    failure = environment_failure(settings, args, lines) if returncode != 0 else None
+    if failure is None:
+        for line in crash:
+            echo(line)
     if returncode != 0:
-        raise environment_failure(settings, args, lines) or LookalikeError(
-            f"`dbt {' '.join(args)}` failed (exit {returncode}):\n{failure_summary(lines)}")
+        raise failure or LookalikeError(f"`dbt {' '.join(args)}` failed (exit {returncode}):\n{failure_summary(lines)}")
     return lines
 
 
@@ -135,7 +146,8 @@ def environment_failure(settings: Settings, args: Sequence[str], lines: Sequence
     lowered = text.lower()
     for message in DISK_FULL_MESSAGES:
         if message in lowered:
-            return disk_full_error(OSError(message), f"the warehouse {settings.db_path} (during `dbt {args[0] if args else ''}`)")
+            return disk_full_error(OSError(message), f"the warehouse {settings.db_path} or dbt's state beside it "
+                                                     f"(during `dbt {args[0] if args else ''}`)")
     if "could not set lock on file" in lowered:
         return LookalikeError(
             f"{settings.db_path} is locked by another process, so `dbt {args[0] if args else ''}` could not write it. DuckDB "
