@@ -40,6 +40,8 @@ def connect(db_path: Path, read_only: bool = False, wait_seconds: float | None =
     while True:
         try:
             return duckdb.connect(str(db_path), read_only=read_only)
+        except duckdb.ConnectionException:
+            raise  # this process already holds the file with another configuration: a caller's bug, not the file's
         except duckdb.Error as exc:
             if "lock" not in str(exc).lower():
                 if is_disk_full(exc):

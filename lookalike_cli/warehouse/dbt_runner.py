@@ -114,10 +114,14 @@ def run_dbt(
     return lines
 
 
+# dbt subcommands that open the warehouse for writing (ls, parse, compile, docs only read the project).
+WRITING_COMMANDS = {"build", "run", "seed", "snapshot", "test", "run-operation"}
+
+
 def wait_for_warehouse(settings: Settings, args: Sequence[str]) -> None:
     """Take turns with another writer of the warehouse before starting dbt, as every other command does
     (connection.connect waits for the lock), instead of letting dbt fail at once on it."""
-    if args and not args[0].startswith("-") and target_of(args) in (None, "duckdb") and Path(settings.db_path).exists():
+    if args and args[0] in WRITING_COMMANDS and target_of(args) in (None, "duckdb") and Path(settings.db_path).exists():
         from lookalike_cli.warehouse.connection import connect
 
         connect(settings.db_path).close()
