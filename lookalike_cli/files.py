@@ -52,7 +52,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     removed = []
     for path in folder.iterdir():
         match = TEMP_NAME.match(path.name)
-        if match and not process_alive(int(match.group(1))):
+        if match and path.is_file() and not process_alive(int(match.group(1))):
             try:
                 path.unlink()
                 removed.append(path)
