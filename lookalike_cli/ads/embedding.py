@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lookalike_cli.ads.model import AdEncoder, EncoderConfig, TokenizerSpec, tokenize
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
+from lookalike_cli.files import write_text_atomically
 from lookalike_cli.model.export import artifact_identity
 from lookalike_cli.vectors import to_column
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
@@ -213,7 +214,7 @@ def export_encoder(model: AdEncoder, tokenizer: TokenizerSpec, options: Embeddin
         "metrics": {**metrics, "onnx_vs_torch_max_abs_diff": parity},
     }
     path = onnx_dir / f"{name}.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(manifest, indent=2) + "\n")  # a kill mid-write keeps the previous manifest
     return path
 
 

@@ -11,9 +11,10 @@ import duckdb
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError, ParameterError
+from lookalike_cli.files import remove_stale_temp_files
 from lookalike_cli.audiences.expand import Expansion, expand
 from lookalike_cli.audiences.publish import check_name, drop_audience, publish_audience
-from lookalike_cli.warehouse.connection import connection, table_exists
+from lookalike_cli.warehouse.connection import connect_serving, connection, table_exists
 from lookalike_cli.progress import Progress
 
 
@@ -120,6 +121,7 @@ def publish_expansion(
     # The picture is drawn before the publish (not while holding its lock) and moved in once it succeeded.
     picture = None
     if result.reach is not None:
+        remove_stale_temp_files(reach_png_dir(serving_db_path))
         picture = reach_png_dir(serving_db_path) / f".{safe_file_name(name)}.{os.getpid()}.tmp.png"
         plot_reach(result.reach, f"{name}: {result.audience['strategy']}", result.members.num_rows,
                    result.audience["population_size"], picture)
@@ -141,7 +143,7 @@ def publish_expansion(
 def open_serving(serving_db_path: Path) -> duckdb.DuckDBPyConnection:
     if not serving_db_path.exists():
         raise LookalikeError(f"No serving file at {serving_db_path}: run `lookalike expand` to publish an audience first.")
-    return duckdb.connect(str(serving_db_path), read_only=True)
+    return connect_serving(serving_db_path)
 
 
 def list_audiences(serving_db_path: Path) -> pa.Table:

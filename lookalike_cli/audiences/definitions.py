@@ -70,7 +70,7 @@ def read_definitions_file(path: str | Path) -> list[dict]:
 
 def validate_definitions(entries: list, settings: Settings, where: str = "audiences file") -> list[AudienceDefinition]:
     """Every definition checked against the warehouse; one LookalikeError listing every problem."""
-    from lookalike_cli.audiences.expand import STRATEGIES, check_exclusion, feature_list, parse_size
+    from lookalike_cli.audiences.expand import STRATEGIES, check_exclusion, feature_list, is_share, parse_size
     from lookalike_cli.audiences.raw_features import check_excludable
     from lookalike_cli.audiences.reach import check_min_expected_lift
     from lookalike_cli.audiences.tiers import parse_holdout, parse_rings, ring_size
@@ -163,7 +163,8 @@ def validate_definitions(entries: list, settings: Settings, where: str = "audien
             if entry.get("size") is not None:
                 try:
                     target = parse_size(entry["size"], population)
-                    if target is not None and target >= population:
+                    # A share is capped at the candidates (100% = every candidate); a count must leave room for the seed.
+                    if target is not None and not is_share(entry["size"]) and target >= population:
                         problems.append(f"{label}: size {entry['size']} is {target:,} customers, not fewer than the "
                                         f"population of {population:,}.")
                 except LookalikeError as exc:

@@ -46,7 +46,7 @@ from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, lo
 from lookalike_cli.index.search import exact_search, ivf_search, top_k
 from lookalike_cli.progress import Progress
 from lookalike_cli.vectors import ids_and_vectors, normalise
-from lookalike_cli.warehouse.connection import connection, require_table
+from lookalike_cli.warehouse.connection import connection, registered, require_table
 
 if TYPE_CHECKING:
     import faiss
@@ -92,8 +92,16 @@ class Expansion:
     reach: pa.Table | None = None
 
 
+def is_share(size: str | int | None) -> bool:
+    """Whether a size is a percentage ('5%') rather than a count."""
+    return size is not None and str(size).strip().endswith("%")
+
+
 def parse_size(size: str | int | None, population: int) -> int | None:
-    """'5%' -> share of the population, '20000' -> count."""
+    """'5%' -> share of the population, '20000' -> count.
+
+    A share is capped at the candidates by `cap_share` once seeds and exclusions are known, so
+    '100%' means every candidate (the seeds are part of the population but never members)."""
     if size is None:
         return None
     text = str(size).strip()
@@ -106,6 +114,25 @@ def parse_size(size: str | int | None, population: int) -> int | None:
     if not text.isdigit() or int(text) <= 0:
         raise ParameterError(f"{{size}} {text!r}: give a positive count (20000) or a share of the population (5%).", "size")
     return int(text)
+
+
+def cap_share(target: int | None, size: str | int | None, candidates: int) -> int | None:
+    """A percentage size asks for at most every candidate: '100%' of 6,000 customers with 150 seeds and 30
+    opt-outs is the 5,820 customers who may be members. A count is left as asked (check_target judges it)."""
+    if target is None or not is_share(size):
+        return target
+    return min(target, candidates)
+
+
+def candidate_count(con: duckdb.DuckDBPyConnection, population: int, blocked: np.ndarray) -> int:
+    """The customers of the population (customer_embeddings) who may be members: not seeds, not excluded.
+    Suppression lists may name customers who were never scored, so only the blocked ids in it count."""
+    if len(blocked) == 0:
+        return population
+    with registered(con, "blocked_customer_ids", pa.table({"customer_id": pa.array(blocked, pa.int64())})):
+        inside = con.execute("select count(*) from customer_embeddings "
+                             "where customer_id in (select customer_id from blocked_customer_ids)").fetchall()[0][0]
+    return max(0, population - int(inside))
 
 
 def check_cut(size: str | int | None, min_similarity: float | None, min_expected_lift: float | None = None) -> None:
@@ -148,7 +175,8 @@ def check_exclusion(columns: tuple[str, ...], strategy: str, min_similarity: flo
 
 
 def check_target(target: int | None, size: str | int | None, population: int, seeds: Seeds) -> None:
-    if target is not None and target > population - seeds.found:
+    """A count larger than the customers besides the seeds cannot be met (a percentage is capped instead)."""
+    if target is not None and not is_share(size) and target > population - seeds.found:
         raise ParameterError(
             f"{{size}} {size} asks for {target:,} customers but the population has only "
             f"{population - seeds.found:,} besides the {seeds.found:,} seeds.", "size"
@@ -546,6 +574,7 @@ def expand(
         check_target(target, size, population, seeds)
         excluded, excluded_counts = excluded_ids(con, exclude_sql)
         blocked = np.union1d(seeds.ids, excluded)
+        target = cap_share(target, size, candidate_count(con, population, blocked))
         progress(f"Seeds: {seeds.found:,} found, {seeds.missing:,} missing; excluding {len(blocked):,} "
                  f"(seeds + {excluded_counts or 'no suppression lists'}); strategy {strategy}")
 

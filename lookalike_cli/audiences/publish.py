@@ -66,8 +66,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lookalike_cli.errors import LookalikeError, ParameterError
+from lookalike_cli.files import is_disk_full, remove_stale_temp_files
 from lookalike_cli.progress import Progress
-from lookalike_cli.warehouse.connection import append_rows, registered, table_exists
+from lookalike_cli.warehouse.connection import append_rows, registered, table_exists, unreadable_serving_file
 
 STORAGE_COMPATIBILITY = "v1.4.0"
 MEMBERS, ATTRIBUTES = "members", "attributes"
@@ -195,14 +196,14 @@ def swapped(serving_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to a copy of the serving catalog that replaces it atomically on success."""
     serving_path = Path(serving_path)
     with publisher_lock(serving_path):
-        remove_stale_temp_files(serving_path)
+        remove_killed_publish_files(serving_path)
         swap = Swap(parquet_dir(serving_path))
         tmp = serving_path.with_name(f".{serving_path.name}.{os.getpid()}.tmp")
-        if serving_path.exists():
-            shutil.copyfile(serving_path, tmp)
         replaced = False
         try:
-            con = connect_for_write(tmp)
+            if serving_path.exists():  # inside the try: a full disk mid-copy leaves no partial copy behind
+                shutil.copyfile(serving_path, tmp)
+            con = open_serving_copy(tmp, serving_path)
             _swaps[id(con)] = swap
             try:
                 con.execute("begin")
@@ -232,7 +233,7 @@ def swapped(serving_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         collect_garbage(swap.folder, current | previous_attributes)
 
 
-def remove_stale_temp_files(serving_path: Path) -> None:
+def remove_killed_publish_files(serving_path: Path) -> None:
     """Temp catalogs and half-written Parquet files of publishes that were killed (we hold the lock,
     so no other publisher of this file is running)."""
     for path in serving_path.parent.glob(f".{serving_path.name}.*.tmp*"):
@@ -323,6 +324,16 @@ def attributes_fingerprint(attributes: pa.Table) -> str:
         crcs = list(pool.map(column_crc, attributes.columns))
     header = zlib.crc32(f"{attributes.schema.to_string(show_schema_metadata=False)}:{attributes.num_rows}".encode())
     return f"{header:08x}" + "".join(crcs)[:56]
+
+
+def open_serving_copy(tmp: Path, serving_path: Path) -> duckdb.DuckDBPyConnection:
+    """The copy to publish into; a serving file DuckDB cannot read (truncated, overwritten) is named, not a traceback."""
+    try:
+        return connect_for_write(tmp)
+    except duckdb.Error as exc:
+        if is_disk_full(exc):
+            raise
+        raise unreadable_serving_file(serving_path, exc) from exc
 
 
 def refresh_attributes(con: duckdb.DuckDBPyConnection, attributes: pa.Table | None) -> None:
@@ -487,9 +498,13 @@ def export_audience(con: duckdb.DuckDBPyConnection, audience_id: int, directory:
     }
     for path, table in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def safe_file_name(name: str) -> str:

@@ -51,6 +51,7 @@ import pyarrow as pa
 from lookalike_cli.audiences.blend import FOLDS, MIN_VALIDATION_SEEDS
 from lookalike_cli.errors import ParameterError
 from lookalike_cli.vectors import normalise
+from lookalike_cli.warehouse.connection import connect_serving
 
 CURVE_SHARES = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
 # Sizes --min-expected-lift chooses among (besides the curve's): 0.01% to 50% of the population.
@@ -275,7 +276,7 @@ def latest_backtest(serving_path: Path, name: str, strategy: str) -> BacktestCur
     """The latest backtest named `name` that ran `strategy` (method model:<strategy>), from the serving file."""
     if not Path(serving_path).exists():
         return None
-    with duckdb.connect(str(serving_path), read_only=True) as con:
+    with connect_serving(serving_path) as con:
         if not con.execute("select count(*) from information_schema.tables where table_name = 'audience_backtests'").fetchall()[0][0]:
             return None
         rows = con.execute("""

@@ -11,6 +11,7 @@ import functools
 import click
 
 from lookalike_cli.errors import LookalikeError, ParameterError
+from lookalike_cli.files import disk_full_error, is_disk_full
 from lookalike_cli.settings import Settings
 
 
@@ -29,6 +30,14 @@ class LookalikeGroup(click.Group):
             raise click.ClickException(exc.render(flags(command or self, exc.params))) from exc
         except LookalikeError as exc:
             raise click.ClickException(str(exc)) from exc
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            # A full disk or a file-size limit can hit any write (DuckDB, FAISS, Parquet, torch): one line, not a
+            # traceback from wherever it struck. Other exceptions are bugs and keep their traceback.
+            if is_disk_full(exc):
+                raise click.ClickException(str(disk_full_error(exc))) from exc
+            raise
 
 
 def flags(command: click.Command, params) -> dict[str, str]:

@@ -64,7 +64,7 @@ def build_index_cmd(settings: Settings, **options) -> None:
               help="SQL returning customer_id, value (a number >= 0 per seed member): a value-based seed, each seed "
                    "weighted by its value (weighted centroid, classifier sample weights, weighted self-validation). "
                    "Customers outside the seed are ignored; seed members without a row weigh the median value.")
-@click.option("--size", default=None, help="Audience size: a count (20000) or a share of the population (5%).")
+@click.option("--size", default=None, help="Audience size: a count (20000) or a share of the population (5%), at most every candidate: 100% is the whole population less the seeds and exclusions.")
 @click.option("--min-similarity", type=float, default=None,
               help="Keep customers at least this similar (cosine) to the centroid / nearest sub-centroid / nearest seed.")
 @click.option("--min-expected-lift", type=float, default=None,

@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from lookalike_cli.errors import LookalikeError, ParameterError
+from lookalike_cli.files import remove_stale_temp_files
 from lookalike_cli.progress import Progress
 from lookalike_cli.vectors import ids_and_vectors, normalise
 from lookalike_cli.warehouse.connection import connection, require_table
@@ -487,9 +488,9 @@ def build_index(
         raise LookalikeError(f"Unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}.")
     from lookalike_cli.settings import writable_folder
 
-    writable_folder(Path(index_dir), "indexes")  # fail before minutes of work, not at the write
     start = time.perf_counter()
-    rows, dim, model_version = embeddings_summary(db_path)
+    rows, dim, model_version = embeddings_summary(db_path)  # first: a missing warehouse creates no folder
+    writable_folder(Path(index_dir), "indexes")  # fail before minutes of work, not at the write
     budget = parse_memory_budget(memory_budget)
     if pq_m is not None:
         check_pq_m(pq_m, dim)
@@ -521,6 +522,7 @@ def build_index(
     index = inner if chosen in COMPRESSED_TYPES else faiss.IndexIDMap2(inner)
 
     index_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(index_dir)  # of a build-index killed before its swap
     tmp = {name: index_dir / f".{name}.{os.getpid()}.tmp" for name in EXACT_FILES}
     exact_store = None
     if chosen in COMPRESSED_TYPES:
@@ -596,10 +598,14 @@ def write_index(index: faiss.Index, manifest: IndexManifest, index_dir: Path, ex
             (index_dir / name).unlink(missing_ok=True)
     tmp_index = index_dir / f".{INDEX_FILE}.{os.getpid()}.tmp"
     tmp_manifest = index_dir / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
-    faiss.write_index(index, str(tmp_index))
-    tmp_manifest.write_text(manifest.to_json())
-    os.replace(tmp_index, index_dir / INDEX_FILE)
-    os.replace(tmp_manifest, index_dir / MANIFEST_FILE)
+    try:
+        faiss.write_index(index, str(tmp_index))
+        tmp_manifest.write_text(manifest.to_json())
+        os.replace(tmp_index, index_dir / INDEX_FILE)
+        os.replace(tmp_manifest, index_dir / MANIFEST_FILE)
+    finally:  # a failed write (a full disk) leaves the previous index and no temp files
+        tmp_index.unlink(missing_ok=True)
+        tmp_manifest.unlink(missing_ok=True)
 
 
 def read_manifest(index_dir: Path) -> IndexManifest:

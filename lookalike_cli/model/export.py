@@ -21,7 +21,8 @@ import torch
 from lookalike_cli.version import __version__
 from lookalike_cli.model.features import HASH_FUNCTION, LOCATION_COLUMN, SHARE_COLUMNS, TOKEN_PATTERN, FeatureSpec
 from lookalike_cli.model.locations import LOCATION_TABLE, SENTENCE_MODEL
-from lookalike_cli.model.manifest import MANIFEST_FORMAT, OUTPUT_NAME
+from lookalike_cli.files import remove_stale_temp_files, replaced, temp_path, write_text_atomically
+from lookalike_cli.model.manifest import MANIFEST_FORMAT, OUTPUT_NAME, verified_model_file
 from lookalike_cli.model.tower import CustomerTower, TowerConfig
 
 
@@ -97,13 +98,18 @@ def artifact_identity(name: str, onnx_path: Path) -> dict:
 def export_model(result, onnx_dir: Path, name: str, warehouse: Path | None = None, warehouse_id: str | None = None) -> Path:
     """Write <name>.onnx and <name>.json for a train.TrainResult; returns the manifest path."""
     onnx_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(onnx_dir)  # of an export killed before its swap
     onnx_path = onnx_dir / f"{name}.onnx"
-    export_onnx(result.tower, result.spec, onnx_path)
-    # The torch weights stay beside the graph: the parity test and the torch-vs-ORT benchmark load them.
-    torch.save(result.tower.state_dict(), onnx_dir / f"{name}.pt")
+    # Each file is written beside its target and moved in when whole, the manifest last: a kill leaves the
+    # previous export, or at worst a new graph under the old manifest, which its onnx_sha256 refuses.
+    with replaced(onnx_path, ".onnx") as onnx_tmp, replaced(onnx_dir / f"{name}.pt") as weights_tmp:
+        export_onnx(result.tower, result.spec, onnx_tmp)
+        # The torch weights stay beside the graph: the parity test and the torch-vs-ORT benchmark load them.
+        torch.save(result.tower.state_dict(), weights_tmp)
+        identity = {**artifact_identity(name, onnx_tmp), "onnx_file": onnx_path.name}
     manifest = {
         "format_version": MANIFEST_FORMAT,
-        **artifact_identity(name, onnx_path),
+        **identity,
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", result.tower.config.dim], "l2_normalised": True},
         "inputs": input_description(result.spec),
         "config": result.tower.config.to_dict(),
@@ -116,7 +122,7 @@ def export_model(result, onnx_dir: Path, name: str, warehouse: Path | None = Non
         "quantized": {},
     }
     path = onnx_dir / f"{name}.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 
@@ -160,17 +166,22 @@ def quantize_int8(manifest_path: Path) -> Path:
     manifest = json.loads(manifest_path.read_text())
     source = manifest_path.parent / manifest["onnx_file"]
     target = source.with_name(f"{manifest['name']}.int8.onnx")
-    staged = source.with_name(f"{manifest['name']}.matmul.onnx")
+    staged = temp_path(source.with_name(f"{manifest['name']}.matmul"), ".onnx")
+    verified_model_file(manifest_path, manifest)
     graph = gemm_to_matmul(onnx.load(str(source)))
     first_layer = next(node.name for node in graph.graph.node if node.op_type == "MatMul")
-    onnx.save(graph, str(staged))
+    remove_stale_temp_files(source.parent)
     try:
-        quantize_dynamic(str(staged), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         nodes_to_exclude=[first_layer])
+        onnx.save(graph, str(staged))
+        with replaced(target, ".onnx") as target_tmp:
+            quantize_dynamic(str(staged), str(target_tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             nodes_to_exclude=[first_layer])
     finally:
         staged.unlink(missing_ok=True)
     manifest["quantized"]["int8"] = target.name
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    # Checked before the int8 graph is loaded, as onnx_sha256 is for the fp32 one.
+    manifest.setdefault("quantized_sha256", {})["int8"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return target
 
 

@@ -22,8 +22,12 @@ OUTPUT_NAME = "customer_embedding"
 def load_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LookalikeError(f"Cannot read model manifest {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LookalikeError(f"Cannot read model manifest {path} ({exc}). Export the model again with "
+                             f"`lookalike train --name {Path(path).stem}`.") from exc
+    if not isinstance(manifest, dict):
+        raise LookalikeError(f"Model manifest {path} is not a JSON object. Export the model again with "
+                             f"`lookalike train --name {Path(path).stem}`.")
     if manifest.get("format_version") != MANIFEST_FORMAT:
         raise LookalikeError(
             f"Manifest {path} has format version {manifest.get('format_version')!r}, this lookalike reads "
@@ -112,3 +116,33 @@ def check_trained_here(manifest_path: Path, manifest: dict, db_path: Path, con) 
         f"Run `lookalike train` on this warehouse, or point the models folder ({{onnx_dir}}) at its own models "
         f"(default: {Path(db_path).stem}_models/ beside it).", "onnx_dir"
     )
+
+
+def verified_model_file(manifest_path: Path, manifest: dict, quantize: str = "none") -> Path:
+    """The ONNX file a manifest names, refused unless its bytes hash to what the manifest recorded.
+
+    Checked before ONNX Runtime sees the file: ORT's error for a truncated graph is a protobuf parse
+    failure, which inside the dbt scoring model became a traceback. Manifests written before a hash was
+    recorded (the int8 file of older exports) are loaded unchecked."""
+    manifest_path = Path(manifest_path)
+    name = manifest.get("name", manifest_path.stem)
+    if quantize == "none":
+        file_name, expected = manifest.get("onnx_file"), manifest.get("onnx_sha256")
+        rebuild = f"lookalike train --name {name}"
+    else:
+        file_name, expected = manifest.get("quantized", {}).get(quantize), manifest.get("quantized_sha256", {}).get(quantize)
+        rebuild = f"lookalike train --name {name} --quantize {quantize}"
+    if not file_name:
+        raise LookalikeError(f"Model manifest {manifest_path} names no {'' if quantize == 'none' else quantize + ' '}ONNX file. "
+                             f"Export the model again with `lookalike train --name {name}`.")
+    path = manifest_path.parent / file_name
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError as exc:
+        raise LookalikeError(f"Model file {path} (named by {manifest_path.name}) is missing. Rebuild it: `{rebuild}`.") from exc
+    if expected and digest != expected:
+        raise LookalikeError(
+            f"Model file {path} does not match its manifest {manifest_path.name} (sha256 {digest[:12]}, the manifest says "
+            f"{expected[:12]}): it is truncated, corrupt or from another export. Rebuild it: `{rebuild}`."
+        )
+    return path

@@ -21,7 +21,8 @@ import pyarrow as pa
 from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress
 from lookalike_cli.vectors import to_column
-from lookalike_cli.model.manifest import OUTPUT_NAME, check_trained_here, check_version, find_manifest, load_manifest
+from lookalike_cli.model.manifest import (OUTPUT_NAME, check_trained_here, check_version, find_manifest, load_manifest,
+                                         verified_model_file)
 from lookalike_cli.model.features import FeatureSpec, check_columns, encode
 
 DEFAULT_BATCH_SIZE = 8192
@@ -58,19 +59,20 @@ class Encoder:
         self.model_version = self.manifest["model_version"]
         if quantize not in QUANTIZE_MODES:
             raise ParameterError(f"{{quantize}} must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.", "quantize")
-        if quantize == "none":
-            onnx_file = self.manifest["onnx_file"]
-        elif quantize in self.manifest["quantized"]:
-            onnx_file = self.manifest["quantized"][quantize]
-        else:
+        if quantize != "none" and quantize not in self.manifest["quantized"]:
             raise LookalikeError(f"{self.manifest_path.name} has no {quantize} model yet: run `lookalike score --quantize {quantize}`.")
+        onnx_path = verified_model_file(self.manifest_path, self.manifest, quantize)
         options = ort.SessionOptions()
         # Values below float32's normal range (a share of 1e-39) make the CPU's FMA units take a
         # microcode assist per operand: one customer batch with ~1% such values ran the first layer
         # 1.4x slower. Flushing them to zero changes no output above 1e-38.
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.manifest_path.parent / onnx_file), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidProtobuf, ...) for an unloadable graph
+            raise LookalikeError(f"ONNX Runtime cannot load model file {onnx_path} ({str(exc).splitlines()[0][:300]}). "
+                                 f"Export it again with `lookalike train --name {self.manifest.get('name', self.manifest_path.stem)}`.") from exc
         self.workers = max(1, threads or available_cpus())
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lookalike-score") if self.workers > 1 else None
         self.sentence_lookup: dict[str, np.ndarray] | None = None
@@ -176,6 +178,8 @@ def score(settings, model: str | None = None, quantize: str = "none", model_vers
         if quantize not in QUANTIZE_MODES:
             raise ParameterError(f"{{quantize}} must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.", "quantize")
         quantize_int8(manifest_path)
+    # Before dbt starts: a bad file would otherwise fail inside the dbt Python model, as dbt's traceback.
+    verified_model_file(manifest_path, load_manifest(manifest_path), quantize)
     dbt_vars = {"score_customers": True, "lookalike_model": str(manifest_path), "lookalike_quantize": quantize, "lookalike_model_version": model_version or ""}
     start = time.perf_counter()
     run_dbt(settings, ["run", "--select", "customer_embeddings", "--vars", json.dumps(dbt_vars)], echo=echo)

@@ -55,7 +55,7 @@ import torch
 
 from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.progress import Progress, quiet
-from lookalike_cli.warehouse.connection import connection, table_columns, table_exists
+from lookalike_cli.warehouse.connection import connect_serving, connection, table_columns, table_exists
 
 RECOMMENDATIONS_TABLE = "customer_recommendations"
 RUNS_TABLE = "recommendation_runs"
@@ -736,11 +736,9 @@ def publish_recommendations(serving_path: Path, table: pa.Table, options: Recomm
 
 def read_recommendations(serving_path: Path, limit_customers: int = 3) -> pa.Table:
     """The recommendations of the first `limit_customers` customers, for printing."""
-    import duckdb
-
     if not Path(serving_path).exists():
         raise LookalikeError(f"No serving file at {serving_path}: run `lookalike recommend` first.")
-    with duckdb.connect(str(serving_path), read_only=True) as con:
+    with connect_serving(serving_path) as con:
         if not table_exists(con, RECOMMENDATIONS_TABLE):
             raise LookalikeError(f"No {RECOMMENDATIONS_TABLE} in {serving_path}: run `lookalike recommend` first.")
         return con.sql(f"""

@@ -21,8 +21,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from lookalike_cli.audiences.expand import (Expansion, base_parameters, check_cut, check_found, check_target, parse_size,
-                                            ranked_expansion, seed_clusters)
+from lookalike_cli.audiences.expand import (Expansion, base_parameters, cap_share, check_cut, check_found, check_target, is_share,
+                                            parse_size, ranked_expansion, seed_clusters)
 from lookalike_cli.audiences.seeds import Seeds, id_column, read_id_file, seed_source, seeds_from_embeddings
 from lookalike_cli.errors import LookalikeError, ParameterError, input_error
 from lookalike_cli.progress import Progress
@@ -178,6 +178,8 @@ def expand_spark(
     blocked = spark.createDataFrame(pa.table({"customer_id": pa.array(seeds.ids, pa.int64())}))
     if excluded is not None:
         blocked = blocked.unionByName(excluded).distinct()
+    if is_share(size):
+        target = cap_share(target, size, population - embeddings.select("customer_id").join(blocked, "customer_id", "left_semi").count())
     progress(f"Seeds: {seeds.found:,} found, {seeds.missing:,} missing; excluding seeds + "
              f"{excluded_counts or 'no suppression lists'}; strategy {strategy} on Spark")
 

@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError, input_error
+from lookalike_cli.files import disk_full_error, is_disk_full
 
 
 # How long a command waits for another process's write lock on a DuckDB file before giving up. Most
@@ -39,9 +40,16 @@ def connect(db_path: Path, read_only: bool = False, wait_seconds: float | None =
     while True:
         try:
             return duckdb.connect(str(db_path), read_only=read_only)
-        except duckdb.IOException as exc:
+        except duckdb.ConnectionException:
+            raise  # this process already holds the file with another configuration: a caller's bug, not the file's
+        except duckdb.Error as exc:
             if "lock" not in str(exc).lower():
-                raise
+                if is_disk_full(exc):
+                    raise disk_full_error(exc, db_path) from exc
+                raise LookalikeError(
+                    f"Warehouse file {db_path} cannot be opened by DuckDB ({str(exc).splitlines()[0]}). Restore it from a "
+                    "backup, or rebuild it: `lookalike generate-data` or `lookalike load-sample`, then `lookalike build`."
+                ) from exc
             if time.monotonic() + pause > deadline:
                 raise LookalikeError(
                     f"{db_path} is locked by another process ({exc}); waited {wait:g}s. DuckDB allows one writer or many "
@@ -49,6 +57,23 @@ def connect(db_path: Path, read_only: bool = False, wait_seconds: float | None =
                 ) from exc
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
+
+
+def unreadable_serving_file(path: Path, exc: BaseException) -> LookalikeError:
+    return LookalikeError(
+        f"Serving file {path} is not a readable DuckDB file ({str(exc).splitlines()[0]}). It is left as it is: move it "
+        "aside and publish again (`lookalike audiences apply`, `lookalike expand`) to start a new one."
+    )
+
+
+def connect_serving(path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the serving file (never locked by a publisher: publishes swap the file)."""
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        if "lock" in str(exc).lower():
+            raise
+        raise unreadable_serving_file(path, exc) from exc
 
 
 @contextmanager

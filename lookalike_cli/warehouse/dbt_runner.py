@@ -16,6 +16,8 @@ from lookalike_cli.settings import Settings
 from lookalike_cli.warehouse.profile import is_session_target
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# dbt logs its own crash as "12:00:00  Traceback (most recent call last):".
+TRACEBACK_START = re.compile(r"^(\d\d:\d\d:\d\d\s+)?Traceback \(most recent call last\):")
 
 
 def dbt_executable() -> list[str]:
@@ -80,6 +82,7 @@ def run_dbt(
     echo = echo or (lambda line: print(line, flush=True))
     if is_session_target(target_of(args), settings):
         return run_dbt_in_process(settings, args, echo)
+    wait_for_warehouse(settings, args)
     lines: list[str] = []
     with subprocess.Popen(
         dbt_command(settings, args),
@@ -88,16 +91,74 @@ def run_dbt(
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
     ) as process:
         assert process.stdout is not None
+        # dbt's own crash traceback (it dies writing target/ on a full disk) is held back until the end:
+        # shown when dbt failed for a reason of its own, replaced by one line when the machine is to blame.
+        crash: list[str] = []
         for line in process.stdout:
             line = line.rstrip("\n")
             lines.append(line)
-            echo(line)
+            if crash or TRACEBACK_START.match(ANSI_ESCAPE.sub("", line)):
+                crash.append(line)
+            else:
+                echo(line)
         returncode = process.wait()
+    failure = environment_failure(settings, args, lines) if returncode != 0 else None
+    if failure is None:
+        for line in crash:
+            echo(line)
     if returncode != 0:
-        raise LookalikeError(f"`dbt {' '.join(args)}` failed (exit {returncode}):\n{failure_summary(lines)}")
+        raise failure or LookalikeError(f"`dbt {' '.join(args)}` failed (exit {returncode}):\n{failure_summary(lines)}")
     return lines
+
+
+# dbt subcommands that open the warehouse for writing (ls, parse, compile, docs only read the project).
+WRITING_COMMANDS = {"build", "run", "seed", "snapshot", "test", "run-operation"}
+
+
+def wait_for_warehouse(settings: Settings, args: Sequence[str]) -> None:
+    """Take turns with another writer of the warehouse before starting dbt, as every other command does
+    (connection.connect waits for the lock), instead of letting dbt fail at once on it."""
+    if args and args[0] in WRITING_COMMANDS and target_of(args) in (None, "duckdb") and Path(settings.db_path).exists():
+        from lookalike_cli.warehouse.connection import connect
+
+        connect(settings.db_path).close()
+
+
+def die_with_parent() -> None:
+    """In the dbt child, before exec: ask Linux to SIGKILL it when the lookalike process dies.
+
+    Without it a `kill -9` of lookalike leaves dbt running on its own, still writing the warehouse and
+    holding its lock, so the next command waits for a job nobody is watching."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def environment_failure(settings: Settings, args: Sequence[str], lines: Sequence[str]) -> LookalikeError | None:
+    """A dbt run that failed for the machine's reason, not the project's: one line saying what to do,
+    instead of dbt's summary (which, for these, is a DuckDB traceback)."""
+    from lookalike_cli.files import DISK_FULL_MESSAGES, disk_full_error
+
+    text = "\n".join(ANSI_ESCAPE.sub("", line) for line in lines)
+    lowered = text.lower()
+    for message in DISK_FULL_MESSAGES:
+        if message in lowered:
+            return disk_full_error(OSError(message), f"the warehouse {settings.db_path} or dbt's state beside it "
+                                                     f"(during `dbt {args[0] if args else ''}`)")
+    if "could not set lock on file" in lowered:
+        return LookalikeError(
+            f"{settings.db_path} is locked by another process, so `dbt {args[0] if args else ''}` could not write it. DuckDB "
+            "allows one writer or many readers: close the other connection (a BI tool, a notebook, another lookalike "
+            "command) and run the command again."
+        )
+    return None
 
 
 def target_of(args: Sequence[str]) -> str | None:

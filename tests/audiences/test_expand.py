@@ -137,6 +137,24 @@ def test_min_similarity_percent_size_and_exclude_sql(world):
     assert excluded.audience["excluded_count"] == 20 + len(world["opt_outs"])
 
 
+@pytest.mark.parametrize("strategy", ["centroid", "blend"])
+def test_size_100_percent_is_every_candidate(world, strategy):
+    """100% of the population less the seeds and the exclusions (opt-outs and exclude_sql): every candidate,
+    once each. It used to fail because the percentage counted the seeds, who are never members."""
+    excluded_sql = "select customer_id from customer_features where segment_id = 7"
+    everyone = expand(world["db"], world["root"] / "flat", seed_sql=SEED_SQL, size="100%", strategy=strategy,
+                      exclude_sql=excluded_sql, progress=quiet)
+    members = set(everyone.members.column("customer_id").to_pylist())
+    with duckdb.connect(str(world["db"]), read_only=True) as con:
+        seeds = {r[0] for r in con.execute(SEED_SQL).fetchall()}
+        segment_7 = {r[0] for r in con.execute(excluded_sql).fetchall()}
+    blocked = seeds | segment_7 | {int(i) for i in world["opt_outs"]}
+    assert members == set(int(i) for i in world["ids"]) - blocked
+    assert everyone.members.num_rows == len(members)
+    assert not [w for w in everyone.warnings if w.startswith("Only ")], everyone.warnings
+    assert everyone.audience["population_size"] == 6000
+
+
 def test_seed_table_and_seed_file(world, tmp_path):
     ids = world["ids"][world["segment"] == SEGMENT][:150]
     seed_file = tmp_path / "ids.csv"
