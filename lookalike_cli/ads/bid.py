@@ -189,7 +189,7 @@ def recommend_bids(db_path: Path, budget: float, objective_weights: dict[str, fl
     for objective in objectives:
         groups[f"expected_{objective}"] = groups["expected_clicks"] * groups[f"predicted_rpc_{objective}"]
     if solution.expected_spend < 0.999 * budget:
-        progress(f"Warning: with every bid at --max-bid {max_bid} the expected spend is {solution.expected_spend:,.2f}, "
+        progress(f"Warning: with every bid at the maximum bid {max_bid} the expected spend is {solution.expected_spend:,.2f}, "
                  f"below the budget {budget:,.2f}: raise --max-bid to spend it.")
     uniform_bid = float(np.sqrt(budget / c.sum()))
     uniform_revenue = float((c * uniform_bid * groups["predicted_rpc_revenue"]).sum())

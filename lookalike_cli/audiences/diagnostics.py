@@ -127,7 +127,7 @@ def inspect_seed(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int = 0) ->
                         f"{random_pairs:.3f} for random customers): a lookalike of it will be close to random.")
     if info["clusters"] > 1:
         warnings.append(f"The seed has {info['clusters']} sub-clusters (sizes {np.bincount(cluster).tolist()}): "
-                        "consider --strategy multi-centroid or knn-vote, or one audience per sub-cluster.")
+                        "consider the multi-centroid or knn-vote strategy, or one audience per sub-cluster.")
     if len(outliers):
         warnings.append(f"{len(outliers)} seed(s) are outliers, far from every sub-cluster "
                         f"(e.g. {', '.join(str(i) for i in outliers[:5])}).")

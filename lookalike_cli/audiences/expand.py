@@ -184,9 +184,9 @@ def check_target(target: int | None, size: str | int | None, population: int, se
 
 
 def check_found(found: int, target: int | None, size: str | int | None, warnings: list[str]) -> None:
-    """Refuse an empty audience; warn when the cut left fewer customers than --size asked for."""
+    """Refuse an empty audience; warn when the cut left fewer customers than the size asked for."""
     if target is not None and found < target:
-        warnings.append(f"Only {found:,} eligible customers found for --size {size} ({target:,}) after exclusions.")
+        warnings.append(f"Only {found:,} eligible customers found for size {size} ({target:,}) after exclusions.")
     if found == 0:
         raise LookalikeError("The audience is empty: no eligible customer passed the size/similarity cut.")
 

@@ -399,7 +399,7 @@ def choose_index_type(index_type: str, rows: int, dim: int, budget: int, nlist: 
     flat_bytes = rows * dim * 4
     fits = f"flat float32 vectors {human_bytes(flat_bytes)} {'<=' if flat_bytes <= budget else '>'} memory budget {human_bytes(budget)}"
     if index_type != "auto":
-        return index_type, f"requested --index-type {index_type} ({fits})"
+        return index_type, f"requested index type {index_type} ({fits})"
     if flat_bytes <= budget:
         if rows <= AUTO_EXACT_MAX_ROWS:
             return "flat", f"auto: {rows:,} rows <= {AUTO_EXACT_MAX_ROWS:,}, exact search is fast enough and has recall 1 ({fits})"
@@ -413,7 +413,7 @@ def choose_index_type(index_type: str, rows: int, dim: int, budget: int, nlist: 
         return "ivf_sq8", (f"auto: {fits}, so compressed: ivf_sq8, IVF with 8-bit scalar codes ({dim} B a vector), "
                            f"~{human_bytes(sq8)} in RAM {'<=' if sq8 <= budget else '> (too few rows for ivf_pq)'} budget; {tuning}")
     pq = memory_estimate("ivf_pq", rows, dim, params, budget)["index_ram_bytes"]
-    over = "" if pq <= budget else " (still over the budget: the smallest index here; lower --pq-m or raise --memory-budget)"
+    over = "" if pq <= budget else " (still over the budget: the smallest index here; lower pq_m or raise the memory budget)"
     return "ivf_pq", (f"auto: {fits}, and ivf_sq8 would take ~{human_bytes(sq8)} in RAM > budget, so ivf_pq: IVF with "
                       f"product-quantised codes ({params['pq_m']} B a vector), ~{human_bytes(pq)} in RAM{over}; {tuning}")
 
@@ -575,7 +575,7 @@ def build_index(
         if not manifest.self_check["passed"]:
             progress(f"Warning: self-check recall@{SELF_CHECK_K} {recall:.3f} (95% lower bound "
                      f"{manifest.self_check['recall_lower_bound']:.3f}) is below {TARGET_RECALL}; "
-                     "use --index-type auto or raise --nlist/--m/--pq-m.")
+                     "use index type auto or raise nlist / m / pq_m.")
         manifest.build_seconds = round(time.perf_counter() - start, 2)
         del exact_store, exact, loaded
         write_index(index, manifest, index_dir, exact_files={name: path for name, path in tmp.items() if path.exists()})

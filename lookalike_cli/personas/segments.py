@@ -58,7 +58,7 @@ def read_persona_matrix(db_path: Path) -> tuple[np.ndarray, np.ndarray, list[str
     """(customer ids ascending, (n, personas) probabilities, persona names) from customer_personas."""
     with connection(db_path, read_only=True) as con:
         require_table(con, RESULT_TABLE, "Run `lookalike personas label` and `lookalike personas propagate` first, "
-                                         "or segment without personas: --inputs categories.")
+                                         "or segment without personas (inputs: categories).")
         names = [r[0] for r in con.execute(f"select name from {PERSONAS_TABLE} order by persona_id").fetchall()]
         table = con.sql(f"""
             select c.customer_id, list(c.probability order by d.persona_id) as probabilities
