@@ -22,7 +22,7 @@ from lookalike_cli.version import __version__
 from lookalike_cli.model.features import HASH_FUNCTION, LOCATION_COLUMN, SHARE_COLUMNS, TOKEN_PATTERN, FeatureSpec
 from lookalike_cli.model.locations import LOCATION_TABLE, SENTENCE_MODEL
 from lookalike_cli.model.manifest import MANIFEST_FORMAT, OUTPUT_NAME
-from lookalike_cli.model.tower import CustomerTower, TowerConfig
+from lookalike_cli.model.tower import CustomerTower, ServingTower, TowerConfig
 
 
 
@@ -42,13 +42,14 @@ def example_inputs(spec: FeatureSpec, n: int = 4) -> dict[str, torch.Tensor]:
 def export_onnx(tower: CustomerTower, spec: FeatureSpec, path: Path) -> None:
     inputs = example_inputs(spec)
     batch = torch.export.Dim("batch")
-    tower.eval()
+    # The inference arrangement of the same function (tower.ServingTower); the .pt file keeps the trained form.
+    serving = ServingTower(tower.eval()).eval()
     # The exporter logs warnings about optional torchvision ops this graph never uses.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            tower,
+            serving,
             tuple(inputs.values()),
             dynamo=True,
             external_data=False,
