@@ -138,6 +138,9 @@ def gemm_to_matmul(model):
         if attrs.get("transB", 0):
             weight = weight.T
         weights[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight), node.input[1]))
+        if len(node.input) < 3 or not node.input[2]:  # no bias (ServingTower's share and location layers)
+            nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], list(node.output), name=node.name + "_matmul"))
+            continue
         product = node.output[0] + "_matmul"
         nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [product], name=node.name + "_matmul"))
         nodes.append(helper.make_node("Add", [product, node.input[2]], list(node.output), name=node.name + "_bias"))
@@ -153,7 +156,11 @@ def quantize_int8(manifest_path: Path) -> Path:
 
     The first layer stays fp32: its input mixes z-scores, one-hots and small category shares,
     and one per-tensor uint8 scale for all of them rounds the shares away (min cosine to fp32
-    fell to 0.996; 0.9997 without it). The location embedding table (a Gather) stays fp32 too.
+    fell to 0.996; 0.9997 without it). In the exported ServingTower that layer is three MatMuls
+    (dense, shares, location), so every MatMul not fed by a ReLU stays fp32; quantising the
+    shares one alone cost min cosine 0.97 (raw shares in [0, 1] on one uint8 scale). Per-channel
+    weights and static (calibrated) activations were no better (0.97-0.99, benchmarks/RESULTS.md).
+    The location embedding table (a Gather) stays fp32 too.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -163,11 +170,12 @@ def quantize_int8(manifest_path: Path) -> Path:
     target = source.with_name(f"{manifest['name']}.int8.onnx")
     staged = source.with_name(f"{manifest['name']}.matmul.onnx")
     graph = gemm_to_matmul(onnx.load(str(source)))
-    first_layer = next(node.name for node in graph.graph.node if node.op_type == "MatMul")
+    relu_outputs = {output for node in graph.graph.node if node.op_type == "Relu" for output in node.output}
+    first_layer = [node.name for node in graph.graph.node if node.op_type == "MatMul" and node.input[0] not in relu_outputs]
     onnx.save(graph, str(staged))
     try:
         quantize_dynamic(str(staged), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         nodes_to_exclude=[first_layer])
+                         nodes_to_exclude=first_layer)
     finally:
         staged.unlink(missing_ok=True)
     manifest["quantized"]["int8"] = target.name
