@@ -39,11 +39,13 @@ def example_inputs(spec: FeatureSpec, n: int = 4) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def export_onnx(tower: CustomerTower, spec: FeatureSpec, path: Path) -> None:
+def export_onnx(tower: CustomerTower, spec: FeatureSpec, path: Path, serving_form: bool = True) -> None:
+    """The tower as an ONNX graph: by default in its inference arrangement (tower.ServingTower), the same
+    function; serving_form=False exports the training form as it is (benchmarks/bench_serving_graph.py)."""
     inputs = example_inputs(spec)
     batch = torch.export.Dim("batch")
-    # The inference arrangement of the same function (tower.ServingTower); the .pt file keeps the trained form.
-    serving = ServingTower(tower.eval()).eval()
+    tower.eval()
+    serving = ServingTower(tower).eval() if serving_form else tower
     # The exporter logs warnings about optional torchvision ops this graph never uses.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
