@@ -63,10 +63,13 @@ def train_cmd(settings: Settings, name, quantize, **options) -> None:
               help="Score with the dynamic int8 model (made on first use).")
 @click.option("--model-version", default=None, help="Fail unless the model has this model_version.")
 @click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
-              help="duckdb: the dbt Python model. spark: the Spark table, ONNX Runtime in mapInArrow (extra [spark]).")
+              help="duckdb: the warehouse table, as the dbt Python model builds it. spark: the Spark table, ONNX Runtime in mapInArrow (extra [spark]).")
 @pass_settings
 def score_cmd(settings: Settings, model, quantize, model_version, engine) -> None:
-    """Build customer_embeddings: `dbt run -s customer_embeddings` with ONNX Runtime.
+    """Build customer_embeddings: every customer of customer_features scored with ONNX Runtime.
+
+    The same table as the dbt Python model (`lookalike dbt run -s customer_embeddings`), written
+    in this process in one transaction, without dbt's start-up.
 
     With --engine spark, reads the Spark table customer_features (`lookalike build --target
     spark`) and writes the Spark table customer_embeddings with the same columns.
@@ -88,7 +91,7 @@ def score_cmd(settings: Settings, model, quantize, model_version, engine) -> Non
 
     result = score(settings, model=model, quantize=quantize, model_version=model_version)
     click.echo(f"customer_embeddings: {result['customers']:,} customers, model {result['model_version']} "
-               f"({result['quantize']}), dbt run {result['seconds']:.1f} s")
+               f"({result['quantize']}), scored in {result['seconds']:.1f} s")
 
 @click.command("embed-locations")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Strings per encoder call.")

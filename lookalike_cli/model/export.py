@@ -23,7 +23,7 @@ from lookalike_cli.model.features import HASH_FUNCTION, LOCATION_COLUMN, SHARE_C
 from lookalike_cli.model.locations import LOCATION_TABLE, SENTENCE_MODEL
 from lookalike_cli.files import remove_stale_temp_files, replaced, temp_path, write_text_atomically
 from lookalike_cli.model.manifest import MANIFEST_FORMAT, OUTPUT_NAME, verified_model_file
-from lookalike_cli.model.tower import CustomerTower, TowerConfig
+from lookalike_cli.model.tower import CustomerTower, ServingTower, TowerConfig
 
 
 
@@ -40,16 +40,19 @@ def example_inputs(spec: FeatureSpec, n: int = 4) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def export_onnx(tower: CustomerTower, spec: FeatureSpec, path: Path) -> None:
+def export_onnx(tower: CustomerTower, spec: FeatureSpec, path: Path, serving_form: bool = True) -> None:
+    """The tower as an ONNX graph: by default in its inference arrangement (tower.ServingTower), the same
+    function; serving_form=False exports the training form as it is (benchmarks/bench_serving_graph.py)."""
     inputs = example_inputs(spec)
     batch = torch.export.Dim("batch")
     tower.eval()
+    serving = ServingTower(tower).eval() if serving_form else tower
     # The exporter logs warnings about optional torchvision ops this graph never uses.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            tower,
+            serving,
             tuple(inputs.values()),
             dynamo=True,
             external_data=False,
@@ -143,6 +146,9 @@ def gemm_to_matmul(model):
         if attrs.get("transB", 0):
             weight = weight.T
         weights[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight), node.input[1]))
+        if len(node.input) < 3 or not node.input[2]:  # no bias (ServingTower's share and location layers)
+            nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], list(node.output), name=node.name + "_matmul"))
+            continue
         product = node.output[0] + "_matmul"
         nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [product], name=node.name + "_matmul"))
         nodes.append(helper.make_node("Add", [product, node.input[2]], list(node.output), name=node.name + "_bias"))
@@ -158,7 +164,11 @@ def quantize_int8(manifest_path: Path) -> Path:
 
     The first layer stays fp32: its input mixes z-scores, one-hots and small category shares,
     and one per-tensor uint8 scale for all of them rounds the shares away (min cosine to fp32
-    fell to 0.996; 0.9997 without it). The location embedding table (a Gather) stays fp32 too.
+    fell to 0.996; 0.9997 without it). In the exported ServingTower that layer is three MatMuls
+    (dense, shares, location), so every MatMul not fed by a ReLU stays fp32; quantising the
+    shares one alone cost min cosine 0.97 (raw shares in [0, 1] on one uint8 scale). Per-channel
+    weights and static (calibrated) activations were no better (0.97-0.99, benchmarks/RESULTS.md).
+    The location embedding table (a Gather) stays fp32 too.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -169,13 +179,14 @@ def quantize_int8(manifest_path: Path) -> Path:
     staged = temp_path(source.with_name(f"{manifest['name']}.matmul"), ".onnx")
     verified_model_file(manifest_path, manifest)
     graph = gemm_to_matmul(onnx.load(str(source)))
-    first_layer = next(node.name for node in graph.graph.node if node.op_type == "MatMul")
+    relu_outputs = {output for node in graph.graph.node if node.op_type == "Relu" for output in node.output}
+    first_layer = [node.name for node in graph.graph.node if node.op_type == "MatMul" and node.input[0] not in relu_outputs]
     remove_stale_temp_files(source.parent)
     try:
         onnx.save(graph, str(staged))
         with replaced(target, ".onnx") as target_tmp:
             quantize_dynamic(str(staged), str(target_tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             nodes_to_exclude=[first_layer])
+                             nodes_to_exclude=first_layer)
     finally:
         staged.unlink(missing_ok=True)
     manifest["quantized"]["int8"] = target.name

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -153,6 +154,14 @@ def location_tokens(text: str, n_buckets: int, n_tokens: int) -> list[int]:
     return ids + [0] * (n_tokens - len(ids))
 
 
+# Each batch re-codes its distinct areas, and the same few thousand areas come back in every
+# batch: remembered, a batch's Python work is one lookup per distinct value instead of a regex
+# and a hash per token. Bounded, so an unusual warehouse with millions of areas cannot grow it.
+@lru_cache(maxsize=1 << 16)
+def cached_location_tokens(text: str, n_buckets: int, n_tokens: int) -> tuple[int, ...]:
+    return tuple(location_tokens(text, n_buckets, n_tokens))
+
+
 def distinct_codes(column: pa.Array | pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
     """The distinct strings of a column and, per row, the index of its value among them."""
     encoded = pc.dictionary_encode(column.cast(pa.string()).fill_null(""))
@@ -163,7 +172,7 @@ def distinct_codes(column: pa.Array | pa.ChunkedArray) -> tuple[list[str], np.nd
 
 def word_location(batch: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> np.ndarray:
     values, index = distinct_codes(batch.column(LOCATION_COLUMN))
-    table = np.array([location_tokens(v, spec.n_buckets, spec.n_tokens) for v in values], dtype=np.int64)
+    table = np.array([cached_location_tokens(v, spec.n_buckets, spec.n_tokens) for v in values], dtype=np.int64)
     return table.reshape(-1, spec.n_tokens)[index]
 
 

@@ -1,19 +1,23 @@
 """Score customers with an exported model: ONNX Runtime over Arrow batches.
 
-The dbt Python model `lookalike_cli/warehouse/dbt_project/python_models/customer_embeddings.py` calls `score_relation`; the
-CLI's `lookalike score` prepares what the model needs (location vectors, the int8 file)
-and runs that dbt model. Validation happens before the first batch, so a mismatch between
-the warehouse and the manifest fails fast and dbt keeps the previous table.
+`score_relation` is the one scoring path. The dbt Python model
+`lookalike_cli/warehouse/dbt_project/python_models/customer_embeddings.py` returns it to dbt
+(`lookalike dbt run -s customer_embeddings`, `lookalike build`); the CLI's `lookalike score`
+prepares what the model needs (location vectors, the int8 file) and streams it into the same
+table in this process, without dbt's start-up (seconds: at 1M customers more than the scoring).
+Validation happens before the first batch, so a mismatch between the warehouse and the
+manifest fails fast, and either way the previous table is kept.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +30,10 @@ from lookalike_cli.model.manifest import (OUTPUT_NAME, check_trained_here, check
 from lookalike_cli.model.features import FeatureSpec, check_columns, encode
 
 DEFAULT_BATCH_SIZE = 8192
+EMBEDDINGS_TABLE = "customer_embeddings"
+# Scored batches computed ahead of the writer: one is enough to overlap DuckDB's write of a batch
+# with the reading, encoding and scoring of the next; more only holds memory (4 MiB a batch).
+PREFETCH_BATCHES = 2
 # Rows per ONNX Runtime call when a batch is split across worker threads: small enough that a
 # layer's activations stay in a core's L2 cache, large enough that per-call overhead is noise.
 SUB_BATCH_ROWS = 2048
@@ -151,39 +159,128 @@ def score_relation(relation, con, onnx_dir: str | os.PathLike | None = None, mod
         progress(f"scoring with {encoder.manifest_path.name} ({encoder.model_version}, {quantize or 'none'})")
     total = relation.aggregate("count(*)").fetchall()[0][0] if progress else None
     reader = relation.select(", ".join(encoder.spec.required_columns)).to_arrow_reader(batch_size)
-    return pa.RecordBatchReader.from_batches(encoder.output_schema(),
-                                             encoder.score_batches(reader, progress=progress, total=total))
+    return pa.RecordBatchReader.from_batches(
+        encoder.output_schema(), prefetched(encoder.score_batches(reader, progress=progress, total=total), PREFETCH_BATCHES))
+
+
+T = TypeVar("T")
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """The items of `items`, computed up to `depth` ahead in a background thread.
+
+    Without it scoring's stages take turns: DuckDB asks for a batch and waits while it is read,
+    encoded and scored, then writes it while nothing is scored. Errors are re-raised in the
+    consumer; a consumer that stops early stops the producer.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop, finished = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(finished)
+        except BaseException as exc:  # re-raised by the consumer, with its traceback
+            put(_Failed(exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close:
+                close()
+
+    producer = threading.Thread(target=produce, name="lookalike-score-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is finished:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        producer.join()
+
+
+def write_embeddings(con, reader: pa.RecordBatchReader, table: str = EMBEDDINGS_TABLE) -> int:
+    """Replace `table` with the rows of a scoring stream in one transaction; returns the row count.
+
+    If the stream fails (bad input found mid-way) the transaction rolls back, so the previous
+    table is kept, and the stream's own error is raised, not DuckDB's wrapper of it.
+    """
+    from lookalike_cli.warehouse.connection import registered, transaction
+
+    errors: list[BaseException] = []
+
+    def watched() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from reader
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    stream = pa.RecordBatchReader.from_batches(reader.schema, watched())
+    try:
+        with transaction(con), registered(con, "scored_customer_batches", stream):
+            con.execute(f"create or replace table {table} as select * from scored_customer_batches")
+    except Exception:
+        if errors:
+            raise errors[0] from None
+        raise
+    return con.execute(f"select count(*) from {table}").fetchall()[0][0]
 
 
 def score(settings, model: str | None = None, quantize: str = "none", model_version: str | None = None,
           echo=None) -> dict:
-    """Build customer_embeddings with the dbt Python model; prepares location vectors and the int8 file first.
+    """Build customer_embeddings in this process: what the dbt model does, without dbt's start-up.
 
-    dbt's output goes to `echo` (stdout by default)."""
-    from lookalike_cli.warehouse.dbt_runner import run_dbt
-    from lookalike_cli.model.export import quantize_int8
+    Prepares location vectors and the int8 file first. Progress lines go to `echo` (stdout by default)."""
     from lookalike_cli.model.locations import embed_locations
     from lookalike_cli.warehouse.connection import connection
 
+    echo = echo or (lambda line: print(line, flush=True))
     manifest_path = find_manifest(settings.onnx_dir, model)
     manifest = load_manifest(manifest_path)
-    # Fail before starting dbt; the dbt model checks again for runs that bypass this command.
     check_version(manifest_path, manifest["model_version"], model_version)
-    with connection(settings.db_path, read_only=True) as con:
-        check_trained_here(manifest_path, manifest, settings.db_path, con)
-    if manifest["features"]["location"] == "sentence":
-        with connection(settings.db_path) as con:
-            embed_locations(con, progress=echo or print)
+    if quantize not in QUANTIZE_MODES:
+        raise ParameterError(f"{{quantize}} must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.", "quantize")
     if quantize != "none" and quantize not in manifest["quantized"]:
-        if quantize not in QUANTIZE_MODES:
-            raise ParameterError(f"{{quantize}} must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}.", "quantize")
+        # Lazy: export imports torch (seconds), which scoring with an existing file does not need.
+        from lookalike_cli.model.export import quantize_int8
+
         quantize_int8(manifest_path)
-    # Before dbt starts: a bad file would otherwise fail inside the dbt Python model, as dbt's traceback.
+    # Before reading any row: a damaged file fails here, naming it, not inside ONNX Runtime.
     verified_model_file(manifest_path, load_manifest(manifest_path), quantize)
-    dbt_vars = {"score_customers": True, "lookalike_model": str(manifest_path), "lookalike_quantize": quantize, "lookalike_model_version": model_version or ""}
-    start = time.perf_counter()
-    run_dbt(settings, ["run", "--select", "customer_embeddings", "--vars", json.dumps(dbt_vars)], echo=echo)
-    seconds = time.perf_counter() - start
-    with connection(settings.db_path, read_only=True) as con:
-        rows, version = con.execute("select count(*), any_value(model_version) from customer_embeddings").fetchall()[0]
+    with connection(settings.db_path) as con:
+        check_trained_here(manifest_path, manifest, settings.db_path, con)
+        if manifest["features"]["location"] == "sentence":
+            embed_locations(con, progress=echo)
+        start = time.perf_counter()
+        # Read through a second connection to the same database: the first one runs the write.
+        reader = con.cursor()
+        try:
+            stream = score_relation(reader.table("customer_features"), reader, onnx_dir=manifest_path.parent,
+                                    model=str(manifest_path), quantize=quantize, expected_version=model_version,
+                                    progress=echo)
+            rows = write_embeddings(con, stream)
+        finally:
+            reader.close()
+        seconds = time.perf_counter() - start
+        version = con.execute(f"select any_value(model_version) from {EMBEDDINGS_TABLE}").fetchall()[0][0]
     return {"customers": rows, "model_version": version, "seconds": seconds, "manifest": str(manifest_path), "quantize": quantize}

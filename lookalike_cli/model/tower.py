@@ -96,3 +96,66 @@ def pair_cosine(tower: CustomerTower, inputs_a: dict[str, torch.Tensor], inputs_
     n = next(iter(inputs_a.values())).shape[0]
     both = tower(**{k: torch.cat([inputs_a[k], inputs_b[k]]) for k in inputs_a})
     return (both[:n] * both[n:]).sum(dim=1)
+
+
+class ServingTower(nn.Module):
+    """The function of a trained CustomerTower, rearranged for inference: what `export` writes to ONNX.
+
+    The first layer's matmul over the concatenated input is split by input, with every affine
+    preprocessing step folded into its weights and bias: the dense z-score, the shares z-score
+    (its clip becomes a clip of the raw share at mean +- SHARE_CLIP * std, the same bound before
+    scaling), and nothing is concatenated but the dense block. ONNX Runtime then runs three
+    GEMMs and a few element-wise ops instead of z-scoring and copying every input into one wide
+    matrix; outputs equal to ~2e-7 (benchmarks/bench_serving_graph.py measures both forms).
+    """
+
+    def __init__(self, tower: CustomerTower):
+        super().__init__()
+        config = tower.config
+        self.config = config
+        first = tower.mlp[0]
+        weight, bias = first.weight.detach(), first.bias.detach().clone()
+        bounds = [config.n_dense, config.n_dense + sum(config.cardinalities)]
+        bounds.append(bounds[-1] + config.n_categories)
+        dense_weight, level_weight, share_weight, location_weight = torch.tensor_split(weight, bounds, dim=1)
+        dense_weight = dense_weight / tower.dense_std
+        bias = bias - dense_weight @ tower.dense_mean
+        self.scale_shares = tower.scale_shares
+        if self.scale_shares:
+            self.register_buffer("share_low", tower.share_mean - SHARE_CLIP * tower.share_std)
+            self.register_buffer("share_high", tower.share_mean + SHARE_CLIP * tower.share_std)
+            share_weight = share_weight / tower.share_std
+            bias = bias - share_weight @ tower.share_mean
+        for i, cardinality in enumerate(config.cardinalities):
+            self.register_buffer(f"levels_{i}", torch.arange(cardinality, dtype=torch.int64), persistent=False)
+        self.dense_layer = self._linear(torch.cat([dense_weight, level_weight], dim=1), bias)
+        self.share_layer = self._linear(share_weight)
+        self.location_layer = self._linear(location_weight) if config.location != "none" else None
+        if config.location == "word":
+            self.location_embedding = tower.location_embedding
+        self.rest = tower.mlp[1:]
+
+    @staticmethod
+    def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        layer.weight.data = weight.contiguous()
+        if bias is not None:
+            layer.bias.data = bias
+        return layer
+
+    def forward(self, dense: torch.Tensor, categorical: torch.Tensor, shares: torch.Tensor,
+                location: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [torch.log1p(dense.clamp(min=0.0))]
+        for i in range(len(self.config.cardinalities)):
+            parts.append((categorical[:, i : i + 1] == getattr(self, f"levels_{i}")).to(dense.dtype))
+        hidden = self.dense_layer(torch.cat(parts, dim=1))
+        if self.scale_shares:
+            shares = torch.minimum(torch.maximum(shares, self.share_low), self.share_high)
+        hidden = hidden + self.share_layer(shares)
+        if self.config.location == "word":
+            vectors = self.location_embedding(location)
+            counts = (location > 0).sum(dim=1, keepdim=True).clamp(min=1).to(dense.dtype)
+            hidden = hidden + self.location_layer(vectors.sum(dim=1) / counts)
+        elif self.config.location == "sentence":
+            hidden = hidden + self.location_layer(location)
+        return F.normalize(self.rest(hidden), dim=1)

@@ -100,3 +100,20 @@ def test_dbt_model_with_missing_column_keeps_previous_table(scored_warehouse, tm
 def test_unknown_model_is_a_clear_error(scored_warehouse):
     result = run_cli(scored_warehouse, "score", "--model", "nope", expect_exit=1)
     assert "No model manifest" in result.output and "lookalike train" in result.output
+
+
+def test_dbt_python_model_builds_the_same_table_as_lookalike_score(scored_warehouse, tmp_path):
+    # `lookalike score` writes in process; dbt users (`dbt run`, `lookalike build`) get the same rows from the Python model.
+    settings = copy_warehouse(scored_warehouse, tmp_path / "dbt_path")
+    read = "select customer_id, embedding, model_version from customer_embeddings order by customer_id"
+    with duckdb.connect(str(settings.db_path)) as con:
+        in_process = con.sql(read).to_arrow_table()
+        con.execute("drop table customer_embeddings")
+    run_cli(settings, "dbt", "run", "--select", "customer_embeddings",
+            "--vars", json.dumps({"score_customers": True, "lookalike_model": MODEL}))
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        from_dbt = con.sql(read).to_arrow_table()
+    assert from_dbt.num_rows == in_process.num_rows > 0
+    assert from_dbt["customer_id"].equals(in_process["customer_id"]) and from_dbt["model_version"].equals(in_process["model_version"])
+    np.testing.assert_array_equal(from_dbt["embedding"].combine_chunks().flatten().to_numpy(),
+                                  in_process["embedding"].combine_chunks().flatten().to_numpy())
