@@ -89,7 +89,7 @@ audiences:
     colour: blue
   - name: a
     seed_table: customer_features
-    size: 100%
+    size: 100000000
   - name: b
     seed_sql: select customer_id from customer_features limit 10
     size: 5%
