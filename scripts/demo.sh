@@ -53,7 +53,7 @@ model, base = (json.loads((folder / f"{name}.json").read_text())["metrics"]["tes
 print(f"\ntest MAE: default model {model:.4f} vs the paper's baseline {base:.4f} ({model / base:.0%} of baseline)")
 PY
 
-step "4/11 score every customer with ONNX Runtime inside dbt"
+step "4/11 score every customer with ONNX Runtime (in process; the dbt model customer_embeddings builds the same table)"
 $LOOKALIKE score --model demo | grep -vE ' (START|PASS|OK created) '
 
 step "5/11 build the FAISS index"
