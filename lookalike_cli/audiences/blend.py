@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lookalike_cli.audiences.raw_features import CLIP
 from lookalike_cli.vectors import normalise
 
 COMPONENTS = ("embedding", "raw", "propensity", "activity", "rfm", "spend", "shares_lr", "shares_gbm")
@@ -75,6 +76,7 @@ GBM_PARAMS = dict(n_estimators=40, learning_rate=0.15, num_leaves=7, max_depth=3
                   n_jobs=1, deterministic=True, force_col_wise=True, verbose=-1)
 GBM_UNLABELLED = 5_000    # most unlabelled customers one LightGBM fit sees (a random sample beyond)
 REFERENCE_SIZE = 20_000   # population customers the percentiles are measured against
+SCORE_BLOCK = 16_384      # rows Blend.score turns into float64 at once
 
 LINES, ORDERS, RECENCY, SPEND = "order_line_count", "order_count", "recency_days", "total_spend"
 SHARE_PREFIX = "category:"
@@ -94,7 +96,7 @@ class BlendInputs:
     cached_preference: np.ndarray | None = field(default=None, repr=False)  # preference(), once computed
     weights: np.ndarray | None = None  # seeds only: value weight per row (None: all alike)
 
-    def take(self, rows: np.ndarray) -> "BlendInputs":
+    def take(self, rows: "np.ndarray | slice") -> "BlendInputs":
         cached = None if self.cached_preference is None else self.cached_preference[rows]
         weights = None if self.weights is None else self.weights[rows]
         return BlendInputs(self.embeddings[rows], self.raw[rows], self.names, self.scale, cached, weights)
@@ -137,12 +139,35 @@ class BlendInputs:
         return self.cached_preference
 
     def _preference(self) -> np.ndarray:
-        shares = [i for i, n in enumerate(self.names) if n.startswith(SHARE_PREFIX)]
-        block = self.raw[:, shares].astype(np.float64)
+        return self.preference_columns(None)
+
+    def share_columns(self) -> np.ndarray:
+        return np.array([i for i, n in enumerate(self.names) if n.startswith(SHARE_PREFIX)], dtype=np.int64)
+
+    def preference_columns(self, wanted: np.ndarray | None) -> np.ndarray:
+        """Columns `wanted` (all when None) of preference(), computed for those columns only: the same
+        values to the bit (elementwise), without building the whole [n, categories + 1] block."""
+        if self.cached_preference is not None:
+            return self.cached_preference if wanted is None else self.cached_preference[:, wanted]
+        shares = self.share_columns()
+        picked = np.arange(len(shares) + 1) if wanted is None else np.asarray(wanted, dtype=np.int64)
+        columns = shares[picked[picked < len(shares)]]
+        # A contiguous run of columns (all the shares, as load_raw_features lays them out) is a view, not a gather.
+        contiguous = len(columns) > 0 and columns[-1] - columns[0] == len(columns) - 1
+        block = (self.raw[:, columns[0] : columns[-1] + 1] if contiguous else self.raw[:, columns]).astype(np.float64)
+        if not len(columns):
+            block = np.zeros((len(self), 0))
         if self.scale is not None:
-            std = np.where(self.scale[1][shares] > 1e-9, self.scale[1][shares], 1.0)
-            block = np.clip(block * std + self.scale[0][shares], 0.0, 1.0)
-        return np.column_stack([block, self.column(self.lines_column(), plain=True)])
+            std = np.where(self.scale[1][columns] > 1e-9, self.scale[1][columns], 1.0)
+            block *= std
+            block += self.scale[0][columns]
+            np.clip(block, 0.0, 1.0, out=block)
+        out = np.empty((len(self), len(picked)))
+        at_shares = picked < len(shares)
+        out[:, at_shares] = block
+        if not at_shares.all():
+            out[:, ~at_shares] = self.column(self.lines_column(), plain=True)[:, None]
+        return out
 
     def available(self, embeddings: bool = True) -> tuple[str, ...]:
         """The components these inputs can feed (a zero-width raw block: embedding components only)."""
@@ -184,37 +209,236 @@ class FittedComponents:
     models: dict                      # component -> fitted classifier (propensity, shares_lr, shares_gbm)
     embeddings: bool = True           # whether `propensity` sees the embeddings
     references: list[np.ndarray] = field(default_factory=list)  # sorted component scores of the reference sample
+    gbm_trees: Trees | None = None    # shares_gbm's trees for numpy scoring (None: LightGBM's predict)
 
-    def raw_scores(self, inputs: BlendInputs) -> np.ndarray:
-        """[n, len(active)] component scores (cosines, classifier logits, activity z-scores).
+    def raw_scores(self, inputs: BlendInputs, names: tuple[str, ...] | None = None) -> np.ndarray:
+        """[n, len(names)] scores of the components `names` (default: every active one): cosines,
+        classifier logits, activity z-scores.
 
         In float64 and rounded, so a customer scores the same whether scored alone, in a pool or in
         the whole population (matrix products of different shapes differ in the last float32 bits,
         enough to move a customer past its own entry in the reference sample)."""
+        names = self.active if names is None else names
+        embeddings = raw = None
         columns = []
-        preference = None
-        for name in self.active:
+        for name in names:
+            if name in ("embedding", "propensity") and embeddings is None:
+                embeddings = inputs.embeddings.astype(np.float64)
+            if name in ("raw", "propensity") and raw is None:
+                raw = inputs.raw.astype(np.float64)
             if name == "embedding":
-                columns.append(cosine_to_centroid(inputs.embeddings.astype(np.float64), self.embedding_centre[None, :]))
+                columns.append(cosine_to_centroid(embeddings, self.embedding_centre[None, :]))
             elif name == "raw":
-                columns.append(cosine_to_centroid(inputs.raw.astype(np.float64), self.raw_centre[None, :]))
+                columns.append(cosine_to_centroid(raw, self.raw_centre[None, :]))
             elif name == "propensity":
-                columns.append(self.models[name].decision_function(inputs.joint(self.embeddings).astype(np.float64)))
+                # The joint matrix's product taken block by block: no [n, d + F] copy of the inputs.
+                model = self.models[name]
+                coef, width = model.coef_[0], embeddings.shape[1]
+                value = raw @ coef[width:] if self.embeddings else raw @ coef
+                if self.embeddings:
+                    value += embeddings @ (coef[:width] * np.sqrt(width))
+                columns.append(value + model.intercept_[0])
             elif name in STATIC:
                 columns.append(inputs.static(name))
-            else:
-                preference = inputs.preference() if preference is None else preference
+            elif name == "shares_lr":
                 model = self.models[name]
-                columns.append(model.decision_function(preference) if name == "shares_lr"
-                               else model.predict(preference, raw_score=True))
+                columns.append(inputs.preference_columns(None) @ model.coef_[0] + model.intercept_[0])
+            elif self.gbm_trees is not None:
+                columns.append(self.gbm_trees.raw_score(inputs.preference_columns(self.gbm_trees.features)))
+            else:
+                columns.append(self.models[name].predict(inputs.preference_columns(None), raw_score=True))
         return np.round(np.column_stack(columns) if columns else np.zeros((len(inputs), 0)), 9)
 
-    def percentiles(self, inputs: BlendInputs) -> np.ndarray:
-        scores = self.raw_scores(inputs)
+    def percentiles(self, inputs: BlendInputs, names: tuple[str, ...] | None = None) -> np.ndarray:
+        names = self.active if names is None else names
+        return self.percentiles_of(self.raw_scores(inputs, names), names)
+
+    def percentiles_of(self, scores: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+        """Component scores [n, len(names)] as percentiles of the reference sample's."""
+        references = [self.references[self.active.index(name)] for name in names]
         return np.column_stack([
             np.searchsorted(reference, scores[:, i], side="right") / max(len(reference), 1)
-            for i, reference in enumerate(self.references)
-        ])
+            for i, reference in enumerate(references)
+        ]) if names else np.zeros((len(scores), 0))
+
+    def embedding_directions(self) -> np.ndarray:
+        """[d, 2] float64: the seed centroid and propensity's weights on the embeddings. A population's
+        embeddings times these, with their squared norms, is all its embedding components need."""
+        width = len(self.embedding_centre)
+        propensity = self.models.get("propensity")
+        weights = (propensity.coef_[0][:width] * np.sqrt(width) if propensity is not None and self.embeddings
+                   else np.zeros(width))
+        return np.column_stack([self.embedding_centre.astype(np.float64), weights])
+
+    def sparse_raw_scores(self, rows: "SparseRows", names: tuple[str, ...], layout: BlendInputs) -> np.ndarray:
+        """raw_scores of customers whose category shares are sparse (SparseRows), component by component
+        the same arithmetic: the z-scored share block is its value at share 0 (a constant per column)
+        plus a correction at the purchased categories, so no [n, features] matrix is ever built.
+        `layout` carries the raw columns' names and scale (any BlendInputs of the fit)."""
+        from scipy import sparse
+
+        head, shares, products = rows.head, rows.shares, rows.embedding_products
+        (n, width), categories = head.shape, shares.shape[1]
+        mean, std = (np.asarray(v, dtype=np.float64) for v in layout.scale)
+        at, indptr = shares.indices, shares.indptr
+        # As load_raw_features z-scores (float32, clipped): a share of 0, then the stored shares.
+        mean32, std32 = mean[width:].astype(np.float32), np.where(std[width:] > 1e-9, std[width:], 1.0).astype(np.float32)
+        background = np.clip((np.float32(0.0) - mean32) / std32, -CLIP, CLIP).astype(np.float64)
+        z = np.clip((shares.data - mean32[at]) / std32[at], -CLIP, CLIP).astype(np.float64)
+        background_at = background[at]
+
+        def corrections(values: np.ndarray) -> "sparse.csr_matrix":
+            return sparse.csr_matrix((values, at, indptr), shape=shares.shape)
+
+        head_inputs = BlendInputs(np.zeros((n, 0), np.float32), head, layout.names[:width], (mean[:width], std[:width]))
+        linear = {}  # raw-block products: the raw centroid's and propensity's weights, in one pass
+        if "raw" in names:
+            linear["raw"] = self.raw_centre
+        if "propensity" in names:
+            linear["propensity"] = self.models["propensity"].coef_[0][-(width + categories):]  # after the embeddings' weights
+        if linear:
+            weights = np.column_stack(list(linear.values()))
+            head64 = head.astype(np.float64)
+            dots = head64 @ weights[:width] + background @ weights[width:] + corrections(z - background_at) @ weights[width:]
+            dots = dict(zip(linear, dots.T))
+        if "shares_lr" in names or "shares_gbm" in names:
+            plain_std, plain_mean = np.where(std[width:] > 1e-9, std[width:], 1.0), mean[width:]
+            preference_at = np.clip(z * plain_std[at] + plain_mean[at], 0.0, 1.0)  # preference()'s shares, bought
+            preference_background = np.clip(background * plain_std + plain_mean, 0.0, 1.0)  # and not bought
+            lines = head_inputs.column(head_inputs.lines_column(), plain=True)
+        columns = []
+        for name in names:
+            if name == "embedding":
+                norms = np.sqrt(products[:, 2]) * max(float(np.linalg.norm(self.embedding_centre)), 1e-12)
+                columns.append(products[:, 0] / np.maximum(norms, 1e-12))
+            elif name == "raw":
+                squares = np.einsum("ij,ij->i", head64, head64) + background @ background \
+                    + corrections(z * z - background_at ** 2) @ np.ones(categories)
+                norms = np.sqrt(squares) * max(float(np.linalg.norm(self.raw_centre)), 1e-12)
+                columns.append(dots["raw"] / np.maximum(norms, 1e-12))
+            elif name == "propensity":
+                value = dots["propensity"] + (products[:, 1] if self.embeddings else 0.0)
+                columns.append(value + self.models[name].intercept_[0])
+            elif name in STATIC:
+                columns.append(head_inputs.static(name))
+            elif name == "shares_lr":
+                model = self.models[name]
+                coef = model.coef_[0]
+                value = preference_background @ coef[:-1] + corrections(preference_at - preference_background[at]) @ coef[:-1]
+                columns.append(value + lines * coef[-1] + model.intercept_[0])
+            elif self.gbm_trees is not None:
+                # The trees' input transposed ([features, n]): the features' value when not bought, then the purchases.
+                trees = self.gbm_trees
+                share_features = trees.features[trees.features < categories]
+                x = np.empty((len(trees.features), n))
+                x[: len(share_features)] = preference_background[share_features][:, None]
+                position = np.full(categories, -1)
+                position[share_features] = np.arange(len(share_features))
+                hit = np.flatnonzero(position[at] >= 0)
+                purchase_rows = np.repeat(np.arange(n), np.diff(indptr))
+                x[position[at[hit]], purchase_rows[hit]] = preference_at[hit]
+                if len(share_features) < len(trees.features):  # the last preference column: log order lines
+                    x[-1] = lines
+                columns.append(trees.raw_score_of_columns(x))
+            else:
+                dense = np.column_stack([corrections(preference_at - preference_background[at]).toarray() + preference_background,
+                                         lines])
+                columns.append(self.models[name].predict(dense, raw_score=True))
+        return np.round(np.column_stack(columns) if columns else np.zeros((n, 0)), 9)
+
+
+@dataclass
+class SparseRows:
+    """Customers' raw features as load_raw_features lays them out but with the category shares (its last
+    columns) as stored, sparse, and their embeddings reduced to products with the fitted directions:
+    what scoring a whole population needs (FittedComponents.sparse_raw_scores)."""
+    head: np.ndarray                # float32 [n, H]: the z-scored, clipped columns before the shares
+    shares: object                  # scipy CSR float32 [n, categories]: category shares as stored
+    embedding_products: np.ndarray  # float64 [n, 3]: embeddings @ embedding_directions(), squared norm
+
+
+@dataclass
+class Split:
+    column: int           # position in Trees.features
+    threshold: float
+    default_left: bool    # where a missing value goes
+    missing: str          # LightGBM's missing_type: None (NaN read as 0), Zero, NaN
+    left: "Split | float"  # a subtree or a leaf value
+    right: "Split | float"
+
+
+@dataclass
+class Trees:
+    """A fitted LightGBM model's trees, evaluated with numpy on only the features they split on.
+
+    LightGBM's own predict walks every input column of every row (~10 us a row at 300 columns);
+    here each split is one vectorised comparison of one column, and a row's leaf is found by
+    masks down the tree. Same decisions as LightGBM's numerical splits (value <= threshold; a
+    missing value, NaN or for `Zero` splits 0, goes the default way), leaf values summed in tree
+    order: gbm_trees checks the two agree on the training rows before this is used."""
+    features: np.ndarray              # the preference columns the trees split on
+    trees: list                       # Split or float (a single-leaf tree) per tree, in boosting order
+
+    @classmethod
+    def from_booster(cls, booster) -> "Trees":
+        dumped = [tree["tree_structure"] for tree in booster.dump_model()["tree_info"]]
+        features: set[int] = set()
+
+        def collect(node: dict) -> None:
+            if "split_feature" in node:
+                if node.get("decision_type", "<=") != "<=":
+                    raise ValueError(f"unsupported LightGBM split {node.get('decision_type')!r}")
+                features.add(int(node["split_feature"]))
+                collect(node["left_child"])
+                collect(node["right_child"])
+
+        for root in dumped:
+            collect(root)
+        columns = np.array(sorted(features), dtype=np.int64)
+
+        def build(node: dict) -> "Split | float":
+            if "split_feature" not in node:
+                return float(node["leaf_value"])
+            return Split(int(np.searchsorted(columns, node["split_feature"])), float(node["threshold"]),
+                         bool(node.get("default_left", True)), str(node.get("missing_type", "None")),
+                         build(node["left_child"]), build(node["right_child"]))
+
+        return cls(columns, [build(root) for root in dumped])
+
+    def raw_score(self, x: np.ndarray) -> np.ndarray:
+        """Sum of leaf values per row of `x` (columns: `features`), as LightGBM's predict(raw_score=True)."""
+        return self.raw_score_of_columns(np.ascontiguousarray(np.asarray(x, dtype=np.float64).T))
+
+    def raw_score_of_columns(self, columns: np.ndarray) -> np.ndarray:
+        """raw_score of the transposed input: [len(features), n], one contiguous row per feature."""
+        has_nan = bool(np.isnan(columns).any())
+        total = np.zeros(columns.shape[1])
+        everyone = np.ones(columns.shape[1], dtype=bool)
+        for tree in self.trees:  # in boosting order, as LightGBM adds them
+            leaf_values = np.zeros(columns.shape[1])
+            self._descend(tree, everyone, columns, has_nan, leaf_values)
+            total += leaf_values
+        return total
+
+    @staticmethod
+    def _goes_left(split: Split, values: np.ndarray, has_nan: bool) -> np.ndarray:
+        if not has_nan and split.missing != "Zero":
+            return values <= split.threshold
+        nan = np.isnan(values)
+        if split.missing != "NaN":
+            values = np.where(nan, 0.0, values)
+        missing = (nan if split.missing == "NaN" else np.zeros_like(nan)) | (
+            (np.abs(values) <= 1e-35) if split.missing == "Zero" else False)
+        return np.where(missing, split.default_left, values <= split.threshold)
+
+    @classmethod
+    def _descend(cls, node: "Split | float", mask: np.ndarray, columns: np.ndarray, has_nan: bool, out: np.ndarray) -> None:
+        if not isinstance(node, Split):
+            np.add(out, node, out=out, where=mask)  # each row reaches exactly one leaf of the tree
+            return
+        left = mask & cls._goes_left(node, columns[node.column], has_nan)
+        cls._descend(node.left, left, columns, has_nan, out)
+        cls._descend(node.right, mask ^ left, columns, has_nan, out)
 
 
 def fit_gbm(x: np.ndarray, y: np.ndarray, random_seed: int, sample_weight: np.ndarray | None = None):
@@ -226,6 +450,17 @@ def fit_gbm(x: np.ndarray, y: np.ndarray, random_seed: int, sample_weight: np.nd
         weights = weights * sample_weight
     model = lightgbm.LGBMClassifier(random_state=random_seed, **GBM_PARAMS)
     return model.fit(x, y, sample_weight=weights)
+
+
+def gbm_trees(model, rows: np.ndarray) -> Trees | None:
+    """`model`'s trees for numpy scoring, checked against LightGBM's own predict on `rows` (a model
+    this evaluator does not read the same way, e.g. categorical splits, stays on LightGBM's predict)."""
+    try:
+        trees = Trees.from_booster(model.booster_)
+    except (KeyError, ValueError):
+        return None
+    same = np.allclose(trees.raw_score(rows[:, trees.features]), model.predict(rows, raw_score=True), rtol=0, atol=1e-12)
+    return trees if same else None
 
 
 def fit_components(seeds: BlendInputs, unlabelled: BlendInputs, reference: BlendInputs, random_seed: int,
@@ -240,6 +475,7 @@ def fit_components(seeds: BlendInputs, unlabelled: BlendInputs, reference: Blend
         seed_weights = seed_weights / seed_weights.mean() if seed_weights.any() else None
     sample_weight = None if seed_weights is None else np.r_[seed_weights, np.ones(len(unlabelled))]
     models: dict = {}
+    trees = None
     if "propensity" in active:
         x = np.vstack([seeds.joint(embeddings), unlabelled.joint(embeddings)]).astype(np.float64)  # lbfgs converts float32 anyway, slower
         models["propensity"] = LogisticRegression(C=PROPENSITY_C, max_iter=1000, class_weight="balanced",
@@ -254,8 +490,10 @@ def fit_components(seeds: BlendInputs, unlabelled: BlendInputs, reference: Blend
                 len(unlabelled))[:GBM_UNLABELLED])]
             models["shares_gbm"] = fit_gbm(x[keep], y[keep], random_seed,
                                            None if sample_weight is None else sample_weight[keep])
+            trees = gbm_trees(models["shares_gbm"], x[keep[:: max(1, len(keep) // 512)]])
     fitted = FittedComponents(active, normalise(weighted_mean(seeds.embeddings, seed_weights)[None, :])[0],
-                              weighted_mean(seeds.raw.astype(np.float64), seed_weights), models, embeddings)
+                              weighted_mean(seeds.raw.astype(np.float64), seed_weights), models, embeddings,
+                              gbm_trees=trees)
     fitted.references = [np.sort(column) for column in fitted.raw_scores(reference).T]
     return fitted
 
@@ -339,8 +577,25 @@ class Blend:
     # in-seed validation); None when the seed was too small to validate.
     validation: tuple[np.ndarray, np.ndarray] | None = None
 
+    def used(self) -> tuple[tuple[str, ...], np.ndarray]:
+        """The components with weight, and their weights: one the selection left at 0 adds exactly 0."""
+        used = tuple(name for name, weight in zip(self.components.active, self.weights) if weight > 0)
+        return used, np.array([w for w in self.weights if w > 0])
+
+    def score_sparse(self, rows: SparseRows, layout: BlendInputs) -> np.ndarray:
+        """score() of SparseRows (a population read batch by batch), `layout` any BlendInputs of the fit."""
+        used, weights = self.used()
+        return self.components.percentiles_of(self.components.sparse_raw_scores(rows, used, layout), used) @ weights
+
     def score(self, inputs: BlendInputs) -> np.ndarray:
-        return self.components.percentiles(inputs) @ np.array(self.weights)
+        """Blended percentile per row, SCORE_BLOCK rows at a time (their float64 copies stay small); a
+        component the selection gave no weight is not computed (it adds exactly 0)."""
+        used, weights = self.used()
+        out = np.empty(len(inputs))
+        for start in range(0, len(inputs), SCORE_BLOCK):
+            block = inputs.take(slice(start, start + SCORE_BLOCK))
+            out[start : start + SCORE_BLOCK] = self.components.percentiles(block, used) @ weights
+        return out
 
 
 def fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int = 0, embeddings: bool = True) -> Blend:

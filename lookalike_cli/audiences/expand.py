@@ -410,36 +410,75 @@ def blend(index: LoadedIndex, seeds: Seeds, limit: int, blend_population: tuple,
     return ranked(ids, scores, similarities, -1.0)
 
 
-def blend_pool(index: LoadedIndex, seeds: Seeds, limit: int, blend_sampled: tuple, **_) -> Candidates:
-    """Large populations: the candidates near the seeds (knn-vote and centroid searches) re-ranked by the blend.
+def embedding_products(index: LoadedIndex, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids ascending, [n, m + 1] float64) for every vector of the index: its products with the m
+    `directions` columns, then its squared norm. One pass over the stored vectors (an IVF index's
+    lists, a compressed index's memory-mapped exact vectors), in slices, without searching."""
+    import faiss
 
-    When the blend weighs activity-like components (activity, RFM, spend, the preference classifiers,
-    which see log order lines), the most active and biggest-spending customers join the pool too,
-    wherever they are in the embedding. Customers that only the raw-feature similarity would find
-    are still missed here; the exact path (<= BLEND_EXACT_MAX customers) and the backtest score everyone.
-    """
-    db_path, fitted, scale = blend_sampled
-    pool = knn_vote(index, seeds, 2 * limit)
-    around_centroid = centroid(index, seeds, 2 * limit)
-    ids = np.union1d(pool.ids, around_centroid.ids)
-    raw = None
-    if scale is not None:
-        weights = dict(zip(fitted.components.active, fitted.weights))
-        with connection(db_path, read_only=True) as con:
-            from lookalike_cli.audiences.raw_features import load_raw_features
+    def products(vectors: np.ndarray) -> np.ndarray:
+        vectors = vectors.astype(np.float64)
+        return np.column_stack([vectors @ directions, np.einsum("ij,ij->i", vectors, vectors)])
 
-            if sum(weights.get(c, 0.0) for c in ACTIVITY_LIKE) > 0:
-                ids = np.union1d(ids, top_active(con, 2 * limit))
-            raw = load_raw_features(con, ids=ids, scale=scale)
-        ids = raw.ids
-    centre = seeds.centroid()[0]
+    parts, ids = [], []
+    ivf = faiss.try_extract_index_ivf(index.index) if index.exact is None else None
+    ivf = faiss.downcast_index(ivf) if ivf is not None else None
+    if index.exact is not None:
+        vectors, order = index.exact.vectors, index.exact.order
+        for start in range(0, len(vectors), VECTOR_SLICE):
+            parts.append(products(np.asarray(vectors[start : start + VECTOR_SLICE])))
+        ids = np.empty(len(order), dtype=np.int64)
+        ids[np.asarray(order)] = index.exact.sorted_ids  # exact row -> customer id
+        ids = [ids]
+    elif isinstance(ivf, faiss.IndexIVFFlat) and isinstance(index.index, faiss.IndexIDMap2):
+        # The lists hold the float32 vectors themselves: read in place, no reconstruct copies.
+        external = faiss.vector_to_array(index.index.id_map)
+        lists, dim = ivf.invlists, ivf.d
+        for number in range(ivf.nlist):
+            size = lists.list_size(number)
+            if size:
+                codes = faiss.rev_swig_ptr(lists.get_codes(number), size * dim * 4).view(np.float32).reshape(size, dim)
+                parts.append(products(codes))
+                ids.append(external[faiss.rev_swig_ptr(lists.get_ids(number), size).view(np.int64)])
+    else:
+        everyone = np.sort(faiss.vector_to_array(index.index.id_map)) if hasattr(index.index, "id_map") else None
+        if everyone is None:
+            raise LookalikeError(f"The {index.manifest.index_type} index has no id map to read its vectors by; "
+                                 "rebuild it with `lookalike build-index`.")
+        (values,) = over_vectors(index, everyone, lambda _, vectors: (products(vectors),))
+        return everyone, values
+    ids, values = np.concatenate(ids), np.concatenate(parts)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], values[order]
 
-    def score(part: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        vectors = normalise(vectors)
-        return fitted.score(blend_inputs(part, vectors, raw)), vectors @ centre
 
-    scores, similarities = over_vectors(index, ids, score)
-    return ranked(ids, scores, similarities, max(pool.frontier, around_centroid.frontier), capped=pool.capped)
+def blend_everyone(index: LoadedIndex, seeds: Seeds, limit: int, blend_everyone: tuple, **_) -> Candidates:
+    """Large populations: every customer scored by the blend fitted on the sample, straight from
+    customer_features read batch by batch (category shares kept sparse, SparseRows) and one pass over
+    the index's vectors for the embedding components: the same ranking as scoring a dense matrix of
+    everyone, in bounded memory, with no candidate pool to miss the customers the blend ranks high."""
+    from lookalike_cli.audiences.blend import SparseRows
+    from lookalike_cli.audiences.raw_features import population_batches
+
+    db_path, fitted, layout = blend_everyone
+    centre = seeds.centroid()[0].astype(np.float64)  # `similarity`: cosine to the seed centroid, as centroid reports it
+    if layout.scale is None:  # no raw features: the embedding components alone, from the stored vectors
+        everyone = embedding_products(index, centre[:, None])[0]
+        scores, similarities = over_vectors(index, everyone, lambda part, vectors: (
+            fitted.score(blend_inputs(part, vectors, None)), vectors @ centre))
+        return ranked(everyone, scores, similarities, -1.0)
+    embedded, products = embedding_products(index, np.column_stack([fitted.components.embedding_directions(), centre]))
+    ids, scores, similarities = [], [], []
+    with connection(db_path, read_only=True) as con:
+        for batch_ids, head, shares in population_batches(con, layout.scale):
+            at = np.minimum(np.searchsorted(embedded, batch_ids), len(embedded) - 1)
+            scored = embedded[at] == batch_ids  # customers with features but no embedding are not in the population
+            rows = np.flatnonzero(scored)
+            values = products[at[rows]]
+            ids.append(batch_ids[rows])
+            scores.append(fitted.score_sparse(SparseRows(head[rows], shares[rows], values[:, [0, 1, 3]]), layout))
+            similarities.append(values[:, 2])
+    return ranked(np.concatenate(ids), np.concatenate(scores), np.concatenate(similarities), -1.0)
 
 
 def blend_scan(index: LoadedIndex, seeds: Seeds, limit: int, blend_scan: tuple, **_) -> Candidates:
@@ -461,27 +500,11 @@ def blend_scan(index: LoadedIndex, seeds: Seeds, limit: int, blend_scan: tuple, 
     return ranked(ids, np.concatenate(scores), similarities, -1.0)
 
 
-ACTIVITY_LIKE = ("activity", "rfm", "spend", "shares_lr", "shares_gbm")
-
-
-def top_active(con: duckdb.DuckDBPyConnection, limit: int) -> np.ndarray:
-    """The `limit` scored customers with the most order lines, and the `limit` with the highest spend."""
-    from lookalike_cli.warehouse.connection import table_columns
-
-    available = table_columns(con, "customer_features")
-    found = []
-    for column in ("order_line_count", "total_spend"):
-        if column in available:
-            found += [r[0] for r in con.execute(
-                f"select customer_id from customer_features where customer_id in (select customer_id from customer_embeddings) "
-                f"order by {column} desc nulls last, customer_id limit {int(limit)}").fetchall()]
-    return np.unique(np.array(found, dtype=np.int64))
-
-
-def blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds, sample_seed: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, object, list[str]]:
+def blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds, sample_seed: int | None = None,
+                     index: LoadedIndex | None = None) -> tuple[np.ndarray, np.ndarray, object, list[str]]:
     """(ids, L2-normalised embeddings, RawFeatures or None, warnings) of every scored customer, or with
-    `sample_seed` of a reservoir sample of BLEND_UNLABELLED (large populations: raw features of the sample and the seeds only).
+    `sample_seed` of a reservoir sample of BLEND_UNLABELLED (large populations: raw features of the sample and the seeds only;
+    the sample's vectors from `index` when given: reading every embedding to keep 20,000 cost seconds).
 
     Without usable raw features (customer_features or categories missing or incomplete) the blend
     falls back to its embedding components and says so.
@@ -489,9 +512,13 @@ def blend_population(con: duckdb.DuckDBPyConnection, seeds: Seeds, sample_seed: 
     from lookalike_cli.audiences.raw_features import load_raw_features
 
     sample = "" if sample_seed is None else f"using sample reservoir({BLEND_UNLABELLED} rows) repeatable ({sample_seed}) "
-    table = con.sql(f"select customer_id, embedding from customer_embeddings {sample}order by customer_id").to_arrow_table()
-    ids, vectors = ids_and_vectors(table)
-    vectors = normalise(vectors)
+    if sample_seed is not None and index is not None:
+        ids = np.sort(con.sql(f"select customer_id from customer_embeddings {sample}").fetchnumpy()["customer_id"]).astype(np.int64)
+        vectors = normalise(index.vectors(ids))
+    else:
+        table = con.sql(f"select customer_id, embedding from customer_embeddings {sample}order by customer_id").to_arrow_table()
+        ids, vectors = ids_and_vectors(table)
+        vectors = normalise(vectors)
     try:
         raw = load_raw_features(con, ids=None if sample_seed is None else np.union1d(ids, seeds.ids))
     except (LookalikeError, duckdb.Error) as exc:
@@ -597,7 +624,7 @@ def expand(
             progress(f"  PU classifier on {info['population_sample']:,} population vectors, label frequency c={info['label_frequency']}")
         elif strategy == "blend":
             exact = population <= BLEND_EXACT_MAX
-            ids_all, vectors_all, raw, raw_warnings = blend_population(con, seeds, None if exact else seed)
+            ids_all, vectors_all, raw, raw_warnings = blend_population(con, seeds, None if exact else seed, index)
             scale = None if raw is None else raw.scale
             if excluded_features:
                 from lookalike_cli.audiences.raw_features import without_columns
@@ -617,10 +644,11 @@ def expand(
                 extra["blend_scan"] = (db_path, fitted, scale, excluded_features)
                 progress(f"  blend scores every customer on raw features, {BLEND_EXACT_MAX:,} at a time")
             else:
-                extra["blend_sampled"] = (db_path, fitted, scale)
+                extra["blend_everyone"] = (db_path, fitted, blend_inputs(ids_all[:0], vectors_all[:0], raw))
                 sample_scores = lambda: fitted.score(blend_inputs(ids_all, vectors_all, raw))
-                progress(f"  blend re-ranks an ANN candidate pool ({population:,} customers > {BLEND_EXACT_MAX:,})")
-            parameters["blend"] = {**fitted.evidence, "scored": "ANN candidate pool" if "blend_sampled" in extra else "every customer"}
+                progress(f"  blend fitted on a sample, scores all {population:,} customers (> {BLEND_EXACT_MAX:,}) "
+                         "batch by batch")
+            parameters["blend"] = {**fitted.evidence, "scored": "every customer"}
             progress(f"  blend weights {fitted.evidence['weights']} (self-validated: {fitted.evidence['folds']} folds "
                      f"of the seed, AUC of held-out seeds {fitted.evidence.get('validation_auc', 'n/a')})")
         if strategy == "knn-vote" and k_per_seed:
@@ -643,7 +671,7 @@ def expand(
             progress(f"  min expected lift {float(min_expected_lift):g}: {target:,} customers ({target / population:.2%}), "
                      f"expected lift {chosen['expected_lift']:.2f} ({chosen['source']})")
     search = {"centroid": centroid, "knn-vote": knn_vote, "multi-centroid": multi_centroid, "classifier": classifier,
-              "blend": blend if "blend_population" in extra else blend_scan if "blend_scan" in extra else blend_pool}[strategy]
+              "blend": blend if "blend_population" in extra else blend_scan if "blend_scan" in extra else blend_everyone}[strategy]
 
     # Widen the search until enough eligible customers are found (size) or the search frontier
     # drops below the threshold (min-similarity), or the whole population is covered (frontier -1).

@@ -128,29 +128,102 @@ def test_small_seed_gets_equal_weights_and_no_raw_features_drop_the_raw_componen
 
 
 @pytest.mark.slow
-def test_blend_pool_mode_agrees_with_exact_scoring(scored_warehouse, monkeypatch):
-    """Above BLEND_EXACT_MAX customers the blend re-ranks an ANN pool with raw features loaded for a
-    sample and the pool only; on a planted segment it must find much the same audience."""
+def test_sampled_blend_scores_everyone_like_the_exact_path(scored_warehouse, monkeypatch):
+    """Above BLEND_EXACT_MAX customers the blend is fitted on a sample and scores every customer batch by
+    batch (shares sparse, embeddings from the index); the score of a customer must be what the dense
+    path gives the same fitted blend, and on a planted segment it must find much the same audience."""
+    import duckdb
+
     from lookalike_cli.audiences import expand as expansion
+    from lookalike_cli.audiences.seeds import resolve_seeds
+    from lookalike_cli.index.faiss_index import load_index
 
     seed_sql = ("select customer_id from raw.planted_segments where segment_id = 1 "
                 "order by hash(customer_id) limit 80")
     args = dict(seed_sql=seed_sql, size=150, progress=lambda _: None)
     exact = expansion.expand(scored_warehouse.db_path, scored_warehouse.index_dir, **args)
     monkeypatch.setattr(expansion, "BLEND_EXACT_MAX", 0)
-    pooled = expansion.expand(scored_warehouse.db_path, scored_warehouse.index_dir, **args)
-    assert exact.audience["strategy"] == pooled.audience["strategy"] == "blend"
-    assert exact.audience["parameters"]["blend"]["scored"] == "every customer"
-    assert pooled.audience["parameters"]["blend"]["scored"] == "ANN candidate pool"
+    sampled = expansion.expand(scored_warehouse.db_path, scored_warehouse.index_dir, **args)
+    assert exact.audience["strategy"] == sampled.audience["strategy"] == "blend"
+    assert exact.audience["parameters"]["blend"]["scored"] == sampled.audience["parameters"]["blend"]["scored"] == "every customer"
     exact_ids = set(exact.members.column("customer_id").to_pylist())
-    pooled_ids = set(pooled.members.column("customer_id").to_pylist())
-    assert len(pooled_ids) == 150 and len(exact_ids & pooled_ids) >= 0.7 * 150, len(exact_ids & pooled_ids)
-    import duckdb
+    sampled_ids = set(sampled.members.column("customer_id").to_pylist())
+    assert len(sampled_ids) == 150 and len(exact_ids & sampled_ids) >= 0.7 * 150, len(exact_ids & sampled_ids)
 
+    # The same fitted blend, the whole population scored densely: the members' scores and order must match.
+    index = load_index(scored_warehouse.index_dir)
     with duckdb.connect(str(scored_warehouse.db_path), read_only=True) as con:
+        seeds = resolve_seeds(con, seed_sql, None, None)
+        ids, vectors, raw, _ = expansion.blend_population(con, seeds, 0, index)
+        fitted = expansion.fit_blend_for(seeds, ids, vectors, raw, 0)
+        everyone = con.sql("select customer_id from customer_embeddings order by customer_id").fetchnumpy()["customer_id"]
+        population = load_raw_features_for(con, everyone, raw.scale)
         segment = {r[0] for r in con.execute("select customer_id from raw.planted_segments where segment_id = 1").fetchall()}
+    assert sampled.audience["parameters"]["blend"]["weights"] == fitted.evidence["weights"]
+    dense = dict(zip(population.ids, fitted.score(expansion.blend_inputs(population.ids, index.vectors(population.ids), population))))
+    members = sampled.members.to_pydict()
+    assert np.allclose([dense[i] for i in members["customer_id"]], members["score"], rtol=0, atol=1e-12)
+    eligible = sorted((s, i) for i, s in dense.items() if i not in set(seeds.ids.tolist()))
+    assert min(members["score"]) >= eligible[-150][0] - 1e-12  # nobody the dense ranking puts higher is missing
     # 80 of the segment's customers are seeds; the rest of the segment should fill most of the audience.
-    assert len(pooled_ids & segment) >= 0.6 * min(150, len(segment) - 80), len(pooled_ids & segment)
+    assert len(sampled_ids & segment) >= 0.6 * min(150, len(segment) - 80), len(sampled_ids & segment)
+
+
+def load_raw_features_for(con, ids, scale):
+    from lookalike_cli.audiences.raw_features import load_raw_features
+
+    return load_raw_features(con, ids=ids, scale=scale)
+
+
+def test_tree_evaluator_matches_lightgbm_predict():
+    """shares_gbm is scored by numpy over the trees' own split columns; it must give LightGBM's raw
+    scores to the bit, NaN (the default direction) included."""
+    from lookalike_cli.audiences.blend import Trees, fit_gbm
+
+    rng = np.random.default_rng(4)
+    x = np.where(rng.random((3000, 40)) < 0.2, rng.random((3000, 40)), 0.0)
+    x[:, -1] = np.log1p(rng.exponential(30, 3000))
+    y = (x[:, :3].sum(axis=1) + 0.05 * x[:, -1] + rng.normal(0, 0.2, 3000) > 0.5).astype(float)
+    model = fit_gbm(x, y, random_seed=0)
+    trees = Trees.from_booster(model.booster_)
+    assert 0 < len(trees.features) < x.shape[1]
+    x[::11, trees.features[0]] = np.nan
+    assert np.array_equal(trees.raw_score(x[:, trees.features]), model.predict(x, raw_score=True))
+
+
+def test_sparse_scoring_matches_dense_scoring():
+    """Scoring customers from z-scored head columns + sparse stored shares (how expand scores a large
+    population) gives every component the same value as scoring the dense z-scored matrix."""
+    from scipy import sparse
+
+    from lookalike_cli.audiences.blend import SparseRows
+    from lookalike_cli.audiences.raw_features import CLIP, zscore_in_place
+
+    rng = np.random.default_rng(5)
+    n, categories = 3000, 25
+    lines = np.round(np.exp(rng.normal(3.0, 1.0, n)))
+    orders = np.maximum(1, np.round(lines / rng.uniform(2, 6, n)))
+    numerics = np.log1p(np.column_stack([orders, lines, lines * np.exp(rng.normal(1.5, 0.5, n)), rng.exponential(30, n)]))
+    shares = np.where(rng.random((n, categories)) < 0.15, rng.dirichlet(np.full(categories, 0.3), n), 0.0)
+    shares[:, 0] = np.where(rng.random(n) < 0.002, 1.0, 0.0)  # a rare category: its z-scores clip at CLIP
+    matrix = np.hstack([numerics, shares]).astype(np.float32)
+    scale = (matrix.mean(axis=0, dtype=np.float64), matrix.std(axis=0, dtype=np.float64))
+    z = zscore_in_place(matrix.copy(), scale)
+    assert z[:, 4].max() == CLIP
+    names = ("order_count", "order_line_count", "total_spend", "recency_days") + tuple(f"category:c{i}" for i in range(categories))
+    embeddings = unit(shares @ rng.normal(size=(categories, 16)) + rng.normal(0, 0.3, (n, 16)))
+    inputs = BlendInputs(embeddings, z, names, scale)
+    positives = np.argsort(-(shares[:, 1:4].sum(axis=1) + rng.normal(0, 0.1, n)))[:200]
+    unlabelled = np.setdiff1d(np.arange(n), positives)
+    blend = fit_blend(inputs.take(positives), inputs.take(unlabelled), random_seed=2)
+    components = blend.components
+    assert components.gbm_trees is not None
+    directions = components.embedding_directions()
+    products = np.column_stack([embeddings.astype(np.float64) @ directions, (embeddings.astype(np.float64) ** 2).sum(axis=1)])
+    rows = SparseRows(z[:, :4], sparse.csr_matrix(shares.astype(np.float32)), products)
+    dense = components.raw_scores(inputs)
+    assert np.allclose(components.sparse_raw_scores(rows, components.active, inputs), dense, rtol=0, atol=2e-9)
+    assert np.allclose(blend.score_sparse(rows, inputs), blend.score(inputs), rtol=0, atol=1e-6)
 
 
 def test_selection_prefers_the_component_that_ranks_seeds_at_the_top():
