@@ -10,6 +10,13 @@ timed on a sample of the seeds and extrapolated per query. Run:
 At 1M the hnswlib build (M=16, efC=100) takes ~11 minutes on 2 busy cores; the rest ~5. The
 other index types (default: the compressed ones, ivf_sq8 and ivf_pq) are built explicitly on the
 same embeddings and searched for every seed, with their RAM per vector from the manifest.
+
+The default strategy (blend) needs raw features, which synthetic embeddings lack, so it is timed on a
+real scored, indexed warehouse (`lookalike generate-data --customers 1000000`, build, train, score,
+build-index) against centroid in the same run, in process (index in memory) and as a cold CLI
+(`lookalike expand`, a new process: imports, index load, expand, publish to a scratch serving file):
+
+    python -m benchmarks.bench_expand --blend-warehouse /path/pipeline.duckdb --index-dir /path/indexes
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_info
 
-from benchmarks.results import RESULTS_PATH, markdown_table, timed, write_section
+from benchmarks.results import RESULTS_PATH, machine_line, markdown_table, timed, write_section
 from lookalike_cli.audiences.expand import expand, parse_size
 from lookalike_cli.index.faiss_index import INDEX_TYPES, LoadedIndex, build_index, flat_in_memory, load_index, memory_estimate, recall_at_k
 from lookalike_cli.vectors import to_column
@@ -75,8 +82,88 @@ def thread_pools() -> str:
                      for i in threadpool_info() if "faiss" in i["filepath"])
 
 
+def blend_seed_sql(db: Path, seeds: int) -> tuple[str, str]:
+    """(seed SQL, what it is): customers of the generator's largest planted segment, else the top spenders."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        try:
+            segment = con.execute("select segment_id from raw.planted_segments group by 1 order by count(*) desc limit 1").fetchall()[0][0]
+        except duckdb.Error:
+            return (f"select customer_id from customer_features order by total_spend desc, customer_id limit {seeds}",
+                    f"the {seeds} biggest spenders")
+    return (f"select customer_id from raw.planted_segments where segment_id = {segment} order by hash(customer_id) limit {seeds}",
+            f"{seeds} customers of the largest planted segment ({segment})")
+
+
+def cli_wall(db: Path, index_dir: Path, serving: Path, strategy: str, seed_sql: str, size: str) -> tuple[float, str]:
+    """(wall seconds, last output line) of a cold `lookalike expand` in a new process, publishing to `serving`."""
+    import subprocess
+
+    command = [sys.executable, "-m", "lookalike_cli.cli.main", "--db", str(db), "--serving-db", str(serving),
+               "--index-dir", str(index_dir), "expand", "--name", f"bench_{strategy.replace('-', '_')}",
+               "--seed-sql", seed_sql, "--size", size, "--strategy", strategy]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:6])} ... failed:\n{done.stdout}\n{done.stderr}")
+    return seconds, (done.stdout.strip().splitlines() or [""])[-1]
+
+
+def bench_blend(args: argparse.Namespace) -> None:
+    """The default strategy at scale: blend vs centroid on a real warehouse, in process and as a cold CLI."""
+    import sklearn.linear_model  # noqa: F401  (a serving process has imported it once; the CLI runs pay it)
+
+    db, index_dir = args.blend_warehouse, args.index_dir or args.blend_warehouse.parent / "indexes"
+    seed_sql, seed_text = blend_seed_sql(db, args.blend_seeds)
+    load_before = os.getloadavg()[0]
+    with timed() as t_load:
+        index = load_index(index_dir)
+    population = index.manifest.row_count
+    runs: dict[str, list[float]] = {"centroid": [], "blend": []}
+    audiences = {}
+    for _ in range(args.repeats):  # interleaved, so both strategies see the same machine load
+        for strategy in runs:
+            with timed() as t:
+                result = expand(db, index_dir, seed_sql=seed_sql, size=args.blend_size, strategy=strategy,
+                                progress=lambda _: None, loaded_index=index)
+            runs[strategy].append(t.seconds)
+            audiences[strategy] = result
+    walls: dict[str, list[float]] = {"centroid": [], "blend": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        for _ in range(args.repeats):
+            for strategy in walls:
+                seconds, _ = cli_wall(db, index_dir, Path(scratch) / "serving.duckdb", strategy, seed_sql, args.blend_size)
+                walls[strategy].append(seconds)
+    load_after = os.getloadavg()[0]
+    best = {name: min(values) for name, values in runs.items()}
+    best_wall = {name: min(values) for name, values in walls.items()}
+    blend_info = audiences["blend"].audience["parameters"]["blend"]
+    rows = [[name, f"{best[name]:.2f}", f"{best[name] / best['centroid']:.1f}x", f"{best_wall[name]:.2f}",
+             f"{best_wall[name] / best_wall['centroid']:.1f}x", audiences[name].audience["size"]] for name in runs]
+    body = "\n\n".join([
+        f"{population:,} customers ({index.manifest.index_type} {json.dumps(index.manifest.params)}, warehouse {db}); "
+        f"seed: {seed_text}; --size {args.blend_size}. Best of {args.repeats} interleaved runs each.",
+        markdown_table(["strategy", "expand() s (index in memory)", "vs centroid", "CLI wall s (cold process)", "vs centroid",
+                        "members"], rows),
+        f"blend scored: {blend_info['scored']} (fitted on {blend_info['unlabelled']:,} sampled customers, "
+        f"{blend_info['folds']} folds; weights {blend_info['weights']}). The CLI wall is a new `lookalike expand` process: "
+        f"imports, the index file read from disk ({t_load.seconds:.2f}s in this process), expand, publishing to a scratch "
+        "serving file.",
+        f"{machine_line()}. Machine load average (1 min) {load_before:.1f} at start, {load_after:.1f} at the end "
+        "(2 cores shared with other jobs: absolute seconds move with it, the ratios less).",
+    ])
+    write_section("bench_expand_blend", f"Expansion: the default strategy (blend) at {population:,} customers", body,
+                  " ".join(["python -m benchmarks.bench_expand", *sys.argv[1:]]), path=args.results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blend-warehouse", type=Path, default=None,
+                        help="only time blend vs centroid on this scored, indexed warehouse (section bench_expand_blend)")
+    parser.add_argument("--index-dir", type=Path, default=None, help="with --blend-warehouse (default: indexes/ beside it)")
+    parser.add_argument("--blend-seeds", type=int, default=500)
+    parser.add_argument("--blend-size", default="5%")
+    parser.add_argument("--repeats", type=int, default=2, help="with --blend-warehouse: interleaved runs per strategy")
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--segments", type=int, default=50)
@@ -96,6 +183,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir, removed afterwards")
     args = parser.parse_args()
+    if args.blend_warehouse:
+        bench_blend(args)
+        return
     compared = [name for name in args.compare_index_types.split(",") if name]
     unknown = [name for name in compared if name not in INDEX_TYPES or name == "auto"]
     if unknown:

@@ -53,6 +53,8 @@ chooses the components that find valuable seeds rather than many seeds.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +79,7 @@ GBM_PARAMS = dict(n_estimators=40, learning_rate=0.15, num_leaves=7, max_depth=3
 GBM_UNLABELLED = 5_000    # most unlabelled customers one LightGBM fit sees (a random sample beyond)
 REFERENCE_SIZE = 20_000   # population customers the percentiles are measured against
 SCORE_BLOCK = 16_384      # rows Blend.score turns into float64 at once
+FIT_THREADS = min(4, os.cpu_count() or 1)  # the self-validation's fold fits and the final fit, side by side
 
 LINES, ORDERS, RECENCY, SPEND = "order_line_count", "order_count", "recency_days", "total_spend"
 SHARE_PREFIX = "category:"
@@ -501,7 +504,11 @@ def fit_components(seeds: BlendInputs, unlabelled: BlendInputs, reference: Blend
 def auc(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None = None) -> float:
     """P(score of a positive > score of a negative), ties counted half (Mann-Whitney); with `weights`,
     the positive is drawn in proportion to its weight (a value-based seed's value)."""
-    negatives = np.sort(negatives)
+    return auc_sorted(positives, np.sort(negatives), weights)
+
+
+def auc_sorted(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """auc() of negatives already sorted ascending."""
     below = np.searchsorted(negatives, positives, side="left")
     ties = np.searchsorted(negatives, positives, side="right") - below
     if weights is None:
@@ -512,8 +519,9 @@ def auc(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None
 def top_weighted_auc(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None = None) -> float:
     """The selection criterion: the mean of the AUC against every negative and the AUC against the
     highest-scoring TOP_SHARE of the negatives (how well positives rank where an audience is cut)."""
-    top = np.sort(negatives)[int(len(negatives) * (1 - TOP_SHARE)):]
-    return 0.5 * auc(positives, negatives, weights) + 0.5 * auc(positives, top, weights)
+    negatives = np.sort(negatives)  # once, for both halves
+    top = negatives[int(len(negatives) * (1 - TOP_SHARE)):]
+    return 0.5 * auc_sorted(positives, negatives, weights) + 0.5 * auc_sorted(positives, top, weights)
 
 
 def greedy_selection(positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -546,7 +554,7 @@ def select_weights(positives: np.ndarray, negatives: np.ndarray, rng: np.random.
 
 
 def out_of_fold(seeds: BlendInputs, unlabelled: BlendInputs, reference: BlendInputs, rng: np.random.Generator,
-                random_seed: int, active: tuple[str, ...], embeddings: bool = True
+                random_seed: int, active: tuple[str, ...], embeddings: bool = True, pool=None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Out-of-fold percentiles [n, len(active)] of every seed and of (a sample of) the unlabelled customers:
     each fold's rows scored by components fitted on the other folds; and the seeds' weights in the same
@@ -554,18 +562,22 @@ def out_of_fold(seeds: BlendInputs, unlabelled: BlendInputs, reference: BlendInp
     seed_fold = rng.permutation(len(seeds)) % FOLDS
     unlabelled_fold = rng.permutation(len(unlabelled)) % FOLDS
     reference = reference.take(np.arange(min(len(reference), SELECTION_UNLABELLED)))  # enough resolution to select
-    held_pos, held_neg, held_rows = [], [], []
-    for fold in range(FOLDS):
-        # Time goes into the fits, which grow with the unlabelled rows; the seeds are what is scarce.
-        train = rng.permutation(np.flatnonzero(unlabelled_fold != fold))[:FOLD_UNLABELLED]
-        held = rng.permutation(np.flatnonzero(unlabelled_fold == fold))[:SELECTION_UNLABELLED // FOLDS + 1]
+    # Time goes into the fits, which grow with the unlabelled rows; the seeds are what is scarce.
+    splits = [(rng.permutation(np.flatnonzero(unlabelled_fold != fold))[:FOLD_UNLABELLED],
+               rng.permutation(np.flatnonzero(unlabelled_fold == fold))[:SELECTION_UNLABELLED // FOLDS + 1])
+              for fold in range(FOLDS)]
+
+    def held_out(fold: int) -> tuple[np.ndarray, np.ndarray]:
+        train, held = splits[fold]
         fitted = fit_components(seeds.take(np.flatnonzero(seed_fold != fold)), unlabelled.take(np.sort(train)),
                                 reference, random_seed, active, embeddings)
-        held_rows.append(np.flatnonzero(seed_fold == fold))
-        held_pos.append(fitted.percentiles(seeds.take(held_rows[-1])))
-        held_neg.append(fitted.percentiles(unlabelled.take(np.sort(held))))
+        return fitted.percentiles(seeds.take(np.flatnonzero(seed_fold == fold))), fitted.percentiles(unlabelled.take(np.sort(held)))
+
+    # The folds are independent fits: run side by side (pool), same results as one after the other.
+    folds = list(pool.map(held_out, range(FOLDS))) if pool is not None else [held_out(fold) for fold in range(FOLDS)]
+    held_rows = [np.flatnonzero(seed_fold == fold) for fold in range(FOLDS)]
     weights = None if seeds.weights is None else seeds.weights[np.concatenate(held_rows)]
-    return np.vstack(held_pos), np.vstack(held_neg), weights
+    return np.vstack([f[0] for f in folds]), np.vstack([f[1] for f in folds]), weights
 
 
 @dataclass
@@ -617,11 +629,25 @@ def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int, em
         seeds.preference(), unlabelled.preference()
     reference = unlabelled.take(rng.permutation(len(unlabelled))[:REFERENCE_SIZE])
     weights = np.full(len(active), 1.0 / len(active))
-    validation = None
     evidence: dict = {"components": list(active), "folds": 0, "unlabelled": int(len(unlabelled)),
                       "selection": "equal weights (seed too small to validate)"}
+    # The final fit does not depend on the folds (only the weights do): it runs beside them, on FIT_THREADS
+    # threads (the fits are numpy, BLAS and LightGBM calls that release the GIL); identical results.
+    pool = ThreadPoolExecutor(FIT_THREADS) if FIT_THREADS > 1 else None
+    final = pool.submit(fit_components, seeds, unlabelled, reference, random_seed, active, embeddings) if pool else None
+    try:
+        return _validate_and_weigh(seeds, unlabelled, reference, rng, random_seed, active, embeddings, weights, evidence,
+                                   pool, final)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def _validate_and_weigh(seeds, unlabelled, reference, rng, random_seed, active, embeddings, weights, evidence, pool,
+                        final) -> Blend:
+    validation = None
     if len(seeds) >= MIN_VALIDATION_SEEDS and len(unlabelled) >= 2 * FOLDS:
-        positives, negatives, value = out_of_fold(seeds, unlabelled, reference, rng, random_seed, active, embeddings)
+        positives, negatives, value = out_of_fold(seeds, unlabelled, reference, rng, random_seed, active, embeddings, pool)
         weights = select_weights(positives, negatives, rng, value)
         evidence.update(
             folds=FOLDS, bags=BAGS, steps=STEPS,
@@ -630,7 +656,8 @@ def _fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int, em
             validation_auc={name: round(auc(positives[:, k], negatives[:, k], value), 4) for k, name in enumerate(active)},
             blend_validation_auc=round(auc(positives @ weights, negatives @ weights, value), 4))
         validation = (positives @ weights, negatives @ weights)
-    components = fit_components(seeds, unlabelled, reference, random_seed, active, embeddings)
+    components = final.result() if final is not None else fit_components(seeds, unlabelled, reference, random_seed,
+                                                                          active, embeddings)
     weights = tuple(float(w) for w in weights)
     evidence["weights"] = {name: round(w, 3) for name, w in zip(active, weights)}
     return Blend(components, weights, evidence, validation)

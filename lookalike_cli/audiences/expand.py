@@ -3,8 +3,9 @@
 - blend (default): candidate rankings (embedding and raw-feature similarity, a seed-vs-population
   propensity, activity, RFM, spend, and seed-vs-population logistic regression and LightGBM on
   category shares + log order lines) as percentiles, mixed with weights chosen per audience by
-  cross-validation inside the seed (`blend.py`); scores every customer exactly up to
-  BLEND_EXACT_MAX customers, re-ranks an ANN candidate pool above.
+  cross-validation inside the seed (`blend.py`); scores every customer: from one dense matrix up to
+  BLEND_EXACT_MAX customers, above that fitted on a sample and scored batch by batch from
+  customer_features (category shares kept sparse) and one pass over the index's vectors.
 - centroid: cosine to the mean seed vector (one ANN query; fast, assumes one homogeneous seed).
 - knn-vote: each seed's k nearest neighbours vote with their similarity (follows mixed seeds).
 - multi-centroid: k-means sub-clusters of the seed (k by silhouette), cosine to the nearest one.
@@ -57,9 +58,12 @@ STRATEGIES = ("blend", "centroid", "knn-vote", "multi-centroid", "classifier")
 DEFAULT_STRATEGY = "blend"
 # blend: most unlabelled customers the propensity classifier is fitted on (a random sample beyond).
 BLEND_UNLABELLED = 20_000
-# blend: up to this many customers every one is scored exactly; above, the blend re-ranks an ANN
-# candidate pool around the seeds and raw features are loaded only for a sample and the pool.
+# blend: up to this many customers their raw features are loaded as one dense matrix; above, the blend
+# is fitted on a sample of BLEND_UNLABELLED and every customer is scored batch by batch (blend_everyone).
 BLEND_EXACT_MAX = 50_000
+# blend above BLEND_EXACT_MAX: population batches (raw_features.population_batches, 131,072 customers,
+# ~50 MB each) read ahead while the blend is fitted.
+PREFETCH_BATCHES = 8
 # knn-vote: most neighbours one search of all seeds may return (ids + similarities ~12 bytes each).
 MAX_VOTES = 20_000_000
 # Member vectors are fetched and used this many at a time (128 MiB at dim 128): a 5% audience of
@@ -452,15 +456,67 @@ def embedding_products(index: LoadedIndex, directions: np.ndarray) -> tuple[np.n
     return ids[order], values[order]
 
 
+class PopulationReader:
+    """customer_features of the whole population in batches (raw_features.population_batches), read on a
+    background thread up to PREFETCH_BATCHES ahead from the moment it is made: expand makes it before
+    fitting the blend, so the read overlaps the fit (DuckDB and numpy release the GIL)."""
+
+    def __init__(self, db_path: Path, scale: tuple):
+        import queue
+        import threading
+
+        self.db_path, self.scale = db_path, scale
+        self.queue: "queue.Queue" = queue.Queue(maxsize=PREFETCH_BATCHES)
+        self.stop = threading.Event()
+        self.used = False
+        self.thread = threading.Thread(target=self._read, daemon=True, name="population-prefetch")
+        self.thread.start()
+
+    def _read(self) -> None:
+        from lookalike_cli.audiences.raw_features import population_batches
+
+        try:
+            with connection(self.db_path, read_only=True) as con:
+                for batch in population_batches(con, self.scale):
+                    if self.stop.is_set():
+                        return
+                    self.queue.put(batch)
+            self.queue.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self.queue.put(exc)
+
+    def batches(self):
+        """The batches, once (a second pass reads them again, without prefetch)."""
+        if self.used:
+            from lookalike_cli.audiences.raw_features import population_batches
+
+            with connection(self.db_path, read_only=True) as con:
+                yield from population_batches(con, self.scale)
+            return
+        self.used = True
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading ahead (an expand that failed before scoring)."""
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.1)
+            except Exception:  # noqa: BLE001 (queue.Empty: the reader is finishing)
+                pass
+
+
 def blend_everyone(index: LoadedIndex, seeds: Seeds, limit: int, blend_everyone: tuple, **_) -> Candidates:
     """Large populations: every customer scored by the blend fitted on the sample, straight from
     customer_features read batch by batch (category shares kept sparse, SparseRows) and one pass over
     the index's vectors for the embedding components: the same ranking as scoring a dense matrix of
     everyone, in bounded memory, with no candidate pool to miss the customers the blend ranks high."""
     from lookalike_cli.audiences.blend import SparseRows
-    from lookalike_cli.audiences.raw_features import population_batches
 
-    db_path, fitted, layout = blend_everyone
+    reader, fitted, layout = blend_everyone
     centre = seeds.centroid()[0].astype(np.float64)  # `similarity`: cosine to the seed centroid, as centroid reports it
     if layout.scale is None:  # no raw features: the embedding components alone, from the stored vectors
         everyone = embedding_products(index, centre[:, None])[0]
@@ -469,15 +525,14 @@ def blend_everyone(index: LoadedIndex, seeds: Seeds, limit: int, blend_everyone:
         return ranked(everyone, scores, similarities, -1.0)
     embedded, products = embedding_products(index, np.column_stack([fitted.components.embedding_directions(), centre]))
     ids, scores, similarities = [], [], []
-    with connection(db_path, read_only=True) as con:
-        for batch_ids, head, shares in population_batches(con, layout.scale):
-            at = np.minimum(np.searchsorted(embedded, batch_ids), len(embedded) - 1)
-            scored = embedded[at] == batch_ids  # customers with features but no embedding are not in the population
-            rows = np.flatnonzero(scored)
-            values = products[at[rows]]
-            ids.append(batch_ids[rows])
-            scores.append(fitted.score_sparse(SparseRows(head[rows], shares[rows], values[:, [0, 1, 3]]), layout))
-            similarities.append(values[:, 2])
+    for batch_ids, head, shares in reader.batches():
+        at = np.minimum(np.searchsorted(embedded, batch_ids), len(embedded) - 1)
+        scored = embedded[at] == batch_ids  # customers with features but no embedding are not in the population
+        rows = np.flatnonzero(scored)
+        values = products[at[rows]]
+        ids.append(batch_ids[rows])
+        scores.append(fitted.score_sparse(SparseRows(head[rows], shares[rows], values[:, [0, 1, 3]]), layout))
+        similarities.append(values[:, 2])
     return ranked(np.concatenate(ids), np.concatenate(scores), np.concatenate(similarities), -1.0)
 
 
@@ -574,6 +629,39 @@ def expand(
     row weigh the median). A long-lived process (a service, a benchmark) can pass
     `loaded_index` to skip reading the index file; its model version is checked all the same.
     """
+    readers: list = []  # background reads (PopulationReader) to stop however expand ends
+    try:
+        return _expand(db_path=db_path, index_dir=index_dir, seed_sql=seed_sql, seed_table=seed_table,
+                       seed_file=seed_file, seed_value_sql=seed_value_sql, size=size, min_similarity=min_similarity,
+                       strategy=strategy, exclude_sql=exclude_sql, k_per_seed=k_per_seed, seed=seed,
+                       progress=progress, loaded_index=loaded_index, min_expected_lift=min_expected_lift,
+                       exclude_features=exclude_features, reach_backtest=reach_backtest, readers=readers)
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def _expand(
+    db_path: Path,
+    index_dir: Path,
+    seed_sql: str | None = None,
+    seed_table: str | None = None,
+    seed_file: str | Path | None = None,
+    seed_value_sql: str | None = None,
+    size: str | int | None = None,
+    min_similarity: float | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+    exclude_sql: str | None = None,
+    k_per_seed: int | None = None,
+    seed: int = 0,
+    progress: Progress = print,
+    loaded_index: LoadedIndex | None = None,
+    min_expected_lift: float | None = None,
+    exclude_features: str | list | None = None,
+    reach_backtest: "BacktestCurve | None" = None,
+    readers: list | None = None,
+) -> Expansion:
+    readers = [] if readers is None else readers
     from lookalike_cli.audiences.reach import population_sample, reach_curve, size_for_lift, Validation, vector_validation
 
     if strategy not in STRATEGIES:
@@ -636,6 +724,9 @@ def expand(
                 progress(f"  excluding {', '.join(excluded_features)}: {len(raw.names)} raw feature columns left; "
                          "no embedding components (the encoder saw every column)")
             warnings += raw_warnings
+            reader = None if exact or excluded_features or raw is None else PopulationReader(db_path, raw.scale)
+            if reader is not None:
+                readers.append(reader)
             fitted = fit_blend_for(seeds, ids_all, vectors_all, raw, seed, embeddings=not excluded_features)
             validation = Validation(*fitted.validation) if fitted.validation is not None else None
             if exact:
@@ -644,7 +735,7 @@ def expand(
                 extra["blend_scan"] = (db_path, fitted, scale, excluded_features)
                 progress(f"  blend scores every customer on raw features, {BLEND_EXACT_MAX:,} at a time")
             else:
-                extra["blend_everyone"] = (db_path, fitted, blend_inputs(ids_all[:0], vectors_all[:0], raw))
+                extra["blend_everyone"] = (reader, fitted, blend_inputs(ids_all[:0], vectors_all[:0], raw))
                 sample_scores = lambda: fitted.score(blend_inputs(ids_all, vectors_all, raw))
                 progress(f"  blend fitted on a sample, scores all {population:,} customers (> {BLEND_EXACT_MAX:,}) "
                          "batch by batch")
