@@ -114,12 +114,15 @@ def clean_line(line: str) -> str:
 
 
 def last_error_line(lines: Sequence[str]) -> str:
-    """dbt's last line mentioning an error, with the line after it when it ends in a colon."""
+    """dbt's last line mentioning an error, joined with its neighbour when one of them ends in a colon
+    ("Encountered an error:" then "Parsing Error ...")."""
     clean = [line.strip() for line in map(clean_line, lines) if line.strip()]
     for index in range(len(clean) - 1, -1, -1):
         if "error" in clean[index].lower():
             text = clean[index].removeprefix("Error: ")
-            if text.endswith(":") and index + 1 < len(clean):
+            if index > 0 and clean[index - 1].endswith(":"):
+                text = f"{clean[index - 1]} {text}"
+            elif text.endswith(":") and index + 1 < len(clean):
                 text = f"{text} {clean[index + 1]}"
             return text.rstrip(".") + "."
     return (clean[-1].rstrip(".") + ".") if clean else "no output."
