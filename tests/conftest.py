@@ -23,9 +23,10 @@ from collections.abc import Callable
 import pytest
 
 from lookalike_cli.settings import Settings
-from tests.helpers import GENERATED_CUSTOMERS, GENERATED_SEED, build_once_and_copy, copy_warehouse, make_settings, run_cli
+from tests.helpers import (ADS_BID_WEIGHTS, ADS_BUDGET, GENERATED_ADS, GENERATED_CUSTOMERS, GENERATED_SEED, build_once_and_copy,
+                           copy_warehouse, make_settings, run_cli)
 
-DBT_BUILT_FIXTURES = {"generated_warehouse", "completejourney_warehouse", "scored_warehouse"}
+DBT_BUILT_FIXTURES = {"generated_warehouse", "completejourney_warehouse", "scored_warehouse", "ads_warehouse_built"}
 
 # The test files that take longest (setup included), measured with `--durations=0` on two workers
 # (see benchmarks/RESULTS.md, section test_suite). xdist's loadfile hands out files in collection
@@ -107,3 +108,20 @@ def scored_warehouse(generated_warehouse, tmp_path_factory) -> Settings:
         run_cli(settings, "build-index")
 
     return built_once(tmp_path_factory, "scored", build, file_name="scored")
+
+
+
+@pytest.fixture(scope="session")
+def ads_warehouse_built(tmp_path_factory) -> Settings:
+    """10 customers and 1,500 generated ads over 84 days, through every `lookalike ads` command (build,
+    train-embedding, cluster, predict-rpc, bid). Read-only: tests that write take a copy."""
+    def build(settings: Settings) -> None:
+        run_cli(settings, "generate-data", "--customers", "10", "--days", "14", "--seed", "5",
+                "--ads", "--ad-count", str(GENERATED_ADS), "--ad-days", "84")
+        run_cli(settings, "ads", "build")
+        run_cli(settings, "ads", "train-embedding", "--epochs", "4", "--seed", "1")
+        run_cli(settings, "ads", "cluster")
+        run_cli(settings, "ads", "predict-rpc", "--trees", "100")
+        run_cli(settings, "ads", "bid", "--budget", str(ADS_BUDGET), "--objective-weights", ADS_BID_WEIGHTS)
+
+    return built_once(tmp_path_factory, "ads_generated", build, file_name="ads")

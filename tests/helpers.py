@@ -30,6 +30,10 @@ from lookalike_cli.settings import Settings
 # The shared generated warehouse (conftest.generated_warehouse).
 GENERATED_CUSTOMERS = 3000
 GENERATED_SEED = 11
+# The shared ads warehouse (conftest.ads_warehouse_built): generated ad logs with planted intents.
+GENERATED_ADS = 1500
+ADS_BUDGET = 2000.0
+ADS_BID_WEIGHTS = "revenue=1,margin=0.5"
 
 SEGMENTS = 12
 DIM = 32

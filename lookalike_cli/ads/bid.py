@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike_cli.errors import LookalikeError, ParameterError
+from lookalike_cli.files import remove_stale_temp_files, replaced
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
 
@@ -154,7 +155,9 @@ def plot_curve(curve: pd.DataFrame, budget: float, path: Path) -> None:
     axis.set_title("Ads: expected revenue vs spend")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    remove_stale_temp_files(path.parent)  # of a bid killed while saving
+    with replaced(path, ".png") as png_tmp:  # a kill mid-save keeps the previous picture
+        figure.savefig(png_tmp, dpi=100)
     plt.close(figure)
 
 

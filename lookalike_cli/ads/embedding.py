@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from lookalike_cli.ads.model import AdEncoder, EncoderConfig, TokenizerSpec, tokenize
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
-from lookalike_cli.files import write_text_atomically
+from lookalike_cli.files import remove_stale_temp_files, replaced, write_text_atomically
 from lookalike_cli.model.export import artifact_identity
 from lookalike_cli.vectors import to_column
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
@@ -198,12 +198,17 @@ def export_encoder(model: AdEncoder, tokenizer: TokenizerSpec, options: Embeddin
             model, (example,), dynamo=True, external_data=False, input_names=["token_ids"], output_names=[OUTPUT_NAME],
             dynamic_shapes={"token_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens")}}, verbose=False,
         )
-    program.save(str(onnx_path), external_data=False)
-    torch.save(model.state_dict(), onnx_dir / f"{name}.pt")
-    parity = float(np.abs(embed_onnx(onnx_path, sample_ids) - embed_torch(model, sample_ids)).max())
+    remove_stale_temp_files(onnx_dir)  # of an export killed before its swap
+    # Each file written beside its target and moved in when whole, the manifest last: a kill leaves the previous
+    # encoder, or at worst a new graph under the old manifest, which its onnx_sha256 refuses.
+    with replaced(onnx_path, ".onnx") as onnx_tmp, replaced(onnx_dir / f"{name}.pt") as weights_tmp:
+        program.save(str(onnx_tmp), external_data=False)
+        torch.save(model.state_dict(), weights_tmp)
+        parity = float(np.abs(embed_onnx(onnx_tmp, sample_ids) - embed_torch(model, sample_ids)).max())
+        identity = {**artifact_identity(name, onnx_tmp), "onnx_file": onnx_path.name}
     manifest = {
         "kind": MANIFEST_KIND,
-        **artifact_identity(name, onnx_path),
+        **identity,
         "input": {"name": "token_ids", "dtype": "int64", "shape": ["batch", "tokens"],
                   "encoding": "lookalike_cli.ads.model.tokenize with `tokenizer`: lower-cased [a-z0-9]+ words as 'w:<word>' "
                               "and char n-grams of '#<word>#' as 'c:<gram>', crc32 mod (buckets-1) + 1, 0 = padding"},

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError, ParameterError
+from lookalike_cli.files import remove_stale_temp_files, replaced, write_text_atomically
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
 
@@ -288,9 +289,12 @@ def predict_rpc(db_path: Path, onnx_dir: Path, options: RpcOptions = RpcOptions(
     model_text = "".join(models[o].booster.model_to_string() for o in objectives)
     version = "ads_rpc-" + hashlib.sha256(model_text.encode()).hexdigest()[:12]
     onnx_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(onnx_dir)  # of a predict-rpc killed while saving
+    # Each file is written beside its target and moved in when whole, so a kill leaves the previous models and manifest.
     for objective, model in models.items():
-        model.booster.save_model(str(onnx_dir / f"ads_rpc_{objective}.txt"))
-    (onnx_dir / "ads_rpc.json").write_text(json.dumps({
+        with replaced(onnx_dir / f"ads_rpc_{objective}.txt", ".txt") as model_tmp:
+            model.booster.save_model(str(model_tmp))
+    write_text_atomically(onnx_dir / "ads_rpc.json", json.dumps({
         "kind": "ad_rpc", "model_version": version, "objectives": objectives, "features": features,
         "target": "predicted_rpc = prior x (1 + booster output); per-click features divided by the prior",
         "prior_feature": prior_feature(features), "pooling_clicks": POOLING_CLICKS,

@@ -100,8 +100,9 @@ def load_raw(settings: Settings, raw_schema: str = "raw", tables: tuple[str, ...
     Spark table as it was. Optional tables absent from DuckDB are dropped from Spark too, so
     dbt's `use_<table>: auto` sees the same sources on both engines.
     """
-    import tempfile
+    import shutil
 
+    from lookalike_cli.files import temp_path
     from lookalike_cli.warehouse.connection import connection, table_exists as duckdb_table_exists
 
     if not settings.db_path.exists():
@@ -115,7 +116,11 @@ def load_raw(settings: Settings, raw_schema: str = "raw", tables: tuple[str, ...
     spark = spark_session(settings, progress=progress)
     spark.sql(f"create database if not exists {raw_schema}")
     counts: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="lookalike_raw_", dir=settings.spark_dir) as staging:
+    # The Parquet staging folder is pid-named, so one left by a load-raw killed with SIGKILL is removed here.
+    remove_stale_staging_folders(Path(settings.spark_dir))
+    staging = temp_path(Path(settings.spark_dir) / "raw_parquet")
+    staging.mkdir(parents=True)
+    try:
         for table in present:
             started = time.perf_counter()
             parquet = Path(staging) / f"{table}.parquet"
@@ -129,19 +134,44 @@ def load_raw(settings: Settings, raw_schema: str = "raw", tables: tuple[str, ...
             ])
             replace_table(spark, frame, f"{raw_schema}.{table}")
             progress(f"  {raw_schema}.{table:<12} {counts[table]:>12,} rows in {time.perf_counter() - started:.1f}s")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for table in tables:
         if table not in present and table not in ("customers", "order_lines"):
             spark.sql(f"drop table if exists {raw_schema}.{table}")
     return counts
 
 
+def remove_stale_staging_folders(folder: Path) -> None:
+    """The pid-named staging folders (`files.temp_path` names) in `folder` whose process is gone."""
+    import shutil
+
+    from lookalike_cli.files import TEMP_NAME, process_alive
+
+    for path in folder.glob(".*.tmp"):
+        match = TEMP_NAME.match(path.name)
+        if match and path.is_dir() and not process_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def replace_table(spark, frame, name: str) -> None:
-    """Write `frame` as table `name`: fully written under a temporary name first, then swapped in."""
-    staging = f"{name}__incoming"
+    """Write `frame` as table `name`: fully written under a temporary name first, then swapped in.
+
+    The metastore has no atomic swap: the old table is renamed aside and dropped only once the new one has its
+    name, so a kill between the two renames leaves the old data under `<name>__previous`, put back by the next run.
+    """
+    staging, previous = f"{name}__incoming", f"{name}__previous"
+    if table_exists(spark, previous):
+        if table_exists(spark, name):
+            spark.sql(f"drop table {previous}")
+        else:
+            spark.sql(f"alter table {previous} rename to {name}")
     spark.sql(f"drop table if exists {staging}")
     frame.write.format("parquet").saveAsTable(staging)
-    spark.sql(f"drop table if exists {name}")
+    if table_exists(spark, name):
+        spark.sql(f"alter table {name} rename to {previous}")
     spark.sql(f"alter table {staging} rename to {name}")
+    spark.sql(f"drop table if exists {previous}")
 
 
 def to_arrow(frame) -> pa.Table:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
@@ -48,15 +49,83 @@ def dbt_command(settings: Settings, args: Sequence[str]) -> list[str]:
     return command
 
 
-def failure_summary(lines: Sequence[str]) -> str:
-    """dbt's own end-of-run summary of what failed (the lines after 'Completed with ...')."""
-    clean = [ANSI_ESCAPE.sub("", line).rstrip() for line in lines]
-    for index, line in enumerate(clean):
-        if "Completed with" in line and "error" in line:
-            body = [re.sub(r"^\d\d:\d\d:\d\d\s+", "", l) for l in clean[index + 1:]]
-            return "\n".join(l for l in body if l.strip() and not l.strip().startswith("Done."))[:4000]
-    errors = [line for line in clean if "error" in line.lower()]
-    return "\n".join((errors or clean)[-20:])
+# The first line of a node's error names the node again ("Runtime Error in model x (path)"): the line says it once.
+NODE_ERROR_HEADER = re.compile(r"^\s*(Compilation|Runtime|Database|Parsing|Dependency)? ?Error in \w+ \S+( \(.*\))?\s*$")
+MAX_REASON_CHARS = 400
+
+
+def failure_line(settings: Settings, args: Sequence[str], lines: Sequence[str], started: float) -> str:
+    """A failed dbt run in one line: the first node that failed (from the run_results.json this run wrote) and
+    why, how many more failed, and where dbt's full log is; dbt's own last error line when it wrote no results
+    (its arguments were refused, the project did not parse)."""
+    env = dbt_environment(settings)
+    log = Path(env["DBT_LOG_PATH"]) / "dbt.log"
+    failed = failed_nodes(Path(env["DBT_TARGET_PATH"]) / "run_results.json", started)
+    command = f"`dbt {args[0]}`" if args else "dbt"
+    if failed:
+        kind, name, status, reason = failed[0]
+        compiled = next((line.split("compiled code at ", 1)[1].strip() for line in map(clean_line, lines)
+                         if "compiled code at " in line and line.rstrip().endswith(f"/{name}.sql")), None)
+        if kind == "test" and status == "fail":
+            what = f"test {name} failed ({reason}): the rows its SQL selects are the problem" + (f" ({compiled})" if compiled else "")
+        else:
+            what = f"{kind} {name} failed: {reason}"
+        more = f" ({len(failed) - 1} more failed)" if len(failed) > 1 else ""
+        return f"{command} stopped: {what}{more}. Fix that and run the command again; dbt's full log: {log}"
+    return f"{command} failed: {last_error_line(lines)} dbt's full log: {log}"
+
+
+def failed_nodes(run_results: Path, started: float) -> list[tuple[str, str, str, str]]:
+    """(resource type, name, status, reason) of every node that errored or failed, if this run wrote the file."""
+    import json
+
+    try:
+        if run_results.stat().st_mtime < started:
+            return []  # a previous run's results: this one stopped before running any node
+        results = json.loads(run_results.read_text())["results"]
+    except (OSError, ValueError, KeyError):
+        return []
+    failed = []
+    for result in results:
+        if result.get("status") in ("error", "fail", "runtime error"):
+            kind, _, name = result["unique_id"].split(".")[:3]
+            failed.append((kind, name, result["status"], node_reason(result.get("message") or "")))
+    return failed
+
+
+def node_reason(message: str) -> str:
+    """The message of a failed node, header and SQL excerpt left out, on one line."""
+    body = message.splitlines()
+    if body and NODE_ERROR_HEADER.match(body[0]):
+        body = body[1:]
+    kept = []
+    for line in body:
+        if not line.strip():
+            if kept:
+                break  # what follows a blank line is the SQL excerpt or the macro stack
+            continue
+        kept.append(line.strip())
+    reason = " ".join(kept).rstrip(".") or "no message"
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + " ..."
+
+
+def clean_line(line: str) -> str:
+    return re.sub(r"^\d\d:\d\d:\d\d\s+", "", ANSI_ESCAPE.sub("", line)).rstrip()
+
+
+def last_error_line(lines: Sequence[str]) -> str:
+    """dbt's last line mentioning an error, joined with its neighbour when one of them ends in a colon
+    ("Encountered an error:" then "Parsing Error ...")."""
+    clean = [line.strip() for line in map(clean_line, lines) if line.strip()]
+    for index in range(len(clean) - 1, -1, -1):
+        if "error" in clean[index].lower():
+            text = clean[index].removeprefix("Error: ")
+            if index > 0 and clean[index - 1].endswith(":"):
+                text = f"{clean[index - 1]} {text}"
+            elif text.endswith(":") and index + 1 < len(clean):
+                text = f"{text} {clean[index + 1]}"
+            return text.rstrip(".") + "."
+    return (clean[-1].rstrip(".") + ".") if clean else "no output."
 
 
 def dbt_environment(settings: Settings) -> dict[str, str]:
@@ -76,14 +145,15 @@ def run_dbt(
 ) -> list[str]:
     """Run dbt, streaming its output to `echo` (stdout by default); return the output lines.
 
-    On failure raise LookalikeError carrying dbt's summary of the failed models and tests,
-    so the message names the table, column and test that failed.
+    On failure raise LookalikeError in one line naming the first model or test that failed and why
+    (dbt's own output has streamed to `echo` by then, and stays in its log file, which the line names).
     """
     echo = echo or (lambda line: print(line, flush=True))
     if is_session_target(target_of(args), settings):
         return run_dbt_in_process(settings, args, echo)
     wait_for_warehouse(settings, args)
     lines: list[str] = []
+    started = time.time()
     with subprocess.Popen(
         dbt_command(settings, args),
         env=dbt_environment(settings),
@@ -110,7 +180,7 @@ def run_dbt(
         for line in crash:
             echo(line)
     if returncode != 0:
-        raise failure or LookalikeError(f"`dbt {' '.join(args)}` failed (exit {returncode}):\n{failure_summary(lines)}")
+        raise failure or LookalikeError(failure_line(settings, args, lines, started))
     return lines
 
 
@@ -210,11 +280,11 @@ def run_dbt_in_process(settings: Settings, args: Sequence[str], echo: Callable[[
         command += ["--log-level", "none"]
     if "--log-level-file" not in command:
         command += ["--log-level-file", "debug"]  # dbt.log in DBT_LOG_PATH, as with the subprocess
+    started = time.time()
     with environment(dbt_environment(settings)):
         result = dbtRunner(callbacks=[on_event]).invoke(command)
     if not result.success:
-        detail = failure_summary(lines) if lines else str(result.exception)
-        raise LookalikeError(f"`dbt {' '.join(args)}` failed:\n{detail}")
+        raise LookalikeError(failure_line(settings, args, lines or [str(result.exception)], started))
     return lines
 
 

@@ -15,10 +15,7 @@ from lookalike_cli.ads.embedding import embed_onnx, load_manifest
 from lookalike_cli.ads.model import TokenizerSpec, tokenize
 from lookalike_cli.warehouse.dbt_runner import run_dbt
 from lookalike_cli.errors import LookalikeError, ParameterError
-from tests.helpers import cli_error, copy_warehouse, make_settings, query, run_cli
-
-GENERATED_ADS = 1500
-BUDGET = 2000.0
+from tests.helpers import ADS_BID_WEIGHTS, ADS_BUDGET as BUDGET, GENERATED_ADS, cli_error, copy_warehouse, make_settings, query, run_cli
 
 
 def run_ads_pipeline(settings, build_args=(), budget=BUDGET, weights="revenue=1"):
@@ -30,11 +27,10 @@ def run_ads_pipeline(settings, build_args=(), budget=BUDGET, weights="revenue=1"
 
 
 @pytest.fixture(scope="session")
-def ads_warehouse(tmp_path_factory):
-    settings = make_settings(tmp_path_factory.mktemp("ads_generated"), "ads")
-    run_cli(settings, "generate-data", "--customers", "10", "--days", "14", "--seed", "5",
-            "--ads", "--ad-count", str(GENERATED_ADS), "--ad-days", "84")
-    result = run_ads_pipeline(settings, weights="revenue=1,margin=0.5")
+def ads_warehouse(ads_warehouse_built, tmp_path_factory):
+    """The shared ads pipeline (tests/conftest.py) and the output of its `ads bid`, run again on a copy."""
+    settings = copy_warehouse(ads_warehouse_built, tmp_path_factory.mktemp("ads_bid"), "ads")
+    result = run_cli(settings, "ads", "bid", "--budget", str(BUDGET), "--objective-weights", ADS_BID_WEIGHTS)
     return settings, result.output
 
 

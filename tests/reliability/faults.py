@@ -203,14 +203,20 @@ def folder_state(folder: Path) -> dict[str, str]:
             for path in sorted(folder.iterdir()) if path.is_file() and not TEMP_NAME.match(path.name)}
 
 
+def reports_dir(settings: Settings) -> Path:
+    """Where `lookalike ads bid` draws its curve by default."""
+    return settings.db_path.parent / "reports"
+
+
 def published_state(settings: Settings) -> dict:
-    """What a user has: the warehouse's tables, the serving file's tables, every model and index file."""
+    """What a user has: the warehouse's tables, the serving file's tables, every model, index and report file."""
     serving = settings.serving_db_path
     return {
         "warehouse": database_state(settings.db_path),
         "serving": database_state(serving) if serving.exists() else None,
         "models": folder_state(settings.onnx_dir),
         "indexes": folder_state(settings.index_dir),
+        "reports": folder_state(reports_dir(settings)),
     }
 
 
@@ -231,7 +237,7 @@ def changed(before: dict, after: dict) -> list[str]:
 
 def stray_files(settings: Settings) -> list[str]:
     """Temp files left in any folder lookalike writes (warehouse folder, models, indexes, reach curves)."""
-    folders = {settings.db_path.parent, settings.onnx_dir, settings.index_dir,
+    folders = {settings.db_path.parent, settings.onnx_dir, settings.index_dir, reports_dir(settings),
                settings.serving_db_path.with_name(f"{settings.serving_db_path.stem}_reach_curves")}
     return sorted(str(path) for folder in folders if folder.is_dir() for path in folder.iterdir()
                   if TEMP_NAME.match(path.name) or path.name.endswith(".duckdb.wal") and not path.with_suffix("").exists())
@@ -245,3 +251,29 @@ def stray_relations(settings: Settings) -> list[str]:
             "select table_schema || '.' || table_name from information_schema.tables "
             "where table_name like '%\\_\\_dbt\\_tmp%' escape '\\' or table_name like '%\\_\\_dbt\\_backup%' escape '\\' "
             "or table_name like '%\\_\\_new' escape '\\' or table_name like '\\_\\_generating\\_%' escape '\\'").fetchall()]
+
+
+def kill_and_rerun(settings: Settings, command: list[str], kill_point: dict) -> Killed:
+    """The kill case: SIGKILL `lookalike <command>` at `kill_point` (kill_at's `line`, `file_glob`, `delay`, plus
+    `compare`: the sections of published_state the killed step writes, default all; the steps of a command that
+    finished before the kill point may rightly have changed the others). Then: its children died with it, what was
+    published is as it was and readable, the same command run again succeeds, and leaves no temp file or
+    half-built table."""
+    kill_point = dict(kill_point)
+    compared = kill_point.pop("compare", None)
+    before = published_state(settings)
+
+    killed = kill_at(settings, *command, **kill_point)
+
+    if "file_glob" in kill_point:  # killed mid-swap: its temp file is there for the next run to clear
+        assert list(settings.db_path.parent.glob(kill_point["file_glob"])), killed.point
+    assert wait_gone(killed.children) == [], f"processes outlived the killed command (an orphaned dbt?): {killed.children}"
+    now = published_state(settings)
+    sections = compared or tuple(before)
+    assert changed({k: before[k] for k in sections}, {k: now[k] for k in sections}) == [], f"killed at {killed.point!r}"
+    assert_succeeds(settings, *command)
+    assert stray_files(settings) == [], f"temp files left after the rerun (killed at {killed.point!r})"
+    assert stray_relations(settings) == [], "half-built tables left in the warehouse after the rerun"
+    after = published_state(settings)  # readable after the rerun too
+    assert after["warehouse"].keys() >= before["warehouse"].keys()
+    return killed

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import duckdb
 import pytest
 
 from tests.helpers import cli_error, make_settings, run_cli
 from tests.reliability.conftest import SEED_SQL
 
 EXPAND = ("expand", "--name", "x", "--seed-sql", SEED_SQL)
+# A missing source table, a var that breaks a model's SQL, and an empty order-lines table (made by the test).
+DBT_VARS = "{customers_table: no_such_table, order_lines_table: no_order_lines, as_of_date: 'soon'}"
 
 # (command, exit code, a fragment of the one-line error)
 BAD_INPUTS = [
@@ -29,6 +32,15 @@ BAD_INPUTS = [
     (("audiences", "drop", "nope"), 1, "No audience named 'nope'"),
     (("audiences", "apply", "/no/such/audiences.yml"), 1, "No audiences file"),
     (("backtest", "--name", "b", "--converters-sql", "select 1 as customer_id"), 1, "converters"),
+    # dbt failures that are the user's: the one line names the failed node and why, and points at dbt's log.
+    # One --vars for the three, so dbt parses the project in full once (a change of vars re-parses it).
+    (("build", "--select", "stg_customers", "--vars", DBT_VARS), 1,
+     "`dbt build` stopped: model stg_customers failed: Raw table \"w\".\"raw\".\"no_such_table\" does not exist"),
+    (("build", "--select", "int_time_windows", "--vars", DBT_VARS), 1,
+     "model int_time_windows failed: Conversion Error: invalid date field format: \"soon\""),
+    # Builds the view stg_order_lines over the empty table, then its has_rows test fails: the last dbt row.
+    (("build", "--select", "stg_order_lines", "--vars", DBT_VARS), 1,
+     "test has_rows_stg_order_lines_ failed (Got 1 result, configured to fail if >0)"),
     # usage errors: click's own, exit 2
     (("expand", "--size"), 2, "Option '--size' requires an argument"),
     (("expand", "--bogus"), 2, "No such option '--bogus'"),
@@ -55,12 +67,16 @@ def usage_error(settings, *args: str) -> str:
 @pytest.mark.slow
 def test_every_bad_input_is_one_line_with_the_right_exit_code(private_copy):
     """One warehouse for the whole table (each command only reads it, or fails before writing)."""
+    with duckdb.connect(str(private_copy.db_path)) as con:
+        con.execute("create table raw.no_order_lines as select * from raw.order_lines limit 0")
+    log = private_copy.db_path.parent / ".dbt" / private_copy.db_path.stem / "logs" / "dbt.log"
     failures = []
     for args, code, fragment in BAD_INPUTS:
         message = cli_error(private_copy, *args) if code == 1 else usage_error(private_copy, *args)
-        if fragment not in message:
-            failures.append(f"lookalike {' '.join(args)}: {message!r} lacks {fragment!r}")
+        expected = [fragment] + ([f"dbt's full log: {log}"] if args[0] == "build" else [])
+        failures += [f"lookalike {' '.join(args)}: {message!r} lacks {text!r}" for text in expected if text not in message]
     assert not failures, "\n".join(failures)
+    assert log.stat().st_size > 0
 
 
 @pytest.mark.parametrize("command", [("summary",), ("expand", "--name", "x", "--seed-sql", SEED_SQL, "--size", "5%"),

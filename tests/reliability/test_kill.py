@@ -12,8 +12,7 @@ from __future__ import annotations
 import pytest
 
 from tests.reliability.conftest import SEED_SQL
-from tests.reliability.faults import (assert_succeeds, changed, kill_at, published_state, stray_files, stray_relations,
-                                      wait_gone)
+from tests.reliability.faults import kill_and_rerun
 
 AUDIENCES_YAML = f"""
 audiences:
@@ -45,7 +44,6 @@ CASES = [
     ("expand (serving swap)", ["expand", "--name", "vip", "--seed-sql", SEED_SQL, "--size", "3%", "--strategy", "centroid"],
      SERVING_SWAP),
     ("audiences apply (serving swap)", ["audiences", "apply", "audiences.yml"], SERVING_SWAP),
-    ("personas label", ["personas", "label", "--fraction", "0.01"], {"line": r"^Propagating \d+ labels to find"}),
     ("segment (serving swap)", ["segment", "--k", "5"], SERVING_SWAP),
     # Killed in its last step (apply): the steps before it (build, score, index) finished and rightly changed
     # the warehouse, so what must be intact is what the killed step writes, the serving file.
@@ -56,25 +54,5 @@ CASES = [
 @pytest.mark.slow
 @pytest.mark.parametrize("command, kill_point", [pytest.param(c, k, id=i) for i, c, k in CASES])
 def test_kill_9_keeps_what_was_published_and_the_next_run_succeeds(private_copy, command, kill_point):
-    settings = private_copy
-    (settings.db_path.parent / "audiences.yml").write_text(AUDIENCES_YAML)
-    kill_point = dict(kill_point)
-    compared = kill_point.pop("compare", None)  # sections of the state the killed step writes (default: all)
-    before = published_state(settings)
-
-    killed = kill_at(settings, *command, **kill_point)
-
-    if "file_glob" in kill_point:  # killed mid-swap: its temp file is there for the next run to clear
-        assert list(settings.db_path.parent.glob(kill_point["file_glob"])), killed.point
-    assert wait_gone(killed.children) == [], f"processes outlived the killed command (an orphaned dbt?): {killed.children}"
-    now = published_state(settings)
-    if compared:
-        before_compared, now = {k: before[k] for k in compared}, {k: now[k] for k in compared}
-    else:
-        before_compared = before
-    assert changed(before_compared, now) == [], f"killed at {killed.point!r}"
-    assert_succeeds(settings, *command)
-    assert stray_files(settings) == [], f"temp files left after the rerun (killed at {killed.point!r})"
-    assert stray_relations(settings) == [], "half-built tables left in the warehouse after the rerun"
-    after = published_state(settings)  # readable after the rerun too
-    assert after["warehouse"].keys() >= before["warehouse"].keys()
+    (private_copy.db_path.parent / "audiences.yml").write_text(AUDIENCES_YAML)
+    kill_and_rerun(private_copy, command, kill_point)
