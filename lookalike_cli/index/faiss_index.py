@@ -597,7 +597,8 @@ UPDATABLE_TYPES = ("flat", "ivf")
 # Above this share of rows changed, refresh rebuilds instead: the IVF lists were trained and nprobe
 # tuned on the older vectors, and a rebuild re-does both (the self-check only re-measures them then).
 MAX_UPDATE_SHARE = 0.10
-# The updated rows must find themselves (or a vector as close) this often through the tuned nprobe.
+# Re-scored vectors sampled after an update: at least TARGET_RECALL of them must find themselves (or an
+# identical vector) through the tuned nprobe, or refresh rebuilds. The build's recall@10 is kept beside it.
 UPDATE_CHECK_QUERIES = 500
 
 
@@ -651,8 +652,7 @@ def update_index(db_path: Path, index_dir: Path, progress: Progress = print) -> 
     ids, vectors = ids_and_vectors(changed.combine_chunks().to_batches()[0]) if changed.num_rows else (
         np.empty(0, np.int64), np.empty((0, manifest.dim), np.float32))
     vectors = normalise(vectors)
-    # Rows stay exactly the customers of customer_embeddings: the indexed ones minus none (no removals
-    # here) plus the new ones.
+    # Each re-scored customer's internal id (its position in the id map), or not indexed yet (new).
     order = np.argsort(indexed_ids, kind="stable")
     where = np.searchsorted(indexed_ids, ids, sorter=order).clip(0, max(len(indexed_ids) - 1, 0))
     known = (indexed_ids[order[where]] == ids) if len(indexed_ids) else np.zeros(len(ids), bool)
