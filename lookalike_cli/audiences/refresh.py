@@ -124,7 +124,12 @@ def refresh(settings: Settings, audiences_file: str | Path | None = None, force:
 
     with connection(settings.db_path, read_only=True) as con:
         raw = fingerprint(con, raw_tables(con))
-    step("build", raw, lambda: run_dbt(settings, ["build", "--exclude", "customer_embeddings+"], echo=lambda _: None))
+    def build() -> str:
+        lines = run_dbt(settings, ["build", "--exclude", "customer_embeddings+"], echo=lambda _: None)
+        return "dbt build of every model but customer_embeddings, in full" + next(
+            (f" ({line.split('Done. ')[1]})" for line in reversed(lines or []) if "Done. " in line), "")
+
+    step("build", raw, build)
 
     manifests = customer_manifests(settings.onnx_dir)
     with connection(settings.db_path, read_only=True) as con:
