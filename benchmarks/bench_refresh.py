@@ -190,7 +190,7 @@ def main() -> None:
                      (step.detail or step.reason) if step else ""])
     rows.append(["**total** (incl. fingerprints)", f"{full_total:.1f}", f"{refresh_seconds:.1f}",
                  f"**{refresh_seconds / full_total:.3f}**", "goal <= 0.15"])
-    overlap = [["audience", "members (refresh)", "members (rebuild)", "|A∩B| / |rebuild|", "Jaccard"]]
+    overlap = [["audience", "members (refresh)", "members (rebuild)", "shared / rebuild", "Jaccard"]]
     for name in sorted(theirs):
         a, b = ours.get(name, set()), theirs[name]
         overlap.append([name, f"{len(a):,}", f"{len(b):,}", f"{len(a & b) / max(len(b), 1):.4f}",
