@@ -2,17 +2,32 @@
 
 The daily job after new raw rows land, in one call. Each step runs only when what it reads
 changed since it last ran (a fingerprint of its input, kept in the warehouse table
-`lookalike_refresh_state`), and says why it ran or was skipped:
+`lookalike_refresh_state`), says why it ran or was skipped, and does only the work the change needs:
 
     build   dbt build of the features and labels     input: the raw tables
     score   customer_embeddings with the latest model input: customer_features + the model
+            re-scores only customers whose model inputs changed (model/rescoring.py: a hash of
+            the columns the model reads, per customer); everyone when the model changed or
+            customer_embeddings was written outside refresh
     index   the FAISS index                           input: customer_embeddings
+            updated in place (re-scored vectors replaced, new ones added) when at most
+            MAX_UPDATE_SHARE of the rows changed and the index type allows it, else rebuilt;
+            it says which and why
     apply   every audience of the audiences file      input: the file + customer_embeddings
 
-A step's state is written only after it succeeds, so a refresh killed midway redoes the
-unfinished step next time; published audiences stay readable throughout (publishing swaps the
-serving file atomically). Steps run in full: dbt incremental aggregation and re-scoring only
-the customers whose features changed are not built yet.
+What the data allows. Serving features are as of the day after the last order line, and the model
+reads date-relative columns (recency_days, tenure_days, orders_per_month, the 90-day recent_*): when
+new lines land on a new day, every customer's inputs change and every customer is re-scored, rightly
+(the hashes find it, nothing assumes it). Lines landing on the same day (an intraday load), or
+changes to some customers' attributes, re-score only those customers. The dbt build runs in full:
+its per-customer aggregates are evaluated at cutoffs that move with the data (serving: end of data;
+training: a share of the history), so an append-only aggregate would have to be merged per cutoff;
+see README "Refresh" for what it costs and why it is not built yet.
+
+A step's state is written only after it succeeds, so a refresh killed midway redoes the unfinished
+step next time; published audiences stay readable throughout (publishing swaps the serving file
+atomically), customer_embeddings and its input hashes change in one transaction, and the index file
+and its manifest are each replaced atomically (index first, manifest last).
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ class StepResult:
     ran: bool
     reason: str
     seconds: float
+    detail: str = ""  # what the step did when it ran: how many customers re-scored, index updated or rebuilt and why
 
 
 def fingerprint(con, tables: list[str]) -> str:
@@ -73,11 +89,11 @@ def write_state(settings: Settings, step: str, input_fingerprint: str) -> None:
 
 def refresh(settings: Settings, audiences_file: str | Path | None = None, force: bool = False,
             progress: Progress = quiet, on_warning: Progress = quiet) -> list[StepResult]:
-    """Run every step whose input changed (all of them with `force`); returns what ran and why."""
+    """Run every step whose input changed (all of them, in full, with `force`); returns what ran and why."""
     from lookalike_cli.errors import LookalikeError
-    from lookalike_cli.index.faiss_index import build_index
+    from lookalike_cli.index.faiss_index import build_index, update_index
     from lookalike_cli.model.manifest import customer_manifests, load_manifest
-    from lookalike_cli.model.scoring import score
+    from lookalike_cli.model.rescoring import INPUTS_TABLE, rescore_changed
     from lookalike_cli.warehouse.connection import connection, table_exists
     from lookalike_cli.warehouse.dbt_runner import run_dbt
 
@@ -98,29 +114,64 @@ def refresh(settings: Settings, audiences_file: str | Path | None = None, force:
         else:
             reason = "forced" if force else ("first run" if name not in state else "its input changed")
             progress(f"== refresh: {name} ({reason})")
-            work()
+            detail = work()
             if input_fingerprint is not None:
                 write_state(settings, name, input_fingerprint)
-            results.append(StepResult(name, True, reason, time.perf_counter() - started))
+            results.append(StepResult(name, True, reason, time.perf_counter() - started, detail or ""))
         last = results[-1]
-        progress(f"   {name}: {'ran' if last.ran else 'skipped'} ({last.reason}){f' in {last.seconds:.1f}s' if last.ran else ''}")
+        progress(f"   {name}: {'ran' if last.ran else 'skipped'} ({last.reason}){f' in {last.seconds:.1f}s' if last.ran else ''}"
+                 + (f": {last.detail}" if last.detail else ""))
 
     with connection(settings.db_path, read_only=True) as con:
         raw = fingerprint(con, raw_tables(con))
-    step("build", raw, lambda: run_dbt(settings, ["build", "--exclude", "customer_embeddings+"], echo=lambda _: None))
+    def build() -> str:
+        lines = run_dbt(settings, ["build", "--exclude", "customer_embeddings+"], echo=lambda _: None)
+        return "dbt build of every model but customer_embeddings, in full" + next(
+            (f" ({line.split('Done. ')[1]})" for line in reversed(lines or []) if "Done. " in line), "")
+
+    step("build", raw, build)
 
     manifests = customer_manifests(settings.onnx_dir)
     with connection(settings.db_path, read_only=True) as con:
         features = fingerprint(con, ["customer_features"])
+        embeddings_before = fingerprint(con, ["customer_embeddings"]) if table_exists(con, "customer_embeddings") else None
     model = load_manifest(manifests[-1])["model_version"] if manifests else None
-    step("score", f"{features}/{model}", lambda: score(settings, echo=lambda _: None),
+
+    def score() -> str:
+        # Stored hashes describe customer_embeddings only if nothing else rewrote it since refresh last did.
+        outcome = rescore_changed(settings, trusted=not force and embeddings_before is not None
+                                  and state.get("embeddings") == embeddings_before, progress=progress)
+        return (f"{'all ' if outcome.full else ''}{outcome.scored:,} of {outcome.customers:,} customers re-scored"
+                + (f" ({outcome.reason})" if outcome.full else f", {outcome.removed:,} removed (the others' model inputs did not change)"))
+
+    step("score", f"{features}/{model}", score,
          skip_reason=None if manifests else f"no trained model in {settings.onnx_dir}: run `lookalike train` once")
 
     with connection(settings.db_path, read_only=True) as con:
         scored = table_exists(con, "customer_embeddings")
         embeddings = fingerprint(con, ["customer_embeddings"]) if scored else None
-    step("index", embeddings, lambda: build_index(settings.db_path, settings.index_dir, progress=quiet),
-         skip_reason=None if scored else "no customer_embeddings yet")
+        generation = (con.execute(f"select max(scored_generation) from {INPUTS_TABLE}").fetchall()[0][0]
+                      if table_exists(con, INPUTS_TABLE) else None)
+    if embeddings is not None and any(r.step == "score" and r.ran for r in results):
+        write_state(settings, "embeddings", embeddings)
+        state["embeddings"] = embeddings
+    # customer_embedding_inputs describes customer_embeddings only if refresh wrote the table last.
+    trusted = embeddings is not None and embeddings == state.get("embeddings")
+
+    def index() -> str:
+        if force:
+            updated, why = None, "forced"
+        elif not trusted:
+            updated, why = None, "customer_embeddings was written outside refresh"
+        else:
+            updated, why = update_index(settings.db_path, settings.index_dir, progress=quiet)
+        if updated is not None:
+            return f"index {why}"
+        manifest = build_index(settings.db_path, settings.index_dir, progress=quiet,
+                               embeddings_generation=generation if trusted else None)
+        return f"index rebuilt ({why}): {manifest.index_type}, recall@10 {manifest.self_check.get('recall')}"
+
+    step("index", embeddings, index, skip_reason=None if scored else "no customer_embeddings yet")
 
     if audiences_file is not None:
         from lookalike_cli.audiences.definitions import apply_definitions
@@ -128,7 +179,8 @@ def refresh(settings: Settings, audiences_file: str | Path | None = None, force:
         applied = []
         definitions = hashlib.sha256(Path(audiences_file).read_bytes()).hexdigest()[:16]
         step("apply", f"{definitions}/{embeddings}", lambda: applied.extend(apply_definitions(settings, audiences_file, progress=quiet,
-                                                                     on_warning=on_warning)))
+                                                                     on_warning=on_warning)),
+             skip_reason=None if scored else "no customer_embeddings yet")
         for audience in applied:
             diff = audience.diff
             progress(f"   {audience.row['name']} v{audience.row['version']}: {audience.row['size']:,} members"

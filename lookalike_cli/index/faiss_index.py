@@ -69,6 +69,9 @@ class IndexManifest:
     reason: str
     self_check: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)  # bytes: budget, flat vectors, the index in RAM (see memory_estimate)
+    # The scored_generation of customer_embedding_inputs this index covers (refresh), None when built
+    # from embeddings scored elsewhere: refresh then rebuilds rather than updates it.
+    embeddings_generation: int | None = None
     metric: str = "inner_product_on_l2_normalised (cosine)"
 
     def to_json(self) -> str:
@@ -473,6 +476,7 @@ def build_index(
     memory_budget: str | int | None = None,
     pq_m: int | None = None,
     progress: Progress = print,
+    embeddings_generation: int | None = None,
 ) -> IndexManifest:
     """Build the index over customer_embeddings, self-check recall@10, write index + manifest atomically.
 
@@ -551,7 +555,7 @@ def build_index(
         manifest = IndexManifest(
             index_version=f"{chosen}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{model_version}",
             index_type=chosen, params=params, row_count=rows, dim=dim, model_version=model_version,
-            built_at=built_at, build_seconds=0.0, reason=reason,
+            built_at=built_at, build_seconds=0.0, reason=reason, embeddings_generation=embeddings_generation,
         )
         exact = None
         if exact_store is not None:
@@ -585,6 +589,114 @@ def build_index(
     progress(f"Index {manifest.index_version}: {chosen} {params}, {rows:,} rows, recall@{SELF_CHECK_K} "
              f"{recall:.3f}, RAM ~{human_bytes(manifest.memory['index_ram_bytes'])}, built in {manifest.build_seconds:.1f}s ({reason})")
     return manifest
+
+
+# Index types refresh updates in place (IndexIDMap2 over them). HNSW cannot replace a vector, and the
+# compressed types keep their exact vectors in row-ordered files beside the index: both are rebuilt.
+UPDATABLE_TYPES = ("flat", "ivf")
+# Above this share of rows changed, refresh rebuilds instead: the IVF lists were trained and nprobe
+# tuned on the older vectors, and a rebuild re-does both (the self-check only re-measures them then).
+MAX_UPDATE_SHARE = 0.10
+# Re-scored vectors sampled after an update: at least TARGET_RECALL of them must find themselves (or an
+# identical vector) through the tuned nprobe, or refresh rebuilds. The build's recall@10 is kept beside it.
+UPDATE_CHECK_QUERIES = 500
+
+
+def update_index(db_path: Path, index_dir: Path, progress: Progress = print) -> tuple[IndexManifest | None, str]:
+    """Bring the index up to date with the rows of customer_embeddings re-scored since it was built, in place.
+
+    Returns (the new manifest, what was done) or (None, why it must be rebuilt instead). Customers re-scored
+    since the manifest's embeddings_generation (customer_embedding_inputs.scored_generation) replace their
+    vector where it is: IVF's update_vectors moves it to its new list under the same internal id, so
+    IndexIDMap2's id map stays valid. IndexIDMap2 over IVF cannot remove a vector (IVF keeps its internal
+    ids, the id map would shift), so customers who left customer_features mean a rebuild; a flat index
+    removes and re-adds. Written like a build: index file then manifest, each by temp file + os.replace.
+    """
+    from lookalike_cli.model.rescoring import INPUTS_TABLE
+
+    start = time.perf_counter()
+    try:
+        manifest = read_manifest(index_dir)
+    except LookalikeError:
+        return None, "no readable index manifest yet"
+    if manifest.index_type not in UPDATABLE_TYPES:
+        return None, f"a {manifest.index_type} index cannot be updated in place (only {', '.join(UPDATABLE_TYPES)})"
+    if manifest.embeddings_generation is None:
+        return None, "the index was built from embeddings scored outside refresh"
+    with connection(db_path, read_only=True) as con:
+        version = model_version_of_embeddings(con)
+        if version != manifest.model_version:
+            return None, f"the model changed ({manifest.model_version} -> {version})"
+        require_table(con, INPUTS_TABLE, "Run `lookalike refresh`: it scores customers and records their inputs.")
+        rows, oldest = con.execute(f"select count(*), min(scored_generation) from {INPUTS_TABLE}").fetchall()[0]
+        if rows != con.execute("select count(*) from customer_embeddings").fetchall()[0][0]:
+            return None, f"{INPUTS_TABLE} does not describe customer_embeddings (row counts differ)"
+        if oldest is None or manifest.embeddings_generation < oldest:
+            return None, "every customer was re-scored since the index was built"
+        changed = con.sql(f"""select e.customer_id, e.embedding from customer_embeddings e
+                              semi join (select customer_id from {INPUTS_TABLE} where scored_generation > ?) i using (customer_id)""",
+                          params=[manifest.embeddings_generation]).to_arrow_table()
+        generation = con.execute(f"select max(scored_generation) from {INPUTS_TABLE}").fetchall()[0][0]
+    share = changed.num_rows / max(rows, 1)
+    what = f"{changed.num_rows:,} of {rows:,} vectors re-scored ({share:.2%})"
+    if share > MAX_UPDATE_SHARE:
+        return None, f"{what} > {MAX_UPDATE_SHARE:.0%}: a rebuild re-trains the IVF lists and re-tunes nprobe"
+    path = index_dir / INDEX_FILE
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        return None, f"the index file is unreadable ({str(exc).splitlines()[0]})"
+    indexed_ids = faiss.vector_to_array(index.id_map)
+    if index.ntotal != manifest.row_count:
+        return None, "the index file does not match its manifest"
+    ids, vectors = ids_and_vectors(changed.combine_chunks().to_batches()[0]) if changed.num_rows else (
+        np.empty(0, np.int64), np.empty((0, manifest.dim), np.float32))
+    vectors = normalise(vectors)
+    # Each re-scored customer's internal id (its position in the id map), or not indexed yet (new).
+    order = np.argsort(indexed_ids, kind="stable")
+    where = np.searchsorted(indexed_ids, ids, sorter=order).clip(0, max(len(indexed_ids) - 1, 0))
+    known = (indexed_ids[order[where]] == ids) if len(indexed_ids) else np.zeros(len(ids), bool)
+    if len(indexed_ids) + int((~known).sum()) != rows:
+        return None, f"{len(indexed_ids) + int((~known).sum()) - rows:,} indexed customers left customer_embeddings " \
+                     "(IndexIDMap2 cannot remove them in place)"
+    progress(f"Updating index {manifest.index_version} in place: {int(known.sum()):,} vectors replaced, "
+             f"{int((~known).sum()):,} added")
+    if manifest.index_type == "ivf":
+        inner = faiss.extract_index_ivf(index)
+        inner.make_direct_map(True)  # update_vectors finds each internal id's list through it
+        if known.any():
+            inner.update_vectors(order[where[known]].astype(np.int64), np.ascontiguousarray(vectors[known]))
+        inner.make_direct_map(False)  # stored without one, as a build writes it (load_index adds it)
+    elif known.any():
+        index.remove_ids(faiss.IDSelectorBatch(ids[known]))  # IndexFlat shifts its rows, the id map with it
+        index.add_with_ids(np.ascontiguousarray(vectors[known]), ids[known])
+    if (~known).any():
+        index.add_with_ids(np.ascontiguousarray(vectors[~known]), ids[~known])
+
+    updated = IndexManifest(**{**asdict(manifest), "row_count": int(index.ntotal), "embeddings_generation": int(generation)})
+    updated.index_version = f"{manifest.index_type}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{version}"
+    updated.built_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    found = updated_rows_found(LoadedIndex(index=index, manifest=updated, path=path), vectors)
+    if found < TARGET_RECALL:
+        return None, f"after an update only {found:.1%} of the re-scored vectors find themselves through nprobe " \
+                     f"{manifest.params.get('nprobe')}: rebuilding re-tunes it"
+    updated.self_check = {**manifest.self_check, "updated_rows_found": round(found, 4)}
+    updated.reason = f"updated in place from {manifest.index_version} ({what}); built: {manifest.reason}"
+    updated.build_seconds = round(time.perf_counter() - start, 2)
+    remove_stale_temp_files(index_dir)
+    write_index(index, updated, index_dir)
+    return updated, f"updated in place: {what} <= {MAX_UPDATE_SHARE:.0%}"
+
+
+def updated_rows_found(loaded: LoadedIndex, vectors: np.ndarray, seed: int = 0) -> float:
+    """Share of (a sample of) the re-scored vectors whose top hit is as similar as themselves (ties count:
+    customers with identical inputs have identical vectors)."""
+    if len(vectors) == 0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    sample = vectors[np.sort(rng.choice(len(vectors), size=min(UPDATE_CHECK_QUERIES, len(vectors)), replace=False))]
+    sims, _ = loaded.search(sample, 1)
+    return float(np.mean(sims[:, 0] >= np.einsum("ij,ij->i", sample, sample) - 1e-5))
 
 
 def write_index(index: faiss.Index, manifest: IndexManifest, index_dir: Path, exact_files: dict[str, Path] | None = None) -> None:
