@@ -363,8 +363,8 @@ class BipartiteAdjacency:
     The two halves take the two cache-friendly paths: the customers' half B @ x_other gathers rows of the
     small other side (torch's embedding_bag, multi-threaded), the other side's half B^T @ x_customers scatters
     each customer's row into it (scipy's CSC product). One CSR product of the whole A instead gathers the
-    customers' rows at random for every item row: 12x slower at 1M customers (benchmarks/bench_recommend.py
-    --propagation)."""
+    customers' rows at random for every item row: 5.5-6.2x slower on the 1M-customer generated graph (15M pairs,
+    one thread, same process; benchmarks/bench_recommend.py --propagation)."""
 
     def __init__(self, block: sp.csr_matrix):
         self.block = block
