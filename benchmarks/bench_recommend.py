@@ -10,7 +10,8 @@ warehouse is rebuilt on all the data. One extra row shows what leaking does: per
 (5%) on the full warehouse, whose customer_features include the held-out window.
 
     python -m benchmarks.bench_recommend --customers 10000 --seeds 3
-    python -m benchmarks.bench_recommend --skip-generated --skip-completejourney --scale 100000   # time, memory
+    python -m benchmarks.bench_recommend --skip-generated --skip-completejourney --scale 1000000 \
+        --workdir /tmp/recommend-1m --reuse --threads 2                                         # time, memory
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import psutil
+import scipy.sparse as sp
 
 from benchmarks.results import machine_line, markdown_table, write_section
 from lookalike_cli.cli.main import main
 from lookalike_cli.personas.recommend import (
-    EVAL_KS, RecommendOptions, evaluate, fit, load_interactions, load_persona_edges,
+    EVAL_KS, BipartiteAdjacency, RecommendOptions, evaluate, fit, load_interactions, load_persona_edges, normalised_adjacency,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,8 +185,9 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def timed_command(db: Path, args: list[str], log: Path, threads: int | None = None) -> tuple[float, float, str]:
-    """(seconds, peak RSS MiB of the process tree, output) of `lookalike --db DB ARGS` in a subprocess."""
+def timed_command(db: Path, args: list[str], log: Path, threads: int | None = None) -> tuple[float, float, float, str]:
+    """(seconds, peak RSS MiB of the process tree sampled every 0.2 s, the process's own ru_maxrss MiB, output) of
+    `lookalike --db DB ARGS` in a subprocess."""
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if threads:
@@ -193,41 +196,99 @@ def timed_command(db: Path, args: list[str], log: Path, threads: int | None = No
         proc = subprocess.Popen([sys.executable, "-m", "lookalike_cli.cli.main", "--db", str(db), *args], stdout=out,
                                 stderr=subprocess.STDOUT, env=env)
         handle, peak = psutil.Process(proc.pid), 0
-        while proc.poll() is None:
+        while True:
+            # wait4 reaps the child with its own resource usage (ru_maxrss in KiB on Linux).
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
             try:
                 peak = max(peak, tree_rss(handle))
             except psutil.NoSuchProcess:
-                break
+                pass
             time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     output = log.read_text()
     if proc.returncode != 0:
         raise SystemExit(f"lookalike {' '.join(args)} failed:\n{output[-3000:]}")
-    return time.perf_counter() - start, peak / 2**20, output
+    return time.perf_counter() - start, peak / 2**20, usage.ru_maxrss / 1024, output
 
 
-def scale_rows(workdir: Path, scales: list[int], epochs: int, threads: int) -> list[list]:
+def full_csr_product(adjacency: BipartiteAdjacency):
+    """The earlier propagation, for comparison: the whole symmetric A as one torch CSR matrix."""
+    import torch
+
+    full = sp.bmat([[None, adjacency.block], [adjacency.block.T, None]], format="csr", dtype=np.float32)
+    full.sort_indices()
+    return torch.sparse_csr_tensor(torch.from_numpy(full.indptr.astype(np.int64)), torch.from_numpy(full.indices.astype(np.int64)),
+                                   torch.from_numpy(full.data), size=full.shape)
+
+
+def propagation_rows(db: Path, dim: int, threads: int, repeats: int = 2) -> list[list]:
+    """One propagation layer (A @ E, d = dim) on the real graph: the bipartite product vs the full CSR product."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = load_interactions(db, progress=say)
+    with duckdb.connect(str(db), read_only=True) as con:
+        has_personas = con.execute("select count(*) from information_schema.tables where table_name = 'customer_personas'").fetchall()[0][0]
+    graphs = [("customer-item", None)] + ([("customer-persona-item", load_persona_edges(db, data.customer_ids))] if has_personas else [])
     rows = []
-    for n in scales:
-        folder = workdir / f"scale_{n}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        db = folder / "w.duckdb"
-        start = time.perf_counter()
-        cli(db, "generate-data", "--customers", str(n), "--seed", "11")
-        cli(db, "build")
-        say(f"scale {n:,}: generated and built in {time.perf_counter() - start:.0f}s")
-        label_s, label_mb, _ = timed_command(db, ["personas", "label", "--fraction", "0.05"], folder / "label.log")
-        prop_s, prop_mb, _ = timed_command(db, ["personas", "propagate"], folder / "propagate.log")
-        for model in ("lightgcn", "persona-lightgcn"):
-            seconds, peak, output = timed_command(
-                db, ["recommend", "--model", model, "--epochs", str(epochs), "--validation-share", "0", "--show", "0"],
-                folder / f"recommend_{model}.log", threads)
-            line = next(l for l in output.splitlines() if "trained in" in l)
-            trained = float(line.rsplit("trained in ", 1)[1].rstrip("s"))
-            pairs = int(line.split(" training pairs")[0].rsplit(", ", 1)[1].replace(",", ""))
-            rows.append([f"{n:,}", model, f"{pairs:,}", epochs, f"{trained:.0f}", f"{trained / epochs:.1f}", f"{seconds:.0f}",
-                         f"{peak:,.0f}", f"{label_s:.0f} / {prop_s:.0f}", f"{max(label_mb, prop_mb):,.0f}"])
-            say(f"scale {n:,} {model}: {rows[-1]}")
+    for label, persona_edges in graphs:
+        adjacency = normalised_adjacency(data.train, persona_edges)
+        full = full_csr_product(adjacency)
+        x = torch.randn(adjacency.shape[0], dim, generator=torch.Generator().manual_seed(0))
+        timings = {}
+        for name, product in (("full CSR", lambda: full @ x), ("bipartite", lambda: adjacency @ x)):
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                out = product()
+                best = min(best, time.perf_counter() - start)
+            timings[name] = (best, out)
+        difference = float((timings["full CSR"][1] - timings["bipartite"][1]).abs().max())
+        rows.append([label, f"{adjacency.shape[0]:,}", f"{2 * adjacency.block.nnz:,}", f"{timings['full CSR'][0]:.2f}",
+                     f"{timings['bipartite'][0]:.2f}", f"{timings['full CSR'][0] / timings['bipartite'][0]:.1f}", f"{difference:.1e}"])
+        say(f"propagation {label}: {rows[-1]}")
+        del full
+    return rows
+
+
+def scale_warehouse(workdir: Path, n: int, reuse: bool, epochs: int) -> tuple[Path, str]:
+    """workdir/scale_N/w.duckdb generated (seed 11) and built, personas labelled (5%) and propagated."""
+    folder = workdir / f"scale_{n}"
+    db = folder / "w.duckdb"
+    if reuse and db.exists():
+        with duckdb.connect(str(db), read_only=True) as con:
+            tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+        # Timing the propagation alone needs no personas (their graph row is then left out).
+        if {"customer_features", "int_time_windows"} <= tables and ("customer_personas" in tables or not epochs):
+            say(f"scale {n:,}: reusing {db}")
+            return db, "reused"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    cli(db, "generate-data", "--customers", str(n), "--seed", "11")
+    cli(db, "build")
+    say(f"scale {n:,}: generated and built in {time.perf_counter() - start:.0f}s")
+    label_s, label_mb, _, _ = timed_command(db, ["personas", "label", "--fraction", "0.05"], folder / "label.log")
+    prop_s, prop_mb, _, _ = timed_command(db, ["personas", "propagate"], folder / "propagate.log")
+    return db, f"personas label {label_s:.0f} s / propagate {prop_s:.0f} s, peak RSS {max(label_mb, prop_mb):,.0f} MiB"
+
+
+def scale_rows(db: Path, n: int, epochs: int, threads: int) -> list[list]:
+    rows = []
+    for model in ("lightgcn", "persona-lightgcn"):
+        seconds, peak, own_peak, output = timed_command(
+            db, ["recommend", "--model", model, "--epochs", str(epochs), "--validation-share", "0", "--show", "0",
+                 *(["--threads", str(threads)] if threads else [])],
+            db.parent / f"recommend_{model}.log", threads)
+        line = next(l for l in output.splitlines() if "trained in" in l)
+        trained = float(line.rsplit("trained in ", 1)[1].split("s")[0])
+        pairs = int(line.split(" training pairs")[0].rsplit(", ", 1)[1].replace(",", ""))
+        load = os.getloadavg()[0]
+        rows.append([f"{n:,}", model, f"{pairs:,}", epochs, f"{trained:.0f}", f"{trained / epochs:.0f}", f"{seconds:.0f}",
+                     f"{own_peak:,.0f}", f"{peak:,.0f}", f"{load:.1f}"])
+        say(f"scale {n:,} {model}: {rows[-1]}")
     return rows
 
 
@@ -256,10 +317,12 @@ def main_bench() -> None:
     parser.add_argument("--skip-generated", action="store_true")
     parser.add_argument("--skip-completejourney", action="store_true")
     parser.add_argument("--skip-products", action="store_true", help="Complete Journey: categories only.")
+    parser.add_argument("--skip-categories", action="store_true", help="Complete Journey: products only.")
     parser.add_argument("--no-extras", action="store_true", help="Skip the persona variants and the leaky row.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine: 2 contended threads ran 5x slower).")
     parser.add_argument("--scale", type=int, action="append", default=[], help="Time `lookalike recommend` at N customers.")
-    parser.add_argument("--scale-epochs", type=int, default=3)
+    parser.add_argument("--scale-epochs", type=int, default=3, help="0: with --propagation, time the propagation only.")
+    parser.add_argument("--propagation", action="store_true", help="With --scale: time one propagation layer, full CSR vs bipartite.")
     args = parser.parse_args()
 
     import torch
@@ -281,29 +344,54 @@ def main_bench() -> None:
     if not args.skip_completejourney:
         started = time.perf_counter()
         db = prepare(args.workdir / "completejourney", ["load-sample", "completejourney"], bool(extras), args.reuse)
-        rows, info = run_models(db, options, args.seeds, VARIANTS, extras, args.extra_seeds)
-        parts = [section("Complete Journey (2,469 households), items = product categories", rows, info)]
+        if not args.skip_categories:
+            rows, info = run_models(db, options, args.seeds, VARIANTS, extras, args.extra_seeds)
+            body = preamble(options, args.seeds, args.threads) + "\n\n" + section(
+                "Complete Journey (2,469 households), items = product categories", rows, info)
+            write_section("recommend_completejourney", title + ", Complete Journey", body + f"\n\nTotal {time.perf_counter() - started:.0f}s.",
+                          f"python -m benchmarks.bench_recommend{common} --skip-generated --skip-products")
         if not args.skip_products:
+            started = time.perf_counter()
             products = replace(options, item_column="product_id", min_item_customers=5)
             rows, info = run_models(db, products, args.seeds, VARIANTS, (), args.extra_seeds)
-            parts.append(section("Complete Journey, items = products bought by at least 5 households in the feature window", rows, info))
-        body = preamble(options, args.seeds, args.threads) + "\n\n" + "\n\n".join(parts)
-        write_section("recommend_completejourney", title + ", Complete Journey", body + f"\n\nTotal {time.perf_counter() - started:.0f}s.",
-                      f"python -m benchmarks.bench_recommend{common} --skip-generated" + (" --skip-products" if args.skip_products else ""))
-    if args.scale:
-        rows = scale_rows(args.workdir, args.scale, args.scale_epochs, args.threads)
-        body = (f"{machine_line()}; shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end). "
-                f"`lookalike recommend --epochs {args.scale_epochs} --validation-share 0` in a subprocess (no early stopping, so every "
-                "run does the same epochs) on generated data (seed 11), personas from 5%; peak RSS of the process tree sampled every "
-                f"0.2 s; torch threads {args.threads}. `command s` includes reading the interactions, scoring top-10 for every "
-                "customer and publishing the serving file.\n\n"
-                + markdown_table(["customers", "model", "training pairs", "epochs", "train s", "s / epoch", "command s", "peak RSS MiB",
-                                  "personas label / propagate s", "personas peak RSS MiB"], rows))
+            body = preamble(options, args.seeds, args.threads) + "\n\n" + section(
+                "Complete Journey, items = products (`--item-column product_id --min-item-customers 5`: products bought by at "
+                "least 5 households in the feature window)", rows, info)
+            write_section("recommend_completejourney_products", title + ", Complete Journey, products as items",
+                          body + f"\n\nTotal {time.perf_counter() - started:.0f}s.",
+                          f"python -m benchmarks.bench_recommend --seeds {args.seeds}"
+                          + (f" --threads {args.threads}" if args.threads != 1 else "") + " --skip-generated --skip-categories")
+    if args.scale or args.propagation:
+        parts = []
+        for n in args.scale:
+            db, prepared_how = scale_warehouse(args.workdir, n, args.reuse, args.scale_epochs)
+            if args.propagation:
+                propagation = propagation_rows(db, options.dim, args.threads)
+                parts.append(f"**One propagation layer at {n:,} customers** (A @ E, d = {options.dim}, the real graph of the feature "
+                             f"window, best of 2, same process, torch threads {args.threads}): the whole symmetric A as one torch CSR product (the earlier code) "
+                             "vs the bipartite product (`BipartiteAdjacency`: embedding_bag gathers for the customers' half, a "
+                             "scipy CSC scatter for the items' and personas' half).\n\n"
+                             + markdown_table(["graph", "nodes", "nonzeros of A", "full CSR s", "bipartite s", "speed-up",
+                                               "max abs difference"], propagation))
+            if not args.scale_epochs:
+                continue
+            rows = scale_rows(db, n, args.scale_epochs, args.threads)
+            parts.append(f"**`lookalike recommend` at {n:,} customers** (warehouse: {prepared_how}).\n\n"
+                         + markdown_table(["customers", "model", "training pairs", "epochs", "train s", "s / epoch", "command s",
+                                           "peak RSS MiB (ru_maxrss)", "peak RSS MiB (sampled tree)", "load average at end"], rows))
+        commands = (f"`lookalike recommend --epochs {args.scale_epochs} --validation-share 0` in a subprocess (no early "
+                "stopping, so every run does the same epochs; the product default adds validation checks and stops early), "
+                "then the same epochs again on the serving window (--refit, the default) and publishing; generated data "
+                f"(seed 11), personas from 5%; torch threads {args.threads}. `train s` is the evaluated model's training; "
+                "`command s` includes reading the interactions, the popularity baseline, the held-out evaluation, the refit, "
+                "scoring top-10 for every customer and publishing the serving file.") if args.scale_epochs else ""
+        body = (f"{machine_line()}; shared with other jobs (1-minute load average {os.getloadavg()[0]:.1f} at the end; per row "
+                f"below: above 2, work waited for a core). {commands}\n\n" + "\n\n".join(parts))
         write_section("recommend_scale", "Recommendations: training time and peak memory by scale", body,
                       "python -m benchmarks.bench_recommend --skip-generated --skip-completejourney"
                       + "".join(f" --scale {n}" for n in args.scale) + f" --scale-epochs {args.scale_epochs}"
+                      + f" --workdir {args.workdir}" + (" --reuse" if args.reuse else "") + (" --propagation" if args.propagation else "")
                       + (f" --threads {args.threads}" if args.threads != 1 else ""))
-
 
 if __name__ == "__main__":
     main_bench()
