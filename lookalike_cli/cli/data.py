@@ -153,7 +153,9 @@ def refresh_cmd(settings: Settings, audiences_file: str | None, force: bool) -> 
 
     Runs dbt build, scoring, the index build and `audiences apply` in order, each only when
     what it reads changed since it last ran (fingerprints in lookalike_refresh_state), and says
-    why each step ran or was skipped. A refresh killed midway redoes the unfinished step next time.
+    why each step ran or was skipped. Scoring re-scores only the customers whose model inputs
+    changed (same model); the index is updated in place when few rows changed, otherwise rebuilt,
+    saying why; dbt builds in full. A refresh killed midway redoes the unfinished step next time.
 
     \b
     Example:
