@@ -97,7 +97,7 @@ def serving_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
 
 
 def copy_warehouse(source: Settings, folder: Path, name: str = "copy") -> Settings:
-    """A private copy of a built warehouse (database, serving file, models, indexes) to mutate.
+    """A private copy of a built warehouse (database, serving file, models, indexes, reports) to mutate.
     Copying into the same folder and name again restores the copy (and keeps dbt's parse state there)."""
     target = make_settings(folder, name)
     shutil.copy(source.db_path, target.db_path)
@@ -114,6 +114,9 @@ def copy_warehouse(source: Settings, folder: Path, name: str = "copy") -> Settin
         src = getattr(source, attribute)
         if src.exists():
             shutil.copytree(src, getattr(target, attribute), dirs_exist_ok=True)
+    reports = source.db_path.parent / "reports"  # `lookalike ads bid`'s curve and report, beside the warehouse
+    if reports.exists() and reports != target.db_path.parent / "reports":
+        shutil.copytree(reports, target.db_path.parent / "reports", dirs_exist_ok=True)
     return target
 
 
