@@ -74,7 +74,8 @@ def test_whole_job_from_an_empty_folder(installed):
     run([lookalike, "generate-data", "--customers", "1500", "--days", "200"], cwd=work, env=env)
     fresh = run([lookalike, "dbt", "build"], cwd=work, env=env)  # plain dbt build, no model yet: green
     assert "customer_embeddings skipped" in fresh and "lookalike train" in fresh
-    run([lookalike, "build"], cwd=work, env=env)
+    # `lookalike build` finds the same bundled project (one model: the full build just ran above).
+    run([lookalike, "build", "--select", "customer_features"], cwd=work, env=env)
     run([lookalike, "train", "--epochs", "1", "--hidden", "32", "--dim", "16"], cwd=work, env=env)
     run([lookalike, "score"], cwd=work, env=env)
     run([lookalike, "build-index"], cwd=work, env=env)
@@ -84,6 +85,6 @@ def test_whole_job_from_an_empty_folder(installed):
     assert "audience vip v1" in shown or "name: vip" in shown
     assert {p.name for p in work.iterdir()} >= {"lookalike.duckdb", "lookalike_serving.duckdb", "lookalike_models", "lookalike_indexes"}
     assert list((work / "lookalike_models").glob("*.onnx"))
-    # With a model, plain `dbt build` scores too.
-    rebuilt = run([lookalike, "dbt", "build"], cwd=work, env=env)
-    assert "customer_embeddings skipped" not in rebuilt
+    # With a model, plain `dbt build` scores too (the scoring model alone: the rest was built above).
+    rebuilt = run([lookalike, "dbt", "build", "--select", "customer_embeddings"], cwd=work, env=env)
+    assert "customer_embeddings skipped" not in rebuilt and "OK created python table model main.customer_embeddings" in rebuilt, rebuilt

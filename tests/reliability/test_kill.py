@@ -32,9 +32,11 @@ CASES = [
     # Two chunks of 100k customers: killed after the first is committed to the staging tables, before the swap.
     ("generate-data", ["generate-data", "--customers", "200000", "--days", "120", "--seed", "5"],
      {"line": r"^\s+generated 100,000/200,000"}),
-    ("build (dbt, table models)", ["build"], {"line": r"START sql table model main\.customer_features"}),
-    ("train (training)", ["train", "--name", "shared", "--layers", "3", "--location", "word", "--epochs", "3", "--seed", "4"],
-     {"line": r"epoch 1/3"}),
+    # One table model (its upstream is built): the kill strikes inside dbt's table swap as in a full build, and the
+    # rerun does not repeat the other 30 models' work.
+    ("build (dbt, table models)", ["build", "--select", "customer_features"], {"line": r"START sql table model main\.customer_features"}),
+    ("train (training)", ["train", "--name", "shared", "--layers", "3", "--location", "word", "--epochs", "2", "--seed", "4"],
+     {"line": r"epoch 1/2"}),
     ("train (export)", ["train", "--name", "shared", "--layers", "3", "--location", "word", "--epochs", "1", "--seed", "4"],
      {"file_glob": "onnx/.shared.onnx.*.tmp.onnx"}),
     ("score (dbt Python model)", ["score", "--model", "shared"], {"line": r"scoring with shared\.json"}),
