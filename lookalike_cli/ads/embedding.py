@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from lookalike_cli.ads.model import AdEncoder, EncoderConfig, TokenizerSpec, tok
 from lookalike_cli.ads.threads import single_blas_thread
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.files import remove_stale_temp_files, replaced, write_text_atomically
-from lookalike_cli.model.export import artifact_identity
+from lookalike_cli.model.export import artifact_identity, export_graph
 from lookalike_cli.vectors import to_column
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
 from lookalike_cli.progress import Progress, quiet
@@ -191,18 +189,12 @@ def export_encoder(model: AdEncoder, tokenizer: TokenizerSpec, options: Embeddin
     onnx_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = onnx_dir / f"{name}.onnx"
     example = torch.from_numpy(sample_ids[:4])
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, external_data=False, input_names=["token_ids"], output_names=[OUTPUT_NAME],
-            dynamic_shapes={"token_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens")}}, verbose=False,
-        )
+    model.eval()
     remove_stale_temp_files(onnx_dir)  # of an export killed before its swap
     # Each file written beside its target and moved in when whole, the manifest last: a kill leaves the previous
     # encoder, or at worst a new graph under the old manifest, which its onnx_sha256 refuses.
     with replaced(onnx_path, ".onnx") as onnx_tmp, replaced(onnx_dir / f"{name}.pt") as weights_tmp:
-        program.save(str(onnx_tmp), external_data=False)
+        export_graph(model, {"token_ids": example}, {"token_ids": {0: "batch", 1: "tokens"}}, onnx_tmp)
         torch.save(model.state_dict(), weights_tmp)
         parity = float(np.abs(embed_onnx(onnx_tmp, sample_ids) - embed_torch(model, sample_ids)).max())
         identity = {**artifact_identity(name, onnx_tmp), "onnx_file": onnx_path.name}
