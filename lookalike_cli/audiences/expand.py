@@ -30,6 +30,7 @@ moves towards its valuable members, but every sub-group of the seed keeps its sh
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -600,6 +601,23 @@ def nearest_seeds(vectors: np.ndarray, seeds: Seeds, search: "faiss.Index | None
     return seeds.ids[rows[:, 0]], sims[:, 0]
 
 
+def _stopping_background_reads(function):
+    """`function` given a list to register its background reads in (PopulationReader), each stopped however
+    it ends: an exception (a bad seed, a kill of the caller's thread) must not leave a reader thread behind."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        readers: list = []
+        try:
+            return function(*args, readers=readers, **kwargs)
+        finally:
+            for reader in readers:
+                reader.close()
+
+    return run
+
+
+@_stopping_background_reads
 def expand(
     db_path: Path,
     index_dir: Path,
@@ -618,6 +636,8 @@ def expand(
     min_expected_lift: float | None = None,
     exclude_features: str | list | None = None,
     reach_backtest: "BacktestCurve | None" = None,
+    *,
+    readers: list,
 ) -> Expansion:
     """Compute an audience (nothing is written): members ranked by score, the audiences row and its reach curve.
 
@@ -628,40 +648,8 @@ def expand(
     each seed weighing by its value (seeds.seed_values says what is accepted; seed members without a
     row weigh the median). A long-lived process (a service, a benchmark) can pass
     `loaded_index` to skip reading the index file; its model version is checked all the same.
+    `readers` is filled in by the decorator, not by callers.
     """
-    readers: list = []  # background reads (PopulationReader) to stop however expand ends
-    try:
-        return _expand(db_path=db_path, index_dir=index_dir, seed_sql=seed_sql, seed_table=seed_table,
-                       seed_file=seed_file, seed_value_sql=seed_value_sql, size=size, min_similarity=min_similarity,
-                       strategy=strategy, exclude_sql=exclude_sql, k_per_seed=k_per_seed, seed=seed,
-                       progress=progress, loaded_index=loaded_index, min_expected_lift=min_expected_lift,
-                       exclude_features=exclude_features, reach_backtest=reach_backtest, readers=readers)
-    finally:
-        for reader in readers:
-            reader.close()
-
-
-def _expand(
-    db_path: Path,
-    index_dir: Path,
-    seed_sql: str | None = None,
-    seed_table: str | None = None,
-    seed_file: str | Path | None = None,
-    seed_value_sql: str | None = None,
-    size: str | int | None = None,
-    min_similarity: float | None = None,
-    strategy: str = DEFAULT_STRATEGY,
-    exclude_sql: str | None = None,
-    k_per_seed: int | None = None,
-    seed: int = 0,
-    progress: Progress = print,
-    loaded_index: LoadedIndex | None = None,
-    min_expected_lift: float | None = None,
-    exclude_features: str | list | None = None,
-    reach_backtest: "BacktestCurve | None" = None,
-    readers: list | None = None,
-) -> Expansion:
-    readers = [] if readers is None else readers
     from lookalike_cli.audiences.reach import population_sample, reach_curve, size_for_lift, Validation, vector_validation
 
     if strategy not in STRATEGIES:
