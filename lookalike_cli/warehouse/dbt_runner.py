@@ -191,6 +191,8 @@ def run_dbt(
     if returncode == 0:  # commands that never print the running line (`dbt --version`)
         for line in before_running or []:
             echo(line)
+    elif any(TRACEBACK_START.match(ANSI_ESCAPE.sub("", line)) for line in before_running or []):
+        crash = before_running  # dbt crashed before it started: its traceback is shown as any other crash's
     failure = environment_failure(settings, args, lines) if returncode != 0 else None
     if failure is None:
         for line in crash:
