@@ -231,8 +231,8 @@ def export_training_data(settings: Settings, target_db: Path, progress: Progress
     }
     target_db = Path(target_db).resolve()
     target_db.parent.mkdir(parents=True, exist_ok=True)
-    # The staging file (and its .wal) is pid-named: one a killed export left is removed here, and never
-    # reopened by this run (a stale WAL beside a fresh file would be replayed into it).
+    # The staging file is pid-named (files.temp_path), like every other temp file: one a killed export left (with
+    # its .wal) is removed here whatever its target, and two exports to one file never share a staging file.
     remove_stale_temp_files(target_db.parent)
     staging = temp_path(target_db)
     counts = {}
