@@ -10,6 +10,7 @@ previous customer_embeddings.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -50,10 +51,15 @@ def worker_encoder(payload: dict) -> Encoder:
     key = (payload["model_version"], payload["onnx_file"])
     if key not in _WORKER_ENCODERS:
         folder = Path(tempfile.mkdtemp(prefix="lookalike_model_"))
-        (folder / payload["manifest_name"]).write_bytes(payload["manifest"])
-        (folder / payload["onnx_file"]).write_bytes(payload["onnx"])
-        # One ORT thread per worker: Spark already runs one worker per core.
-        _WORKER_ENCODERS[key] = Encoder(folder / payload["manifest_name"], quantize=payload["quantize"], threads=1)
+        try:
+            (folder / payload["manifest_name"]).write_bytes(payload["manifest"])
+            (folder / payload["onnx_file"]).write_bytes(payload["onnx"])
+            # One ORT thread per worker: Spark already runs one worker per core.
+            _WORKER_ENCODERS[key] = Encoder(folder / payload["manifest_name"], quantize=payload["quantize"], threads=1)
+        finally:
+            # The loaded session holds the graph in memory and nothing reads the files again: without this every
+            # run left one model copy per worker in the temp folder, forever.
+            shutil.rmtree(folder, ignore_errors=True)
     return _WORKER_ENCODERS[key]
 
 

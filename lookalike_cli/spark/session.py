@@ -167,11 +167,24 @@ def replace_table(spark, frame, name: str) -> None:
         else:
             spark.sql(f"alter table {previous} rename to {name}")
     spark.sql(f"drop table if exists {staging}")
+    remove_orphaned_location(spark, staging)
     frame.write.format("parquet").saveAsTable(staging)
     if table_exists(spark, name):
         spark.sql(f"alter table {name} rename to {previous}")
     spark.sql(f"alter table {staging} rename to {name}")
     spark.sql(f"drop table if exists {previous}")
+
+
+def remove_orphaned_location(spark, name: str) -> None:
+    """Delete the folder of managed table `name`, which the metastore no longer (or never) lists: a write killed
+    with SIGKILL leaves its files without a table, and Spark refuses to create the table over them
+    (LOCATION_ALREADY_EXISTS) until they are gone. Hadoop's FileSystem, so it works on any warehouse storage."""
+    database, _, table = name.rpartition(".")
+    location = spark.catalog.getDatabase(database or spark.catalog.currentDatabase()).locationUri
+    path = spark._jvm.org.apache.hadoop.fs.Path(f"{location.rstrip('/')}/{table.lower()}")
+    filesystem = path.getFileSystem(spark._jsc.hadoopConfiguration())
+    if filesystem.exists(path):
+        filesystem.delete(path, True)
 
 
 def to_arrow(frame) -> pa.Table:
@@ -200,6 +213,7 @@ def export_training_data(settings: Settings, target_db: Path, progress: Progress
     label-window vectors after it): a training set that fits one machine however large the
     population. The file is written beside, then renamed over `target_db` (all or nothing).
     """
+    from lookalike_cli.files import remove_stale_temp_files, temp_path
     from lookalike_cli.warehouse.connection import connect, write_table
 
     spark = spark_session(settings, progress=progress)
@@ -216,18 +230,25 @@ def export_training_data(settings: Settings, target_db: Path, progress: Progress
         "int_customer_label_vectors": spark.table(f"{schema}.int_customer_label_vectors").join(in_pairs, "customer_id", "left_semi"),
     }
     target_db = Path(target_db).resolve()
-    staging = target_db.with_name(f".{target_db.name}.incoming")
-    staging.unlink(missing_ok=True)
+    target_db.parent.mkdir(parents=True, exist_ok=True)
+    # The staging file is pid-named (files.temp_path), like every other temp file: one a killed export left (with
+    # its .wal) is removed here whatever its target, and two exports to one file never share a staging file.
+    remove_stale_temp_files(target_db.parent)
+    staging = temp_path(target_db)
     counts = {}
-    con = connect(staging)
     try:
-        for name, frame in tables.items():
-            started = time.perf_counter()
-            write_table(con, name, frame.toArrow())
-            counts[name] = con.execute(f"select count(*) from {name}").fetchall()[0][0]
-            progress(f"  {name:<18} {counts[name]:>12,} rows in {time.perf_counter() - started:.1f}s")
-        con.execute("checkpoint")
+        con = connect(staging)
+        try:
+            for name, frame in tables.items():
+                started = time.perf_counter()
+                write_table(con, name, frame.toArrow())
+                counts[name] = con.execute(f"select count(*) from {name}").fetchall()[0][0]
+                progress(f"  {name:<18} {counts[name]:>12,} rows in {time.perf_counter() - started:.1f}s")
+            con.execute("checkpoint")
+        finally:
+            con.close()
+        staging.replace(target_db)
     finally:
-        con.close()
-    staging.replace(target_db)
+        staging.unlink(missing_ok=True)
+        staging.with_name(staging.name + ".wal").unlink(missing_ok=True)
     return counts

@@ -19,6 +19,10 @@ from lookalike_cli.warehouse.profile import is_session_target
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # dbt logs its own crash as "12:00:00  Traceback (most recent call last):".
 TRACEBACK_START = re.compile(r"^(\d\d:\d\d:\d\d\s+)?Traceback \(most recent call last\):")
+# dbt's first line once it has accepted its arguments. Before it come only the complaints about an argument dbt
+# refused ("The YAML provided in the --vars argument is not valid.", click's "Usage: dbt build ..." block): held
+# back, since the one line lookalike prints says the same.
+RUNNING_LINE = "Running with dbt="
 
 
 def dbt_executable() -> list[str]:
@@ -149,6 +153,7 @@ def run_dbt(
     (dbt's own output has streamed to `echo` by then, and stays in its log file, which the line names).
     """
     echo = echo or (lambda line: print(line, flush=True))
+    check_vars(args)
     if is_session_target(target_of(args), settings):
         return run_dbt_in_process(settings, args, echo)
     wait_for_warehouse(settings, args)
@@ -167,14 +172,27 @@ def run_dbt(
         # dbt's own crash traceback (it dies writing target/ on a full disk) is held back until the end:
         # shown when dbt failed for a reason of its own, replaced by one line when the machine is to blame.
         crash: list[str] = []
+        before_running: list[str] | None = []  # None once dbt has accepted its arguments
         for line in process.stdout:
             line = line.rstrip("\n")
             lines.append(line)
+            if before_running is not None:
+                if RUNNING_LINE not in line:
+                    before_running.append(line)
+                    continue
+                for held in before_running:
+                    echo(held)
+                before_running = None
             if crash or TRACEBACK_START.match(ANSI_ESCAPE.sub("", line)):
                 crash.append(line)
             else:
                 echo(line)
         returncode = process.wait()
+    if returncode == 0:  # commands that never print the running line (`dbt --version`)
+        for line in before_running or []:
+            echo(line)
+    elif any(TRACEBACK_START.match(ANSI_ESCAPE.sub("", line)) for line in before_running or []):
+        crash = before_running  # dbt crashed before it started: its traceback is shown as any other crash's
     failure = environment_failure(settings, args, lines) if returncode != 0 else None
     if failure is None:
         for line in crash:
@@ -182,6 +200,32 @@ def run_dbt(
     if returncode != 0:
         raise failure or LookalikeError(failure_line(settings, args, lines, started))
     return lines
+
+
+def check_vars(args: Sequence[str]) -> None:
+    """Refuse a `--vars` dbt could not read, in one line, before starting dbt (which would print its own complaint and
+    click's usage block first). dbt's rule: YAML (or JSON) that is a mapping."""
+    import yaml
+
+    args = list(args)
+    for position, arg in enumerate(args):
+        if arg == "--vars" and position + 1 < len(args):
+            text = args[position + 1]
+        elif arg.startswith("--vars="):
+            text = arg.split("=", 1)[1]
+        else:
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at character {mark.column + 1}" if mark is not None and mark.line == 0 else ""
+            problem = getattr(exc, "problem", None) or "not YAML"
+            raise LookalikeError(f"--vars {text!r} is not valid YAML ({problem}{where}). Give a mapping, "
+                                 "e.g. --vars '{as_of_date: 2025-06-30}'.") from None
+        if not isinstance(value, dict):
+            raise LookalikeError(f"--vars {text!r} is not a mapping of var names to values. Give one, "
+                                 "e.g. --vars '{as_of_date: 2025-06-30}'.")
 
 
 # dbt subcommands that open the warehouse for writing (ls, parse, compile, docs only read the project).

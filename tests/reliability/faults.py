@@ -31,8 +31,10 @@ CLI = "from lookalike_cli.cli.main import main; main()"
 KILL_POINT_TIMEOUT = 300
 
 
-def cli_command(settings: Settings, *args: str) -> list[str]:
-    return [sys.executable, "-c", CLI, "--db", str(settings.db_path), "--serving-db", str(settings.serving_db_path),
+def cli_command(settings: Settings, *args: str, code: str = CLI) -> list[str]:
+    """`code` run with the warehouse options then `args` as its arguments: the CLI, or a script that runs
+    several CLI calls in one process (spark_steps)."""
+    return [sys.executable, "-c", code, "--db", str(settings.db_path), "--serving-db", str(settings.serving_db_path),
             "--onnx-dir", str(settings.onnx_dir), "--index-dir", str(settings.index_dir), *args]
 
 
@@ -123,12 +125,13 @@ def alive(pid: int) -> bool:
 
 
 def kill_at(settings: Settings, *args: str, line: str | None = None, file_glob: str | None = None,
-            delay: float = 0.0, env: dict[str, str] | None = None) -> Killed:
+            delay: float = 0.0, env: dict[str, str] | None = None, code: str = CLI, armed_by: str | None = None) -> Killed:
     """Start the CLI, SIGKILL it (that process alone, as `kill -9 <pid>` does) `delay` s after an output line
-    matches the regex `line` or a file matching `file_glob` (relative to the warehouse folder) appears.
+    matches the regex `line` or a file matching `file_glob` (relative to the warehouse folder) appears; with
+    `armed_by`, only once an output line has matched that regex (a script's earlier steps make the file too).
     Fails if the command finished before the kill point: the point must be inside the command's writing."""
     assert (line is None) != (file_glob is None)
-    process = subprocess.Popen(cli_command(settings, *args), env=cli_environment(env), stdout=subprocess.PIPE,
+    process = subprocess.Popen(cli_command(settings, *args, code=code), env=cli_environment(env), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, cwd=settings.db_path.parent)
     lines: queue.Queue = queue.Queue()
     seen: list[str] = []
@@ -140,12 +143,13 @@ def kill_at(settings: Settings, *args: str, line: str | None = None, file_glob: 
 
     threading.Thread(target=read, daemon=True).start()
     pattern = re.compile(line) if line else None
+    armed = re.compile(armed_by) if armed_by else None
     deadline = time.monotonic() + KILL_POINT_TIMEOUT
     hit = None
     try:
         while hit is None:
             assert time.monotonic() < deadline, f"kill point {line or file_glob} not reached:\n" + "\n".join(seen[-40:])
-            if file_glob:
+            if file_glob and armed is None:
                 matches = list(settings.db_path.parent.glob(file_glob))
                 if matches:
                     hit = matches[0].name
@@ -157,7 +161,9 @@ def kill_at(settings: Settings, *args: str, line: str | None = None, file_glob: 
             assert text is not None, (f"`lookalike {' '.join(args)}` ended (exit {process.wait()}) before the kill point "
                                       f"{line or file_glob}:\n" + "\n".join(seen[-40:]))
             seen.append(text)
-            if pattern and pattern.search(text):
+            if armed is not None and armed.search(text):
+                armed = None
+            elif armed is None and pattern and pattern.search(text):
                 hit = text
         if delay:
             time.sleep(delay)

@@ -12,6 +12,8 @@ from tests.reliability.conftest import SEED_SQL
 EXPAND = ("expand", "--name", "x", "--seed-sql", SEED_SQL)
 # A missing source table, a var that breaks a model's SQL, and an empty order-lines table (made by the test).
 DBT_VARS = "{customers_table: no_such_table, order_lines_table: no_order_lines, as_of_date: 'soon'}"
+# --vars dbt could not read: refused before dbt starts, so their line names no dbt log.
+UNREADABLE_VARS = ("{oops", "[1, 2]")
 
 # (command, exit code, a fragment of the one-line error)
 BAD_INPUTS = [
@@ -41,6 +43,12 @@ BAD_INPUTS = [
     # Builds the view stg_order_lines over the empty table, then its has_rows test fails: the last dbt row.
     (("build", "--select", "stg_order_lines", "--vars", DBT_VARS), 1,
      "test has_rows_stg_order_lines_ failed (Got 1 result, configured to fail if >0)"),
+    # A --vars dbt cannot read: refused before dbt starts (dbt would print its complaint and click's usage block).
+    (("build", "--vars", UNREADABLE_VARS[0]), 1, "--vars '{oops' is not valid YAML (expected ',' or '}'"),
+    (("dbt", "build", "--vars", UNREADABLE_VARS[0]), 1, "--vars '{oops' is not valid YAML"),
+    (("build", "--vars", UNREADABLE_VARS[1]), 1, "--vars '[1, 2]' is not a mapping"),
+    # An option dbt refuses: dbt's usage block held back, its error in our line.
+    (("dbt", "build", "--bogus"), 1, "`dbt build` failed: No such option '--bogus'."),
     # usage errors: click's own, exit 2
     (("expand", "--size"), 2, "Option '--size' requires an argument"),
     (("expand", "--bogus"), 2, "No such option '--bogus'"),
@@ -73,7 +81,8 @@ def test_every_bad_input_is_one_line_with_the_right_exit_code(private_copy):
     failures = []
     for args, code, fragment in BAD_INPUTS:
         message = cli_error(private_copy, *args) if code == 1 else usage_error(private_copy, *args)
-        expected = [fragment] + ([f"dbt's full log: {log}"] if args[0] == "build" else [])
+        dbt_ran = args[0] in ("build", "dbt") and not set(UNREADABLE_VARS) & set(args)
+        expected = [fragment] + ([f"dbt's full log: {log}"] if dbt_ran else [])
         failures += [f"lookalike {' '.join(args)}: {message!r} lacks {text!r}" for text in expected if text not in message]
     assert not failures, "\n".join(failures)
     assert log.stat().st_size > 0

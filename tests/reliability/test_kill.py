@@ -47,6 +47,9 @@ CASES = [
      SERVING_SWAP),
     ("audiences apply (serving swap)", ["audiences", "apply", "audiences.yml"], SERVING_SWAP),
     ("segment (serving swap)", ["segment", "--k", "5"], SERVING_SWAP),
+    # Popularity: the cheapest model; every --model publishes through the same swap (customer_recommendations and
+    # its run and metrics tables in one copy of the serving file).
+    ("recommend (serving swap)", ["recommend", "--model", "popularity"], SERVING_SWAP),
     # Killed in its last step (apply): the steps before it (build, score, index) finished and rightly changed
     # the warehouse, so what must be intact is what the killed step writes, the serving file.
     ("refresh (apply: serving swap)", ["refresh", "--audiences", "audiences.yml"], {**SERVING_SWAP, "compare": ("serving",)}),

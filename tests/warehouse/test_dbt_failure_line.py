@@ -8,7 +8,10 @@ import json
 import os
 import time
 
-from lookalike_cli.warehouse.dbt_runner import failure_line, last_error_line, node_reason
+import pytest
+
+from lookalike_cli.errors import LookalikeError
+from lookalike_cli.warehouse.dbt_runner import check_vars, failure_line, last_error_line, node_reason
 from tests.helpers import make_settings
 
 COMPILATION = ('Compilation Error in model stg_customers (models/staging/stg_customers.sql)\n'
@@ -84,3 +87,21 @@ def test_results_of_an_earlier_run_are_not_blamed(tmp_path, monkeypatch):
 def test_last_error_line_joins_a_line_ending_in_a_colon_with_the_next():
     assert last_error_line(["12:00:00  Encountered an error:", "12:00:00  Parsing Error in models/x.yml",
                             "12:00:01  done"]) == "Encountered an error: Parsing Error in models/x.yml."
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["build", "--vars", "{oops"], "--vars '{oops' is not valid YAML (expected ',' or '}', but got '<stream end>' at character 6)"),
+    (["build", "--vars={a: [1}"], "--vars '{a: [1}' is not valid YAML"),
+    (["build", "--vars", "[1, 2]"], "--vars '[1, 2]' is not a mapping"),
+    (["run", "--select", "x", "--vars", "oops"], "--vars 'oops' is not a mapping"),
+])
+def test_vars_dbt_cannot_read_are_refused_in_one_line(args, fragment):
+    with pytest.raises(LookalikeError) as refused:
+        check_vars(args)
+    assert fragment in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_vars_dbt_can_read_pass():
+    check_vars(["build", "--vars", "{as_of_date: 2025-06-30, use_ads: true}"])
+    check_vars(["build", "--vars", '{"max_pairs": 10}'])
+    check_vars(["build", "--select", "marts"])
