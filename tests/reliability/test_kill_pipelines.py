@@ -1,5 +1,5 @@
 """kill -9 in the commands that need another command's output first: personas (label, then propagate), ads
-(build, cluster, train-embedding, bid) and Spark (load-raw, score --engine spark, export-training-data). The
+(cluster, train-embedding, bid) and Spark (load-raw, score --engine spark, export-training-data). The
 same promise as test_kill.py: what was published before is intact and readable, the next run of the same
 command succeeds, no temp file or half-built table left.
 
@@ -31,8 +31,8 @@ PERSONAS = [
     ("propagate", ["personas", "propagate"], {"line": r"^Propagating [\d,]+ labelled customers to"}),
 ]
 ADS = [
-    # dbt (the ads models, through the same runner as `build`): the pairs' inputs being rebuilt, ad_pairs after them.
-    ("ads build (dbt)", ["ads", "build"], {"line": r"START sql table model main\.int_ad_coclicks"}),
+    # `ads build` is not killed here: it is a dbt build through the same runner and table swap as test_kill.py's
+    # `build` case (and cost ~40 s more for that; docs/RELIABILITY.md).
     # With the embeddings read: the classifier's fits and the clustering to come, then the swap (its only write).
     # Killed at its first line, as any later line before the swap would test the same and cost a longer killed run.
     # Same options as the shared build, so what the rerun writes is what was there (train-embedding changes it after).
@@ -60,7 +60,7 @@ def test_kill_9_in_personas_label_and_propagate(private_copy):
 
 
 @pytest.mark.slow
-def test_kill_9_in_ads_build_cluster_train_embedding_and_bid(ads_warehouse_built, tmp_path):
+def test_kill_9_in_ads_cluster_train_embedding_and_bid(ads_warehouse_built, tmp_path):
     settings = copy_warehouse(ads_warehouse_built, tmp_path, "w")
     assert any(reports_dir(settings).glob("*.png")), "the copy has no bid curve to keep"  # copy_warehouse copies reports/
     run_pipeline(settings, ADS)
