@@ -28,15 +28,19 @@ from tests.helpers import (ADS_BID_WEIGHTS, ADS_BUDGET, GENERATED_ADS, GENERATED
 
 DBT_BUILT_FIXTURES = {"generated_warehouse", "completejourney_warehouse", "scored_warehouse", "ads_warehouse_built"}
 
-# The test files that take longest (setup included), measured with `--durations=0` on two workers
-# (see benchmarks/RESULTS.md, section test_suite). xdist's loadfile hands out files in collection
-# order (reordering by test count is switched off below), so these start first and the two
-# workers finish together instead of one starting the Spark module when the other is done.
+# The test files that take longest (setup included), longest first, from `--durations` runs on two workers.
+# xdist's loadfile hands out files in collection order (reordering by test count is switched off below),
+# so these start first and the two workers finish together instead of one starting the Spark kill flow
+# (four JVM starts) when the other is nearly done.
 LONGEST_FIRST = (
+    "tests/reliability/test_kill_pipelines.py",
     "tests/spark/test_spark.py",
-    "tests/packaging/test_installed_wheel.py",
-    "tests/benchmarks/test_benchmark_harness.py",
+    "tests/reliability/test_kill.py",
+    "tests/ads/test_ads.py",
     "tests/trust/test_backtest_as_of.py",
+    "tests/warehouse/test_bad_input.py",
+    "tests/benchmarks/test_benchmark_harness.py",
+    "tests/packaging/test_installed_wheel.py",
     "tests/audiences/test_lifecycle.py",
 )
 
