@@ -47,7 +47,7 @@ STATE_TABLE = "lookalike_refresh_state"
 # tables changed since they were built (ensure_training_current), so it never learns from stale tables.
 TRAINING_MODELS = ("training_features", "similarity_pairs", "int_customer_pairs_sampled", "int_customer_label_vectors",
                    "int_customer_category_counts_training")
-# The order aggregates refresh can merge new lines into (dbt incremental models, var incremental_after), and
+# The order aggregates refresh can merge new lines into (dbt incremental models, var incremental_aggregates), and
 # the state row that says which order lines they hold.
 INCREMENTAL_MODELS = ("int_customer_order_days", "int_customer_category_counts_serving")
 AGGREGATES_STATE = "aggregates"
@@ -129,7 +129,7 @@ def order_lines_state(con, through: str | None) -> dict:
 
 def plan_aggregates(settings: Settings, state: dict[str, str]) -> tuple[str | None, str, dict | None]:
     """Whether the order aggregates (INCREMENTAL_MODELS) can take only the new order lines: returns
-    (incremental_after, why, the state to record after the build).
+    (the last line they hold, or None for a rebuild; why; the state to record after the build).
 
     Sound only when the tables hold exactly the lines up to `through` (the last line when refresh built
     them) and every new line comes after it: no line at or before it added, edited or deleted (same count
@@ -176,16 +176,20 @@ def plan_aggregates(settings: Settings, state: dict[str, str]) -> tuple[str | No
     return through, f"{new_lines:,} order lines after {through} aggregated and merged into the held totals", after
 
 
-def build_serving(settings: Settings, incremental_after: str | None = None) -> str:
-    """dbt build of what serving reads (customer_features, categories, profiles, ...) with their tests:
-    every model but customer_embeddings (scored by refresh itself) and the training side. With
-    `incremental_after`, the order aggregates merge in only the lines after it (plan_aggregates)."""
-    import json
+# Passed to every dbt build refresh and train run, always the same: dbt re-parses the whole project when vars
+# change, so the choice between merging and rebuilding is the --full-refresh flag, which does not.
+BUILD_VARS = ["--vars", '{"incremental_aggregates": true}']
 
+
+def build_serving(settings: Settings, merge: bool = False) -> str:
+    """dbt build of what serving reads (customer_features, categories, profiles, ...) with their tests:
+    every model but customer_embeddings (scored by refresh itself) and the training side. With `merge`, the
+    order aggregates (INCREMENTAL_MODELS) take in only the lines after the last one they hold
+    (plan_aggregates says when that is sound); without, they are rebuilt (--full-refresh)."""
     from lookalike_cli.warehouse.dbt_runner import run_dbt
 
-    variables = ["--vars", json.dumps({"incremental_after": incremental_after})] if incremental_after else []
-    lines = run_dbt(settings, ["build", "--exclude", "customer_embeddings+", *TRAINING_MODELS, *variables], echo=lambda _: None)
+    lines = run_dbt(settings, ["build", "--exclude", "customer_embeddings+", *TRAINING_MODELS, *BUILD_VARS,
+                               *([] if merge else ["--full-refresh"])], echo=lambda _: None)
     return "dbt build of the serving models (the training side is left to `lookalike train`)" + dbt_summary(lines)
 
 
@@ -193,11 +197,11 @@ def build_step(settings: Settings, state: dict[str, str]) -> str:
     """refresh's build: the serving models, the order aggregates incrementally when plan_aggregates allows."""
     import json
 
-    incremental_after, why, after = plan_aggregates(settings, state)
-    detail = build_serving(settings, incremental_after)
+    through, why, after = plan_aggregates(settings, state)
+    detail = build_serving(settings, merge=through is not None)
     if after is not None:
         write_state(settings, AGGREGATES_STATE, json.dumps(after))
-    return (f"{detail}; order aggregates {'incremental' if incremental_after else 'rebuilt in full'} ({why})")
+    return (f"{detail}; order aggregates {'incremental' if through else 'rebuilt in full'} ({why})")
 
 
 def forget_aggregates(settings: Settings) -> None:
@@ -236,7 +240,7 @@ def ensure_training_current(settings: Settings, progress: Progress = quiet) -> s
         done.append(build_step(settings, state))
         write_state(settings, "build", raw)
     progress("== the training tables are older than the raw tables: building them (dbt build of the training side)")
-    lines = run_dbt(settings, ["build", "--select", *TRAINING_MODELS], echo=lambda _: None)
+    lines = run_dbt(settings, ["build", "--select", *TRAINING_MODELS, *BUILD_VARS], echo=lambda _: None)
     write_state(settings, "training", raw)
     done.append("dbt build of the training side" + dbt_summary(lines))
     return "; ".join(done)

@@ -9,7 +9,7 @@
 -- and lines without a category excluded), with the category's department. Feeds category shares
 -- (customer_features) and the categories mart. Split from the training cutoff's counts
 -- (int_customer_category_counts_training) so `lookalike refresh`, which does not retrain, builds only
--- this one, and so it can merge appended lines in (incremental_after: as_of_date unset, the serving
+-- this one, and so it can merge appended lines in (incremental_aggregates: as_of_date unset, the serving
 -- cutoff is the end of data, every line counts): the new lines' counts add to the customer's.
 with order_lines as (
     {% if is_incremental() %}

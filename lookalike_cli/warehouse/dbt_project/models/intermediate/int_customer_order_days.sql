@@ -7,7 +7,7 @@
 -- activity sums over EVERY order line, whatever the cutoff. int_customer_orders_aggregated evaluates
 -- each point in time from these rows (cutoffs are at midnight, so a day is wholly before or after one,
 -- and the 90-day recent window and active months are day- and month-exact). Cutoff-free, so
--- `lookalike refresh` can merge appended lines in (incremental_after): only the new orders are
+-- `lookalike refresh` can merge appended lines in (var incremental_aggregates): only the new orders are
 -- aggregated, and their sums add to the day's (min / max for the first / last timestamps).
 -- Returns count against spend (net) but not against orders, lines or quantity.
 with order_lines as (
@@ -28,7 +28,9 @@ orders as (
         order_id,
         sum(case when not is_return then 1 else 0 end) as purchased_line_count,
         sum(case when not is_return then quantity else 0 end) as purchased_quantity,
-        sum(amount) as net_amount,
+        -- Exact (decimal) sums: a double sum's last bits depend on the order rows are added in, which a
+        -- merge changes; a changed bit would re-score a customer whose orders did not change.
+        sum(cast(amount as decimal(38, 9))) as net_amount,
         sum(case when is_return then 1 else 0 end) as return_line_count,
         min(ordered_at) as first_ordered_at,
         max(ordered_at) as last_ordered_at

@@ -32,11 +32,12 @@ final as (
         sum(order_count) as order_count,
         sum(order_line_count) as order_line_count,
         sum(total_quantity) as total_quantity,
-        sum(net_amount) as total_spend,
+        -- Exact decimal sums (int_customer_order_days), doubles from here on as before.
+        cast(sum(net_amount) as double) as total_spend,
         sum(return_line_count) as return_line_count,
         count(distinct {{ dbt.date_trunc('month', 'first_ordered_day') }}) as active_months,
         sum(case when is_recent then order_count else 0 end) as recent_order_count,
-        sum(case when is_recent then net_amount else 0 end) as recent_spend,
+        cast(sum(case when is_recent then net_amount else 0 end) as double) as recent_spend,
         min(first_ordered_at) as first_ordered_at,
         max(last_ordered_at) as last_ordered_at
     from days_point_in_time
