@@ -4,7 +4,11 @@ The daily job after new raw rows land, in one call. Each step runs only when wha
 changed since it last ran (a fingerprint of its input, kept in the warehouse table
 `lookalike_refresh_state`), says why it ran or was skipped, and does only the work the change needs:
 
-    build   dbt build of the features and labels     input: the raw tables
+    build   dbt build of the serving models          input: the raw tables
+            (what score, expand, apply and BI read, with their tests; the training side is left to
+            `lookalike train`, which builds it first when the raw tables changed since: ensure_training_current);
+            the order aggregates merge in only the new order lines when that is sound (plan_aggregates), and
+            are rebuilt otherwise; it says which and why
     score   customer_embeddings with the latest model input: customer_features + the model
             re-scores only customers whose model inputs changed (model/rescoring.py: a hash of
             the columns the model reads, per customer); everyone when the model changed or
@@ -19,10 +23,19 @@ What the data allows. Serving features are as of the day after the last order li
 reads date-relative columns (recency_days, tenure_days, orders_per_month, the 90-day recent_*): when
 new lines land on a new day, every customer's inputs change and every customer is re-scored, rightly
 (the hashes find it, nothing assumes it). Lines landing on the same day (an intraday load), or
-changes to some customers' attributes, re-score only those customers. The dbt build runs in full:
-its per-customer aggregates are evaluated at cutoffs that move with the data (serving: end of data;
-training: a share of the history), so an append-only aggregate would have to be merged per cutoff;
-see README "Refresh" for what it costs and why it is not built yet.
+changes to some customers' attributes, re-score only those customers.
+
+The dbt build. Only the serving cutoff can take appended lines: it is the end of data (as_of_date
+unset), so its aggregates are sums over every line and new lines add to them; the training cutoff is a
+share of the history and moves with it, which is one more reason the training side is train's to build.
+The cutoff-free grain is per customer and order day (int_customer_order_days: a day is wholly before
+or after a midnight cutoff), so the date-relative features are computed from it as of each cutoff on
+every build, never stored; category counts for the serving cutoff are per customer and category. A
+merge is sound when the tables hold exactly the lines up to the last one refresh recorded and every
+new line comes after it (plan_aggregates checks the count and hash of the earlier lines, that no new
+line joins an order already held, the tables' own last line, the last build's as_of_at and the dbt
+project); anything else rebuilds them. Spend sums are exact decimals, so merged totals equal a full
+build's bit for bit and untouched customers keep their hash.
 
 A step's state is written only after it succeeds, so a refresh killed midway redoes the unfinished
 step next time; published audiences stay readable throughout (publishing swaps the serving file

@@ -158,7 +158,10 @@ def refresh_cmd(settings: Settings, audiences_file: str | None, force: bool) -> 
     what it reads changed since it last ran (fingerprints in lookalike_refresh_state), and says
     why each step ran or was skipped. Scoring re-scores only the customers whose model inputs
     changed (same model); the index is updated in place when few rows changed, otherwise rebuilt,
-    saying why; dbt builds in full. A refresh killed midway redoes the unfinished step next time.
+    saying why. dbt builds the serving models only (train builds the training side when it is
+    behind), merging new order lines into the order aggregates when every earlier line is
+    unchanged (else rebuilding them, saying why). A refresh killed midway redoes the unfinished
+    step next time.
 
     \b
     Example:
