@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import numpy as np
@@ -53,9 +54,7 @@ def test_refresh_rescores_only_customers_with_new_order_lines(scored_warehouse, 
     settings = copy_warehouse(scored_warehouse, tmp_path)
     # The fixture's `lookalike build` is current for these raw tables: record it as refresh would have, so
     # the test runs dbt once. The embeddings were scored outside refresh: it re-scores everyone, records hashes.
-    with duckdb.connect(str(settings.db_path), read_only=True) as con:
-        raw = fingerprint(con, raw_tables(con))
-    write_state(settings, "build", raw)
+    record_current_build(settings)
     first = run_cli(settings, "refresh").output
     assert "build: skipped" in first, first
     assert re.search(r"score: ran .*all [\d,]+ of [\d,]+ customers re-scored", first), first
@@ -71,6 +70,7 @@ def test_refresh_rescores_only_customers_with_new_order_lines(scored_warehouse, 
     index_before = read_manifest(settings.index_dir)
 
     again = run_cli(settings, "refresh").output
+    assert re.search(r"order aggregates incremental \(\d+ order lines after", again), again
     assert f"3 of {len(before):,} customers re-scored" in again, again
     assert "index updated in place" in again, again
     with duckdb.connect(str(settings.db_path), read_only=True) as con:
@@ -163,24 +163,29 @@ def test_refresh_merges_new_lines_into_the_aggregates_and_equals_a_full_build(ge
     assert "the training side is left to `lookalike train`" in out, out
 
     rebuilt = copy_warehouse(settings, tmp_path / "rebuilt")
-    # The serving models in full (tables, no merge) on the same raw rows; dbt's tests ran in the refresh.
-    run_dbt(rebuilt, ["run", "--select", "+customer_features", "+customer_profiles_text"], echo=lambda _: None)
+    # The serving models in full (tables, no merge) on the same raw rows, beside the training-side checks
+    # below (another file, another dbt process); dbt's tests ran in the refresh.
+    with ThreadPoolExecutor(1) as pool:
+        reference = pool.submit(run_dbt, rebuilt, ["run", "--select", "+customer_features", "+customer_profiles_text"],
+                                echo=lambda _: None)
+
+        def training_cutoffs() -> tuple:
+            with duckdb.connect(str(settings.db_path), read_only=True) as con:
+                return con.execute("select (select max(features_as_of) from training_features), "
+                                   "(select feature_end_at from int_time_windows), (select max(features_as_of) from customer_features)"
+                                   ).fetchall()[0]
+
+        # The new day moved every cutoff; refresh left the training side as it was: train must not learn from it as is.
+        trained_as_of, feature_end_at, serving_as_of = training_cutoffs()
+        assert serving_as_of.isoformat() == "2026-01-02T00:00:00" and trained_as_of < feature_end_at
+        built = ensure_training_current(settings)
+        assert built and "training side" in built, built
+        assert training_cutoffs()[0] == feature_end_at
+        assert ensure_training_current(settings) is None  # current now
+        reference.result()
+    # Date-relative features (recency, tenure, the 90-day recent_*) moved by the day, from the merged totals.
     for table in ("customer_features", "categories", "customer_profiles_text"):
         assert differing_columns(settings, rebuilt, table) == {}, table
-
-    def training_cutoffs() -> tuple:
-        with duckdb.connect(str(settings.db_path), read_only=True) as con:
-            return con.execute("select (select max(features_as_of) from training_features), "
-                               "(select feature_end_at from int_time_windows), (select max(features_as_of) from customer_features)"
-                               ).fetchall()[0]
-
-    # The new day moved every cutoff; refresh left the training side as it was: train must not learn from it as is.
-    trained_as_of, feature_end_at, serving_as_of = training_cutoffs()
-    assert serving_as_of.isoformat() == "2026-01-02T00:00:00" and trained_as_of < feature_end_at
-    built = ensure_training_current(settings)
-    assert built and "training side" in built, built
-    assert training_cutoffs()[0] == feature_end_at
-    assert ensure_training_current(settings) is None  # current now
 
 
 def test_earlier_lines_changed_or_orders_reopened_mean_a_full_rebuild(generated_warehouse, tmp_path):
