@@ -206,11 +206,14 @@ def build_serving(settings: Settings, merge: bool = False) -> str:
     return "dbt build of the serving models (the training side is left to `lookalike train`)" + dbt_summary(lines)
 
 
-def build_step(settings: Settings, state: dict[str, str]) -> str:
-    """refresh's build: the serving models, the order aggregates incrementally when plan_aggregates allows."""
+def build_step(settings: Settings, state: dict[str, str], force: bool = False) -> str:
+    """refresh's build: the serving models, the order aggregates incrementally when plan_aggregates allows
+    (never with `force`: everything is rebuilt)."""
     import json
 
     through, why, after = plan_aggregates(settings, state)
+    if force:
+        through, why = None, "forced"
     detail = build_serving(settings, merge=through is not None)
     if after is not None:
         write_state(settings, AGGREGATES_STATE, json.dumps(after))
@@ -295,7 +298,7 @@ def refresh(settings: Settings, audiences_file: str | Path | None = None, force:
 
     with connection(settings.db_path, read_only=True) as con:
         raw = fingerprint(con, raw_tables(con))
-    step("build", raw, lambda: build_step(settings, state))
+    step("build", raw, lambda: build_step(settings, state, force=force))
 
     manifests = customer_manifests(settings.onnx_dir)
     with connection(settings.db_path, read_only=True) as con:
