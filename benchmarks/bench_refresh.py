@@ -3,17 +3,19 @@
 One warehouse of generated data, three arms, all in this process:
 
 - full: the full pipeline on it, as `lookalike refresh` runs it on a warehouse it has never seen:
-  dbt build, then (after a brief, untimed `lookalike train`) score every customer, build the index,
-  apply the audiences file. Timed: the two refresh calls (build; score + index + apply).
+  dbt build (refresh's serving build, then the training side `lookalike train` builds first), then
+  (after a brief, untimed `lookalike train`) score every customer, build the index, apply the
+  audiences file. Timed: the two refresh calls and the training-side build.
 - refresh: ~1% new order lines are appended to raw.order_lines (whole orders copied from existing
   ones, same customers, new order ids), dated after the last order line: on its day (`--when
   same-day`, an intraday load: serving features stay as of the same day) or on the next day
   (`--when next-day`: every customer's recency, tenure and rate features move by a day). Then one
   timed `refresh --audiences`.
-- rebuild: a copy of the refreshed warehouse's dbt tables (the same `dbt build` on the same raw rows),
-  every customer scored again (`lookalike score`), the index built from scratch, the audiences applied:
-  what a full rebuild on the new data publishes. Each refreshed audience is compared with it
-  (|refresh ∩ rebuild| / |rebuild| and Jaccard), and the embeddings too (minimum cosine).
+- rebuild: a copy of the refreshed warehouse, its serving models rebuilt in full by dbt (no incremental
+  merge), every customer scored again (`lookalike score`), the index built from scratch, the audiences
+  applied: what a full rebuild on the new data publishes. customer_features is compared with the
+  refresh's column by column (doubles to 1e-9 relative: sums in another order), each refreshed audience
+  (|refresh ∩ rebuild| / |rebuild| and Jaccard), and the embeddings (minimum cosine).
 
 Run (the data is generated once into --workdir and reused; the model trains for --epochs):
 
@@ -106,10 +108,27 @@ def dbt_breakdown(settings, top: int = 5) -> str:
     return f"models {sum(s for _, s in models):.0f}s (slowest: {slowest}), tests {tests:.0f}s"
 
 
+def feature_differences(a: Path, b: Path, table: str = "customer_features") -> dict[str, int]:
+    """Rows whose column differs between the two warehouses' tables (joined on customer_id), per column that differs."""
+    with duckdb.connect() as con:
+        con.execute(f"attach '{a}' as a (read_only)")
+        con.execute(f"attach '{b}' as b (read_only)")
+        columns = con.execute(f"select column_name, column_type from (describe a.{table})").fetchall()
+        differs = {}
+        for column, kind in columns:
+            same = (f"abs(x.{column} - y.{column}) <= 1e-9 * greatest(1, abs(x.{column}))" if kind == "DOUBLE"
+                    else f"x.{column} is not distinct from y.{column}")
+            count = con.execute(f"select count(*) from a.{table} x full join b.{table} y using (customer_id) "
+                                f"where not coalesce({same}, false)").fetchall()[0][0]
+            if count:
+                differs[column] = count
+        return differs
+
+
 def main() -> None:
     from lookalike_cli.api import build_index, score, train
     from lookalike_cli.audiences.definitions import apply_definitions
-    from lookalike_cli.audiences.refresh import refresh
+    from lookalike_cli.audiences.refresh import build_serving, ensure_training_current, refresh
     from lookalike_cli.warehouse.generate import generate_data
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,14 +166,16 @@ def main() -> None:
     # Full pipeline: a first refresh builds (no model yet), train (untimed), a second refresh does the rest.
     started = time.perf_counter()
     refresh(full, progress=log)
+    serving_dbt = dbt_breakdown(full)
+    ensure_training_current(full, progress=log)
     full_build = time.perf_counter() - started
+    training_dbt = dbt_breakdown(full)
     train(full, epochs=args.epochs, batch_size=args.batch_size, in_batch=0.0, seed=0, progress=log)
     started = time.perf_counter()
     first = refresh(full, audiences, progress=log)
     full_rest = time.perf_counter() - started
     full_steps = {r.step: r.seconds for r in first}
     full_steps["build"] = full_build
-    full_dbt = dbt_breakdown(full)
 
     appended = append_order_lines(full.db_path, args.share, args.when)
     log(f"appended {appended['lines_added']:,} order lines ({appended['lines_added'] / appended['lines_before']:.2%}) "
@@ -170,6 +191,9 @@ def main() -> None:
     shutil.copytree(arms["full"], arms["rebuild"], ignore=shutil.ignore_patterns("*indexes", "*serving*", "*reach_curves*"))
     rebuild = settings_in(arms["rebuild"])
     started = time.perf_counter()
+    build_serving(rebuild)
+    rebuild_dbt = time.perf_counter() - started
+    started = time.perf_counter()
     score(rebuild, progress=log)
     scored = time.perf_counter()
     build_index(rebuild, progress=log)
@@ -178,6 +202,7 @@ def main() -> None:
     rebuild_steps = {"score": scored - started, "index": indexed - scored, "apply": time.perf_counter() - indexed}
 
     cosine, compared = min_embedding_cosine(full.db_path, rebuild.db_path)
+    differing = feature_differences(full.db_path, rebuild.db_path)
     ours, theirs = latest_members(full.serving_db_path), latest_members(rebuild.serving_db_path)
     full_total = full_build + full_rest
     load_after = os.getloadavg()[0]
@@ -204,11 +229,15 @@ def main() -> None:
         "",
         markdown_table(rows[0], rows[1:]),
         "",
-        f"Rebuild arm (same new rows, every customer scored, index built from scratch): score "
+        f"Rebuild arm (same new rows, serving models rebuilt in full by dbt, every customer scored, index built from "
+        f"scratch): dbt {rebuild_dbt:.1f}s, score "
         f"{rebuild_steps['score']:.1f}s, index {rebuild_steps['index']:.1f}s, apply {rebuild_steps['apply']:.1f}s. "
-        f"Embeddings refresh vs rebuild: min cosine {cosine:.6f} over {compared:,} customers (goal >= 0.9999).",
+        f"Embeddings refresh vs rebuild: min cosine {cosine:.6f} over {compared:,} customers (goal >= 0.9999). "
+        f"customer_features refresh vs rebuild: "
+        + ("every column equal (doubles to 1e-9 relative)" if not differing else
+           "DIFFERENT: " + ", ".join(f"{column} in {rows:,} rows" for column, rows in differing.items())) + ".",
         "",
-        f"dbt build, full pipeline: {full_dbt}. In the refresh: {refresh_dbt}.",
+        f"dbt build, full pipeline: serving models {serving_dbt}; training side {training_dbt}. In the refresh: {refresh_dbt}.",
         "",
         markdown_table(overlap[0], overlap[1:]),
         "",

@@ -24,7 +24,8 @@ from lookalike_cli.warehouse.generate import generate_data
 from lookalike_cli.settings import Settings
 
 FEATURE_AND_LABEL_MODELS = {
-    "int_time_windows", "int_feature_cutoffs", "int_customer_orders_aggregated", "int_customer_category_counts",
+    "int_time_windows", "int_feature_cutoffs", "int_customer_order_days", "int_customer_orders_aggregated",
+    "int_customer_category_counts_serving", "int_customer_category_counts_training",
     "int_customer_label_vectors", "int_customer_pairs_sampled", "categories", "training_features",
     "customer_features", "similarity_pairs",
 }

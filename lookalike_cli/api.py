@@ -35,16 +35,25 @@ def build(settings: Settings, vars: dict[str, Any] | None = None, select: str | 
     """`dbt build` of the bundled (or Settings.dbt_project_dir) project: features, labels, marts, tests.
 
     `vars` are dbt vars with dbt's semantics, e.g. {"as_of_date": "2025-06-30"}."""
+    from lookalike_cli.audiences.refresh import forget_aggregates
     from lookalike_cli.warehouse.dbt_runner import run_dbt
 
+    forget_aggregates(settings)  # the order aggregates are rebuilt in full: refresh's record of them is void
     args = ["build", *(["--select", select] if select else []), *(["--exclude", exclude] if exclude else []),
             *(["--target", target] if target else []), *(["--vars", json.dumps(vars)] if vars else [])]
     run_dbt(settings, args, echo=progress)
 
 
 def train(settings: Settings, name: str | None = None, progress: Progress = quiet, **options) -> Path:
-    """Train the two-tower encoder (options: lookalike_cli.model.config.TrainOptions); returns the manifest path."""
+    """Train the two-tower encoder (options: lookalike_cli.model.config.TrainOptions); returns the manifest path.
+
+    When `lookalike refresh` built the serving side on raw rows the training tables have not seen, the
+    training side is built first (refresh leaves it: it does not retrain)."""
+    from lookalike_cli.audiences.refresh import ensure_training_current
     from lookalike_cli.model.train import train as train_model
+
+    if settings.db_path.exists():
+        ensure_training_current(settings, progress=progress)
 
     return train_model(settings.db_path, settings.onnx_dir, name=name, progress=progress, **options)
 

@@ -4,7 +4,11 @@ The daily job after new raw rows land, in one call. Each step runs only when wha
 changed since it last ran (a fingerprint of its input, kept in the warehouse table
 `lookalike_refresh_state`), says why it ran or was skipped, and does only the work the change needs:
 
-    build   dbt build of the features and labels     input: the raw tables
+    build   dbt build of the serving models          input: the raw tables
+            (what score, expand, apply and BI read, with their tests; the training side is left to
+            `lookalike train`, which builds it first when the raw tables changed since: ensure_training_current);
+            the order aggregates merge in only the new order lines when that is sound (plan_aggregates), and
+            are rebuilt otherwise; it says which and why
     score   customer_embeddings with the latest model input: customer_features + the model
             re-scores only customers whose model inputs changed (model/rescoring.py: a hash of
             the columns the model reads, per customer); everyone when the model changed or
@@ -19,10 +23,19 @@ What the data allows. Serving features are as of the day after the last order li
 reads date-relative columns (recency_days, tenure_days, orders_per_month, the 90-day recent_*): when
 new lines land on a new day, every customer's inputs change and every customer is re-scored, rightly
 (the hashes find it, nothing assumes it). Lines landing on the same day (an intraday load), or
-changes to some customers' attributes, re-score only those customers. The dbt build runs in full:
-its per-customer aggregates are evaluated at cutoffs that move with the data (serving: end of data;
-training: a share of the history), so an append-only aggregate would have to be merged per cutoff;
-see README "Refresh" for what it costs and why it is not built yet.
+changes to some customers' attributes, re-score only those customers.
+
+The dbt build. Only the serving cutoff can take appended lines: it is the end of data (as_of_date
+unset), so its aggregates are sums over every line and new lines add to them; the training cutoff is a
+share of the history and moves with it, which is one more reason the training side is train's to build.
+The cutoff-free grain is per customer and order day (int_customer_order_days: a day is wholly before
+or after a midnight cutoff), so the date-relative features are computed from it as of each cutoff on
+every build, never stored; category counts for the serving cutoff are per customer and category. A
+merge is sound when the tables hold exactly the lines up to the last one refresh recorded and every
+new line comes after it (plan_aggregates checks the count and hash of the earlier lines, that no new
+line joins an order already held, the tables' own last line, the last build's as_of_at and the dbt
+project); anything else rebuilds them. Spend sums are exact decimals, so merged totals equal a full
+build's bit for bit and untouched customers keep their hash.
 
 A step's state is written only after it succeeds, so a refresh killed midway redoes the unfinished
 step next time; published audiences stay readable throughout (publishing swaps the serving file
@@ -35,12 +48,22 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from lookalike_cli.progress import Progress, quiet
 from lookalike_cli.settings import Settings
 
 STATE_TABLE = "lookalike_refresh_state"
+# What only `lookalike train` reads: the training features and the similarity labels, and the models only
+# they read. refresh does not retrain, so it does not build them; train builds them first when the raw
+# tables changed since they were built (ensure_training_current), so it never learns from stale tables.
+TRAINING_MODELS = ("training_features", "similarity_pairs", "int_customer_pairs_sampled", "int_customer_label_vectors",
+                   "int_customer_category_counts_training")
+# The order aggregates refresh can merge new lines into (dbt incremental models, var incremental_aggregates), and
+# the state row that says which order lines they hold.
+INCREMENTAL_MODELS = ("int_customer_order_days", "int_customer_category_counts_serving")
+AGGREGATES_STATE = "aggregates"
 
 
 @dataclass
@@ -87,6 +110,158 @@ def write_state(settings: Settings, step: str, input_fingerprint: str) -> None:
         con.execute(f"insert or replace into {STATE_TABLE} values (?, ?, now())", [step, input_fingerprint])
 
 
+def dbt_summary(lines: list[str] | None) -> str:
+    """dbt's closing count ("PASS=40 WARN=0 ERROR=0 SKIP=0 TOTAL=40"), in brackets, or nothing."""
+    return next((f" ({line.split('Done. ')[1]})" for line in reversed(lines or []) if "Done. " in line), "")
+
+
+def project_fingerprint(settings: Settings) -> str:
+    """A hash of the dbt project's SQL, YAML and seeds: a changed model or var default changes what the stored
+    aggregates mean, so they are rebuilt rather than merged into."""
+    digest = hashlib.sha256()
+    root = settings.dbt_project_dir
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_file() and path.suffix in (".sql", ".yml", ".yaml", ".csv") and relative.parts[0] not in ("target", "logs", "dbt_packages"):
+            digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def order_lines_state(con, through: str | None) -> dict:
+    """One scan of raw.order_lines: every line's count, hash and last timestamp, and the count and hash of the
+    lines at or before `through` (the last line the order aggregates hold)."""
+    at = "cast(t.ordered_at as timestamp)"
+    bound = f"{at} <= cast(? as timestamp)" if through else "false"
+    count, total, last, count_through, hash_through = con.execute(
+        f"""select count(*), coalesce(sum(hash(t)), 0), max({at}),
+                   count(*) filter (where {bound}), coalesce(sum(hash(t)) filter (where {bound}), 0)
+            from raw.order_lines t""", [through, through] if through else []).fetchall()[0]
+    return {"lines": count, "hash": str(total), "through": str(last) if last is not None else None,
+            "lines_through": count_through, "hash_through": str(hash_through)}
+
+
+def plan_aggregates(settings: Settings, state: dict[str, str]) -> tuple[str | None, str, dict | None]:
+    """Whether the order aggregates (INCREMENTAL_MODELS) can take only the new order lines: returns
+    (the last line they hold, or None for a rebuild; why; the state to record after the build).
+
+    Sound only when the tables hold exactly the lines up to `through` (the last line when refresh built
+    them) and every new line comes after it: no line at or before it added, edited or deleted (same count
+    and hash), no new line added to an order already aggregated (its order count would double), the
+    serving cutoff at the end of data (as_of_date unset: the last build's as_of_at is the day after its
+    last line), and the same dbt project. Anything else: a full rebuild of those tables, saying why."""
+    import json
+
+    from lookalike_cli.warehouse.connection import connection, table_exists
+
+    prior = json.loads(state[AGGREGATES_STATE]) if AGGREGATES_STATE in state else None
+    project = project_fingerprint(settings)
+    with connection(settings.db_path, read_only=True) as con:
+        if not table_exists(con, "raw.order_lines"):
+            return None, "no raw.order_lines", None
+        through = prior["through"] if prior else None
+        lines = order_lines_state(con, through)
+        after = {"project": project, **{key: lines[key] for key in ("lines", "hash", "through")}}
+        if prior is None:
+            return None, "no aggregates recorded by refresh yet", after
+        if prior["project"] != project:
+            return None, "the dbt project changed since the aggregates were built", after
+        if not all(table_exists(con, name) for name in (*INCREMENTAL_MODELS, "int_time_windows")):
+            return None, "an order aggregate table is missing", after
+        held_days = con.execute("select max(last_ordered_at) from int_customer_order_days").fetchall()[0][0]
+        held_categories = con.execute("select max(last_ordered_at) from int_customer_category_counts_serving").fetchall()[0][0]
+        last = datetime.fromisoformat(through)
+        if held_days != last or (held_categories is not None and held_categories > last):
+            return None, "the order aggregates changed since refresh built them (another build or merge)", after
+        as_of_at, data_end_at = con.execute("select as_of_at, data_end_at from int_time_windows").fetchall()[0]
+        if as_of_at.date() != data_end_at.date() + timedelta(days=1):
+            return None, "the last build's serving cutoff was not the end of data (as_of_date set)", after
+        if (lines["lines_through"], lines["hash_through"]) != (prior["lines"], prior["hash"]):
+            return None, f"order lines at or before {through} changed (added, edited or deleted)", after
+        new_lines = lines["lines"] - lines["lines_through"]
+        if new_lines:
+            at = "cast(ordered_at as timestamp)"
+            reopened = con.execute(
+                f"""select count(*) from (select distinct order_id from raw.order_lines where {at} > cast(? as timestamp)) new_orders
+                    semi join raw.order_lines old on old.order_id = new_orders.order_id and cast(old.ordered_at as timestamp) <= cast(? as timestamp)""",
+                [through, through]).fetchall()[0][0]
+            if reopened:
+                return None, f"{reopened:,} orders got lines after {through}: orders already aggregated would count twice", after
+    return through, f"{new_lines:,} order lines after {through} aggregated and merged into the held totals", after
+
+
+# Passed to every dbt build refresh and train run, always the same: dbt re-parses the whole project when vars
+# change, so the choice between merging and rebuilding is the --full-refresh flag, which does not.
+BUILD_VARS = ["--vars", '{"incremental_aggregates": true}']
+
+
+def build_serving(settings: Settings, merge: bool = False) -> str:
+    """dbt build of what serving reads (customer_features, categories, profiles, ...) with their tests:
+    every model but customer_embeddings (scored by refresh itself) and the training side. With `merge`, the
+    order aggregates (INCREMENTAL_MODELS) take in only the lines after the last one they hold
+    (plan_aggregates says when that is sound); without, they are rebuilt (--full-refresh)."""
+    from lookalike_cli.warehouse.dbt_runner import run_dbt
+
+    lines = run_dbt(settings, ["build", "--exclude", "customer_embeddings+", *TRAINING_MODELS, *BUILD_VARS,
+                               *([] if merge else ["--full-refresh"])], echo=lambda _: None)
+    return "dbt build of the serving models (the training side is left to `lookalike train`)" + dbt_summary(lines)
+
+
+def build_step(settings: Settings, state: dict[str, str], force: bool = False) -> str:
+    """refresh's build: the serving models, the order aggregates incrementally when plan_aggregates allows
+    (never with `force`: everything is rebuilt)."""
+    import json
+
+    through, why, after = plan_aggregates(settings, state)
+    if force:
+        through, why = None, "forced"
+    detail = build_serving(settings, merge=through is not None)
+    if after is not None:
+        write_state(settings, AGGREGATES_STATE, json.dumps(after))
+    return (f"{detail}; order aggregates {'incremental' if through else 'rebuilt in full'} ({why})")
+
+
+def forget_aggregates(settings: Settings) -> None:
+    """Before a build outside refresh (every table rebuilt): the recorded aggregate state no longer describes them."""
+    from lookalike_cli.warehouse.connection import connection, table_exists
+
+    if not settings.db_path.exists():
+        return
+    with connection(settings.db_path) as con:
+        if table_exists(con, STATE_TABLE):
+            con.execute(f"delete from {STATE_TABLE} where step = ?", [AGGREGATES_STATE])
+
+
+def ensure_training_current(settings: Settings, progress: Progress = quiet) -> str | None:
+    """Before `lookalike train`: build the training side when refresh built the serving side on raw rows the
+    training tables have not seen. Returns what it built, or None when they were current.
+
+    Only a warehouse refresh has built knows this: without refresh state the training tables are what the
+    last `lookalike build` (every model) left, and that build is the user's to run."""
+    from lookalike_cli.warehouse.dbt_runner import run_dbt
+
+    state = read_state(settings)
+    if "build" not in state:
+        return None
+    from lookalike_cli.warehouse.connection import connection
+
+    with connection(settings.db_path, read_only=True) as con:
+        raw = fingerprint(con, raw_tables(con))
+    if state.get("training") == raw:
+        return None
+    done = []
+    if state["build"] != raw:
+        # The training side reads the shared aggregates (int_customer_orders_aggregated, ...): they must be of
+        # the same raw rows, so the serving build runs first, as refresh's build step would.
+        progress("== the raw tables changed since refresh last built: building the serving models first")
+        done.append(build_step(settings, state))
+        write_state(settings, "build", raw)
+    progress("== the training tables are older than the raw tables: building them (dbt build of the training side)")
+    lines = run_dbt(settings, ["build", "--select", *TRAINING_MODELS, *BUILD_VARS], echo=lambda _: None)
+    write_state(settings, "training", raw)
+    done.append("dbt build of the training side" + dbt_summary(lines))
+    return "; ".join(done)
+
+
 def refresh(settings: Settings, audiences_file: str | Path | None = None, force: bool = False,
             progress: Progress = quiet, on_warning: Progress = quiet) -> list[StepResult]:
     """Run every step whose input changed (all of them, in full, with `force`); returns what ran and why."""
@@ -95,7 +270,6 @@ def refresh(settings: Settings, audiences_file: str | Path | None = None, force:
     from lookalike_cli.model.manifest import customer_manifests, load_manifest
     from lookalike_cli.model.rescoring import INPUTS_TABLE, rescore_changed
     from lookalike_cli.warehouse.connection import connection, table_exists
-    from lookalike_cli.warehouse.dbt_runner import run_dbt
 
     if not settings.db_path.exists():
         raise LookalikeError(f"Warehouse file {settings.db_path} does not exist: load raw tables first "
@@ -124,12 +298,7 @@ def refresh(settings: Settings, audiences_file: str | Path | None = None, force:
 
     with connection(settings.db_path, read_only=True) as con:
         raw = fingerprint(con, raw_tables(con))
-    def build() -> str:
-        lines = run_dbt(settings, ["build", "--exclude", "customer_embeddings+"], echo=lambda _: None)
-        return "dbt build of every model but customer_embeddings, in full" + next(
-            (f" ({line.split('Done. ')[1]})" for line in reversed(lines or []) if "Done. " in line), "")
-
-    step("build", raw, build)
+    step("build", raw, lambda: build_step(settings, state, force=force))
 
     manifests = customer_manifests(settings.onnx_dir)
     with connection(settings.db_path, read_only=True) as con:

@@ -108,10 +108,13 @@ def build_cmd(settings: Settings, select: str | None, exclude: str, target: str 
       lookalike build --vars '{as_of_date: 2025-06-30}'   # everything as known on that day
       lookalike build --target spark
     """
+    from lookalike_cli.audiences.refresh import forget_aggregates
     from lookalike_cli.warehouse.dbt_runner import run_dbt
     from lookalike_cli.warehouse.profile import is_session_target
 
     started = time.perf_counter()
+    if not target:
+        forget_aggregates(settings)  # the order aggregates are rebuilt in full: refresh's record of them is void
     args = ["build", *(["--select", select] if select else []), *(["--exclude", exclude] if exclude else []),
             *(["--target", target] if target else []), *(["--vars", dbt_vars] if dbt_vars else [])]
     run_dbt(settings, args)
@@ -155,7 +158,10 @@ def refresh_cmd(settings: Settings, audiences_file: str | None, force: bool) -> 
     what it reads changed since it last ran (fingerprints in lookalike_refresh_state), and says
     why each step ran or was skipped. Scoring re-scores only the customers whose model inputs
     changed (same model); the index is updated in place when few rows changed, otherwise rebuilt,
-    saying why; dbt builds in full. A refresh killed midway redoes the unfinished step next time.
+    saying why. dbt builds the serving models only (train builds the training side when it is
+    behind), merging new order lines into the order aggregates when every earlier line is
+    unchanged (else rebuilding them, saying why). A refresh killed midway redoes the unfinished
+    step next time.
 
     \b
     Example:

@@ -50,9 +50,12 @@ def train_cmd(settings: Settings, name, quantize, **options) -> None:
     Example:
       lookalike train --layers 3 --location word --epochs 20
     """
+    from lookalike_cli.audiences.refresh import ensure_training_current
     from lookalike_cli.model.export import quantize_int8
     from lookalike_cli.model.train import train
 
+    if settings.db_path.exists():
+        ensure_training_current(settings, progress=click.echo)
     manifest = train(settings.db_path, settings.onnx_dir, name=name, progress=click.echo, **options)
     if quantize == "int8":
         click.echo(f"int8 model: {quantize_int8(manifest)}")

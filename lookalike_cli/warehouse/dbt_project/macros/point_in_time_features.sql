@@ -24,8 +24,8 @@ categories as (
 ),
 
 category_counts as (
-    select * from {{ ref('int_customer_category_counts') }}
-    where point_in_time = '{{ point_in_time }}'
+    -- One model per cutoff (refresh builds the serving one only): int_customer_category_counts_<point in time>.
+    select * from {{ ref('int_customer_category_counts_' ~ point_in_time) }}
 ),
 
 visits as (
@@ -48,7 +48,8 @@ category_shares as (
     select
         category_counts.customer_id,
         {{ ordered_array_agg('categories.category_id', 'categories.category_id') }} as category_ids,
-        {{ ordered_array_agg('cast(category_counts.order_line_count as double) / customer_totals.order_line_count', 'categories.category_id') }} as category_shares
+        {{ ordered_array_agg('cast(category_counts.order_line_count as double) / customer_totals.order_line_count', 'categories.category_id') }} as category_shares,
+        count(*) as distinct_categories
     from category_counts
     inner join categories on categories.category = category_counts.category
     inner join (
@@ -69,7 +70,7 @@ final as (
         cast(coalesce(orders.total_spend / nullif(orders.order_count, 0), 0) as double) as avg_order_value,
         cast(coalesce(orders.order_line_count / nullif(orders.order_count, 0), 0) as double) as avg_lines_per_order,
         cast(coalesce(orders.return_line_count, 0) as double) as return_line_count,
-        cast(coalesce(orders.distinct_categories, 0) as double) as distinct_categories,
+        cast(coalesce(category_shares.distinct_categories, 0) as double) as distinct_categories,
         cast(coalesce(orders.active_months, 0) as double) as active_months,
         cast(coalesce(orders.order_count, 0) / greatest(cutoffs.window_days / cast(30.4375 as double), 1.0) as double) as orders_per_month,
         cast(coalesce(orders.recent_order_count, 0) as double) as recent_order_count,

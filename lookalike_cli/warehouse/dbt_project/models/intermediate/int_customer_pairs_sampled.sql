@@ -12,8 +12,7 @@ with label_vectors as (
 
 category_counts as (
     -- Top categories as the training features see them (never the label window's).
-    select * from {{ ref('int_customer_category_counts') }}
-    where point_in_time = 'training'
+    select * from {{ ref('int_customer_category_counts_training') }}
 ),
 
 eligible as (

@@ -2,8 +2,7 @@
 -- (0..n-1, by department then category) that indexes category_ids in both customer_features
 -- and training_features (serving sees every category training sees, and newer ones).
 with category_counts as (
-    select * from {{ ref('int_customer_category_counts') }}
-    where point_in_time = 'serving'
+    select * from {{ ref('int_customer_category_counts_serving') }}
 ),
 
 by_department as (
