@@ -28,19 +28,20 @@ from tests.helpers import (ADS_BID_WEIGHTS, ADS_BUDGET, GENERATED_ADS, GENERATED
 
 DBT_BUILT_FIXTURES = {"generated_warehouse", "completejourney_warehouse", "scored_warehouse", "ads_warehouse_built"}
 
-# The test files that take longest (setup included), longest first, from `--durations` runs on two workers.
-# xdist's loadfile hands out files in collection order (reordering by test count is switched off below),
-# so these start first and the two workers finish together instead of one starting the Spark kill flow
-# (four JVM starts) when the other is nearly done.
+# The test files that take longest (setup included), from `--durations` runs on two workers. xdist's
+# loadfile hands out files in collection order (reordering by test count is switched off below), so these
+# start first and the two workers finish together instead of one starting the Spark kill flow (four JVM
+# starts) when the other is nearly done. The second is the self-contained wheel test: the first worker
+# builds the shared warehouses meanwhile, which the second would otherwise wait for, idle, under the lock.
 LONGEST_FIRST = (
     "tests/reliability/test_kill_pipelines.py",
+    "tests/packaging/test_installed_wheel.py",
     "tests/spark/test_spark.py",
     "tests/reliability/test_kill.py",
-    "tests/ads/test_ads.py",
     "tests/trust/test_backtest_as_of.py",
-    "tests/warehouse/test_bad_input.py",
+    "tests/ads/test_ads.py",
     "tests/benchmarks/test_benchmark_harness.py",
-    "tests/packaging/test_installed_wheel.py",
+    "tests/warehouse/test_bad_input.py",
     "tests/audiences/test_lifecycle.py",
 )
 

@@ -221,11 +221,11 @@ def check_vars(args: Sequence[str]) -> None:
             mark = getattr(exc, "problem_mark", None)
             where = f" at character {mark.column + 1}" if mark is not None and mark.line == 0 else ""
             problem = getattr(exc, "problem", None) or "not YAML"
-            raise LookalikeError(f"--vars {text!r} is not valid YAML ({problem}{where}). Give a mapping, "
-                                 "e.g. --vars '{as_of_date: 2025-06-30}'.") from None
+            raise LookalikeError(f"`--vars {text!r}` is not valid YAML ({problem}{where}). Give a mapping, "
+                                 "e.g. `--vars '{as_of_date: 2025-06-30}'`.") from None
         if not isinstance(value, dict):
-            raise LookalikeError(f"--vars {text!r} is not a mapping of var names to values. Give one, "
-                                 "e.g. --vars '{as_of_date: 2025-06-30}'.")
+            raise LookalikeError(f"`--vars {text!r}` is not a mapping of var names to values. Give one, "
+                                 "e.g. `--vars '{as_of_date: 2025-06-30}'`.")
 
 
 # dbt subcommands that open the warehouse for writing (ls, parse, compile, docs only read the project).

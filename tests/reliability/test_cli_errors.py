@@ -44,9 +44,9 @@ BAD_INPUTS = [
     (("build", "--select", "stg_order_lines", "--vars", DBT_VARS), 1,
      "test has_rows_stg_order_lines_ failed (Got 1 result, configured to fail if >0)"),
     # A --vars dbt cannot read: refused before dbt starts (dbt would print its complaint and click's usage block).
-    (("build", "--vars", UNREADABLE_VARS[0]), 1, "--vars '{oops' is not valid YAML (expected ',' or '}'"),
-    (("dbt", "build", "--vars", UNREADABLE_VARS[0]), 1, "--vars '{oops' is not valid YAML"),
-    (("build", "--vars", UNREADABLE_VARS[1]), 1, "--vars '[1, 2]' is not a mapping"),
+    (("build", "--vars", UNREADABLE_VARS[0]), 1, "`--vars '{oops'` is not valid YAML (expected ',' or '}'"),
+    (("dbt", "build", "--vars", UNREADABLE_VARS[0]), 1, "`--vars '{oops'` is not valid YAML"),
+    (("build", "--vars", UNREADABLE_VARS[1]), 1, "`--vars '[1, 2]'` is not a mapping"),
     # An option dbt refuses: dbt's usage block held back, its error in our line.
     (("dbt", "build", "--bogus"), 1, "`dbt build` failed: No such option '--bogus'."),
     # usage errors: click's own, exit 2

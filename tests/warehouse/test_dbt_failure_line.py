@@ -90,10 +90,10 @@ def test_last_error_line_joins_a_line_ending_in_a_colon_with_the_next():
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["build", "--vars", "{oops"], "--vars '{oops' is not valid YAML (expected ',' or '}', but got '<stream end>' at character 6)"),
-    (["build", "--vars={a: [1}"], "--vars '{a: [1}' is not valid YAML"),
-    (["build", "--vars", "[1, 2]"], "--vars '[1, 2]' is not a mapping"),
-    (["run", "--select", "x", "--vars", "oops"], "--vars 'oops' is not a mapping"),
+    (["build", "--vars", "{oops"], "`--vars '{oops'` is not valid YAML (expected ',' or '}', but got '<stream end>' at character 6)"),
+    (["build", "--vars={a: [1}"], "`--vars '{a: [1}'` is not valid YAML"),
+    (["build", "--vars", "[1, 2]"], "`--vars '[1, 2]'` is not a mapping"),
+    (["run", "--select", "x", "--vars", "oops"], "`--vars 'oops'` is not a mapping"),
 ])
 def test_vars_dbt_cannot_read_are_refused_in_one_line(args, fragment):
     with pytest.raises(LookalikeError) as refused:
