@@ -135,7 +135,7 @@ def test_sampled_blend_scores_everyone_like_the_exact_path(scored_warehouse, mon
     import duckdb
 
     from lookalike_cli.audiences import expand as expansion
-    from lookalike_cli.audiences.seeds import resolve_seeds
+    from lookalike_cli.audiences.seeds import excluded_ids, resolve_seeds
     from lookalike_cli.index.faiss_index import load_index
 
     seed_sql = ("select customer_id from raw.planted_segments where segment_id = 1 "
@@ -154,6 +154,7 @@ def test_sampled_blend_scores_everyone_like_the_exact_path(scored_warehouse, mon
     index = load_index(scored_warehouse.index_dir)
     with duckdb.connect(str(scored_warehouse.db_path), read_only=True) as con:
         seeds = resolve_seeds(con, seed_sql, None, None)
+        opted_out, _ = excluded_ids(con, None)  # raw.opt_outs: never members
         ids, vectors, raw, _ = expansion.blend_population(con, seeds, 0, index)
         fitted = expansion.fit_blend_for(seeds, ids, vectors, raw, 0)
         everyone = con.sql("select customer_id from customer_embeddings order by customer_id").fetchnumpy()["customer_id"]
@@ -163,7 +164,9 @@ def test_sampled_blend_scores_everyone_like_the_exact_path(scored_warehouse, mon
     dense = dict(zip(population.ids, fitted.score(expansion.blend_inputs(population.ids, index.vectors(population.ids), population))))
     members = sampled.members.to_pydict()
     assert np.allclose([dense[i] for i in members["customer_id"]], members["score"], rtol=0, atol=1e-12)
-    eligible = sorted((s, i) for i, s in dense.items() if i not in set(seeds.ids.tolist()))
+    blocked = set(seeds.ids.tolist()) | set(opted_out.tolist())
+    assert opted_out.size  # the generated data has opt-outs: the check below must leave them out as expand does
+    eligible = sorted((s, i) for i, s in dense.items() if i not in blocked)
     assert min(members["score"]) >= eligible[-150][0] - 1e-12  # nobody the dense ranking puts higher is missing
     # 80 of the segment's customers are seeds; the rest of the segment should fill most of the audience.
     assert len(sampled_ids & segment) >= 0.6 * min(150, len(segment) - 80), len(sampled_ids & segment)
