@@ -113,7 +113,11 @@ def bench_blend(args: argparse.Namespace) -> None:
     """The default strategy at scale: blend vs centroid on a real warehouse, in process and as a cold CLI."""
     import sklearn.linear_model  # noqa: F401  (a serving process has imported it once; the CLI runs pay it)
 
-    db, index_dir = args.blend_warehouse, args.index_dir or args.blend_warehouse.parent / "indexes"
+    from lookalike_cli.settings import Settings
+
+    # The index the CLI finds for this warehouse (a folder beside it) unless --index-dir names another.
+    db = args.blend_warehouse
+    index_dir = args.index_dir or Settings.resolve(db=db).index_dir
     seed_sql, seed_text = blend_seed_sql(db, args.blend_seeds)
     load_before = os.getloadavg()[0]
     with timed() as t_load:
