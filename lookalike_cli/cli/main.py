@@ -6,9 +6,16 @@ Arrows run one way: main imports the command modules, they import only cli/_comm
 
 from __future__ import annotations
 
+import os
 import sys
 
-import click
+# OpenMP threads (torch's intra-op pool, FAISS) that sleep when idle instead of spinning, unless the user
+# chose otherwise. libgomp reads this once, when torch loads, so it is set before any command imports it.
+# Measured (benchmarks/bench_train_threads.py): `train --threads 2` on a shared 2-core machine ran 20x slower
+# than one thread with spinning threads, and near one thread's rate with sleeping ones.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import click  # noqa: E402  (after the environment default above)
 
 from lookalike_cli import __version__
 from lookalike_cli.cli import ads, data, model, personas, serving, spark, trust

@@ -40,7 +40,7 @@ DEFAULTS = TrainOptions()
 @click.option("--patience", type=click.IntRange(1), default=DEFAULTS.patience, show_default=True, help="Epochs without valid improvement before stopping.")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed for initialisation and shuffling (same seed, same model).")
 @click.option("--threads", type=click.IntRange(1), default=DEFAULTS.threads, show_default=True,
-              help="torch intra-op threads (more helps only with large --batch-size on an idle machine).")
+              help="torch intra-op threads (more helps only with large --batch-size on an idle machine; idle threads sleep: OMP_WAIT_POLICY=PASSIVE unless set).")
 @click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True, help="Also export a dynamic int8 model.")
 @pass_settings
 def train_cmd(settings: Settings, name, quantize, **options) -> None:
