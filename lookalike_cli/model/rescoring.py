@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator
 
 import pyarrow as pa
 
@@ -124,32 +123,17 @@ def write_changed(con, stream: pa.RecordBatchReader, changed: pa.Table, removed:
     """customer_embeddings and customer_embedding_inputs updated in one transaction: the scored rows replace
     their customers' old rows and the removed customers' rows go. A failure mid-stream rolls both back and
     raises the stream's own error (as scoring.write_embeddings does)."""
-    from lookalike_cli.model.scoring import EMBEDDINGS_TABLE
+    from lookalike_cli.model.scoring import EMBEDDINGS_TABLE, consumed_in_a_write
     from lookalike_cli.warehouse.connection import registered, transaction
 
-    errors: list[BaseException] = []
-
-    def watched() -> Iterator[pa.RecordBatch]:
-        try:
-            yield from stream
-        except BaseException as exc:
-            errors.append(exc)
-            raise
-
-    scored = pa.RecordBatchReader.from_batches(stream.schema, watched())
-    try:
-        with transaction(con), registered(con, "scored_customer_batches", scored), \
-                registered(con, "changed_inputs", changed), registered(con, "removed_customers", removed):
-            if full:
-                con.execute(f"create or replace table {EMBEDDINGS_TABLE} as select * from scored_customer_batches")
-                con.execute(f"create or replace table {INPUTS_TABLE} as select * from changed_inputs")
-                return
-            for table in (EMBEDDINGS_TABLE, INPUTS_TABLE):
-                con.execute(f"delete from {table} where customer_id in "
-                            "(select customer_id from changed_inputs union all select customer_id from removed_customers)")
-            con.execute(f"insert into {EMBEDDINGS_TABLE} select * from scored_customer_batches")
-            con.execute(f"insert into {INPUTS_TABLE} select * from changed_inputs")
-    except Exception:
-        if errors:
-            raise errors[0] from None
-        raise
+    with consumed_in_a_write(stream) as scored, transaction(con), registered(con, "scored_customer_batches", scored), \
+            registered(con, "changed_inputs", changed), registered(con, "removed_customers", removed):
+        if full:
+            con.execute(f"create or replace table {EMBEDDINGS_TABLE} as select * from scored_customer_batches")
+            con.execute(f"create or replace table {INPUTS_TABLE} as select * from changed_inputs")
+            return
+        for table in (EMBEDDINGS_TABLE, INPUTS_TABLE):
+            con.execute(f"delete from {table} where customer_id in "
+                        "(select customer_id from changed_inputs union all select customer_id from removed_customers)")
+        con.execute(f"insert into {EMBEDDINGS_TABLE} select * from scored_customer_batches")
+        con.execute(f"insert into {INPUTS_TABLE} select * from changed_inputs")

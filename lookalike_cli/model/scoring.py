@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TypeVar
 
@@ -218,14 +219,11 @@ def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
         producer.join()
 
 
-def write_embeddings(con, reader: pa.RecordBatchReader, table: str = EMBEDDINGS_TABLE) -> int:
-    """Replace `table` with the rows of a scoring stream in one transaction; returns the row count.
-
-    If the stream fails (bad input found mid-way) the transaction rolls back, so the previous
-    table is kept, and the stream's own error is raised, not DuckDB's wrapper of it.
-    """
-    from lookalike_cli.warehouse.connection import registered, transaction
-
+@contextmanager
+def consumed_in_a_write(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatchReader]:
+    """`reader` for a write that consumes it (a `with` around the write and its transaction): if the write
+    fails because the stream failed (bad input found mid-way), the stream's own error is raised, not
+    DuckDB's wrapper of it."""
     errors: list[BaseException] = []
 
     def watched() -> Iterator[pa.RecordBatch]:
@@ -235,14 +233,24 @@ def write_embeddings(con, reader: pa.RecordBatchReader, table: str = EMBEDDINGS_
             errors.append(exc)
             raise
 
-    stream = pa.RecordBatchReader.from_batches(reader.schema, watched())
     try:
-        with transaction(con), registered(con, "scored_customer_batches", stream):
-            con.execute(f"create or replace table {table} as select * from scored_customer_batches")
+        yield pa.RecordBatchReader.from_batches(reader.schema, watched())
     except Exception:
         if errors:
             raise errors[0] from None
         raise
+
+
+def write_embeddings(con, reader: pa.RecordBatchReader, table: str = EMBEDDINGS_TABLE) -> int:
+    """Replace `table` with the rows of a scoring stream in one transaction; returns the row count.
+
+    If the stream fails (bad input found mid-way) the transaction rolls back, so the previous
+    table is kept, and the stream's own error is raised, not DuckDB's wrapper of it.
+    """
+    from lookalike_cli.warehouse.connection import registered, transaction
+
+    with consumed_in_a_write(reader) as stream, transaction(con), registered(con, "scored_customer_batches", stream):
+        con.execute(f"create or replace table {table} as select * from scored_customer_batches")
     return con.execute(f"select count(*) from {table}").fetchall()[0][0]
 
 
