@@ -34,23 +34,21 @@
 {% endmacro %}
 
 {% macro changed_customer_features(held) %}
-{#- A condition on customer_id: the customers whose serving order aggregates differ from what `held`
-    (customer_features) holds in line or return count (every appended line changes one), new customers
-    with orders, and everyone when the serving cutoff moved. -#}
-{%- set condition -%}
-(
-    customer_id in (
-        select orders.customer_id
-        from {{ ref('int_customer_orders_aggregated') }} as orders
-        left join {{ held }} as held on held.customer_id = orders.customer_id
-        where orders.point_in_time = 'serving'
-          and (held.customer_id is null
-               or held.order_line_count <> orders.order_line_count
-               or held.return_line_count <> orders.return_line_count)
-    )
-    or (select max(features_as_of) from {{ held }})
+{#- The customer ids whose serving order aggregates differ from what `held` (customer_features) holds in
+    line or return count (every appended line changes one), new customers with orders, and everyone when
+    the serving cutoff moved. -#}
+{%- set query -%}
+    select orders.customer_id
+    from {{ ref('int_customer_orders_aggregated') }} as orders
+    left join {{ held }} as held on held.customer_id = orders.customer_id
+    where orders.point_in_time = 'serving'
+      and (held.customer_id is null
+           or held.order_line_count <> orders.order_line_count
+           or held.return_line_count <> orders.return_line_count)
+    union
+    select customer_id from {{ ref('stg_customers') }}
+    where (select max(features_as_of) from {{ held }})
         is distinct from (select cutoff_at from {{ ref('int_feature_cutoffs') }} where point_in_time = 'serving')
-)
 {%- endset -%}
-{{ return(condition) }}
+{{ return(query) }}
 {% endmacro %}

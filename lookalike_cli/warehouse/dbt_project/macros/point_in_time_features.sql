@@ -3,10 +3,14 @@
     ('training' = feature_end_at, 'serving' = as_of_at). Every count, share and date difference
     uses only data before that cutoff; customer_features and training_features both call this,
     so the encoder is trained and applied on identically computed inputs. `customers`: a condition on
-    customer_id naming the customers to compute (a refresh merge computes only the changed ones). -#}
-{%- set only = ('where ' ~ customers) if customers else '' %}
-{%- set also = ('and ' ~ customers) if customers else '' %}
-with customers as (
+    query of customer ids to compute (a refresh merge computes only the changed ones), evaluated once. -#}
+{%- set only = 'where customer_id in (select customer_id from changed_customers)' if customers else '' %}
+{%- set also = 'and customer_id in (select customer_id from changed_customers)' if customers else '' %}
+with {% if customers %}changed_customers as materialized (
+    {{ customers }}
+),
+
+{% endif %}customers as (
     select * from {{ ref('stg_customers') }}
     {{ only }}
 ),
