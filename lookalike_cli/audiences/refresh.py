@@ -35,7 +35,11 @@ merge is sound when the tables hold exactly the lines up to the last one refresh
 new line comes after it (plan_aggregates checks the count and hash of the earlier lines, that no new
 line joins an order already held, the tables' own last line, the last build's as_of_at and the dbt
 project); anything else rebuilds them. Spend sums are exact decimals, so merged totals equal a full
-build's bit for bit and untouched customers keep their hash.
+build's bit for bit and untouched customers keep their hash. The per-customer models downstream
+(CUSTOMER_MODELS) merge too, computing only the customers whose inputs changed (each finds them from its own
+held rows; everyone when the serving cutoff moved); what they cannot see from their rows is checked here: no
+raw table but order_lines changed (plan_aggregates), and the categories mart kept its ids (build_step rebuilds
+customer_features and what reads it when it did not).
 
 A step's state is written only after it succeeds, so a refresh killed midway redoes the unfinished
 step next time; published audiences stay readable throughout (publishing swaps the serving file
