@@ -2,10 +2,12 @@
 
 One warehouse of generated data, three arms, all in this process:
 
-- full: the full pipeline on it, as `lookalike refresh` runs it on a warehouse it has never seen:
-  dbt build (refresh's serving build, then the training side `lookalike train` builds first), then
-  (after a brief, untimed `lookalike train`) score every customer, build the index, apply the
-  audiences file. Timed: the two refresh calls and the training-side build.
+- full: the full pipeline a user would otherwise re-run daily, as `lookalike refresh` runs it on a warehouse
+  it has never seen: dbt build (refresh's serving build, then the training side `lookalike train` builds
+  first), `lookalike train` with its default options (timed; --train-epochs caps its epochs to save time,
+  and the table says so), then score every customer, build the index, apply the audiences file.
+  refresh / full is reported against the pipeline without training (what refresh replaces when the model
+  is kept: the goal) and with it.
 - refresh: ~1% new order lines are appended to raw.order_lines (whole orders copied from existing
   ones, same customers, new order ids), dated after the last order line: on its day (`--when
   same-day`, an intraday load: serving features stay as of the same day) or on the next day
@@ -17,7 +19,7 @@ One warehouse of generated data, three arms, all in this process:
   refresh's column by column (doubles to 1e-9 relative: sums in another order), each refreshed audience
   (|refresh ∩ rebuild| / |rebuild| and Jaccard), and the embeddings (minimum cosine).
 
-Run (the data is generated once into --workdir and reused; the model trains for --epochs):
+Run (the data is generated once into --workdir and reused):
 
     python -m benchmarks.bench_refresh --customers 100000
     python -m benchmarks.bench_refresh --customers 1000000 --workdir /tmp/refresh-1m
@@ -136,9 +138,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--share", type=float, default=0.01, help="new order lines as a share of the existing ones")
     parser.add_argument("--when", choices=("same-day", "next-day"), default="same-day")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs of the (untimed) model")
-    parser.add_argument("--batch-size", type=int, default=2048,
-                        help="training batch size (large, and no in-batch loss: the model only needs to be a model)")
+    parser.add_argument("--train-epochs", type=int, default=None,
+                        help="cap `lookalike train`'s epochs (default: its own default options, as a user runs it)")
     parser.add_argument("--workdir", type=Path, default=None, help="keeps the generated raw data between runs")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH)
     args = parser.parse_args()
@@ -170,7 +171,9 @@ def main() -> None:
     ensure_training_current(full, progress=log)
     full_build = time.perf_counter() - started
     training_dbt = dbt_breakdown(full)
-    train(full, epochs=args.epochs, batch_size=args.batch_size, in_batch=0.0, seed=0, progress=log)
+    started = time.perf_counter()
+    train(full, progress=log, **({"epochs": args.train_epochs} if args.train_epochs else {}))
+    train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     first = refresh(full, audiences, progress=log)
     full_rest = time.perf_counter() - started
@@ -205,16 +208,25 @@ def main() -> None:
     differing = feature_differences(full.db_path, rebuild.db_path)
     ours, theirs = latest_members(full.serving_db_path), latest_members(rebuild.serving_db_path)
     full_total = full_build + full_rest
+    full_trained = full_total + train_seconds
     load_after = os.getloadavg()[0]
 
+    from lookalike_cli.model.config import TrainOptions
+
+    default_epochs = TrainOptions().epochs
+    train_label = ("train (`lookalike train`, default options)" if not args.train_epochs else
+                   f"train (`lookalike train`, default options but {args.train_epochs} of its {default_epochs} epochs)")
     rows = [["step", "full pipeline (s)", "refresh (s)", "refresh / full", "what refresh did"]]
     for name in ("build", "score", "index", "apply"):
         step = refresh_steps.get(name)
         rows.append([name, f"{full_steps.get(name, 0):.1f}", f"{step.seconds:.1f}" if step and step.ran else "skipped",
                      f"{step.seconds / full_steps[name]:.3f}" if step and step.ran and full_steps.get(name) else "",
                      (step.detail or step.reason) if step else ""])
-    rows.append(["**total** (incl. fingerprints)", f"{full_total:.1f}", f"{refresh_seconds:.1f}",
-                 f"**{refresh_seconds / full_total:.3f}**", "goal <= 0.15"])
+    rows.insert(2, [train_label, f"{train_seconds:.1f}", "not run", "", "refresh keeps the model: `lookalike train` is the user's to run"])
+    rows.append(["**total without training** (build, score, index, apply; incl. fingerprints)", f"{full_total:.1f}",
+                 f"{refresh_seconds:.1f}", f"**{refresh_seconds / full_total:.3f}**", "goal <= 0.15"])
+    rows.append(["total with training (the above + `lookalike train`)", f"{full_trained:.1f}", f"{refresh_seconds:.1f}",
+                 f"{refresh_seconds / full_trained:.3f}", "not the goal's measure: training dominates it"])
     overlap = [["audience", "members (refresh)", "members (rebuild)", "shared / rebuild", "Jaccard"]]
     for name in sorted(theirs):
         a, b = ours.get(name, set()), theirs[name]
@@ -224,8 +236,9 @@ def main() -> None:
         f"{args.customers:,} generated customers ({appended['lines_before']:,} order lines, {args.days} days, seed 7); "
         f"appended {appended['lines_added']:,} lines ({appended['lines_added'] / appended['lines_before']:.2%}) for "
         f"{appended['customers_touched']:,} existing customers, dated {args.when} after the last line "
-        f"({appended['last_before']} -> from {appended['first_added']}). Model: 2 layers, no location, "
-        f"{args.epochs} epochs of batch {args.batch_size} without the in-batch loss (untimed). Audiences: 5% centroid, 2% knn-vote.",
+        f"({appended['last_before']} -> from {appended['first_added']}). Model: `lookalike train`'s defaults"
+        + (f", epochs capped at {args.train_epochs} (of {default_epochs}; early stopping may end a default run sooner)" if args.train_epochs else "")
+        + ". Audiences: 5% centroid, 2% knn-vote.",
         "",
         markdown_table(rows[0], rows[1:]),
         "",

@@ -35,7 +35,11 @@ merge is sound when the tables hold exactly the lines up to the last one refresh
 new line comes after it (plan_aggregates checks the count and hash of the earlier lines, that no new
 line joins an order already held, the tables' own last line, the last build's as_of_at and the dbt
 project); anything else rebuilds them. Spend sums are exact decimals, so merged totals equal a full
-build's bit for bit and untouched customers keep their hash.
+build's bit for bit and untouched customers keep their hash. The per-customer models downstream
+(CUSTOMER_MODELS) merge too, computing only the customers whose inputs changed (each finds them from its own
+held rows; everyone when the serving cutoff moved); what they cannot see from their rows is checked here: no
+raw table but order_lines changed (plan_aggregates), and the categories mart kept its ids (build_step rebuilds
+customer_features and what reads it when it did not).
 
 A step's state is written only after it succeeds, so a refresh killed midway redoes the unfinished
 step next time; published audiences stay readable throughout (publishing swaps the serving file
@@ -63,6 +67,9 @@ TRAINING_MODELS = ("training_features", "similarity_pairs", "int_customer_pairs_
 # The order aggregates refresh can merge new lines into (dbt incremental models, var incremental_aggregates), and
 # the state row that says which order lines they hold.
 INCREMENTAL_MODELS = ("int_customer_order_days", "int_customer_category_counts_serving")
+# The per-customer models a merge updates for the changed customers only (delete+insert by customer): those whose
+# order lines changed, everyone when the serving cutoff moved (a new day); each finds them from its own held rows.
+CUSTOMER_MODELS = ("int_customer_orders_aggregated", "customer_features", "customer_profiles_text")
 AGGREGATES_STATE = "aggregates"
 
 
@@ -160,11 +167,15 @@ def plan_aggregates(settings: Settings, state: dict[str, str]) -> tuple[str | No
             return None, "no raw.order_lines", None
         through = prior["through"] if prior else None
         lines = order_lines_state(con, through)
-        after = {"project": project, **{key: lines[key] for key in ("lines", "hash", "through")}}
+        others = fingerprint(con, [table for table in raw_tables(con) if table != "raw.order_lines"])
+        after = {"project": project, "other_raw_tables": others, **{key: lines[key] for key in ("lines", "hash", "through")}}
         if prior is None:
             return None, "no aggregates recorded by refresh yet", after
         if prior["project"] != project:
             return None, "the dbt project changed since the aggregates were built", after
+        if prior.get("other_raw_tables") != others:
+            # customer_features merges only the customers whose order lines changed (CUSTOMER_MODELS).
+            return None, "a raw table other than order_lines changed (customers, visits, ...)", after
         if not all(table_exists(con, name) for name in (*INCREMENTAL_MODELS, "int_time_windows")):
             return None, "an order aggregate table is missing", after
         held_days = con.execute("select max(last_ordered_at) from int_customer_order_days").fetchall()[0][0]
@@ -206,15 +217,35 @@ def build_serving(settings: Settings, merge: bool = False) -> str:
     return "dbt build of the serving models (the training side is left to `lookalike train`)" + dbt_summary(lines)
 
 
+def category_mapping(settings: Settings) -> str | None:
+    """A hash of the categories mart's ids, names and departments (what customer_features' category_ids mean)."""
+    from lookalike_cli.warehouse.connection import connection, table_exists
+
+    with connection(settings.db_path, read_only=True) as con:
+        if not table_exists(con, "categories"):
+            return None
+        return str(con.execute("select count(*), coalesce(sum(hash(category_id, category, department)), 0) "
+                               "from categories").fetchall()[0])
+
+
 def build_step(settings: Settings, state: dict[str, str], force: bool = False) -> str:
     """refresh's build: the serving models, the order aggregates incrementally when plan_aggregates allows
-    (never with `force`: everything is rebuilt)."""
+    (never with `force`: everything is rebuilt), and with them the changed customers' features and profiles."""
     import json
+
+    from lookalike_cli.warehouse.dbt_runner import run_dbt
 
     through, why, after = plan_aggregates(settings, state)
     if force:
         through, why = None, "forced"
+    mapping = category_mapping(settings) if through is not None else None
     detail = build_serving(settings, merge=through is not None)
+    if through is not None and category_mapping(settings) != mapping:
+        # New lines brought a category (or moved one to another department): category ids shift for customers the
+        # merge did not touch, so their features and profiles are computed again. Rare: a new category in the data.
+        lines = run_dbt(settings, ["build", "--select", "customer_features+", "--exclude", "customer_embeddings+",
+                                   *TRAINING_MODELS, *BUILD_VARS, "--full-refresh"], echo=lambda _: None)
+        detail += "; the categories changed, so customer_features and what reads it were rebuilt in full" + dbt_summary(lines)
     if after is not None:
         write_state(settings, AGGREGATES_STATE, json.dumps(after))
     return (f"{detail}; order aggregates {'incremental' if through else 'rebuilt in full'} ({why})")

@@ -140,7 +140,8 @@ def differing_columns(a, b, table: str) -> dict[str, int]:
         con.execute(f"attach '{a.db_path}' as a (read_only)")
         con.execute(f"attach '{b.db_path}' as b (read_only)")
         keys = [k for (k,) in con.execute(f"select column_name from (describe a.{table})").fetchall()
-                if k in ("customer_id", "customer_id_a", "customer_id_b", "category_id")]
+                if k in ("point_in_time", "customer_id", "customer_id_a", "customer_id_b", "category_id",
+                         "first_ordered_day", "last_ordered_day")]
         differs = {}
         for column, kind in con.execute(f"select column_name, column_type from (describe a.{table})").fetchall():
             same = (f"abs(x.{column} - y.{column}) <= 1e-9 * greatest(1, abs(x.{column}))" if kind == "DOUBLE"
@@ -184,8 +185,61 @@ def test_refresh_merges_new_lines_into_the_aggregates_and_equals_a_full_build(ge
         assert ensure_training_current(settings) is None  # current now
         reference.result()
     # Date-relative features (recency, tenure, the 90-day recent_*) moved by the day, from the merged totals.
-    for table in ("customer_features", "categories", "customer_profiles_text"):
+    # int_customer_orders_aggregated and what reads it merged every customer (the cutoff moved), as a full build.
+    for table in ("int_customer_orders_aggregated", "customer_features", "categories", "customer_profiles_text"):
         assert differing_columns(settings, rebuilt, table) == {}, table
+
+
+def append_same_day_orders(settings, every: int = 40, offset: int = 100000000) -> int:
+    """Every `every`-th order copied as a new order of its customer a millisecond after the last line (an intraday
+    load: the serving cutoff stays), every tenth of them returned in full (negative amounts)."""
+    with duckdb.connect(str(settings.db_path)) as con:
+        con.execute(f"""insert into raw.order_lines by name
+                        select * replace (order_id + {offset} as order_id,
+                                          (select max(ordered_at) from raw.order_lines) + interval 1 millisecond as ordered_at,
+                                          case when order_id % {every * 10} = 0 then -abs(amount) else amount end as amount)
+                        from raw.order_lines where order_id % {every} = 0""")
+        return con.execute(f"select count(*) from raw.order_lines where order_id > {offset}").fetchall()[0][0]
+
+
+def serving_differences(refreshed, rebuilt) -> dict[str, dict[str, int]]:
+    """Every serving model a merge updates in part, refreshed vs built in full (tables, no merge) on the same rows."""
+    run_dbt(rebuilt, ["run", "--select", "+customer_features", "+customer_profiles_text"], echo=lambda _: None)
+    tables = ("int_customer_order_days", "int_customer_orders_aggregated", "categories", "customer_features", "customer_profiles_text")
+    return {table: differs for table in tables if (differs := differing_columns(refreshed, rebuilt, table))}
+
+
+def test_same_day_lines_update_only_the_changed_customers_and_equal_a_full_build(generated_warehouse, tmp_path):
+    settings = copy_warehouse(generated_warehouse, tmp_path / "refreshed")
+    record_current_build(settings)
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        before = dict(con.execute("select customer_id, profile_text from customer_profiles_text").fetchall())
+        as_of = con.execute("select max(features_as_of) from customer_features").fetchall()[0][0]
+    added = append_same_day_orders(settings)
+    assert added > 500
+
+    out = run_cli(settings, "refresh").output
+    assert re.search(rf"order aggregates incremental \({added:,} order lines after 2025-12-31 [\d:.]+ aggregated", out), out
+    assert "categories changed" not in out, out
+    assert serving_differences(settings, copy_warehouse(settings, tmp_path / "rebuilt")) == {}
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        assert con.execute("select max(features_as_of) from customer_features").fetchall()[0][0] == as_of  # same day
+        after = dict(con.execute("select customer_id, profile_text from customer_profiles_text").fetchall())
+        touched = {c for (c,) in con.execute("select distinct customer_id from raw.order_lines where order_id > 100000000").fetchall()}
+    changed = {c for c in after if after[c] != before.get(c)}
+    # The text changed for customers with new lines and for a few whose spend band moved with the others' spend.
+    assert changed and changed - touched and len(changed - touched) < len(touched), (len(changed), len(touched))
+
+    # A second intraday load bringing a category the data never had: its id shifts others', so every customer's
+    # features and profile are computed again, and still equal a full build's.
+    with duckdb.connect(str(settings.db_path)) as con:
+        con.execute("""insert into raw.order_lines by name
+                       select * replace (order_id + 200000000 as order_id, 'Aardvark Supplies' as category,
+                                         (select max(ordered_at) from raw.order_lines) + interval 1 millisecond as ordered_at)
+                       from raw.order_lines where order_id = (select min(order_id) from raw.order_lines where amount > 0)""")
+    out = run_cli(settings, "refresh").output
+    assert "order aggregates incremental" in out and "the categories changed" in out, out
+    assert serving_differences(settings, copy_warehouse(settings, tmp_path / "rebuilt-2")) == {}
 
 
 def test_earlier_lines_changed_or_orders_reopened_mean_a_full_rebuild(generated_warehouse, tmp_path):
@@ -214,3 +268,10 @@ def test_earlier_lines_changed_or_orders_reopened_mean_a_full_rebuild(generated_
             con.execute(change)
         after, why, _ = plan_aggregates(settings, state)
         assert after is None and expected in why, (expected, why)
+
+    # customer_features merges only customers with new order lines: any other raw table changed means a rebuild.
+    with duckdb.connect(str(settings.db_path)) as con:
+        con.execute("delete from raw.order_lines; insert into raw.order_lines select * from kept")
+        con.execute("update raw.customers set city = 'Elsewhere' where customer_id = (select min(customer_id) from raw.customers)")
+    after, why, _ = plan_aggregates(settings, state)
+    assert after is None and "other than order_lines changed" in why, why

@@ -45,3 +45,34 @@ def test_kill_9_while_rescoring_then_refresh_completes(private_copy):
     assert np.allclose(loaded.vectors(ids[:50]), vectors[:50] / np.linalg.norm(vectors[:50], axis=1, keepdims=True), atol=1e-5)
     with duckdb.connect(str(settings.serving_db_path), read_only=True) as con:
         assert con.execute("select count(*) from latest_audience_members where audience_name = 'vip'").fetchall()[0][0] > 0
+
+
+@pytest.mark.slow
+def test_kill_9_while_merging_customer_features_then_refresh_completes(private_copy, tmp_path):
+    """The kill strikes inside dbt's merge of customer_features (its runtime SQL written: the changed customers
+    are computed, delete+insert not yet committed). customer_features and the profiles stay whole (the old rows
+    or the new, never some of each), the audience is unchanged, and the next refresh, finding the aggregates
+    merged beyond what it recorded, rebuilds them and equals a full build."""
+    from tests.audiences.test_refresh_incremental import append_same_day_orders, record_current_build, serving_differences
+    from tests.helpers import copy_warehouse
+
+    settings = private_copy
+    (settings.db_path.parent / "audiences.yml").write_text(AUDIENCES_YAML)
+    record_current_build(settings)
+    append_same_day_orders(settings)
+    before = published_state(settings)
+
+    killed = kill_at(settings, "refresh", "--audiences", "audiences.yml",
+                     file_glob=".dbt/*/target/run/lookalike/models/marts/customer_features.sql")
+    assert wait_gone(killed.children) == []
+    now = published_state(settings)
+    assert changed({"serving": before["serving"]}, {"serving": now["serving"]}) == [], killed.point
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        customers = con.execute("select count(*) from stg_customers").fetchall()[0][0]
+        for table in ("customer_features", "customer_profiles_text"):
+            assert con.execute(f"select count(*), count(distinct customer_id) from {table}").fetchall()[0] == (customers, customers)
+
+    rerun = assert_succeeds(settings, "refresh", "--audiences", "audiences.yml")
+    assert "order aggregates rebuilt in full (the order aggregates changed since refresh built them" in rerun.output, rerun.output
+    assert stray_files(settings) == [] and stray_relations(settings) == []
+    assert serving_differences(settings, copy_warehouse(settings, tmp_path / "rebuilt")) == {}

@@ -65,6 +65,10 @@ def spark_table(spark, sql: str) -> pa.Table:
     return spark.sql(sql).toArrow()
 
 
+# A row hash each engine computes its own way (refresh compares it only with its own earlier value).
+ENGINE_LOCAL_COLUMNS = {"customer_features_hash"}
+
+
 @pytest.mark.parametrize("table, key", [
     ("categories", "category_id"),
     ("int_customer_pairs_sampled", "customer_id_a, customer_id_b"),
@@ -82,6 +86,8 @@ def test_marts_agree_with_duckdb(spark_warehouse, table, key):
     assert actual.num_rows == expected.num_rows > 0
     assert actual.column_names == expected.column_names
     for name in expected.column_names:
+        if name in ENGINE_LOCAL_COLUMNS:
+            continue
         want, got = expected.column(name).combine_chunks(), actual.column(name).combine_chunks()
         if pa.types.is_floating(want.type):
             # Labels (similarity_*, jaccard) and numeric features: sums in another order, same values.

@@ -16,3 +16,39 @@
     true
 {%- endif -%}
 {% endmacro %}
+
+{% macro customers_with_new_order_lines(customer_id, held) %}
+{#- In an incremental run of a per-customer aggregate of every cutoff (`held`: point_in_time, customer_id,
+    last_ordered_at): true for the customers with order days after the last line `held` holds, and for
+    every customer when the serving cutoff moved since (lines on a new day move every date-relative feature).
+    With as_of_date unset (incremental_aggregates_enabled) the serving cutoff is the day after the last line,
+    and the training cutoff moves only with it (the data's first line is unchanged: refresh checks it). -#}
+(
+    {{ customer_id }} in (
+        select customer_id from {{ ref('int_customer_order_days') }}
+        where last_ordered_at > (select max(last_ordered_at) from {{ held }} where point_in_time = 'serving')
+    )
+    or (select cast({{ dbt.dateadd('day', 1, 'cast(max(last_ordered_at) as date)') }} as timestamp) from {{ held }} where point_in_time = 'serving')
+        is distinct from (select cutoff_at from {{ ref('int_feature_cutoffs') }} where point_in_time = 'serving')
+)
+{% endmacro %}
+
+{% macro changed_customer_features(held) %}
+{#- The customer ids whose serving order aggregates differ from what `held` (customer_features) holds in
+    line or return count (every appended line changes one), new customers with orders, and everyone when
+    the serving cutoff moved. -#}
+{%- set query -%}
+    select orders.customer_id
+    from {{ ref('int_customer_orders_aggregated') }} as orders
+    left join {{ held }} as held on held.customer_id = orders.customer_id
+    where orders.point_in_time = 'serving'
+      and (held.customer_id is null
+           or held.order_line_count <> orders.order_line_count
+           or held.return_line_count <> orders.return_line_count)
+    union
+    select customer_id from {{ ref('stg_customers') }}
+    where (select max(features_as_of) from {{ held }})
+        is distinct from (select cutoff_at from {{ ref('int_feature_cutoffs') }} where point_in_time = 'serving')
+{%- endset -%}
+{{ return(query) }}
+{% endmacro %}

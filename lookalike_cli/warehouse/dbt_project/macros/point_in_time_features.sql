@@ -1,10 +1,18 @@
-{% macro customer_features_as_of(point_in_time) %}
+{% macro customer_features_as_of(point_in_time, customers=none) %}
 {#- The one definition of a customer's features, as of a point in time of int_feature_cutoffs
     ('training' = feature_end_at, 'serving' = as_of_at). Every count, share and date difference
     uses only data before that cutoff; customer_features and training_features both call this,
-    so the encoder is trained and applied on identically computed inputs. -#}
-with customers as (
+    so the encoder is trained and applied on identically computed inputs. `customers`: a condition on
+    query of customer ids to compute (a refresh merge computes only the changed ones), evaluated once. -#}
+{%- set only = 'where customer_id in (select customer_id from changed_customers)' if customers else '' %}
+{%- set also = 'and customer_id in (select customer_id from changed_customers)' if customers else '' %}
+with {% if customers %}changed_customers as materialized (
+    {{ customers }}
+),
+
+{% endif %}customers as (
     select * from {{ ref('stg_customers') }}
+    {{ only }}
 ),
 
 cutoffs as (
@@ -16,7 +24,7 @@ cutoffs as (
 
 orders as (
     select * from {{ ref('int_customer_orders_aggregated') }}
-    where point_in_time = '{{ point_in_time }}'
+    where point_in_time = '{{ point_in_time }}' {{ also }}
 ),
 
 categories as (
@@ -26,13 +34,14 @@ categories as (
 category_counts as (
     -- One model per cutoff (refresh builds the serving one only): int_customer_category_counts_<point in time>.
     select * from {{ ref('int_customer_category_counts_' ~ point_in_time) }}
+    {{ only }}
 ),
 
 visits as (
     select visits.customer_id, count(*) as visit_count
     from {{ ref('stg_visits') }} as visits
     cross join cutoffs
-    where visits.visited_at >= cutoffs.data_start_at and visits.visited_at < cutoffs.cutoff_at
+    where visits.visited_at >= cutoffs.data_start_at and visits.visited_at < cutoffs.cutoff_at {{ also }}
     group by visits.customer_id
 ),
 
@@ -40,7 +49,7 @@ engagements as (
     select engagements.customer_id, count(*) as engagement_count
     from {{ ref('stg_engagements') }} as engagements
     cross join cutoffs
-    where engagements.engaged_at >= cutoffs.data_start_at and engagements.engaged_at < cutoffs.cutoff_at
+    where engagements.engaged_at >= cutoffs.data_start_at and engagements.engaged_at < cutoffs.cutoff_at {{ also }}
     group by engagements.customer_id
 ),
 

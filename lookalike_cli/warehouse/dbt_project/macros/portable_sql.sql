@@ -148,3 +148,19 @@
 {% macro duckdb__raise_error(message) %}
     cast(error({{ message }}) as boolean)
 {% endmacro %}
+
+
+{% macro row_hash(relation_alias) %}
+    {#- A bigint hash of a whole row (every column of `relation_alias`), compared only within one engine:
+        it tells whether a row changed, not what it holds. -#}
+    {{ return(adapter.dispatch('row_hash', 'lookalike')(relation_alias)) }}
+{% endmacro %}
+
+{% macro default__row_hash(relation_alias) %}
+    {#- DuckDB hashes a row as a struct, into an unsigned 64-bit value: halved to fit a bigint. -#}
+    cast(hash({{ relation_alias }}) >> 1 as bigint)
+{% endmacro %}
+
+{% macro spark__row_hash(relation_alias) %}
+    cast(xxhash64({{ relation_alias }}.*) as bigint)
+{% endmacro %}

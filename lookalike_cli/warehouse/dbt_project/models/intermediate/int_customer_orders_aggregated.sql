@@ -1,3 +1,8 @@
+{{ config(
+    materialized=('incremental' if incremental_aggregates_enabled() else 'table'),
+    unique_key=['point_in_time', 'customer_id'],
+    incremental_strategy='delete+insert',
+) }}
 {%- set recent_days = var('recent_days') | int -%}
 -- One row per point in time and customer with order lines before the cutoff: activity aggregates,
 -- over the whole history before the cutoff and over its last `recent_days` days.
@@ -6,8 +11,13 @@
 -- wholly before or after a cutoff (cutoffs are at midnight), so each point in time takes the days
 -- before its cutoff, and the date-relative sums (recent_*) are computed here, as of the cutoff,
 -- never stored: an order day 91 days before a cutoff is not recent, whenever its row was written.
+-- In a refresh merge (incremental_aggregates) only the customers with order days after the last line this
+-- table holds are evaluated again, unless the cutoffs moved (a new day): then every customer is.
 with order_days as (
     select * from {{ ref('int_customer_order_days') }}
+    {% if is_incremental() %}
+    where {{ customers_with_new_order_lines('customer_id', this) }}
+    {% endif %}
 ),
 
 cutoffs as (

@@ -1,8 +1,17 @@
+{{ config(
+    materialized=('incremental' if incremental_aggregates_enabled() else 'table'),
+    unique_key='customer_id',
+    incremental_strategy='delete+insert',
+    on_schema_change='fail',
+) }}
 -- One row per customer: the customer's feature-window behaviour serialised into a short text
 -- profile through a fixed template (the GPLR paper serialises user-item interactions the same
 -- way), for the persona labellers. Bands are relative to this population (spend quintiles) or
 -- fixed thresholds (frequency, recency, tenure) so the text reads the same across runs.
-with customer_features as (
+-- In a refresh merge (incremental_aggregates) only the profiles whose text can have changed are written
+-- again: their customer_features row changed (customer_features_hash) or their spend band did (bands are
+-- relative to the population, so another customer's new spend can move one).
+with all_customer_features as (
     select * from {{ ref('customer_features') }}
 ),
 
@@ -16,8 +25,39 @@ spend_quintiles as (
     -- decimals wherever it decides something: engines sum order amounts in different orders, and
     -- the last bits of a float sum must not decide a rank or a rounding (216.5 vs 216.50000000000003).
     select customer_id, ntile(5) over (order by round(total_spend, 6), customer_id) as spend_quintile
-    from customer_features
+    from all_customer_features
     where order_count > 0
+),
+
+spend_bands as (
+    select
+        f.customer_id,
+        {{ row_hash('f') }} as customer_features_hash,
+        case
+            when f.order_count = 0 then 'none'
+            when q.spend_quintile = 1 then 'very low'
+            when q.spend_quintile = 2 then 'low'
+            when q.spend_quintile = 3 then 'medium'
+            when q.spend_quintile = 4 then 'high'
+            else 'very high'
+        end as spend_band
+    from all_customer_features f
+    left join spend_quintiles q on q.customer_id = f.customer_id
+),
+
+customer_features as (
+    -- The customers whose profile is written in this run: every one, or in a merge the changed ones.
+    select * from all_customer_features
+    {% if is_incremental() %}
+    where customer_id in (
+        select bands.customer_id
+        from spend_bands as bands
+        left join {{ this }} as held on held.customer_id = bands.customer_id
+        where held.customer_id is null
+           or held.customer_features_hash <> bands.customer_features_hash
+           or held.spend_band <> bands.spend_band
+    )
+    {% endif %}
 ),
 
 category_shares as (
@@ -79,14 +119,8 @@ banded as (
         f.tenure_days,
         d.top_departments_text,
         coalesce(t.top_categories_text, '') as top_categories_text,
-        case
-            when f.order_count = 0 then 'none'
-            when q.spend_quintile = 1 then 'very low'
-            when q.spend_quintile = 2 then 'low'
-            when q.spend_quintile = 3 then 'medium'
-            when q.spend_quintile = 4 then 'high'
-            else 'very high'
-        end as spend_band,
+        b.customer_features_hash,
+        b.spend_band,
         case
             when f.orders_per_month < 0.5 then 'rare'
             when f.orders_per_month < 2 then 'occasional'
@@ -107,7 +141,7 @@ banded as (
     from customer_features f
     left join top_categories t on t.customer_id = f.customer_id
     left join top_departments d on d.customer_id = f.customer_id
-    left join spend_quintiles q on q.customer_id = f.customer_id
+    inner join spend_bands b on b.customer_id = f.customer_id
 ),
 
 final as (
@@ -126,7 +160,8 @@ final as (
         spend_band,
         frequency_band,
         recency_band,
-        tenure_band
+        tenure_band,
+        customer_features_hash
     from banded
 )
 
