@@ -105,7 +105,7 @@ def publish_expansion(
     from lookalike_cli.audiences.skew import attribute_skew, skew_warnings, write_skew
 
     with connection(db_path, read_only=True) as con:
-        diagnostics = inspect_seed(con, result.seeds, seed)
+        diagnostics = inspect_seed(con, result.seeds, seed, index=result.index)
         skew = attribute_skew(con, result.members.column("customer_id").to_numpy(), result.seeds.ids)
     excluded = result.audience["parameters"].get("exclude_features", ())
     for message in diagnostics.warnings + skew_warnings(skew, result.members.num_rows, excluded=excluded):

@@ -186,8 +186,12 @@ def apply_definitions(settings: Settings, path: str | Path, progress: Progress =
     from lookalike_cli.audiences.reach import latest_backtest
     from lookalike_cli.audiences.seeds import persona_seed_sql
     from lookalike_cli.audiences.tiers import split_expansion
+    from lookalike_cli.index.faiss_index import load_index
 
     definitions = validate_definitions(read_definitions_file(path), settings, where=str(path))
+    # One index for every audience (each expand checks its model version): read once, and held once while
+    # the computed audiences wait to be published (each keeps a reference for its seed diagnostics).
+    index = load_index(settings.index_dir) if definitions else None
     computed = []
     for definition in definitions:
         progress(f"== {definition.name}")
@@ -196,7 +200,8 @@ def apply_definitions(settings: Settings, path: str | Path, progress: Progress =
             options["seed_sql"] = persona_seed_sql(settings.db_path, options.pop("seed_persona"))
         try:
             backtest = latest_backtest(settings.serving_db_path, definition.name, options.get("strategy", "blend"))
-            result = expand(settings.db_path, settings.index_dir, progress=progress, reach_backtest=backtest, **options)
+            result = expand(settings.db_path, settings.index_dir, progress=progress, reach_backtest=backtest,
+                            loaded_index=index, **options)
         except ParameterError as exc:  # the file's keys are expand's parameter names: no flag to show
             raise LookalikeError(f"{path}: audience {definition.name!r}: {exc.render(FILE_NAMES)}") from exc
         computed.append((definition, split_expansion(result, definition.name, definition.rings, definition.holdout,

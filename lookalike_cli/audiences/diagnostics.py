@@ -23,8 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from lookalike_cli.audiences.expand import seed_clusters
 from lookalike_cli.audiences.publish import insert_rows
-from lookalike_cli.audiences.seeds import MIN_RECOMMENDED_SEEDS, Seeds
-from lookalike_cli.vectors import normalise, to_matrix
+from lookalike_cli.audiences.seeds import MIN_RECOMMENDED_SEEDS, Seeds, population_vectors
 
 RANDOM_PAIR_SAMPLE = 2000
 # Below this (seed - random) / (1 - random) the seed is no tighter than random customers.
@@ -98,16 +97,10 @@ def mean_pair_similarity(vectors: np.ndarray) -> float:
     return float((total @ total - n) / (n * (n - 1)))
 
 
-def population_sample(con: duckdb.DuckDBPyConnection, size: int, seed: int) -> np.ndarray:
-    table = con.sql(
-        f"select embedding from customer_embeddings using sample reservoir({size} rows) repeatable ({seed})"
-    ).to_arrow_table()
-    return normalise(to_matrix(table.column("embedding")))
-
-
-def inspect_seed(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int = 0) -> SeedDiagnostics:
-    """Diagnostics of resolved seeds against a random sample of the scored population."""
-    random_pairs = mean_pair_similarity(population_sample(con, RANDOM_PAIR_SAMPLE, seed))
+def inspect_seed(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int = 0, index=None) -> SeedDiagnostics:
+    """Diagnostics of resolved seeds against a random sample of the scored population (its vectors from
+    `index` when given: seeds.population_vectors)."""
+    random_pairs = mean_pair_similarity(population_vectors(con, RANDOM_PAIR_SAMPLE, seed, index)[1])
     seed_pairs = mean_pair_similarity(seeds.vectors)
     homogeneity = (seed_pairs - random_pairs) / max(1.0 - random_pairs, 1e-9) if seeds.found > 1 else float("nan")
     # One thread: on small seeds OpenMP start-up dominates, and on a shared machine it is 40x slower.

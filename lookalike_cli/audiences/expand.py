@@ -95,6 +95,9 @@ class Expansion:
     seeds: Seeds | None = None
     # audience_reach_curve rows (reach.py) without the audience_id publishing assigns.
     reach: pa.Table | None = None
+    # The index the expansion ranked with (DuckDB engine), so publishing samples the population's vectors from it
+    # (seeds.population_vectors) instead of reading every embedding; not part of the result's value.
+    index: "LoadedIndex | None" = field(default=None, repr=False, compare=False)
 
 
 def is_share(size: str | int | None) -> bool:
@@ -206,7 +209,8 @@ def base_parameters(seeds: Seeds, size: str | int | None, min_similarity: float 
 def ranked_expansion(ids: np.ndarray, scores: np.ndarray, similarities: np.ndarray, nearest_seed: np.ndarray, *,
                      seeds: Seeds, strategy: str, parameters: dict, excluded_count: int, population: int,
                      model_version: str, index_version: str | None, index_type: str, started: float,
-                     warnings: list[str], progress: Progress, engine: str = "", reach: pa.Table | None = None) -> Expansion:
+                     warnings: list[str], progress: Progress, engine: str = "", reach: pa.Table | None = None,
+                     index: "LoadedIndex | None" = None) -> Expansion:
     """The Expansion of members ranked best first: the members table and the audiences row (either engine)."""
     members = pa.table({
         "rank": pa.array(np.arange(1, len(ids) + 1), pa.int32()),
@@ -236,7 +240,7 @@ def ranked_expansion(ids: np.ndarray, scores: np.ndarray, similarities: np.ndarr
     }
     progress(f"Audience: {len(ids):,} customers, score {audience['score_min']:.3f}..{audience['score_max']:.3f} "
              f"in {audience['compute_seconds']:.2f}s{engine}")
-    return Expansion(members=members, audience=audience, warnings=warnings, seeds=seeds, reach=reach)
+    return Expansion(members=members, audience=audience, warnings=warnings, seeds=seeds, reach=reach, index=index)
 
 
 def search_union(index: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -733,7 +737,7 @@ def expand(
         if strategy == "knn-vote" and k_per_seed:
             parameters["k_per_seed"] = k_per_seed
         if strategy != "blend":
-            sample = population_sample(con, seeds.ids, seed)
+            sample = population_sample(con, seeds.ids, seed, index)
             # knn-vote's k as its search starts (it grows when the union of neighbours falls short).
             k = max(k_per_seed or 10, math.ceil(2 * ((target or 1000) + len(blocked) + 100) / seeds.found))
             validation = vector_validation(strategy, seeds.vectors, sample, seed, population,
@@ -783,4 +787,4 @@ def expand(
     return ranked_expansion(ids, scores, sims, nearest, seeds=seeds, strategy=strategy, parameters=parameters,
                             excluded_count=len(excluded), population=population, model_version=manifest.model_version,
                             index_version=manifest.index_version, index_type=manifest.index_type, started=started,
-                            warnings=warnings, progress=progress, reach=curve)
+                            warnings=warnings, progress=progress, reach=curve, index=index)

@@ -214,14 +214,13 @@ def check_min_expected_lift(value) -> float:
 
 # --- in-seed validation of the embedding strategies (the blend validates itself) ---------
 
-def population_sample(con: duckdb.DuckDBPyConnection, seed_ids: np.ndarray, random_seed: int) -> np.ndarray:
-    """L2-normalised embeddings of a reservoir sample of the population, seeds left out."""
-    from lookalike_cli.vectors import ids_and_vectors
+def population_sample(con: duckdb.DuckDBPyConnection, seed_ids: np.ndarray, random_seed: int, index=None) -> np.ndarray:
+    """L2-normalised embeddings of a reservoir sample of the population, seeds left out (vectors from `index`
+    when given: seeds.population_vectors)."""
+    from lookalike_cli.audiences.seeds import population_vectors
 
-    table = con.sql(f"select customer_id, embedding from customer_embeddings using sample reservoir("
-                    f"{VALIDATION_SAMPLE + len(seed_ids)} rows) repeatable ({random_seed})").to_arrow_table()
-    ids, vectors = ids_and_vectors(table)
-    return normalise(vectors[~np.isin(ids, seed_ids)][:VALIDATION_SAMPLE])
+    ids, vectors = population_vectors(con, VALIDATION_SAMPLE + len(seed_ids), random_seed, index)
+    return vectors[~np.isin(ids, seed_ids)][:VALIDATION_SAMPLE]
 
 
 def fold_scorer(strategy: str, seeds: np.ndarray, unlabelled: np.ndarray, reference: np.ndarray, random_seed: int,

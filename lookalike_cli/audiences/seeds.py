@@ -243,3 +243,21 @@ def persona_seed_sql(db_path: Path, name: str) -> str:
     if not matches:
         raise LookalikeError(f"No persona named {name!r}; persona_definitions has: {', '.join(p for _, p in personas)}.")
     return f"select customer_id from customer_personas where persona_id = {int(matches[0])} and persona_rank = 1"
+
+
+def population_vectors(con: duckdb.DuckDBPyConnection, size: int, random_seed: int, index=None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, L2-normalised embeddings) of a repeatable reservoir sample of `size` scored customers.
+
+    With `index` (a LoadedIndex of the same model version) only the ids are sampled from the table and the
+    vectors come from the index (the same vectors to the bit: both sides normalise with vectors.normalise):
+    sampling the embedding column itself reads every customer's vector (~1 s at 1M customers)."""
+    sample = f"using sample reservoir({int(size)} rows) repeatable ({int(random_seed)})"
+    if index is not None:
+        ids = con.sql(f"select customer_id from customer_embeddings {sample}").fetchnumpy()["customer_id"].astype(np.int64)
+        try:
+            return ids, normalise(index.vectors(ids)) if len(ids) else np.zeros((0, index.manifest.dim), np.float32)
+        except RuntimeError:  # FAISS: a sampled customer scored after the index was built; read the table instead
+            pass
+    ids, vectors = ids_and_vectors(con.sql(f"select customer_id, embedding from customer_embeddings {sample}").to_arrow_table())
+    return ids, normalise(vectors)
+
