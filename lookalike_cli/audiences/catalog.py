@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import pyarrow as pa
@@ -13,7 +15,7 @@ import pyarrow as pa
 from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.files import remove_stale_temp_files
 from lookalike_cli.audiences.expand import Expansion, expand
-from lookalike_cli.audiences.publish import check_name, drop_audience, publish_audience
+from lookalike_cli.audiences.publish import WarehouseAttributes, check_name, drop_audience, publish_audience
 from lookalike_cli.warehouse.connection import connect_serving, connection, table_exists
 from lookalike_cli.progress import Progress
 
@@ -22,13 +24,16 @@ def warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr)
 
 
-def customer_attributes(db_path: Path) -> pa.Table | None:
-    """customer_features without its list columns: what BI joins audiences to."""
+@contextmanager
+def customer_attributes(db_path: Path) -> Iterator[WarehouseAttributes | None]:
+    """customer_features without its list columns, what BI joins audiences to, as a lazily read snapshot
+    (publish.WarehouseAttributes): its connection stays open while the `with` body publishes."""
     with connection(db_path, read_only=True) as con:
         if not table_exists(con, "customer_features"):
-            return None
-        columns = [r[0] for r in con.execute("describe customer_features").fetchall() if not r[1].endswith("[]")]
-        return con.sql(f"select {', '.join(columns)} from customer_features").to_arrow_table()
+            yield None
+            return
+        columns = [(r[0], r[1]) for r in con.execute("describe customer_features").fetchall() if not r[1].endswith("[]")]
+        yield WarehouseAttributes(con, "customer_features", columns)
 
 
 def create_audience(
@@ -126,10 +131,10 @@ def publish_expansion(
         plot_reach(result.reach, f"{name}: {result.audience['strategy']}", result.members.num_rows,
                    result.audience["population_size"], picture)
     try:
-        row = publish_audience(serving_db_path, name, result.audience, result.members,
-                               attributes=customer_attributes(db_path),
-                               export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
-                               extra=companions)
+        with customer_attributes(db_path) as attributes:
+            row = publish_audience(serving_db_path, name, result.audience, result.members, attributes=attributes,
+                                   export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
+                                   extra=companions)
         if picture is not None:
             path = reach_png_path(serving_db_path, name, row["version"])
             os.replace(picture, path)

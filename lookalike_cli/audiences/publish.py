@@ -15,7 +15,8 @@ immutable Parquet files in a folder beside it, `<serving stem>_parquet/`:
 - `members/audience_<id>_<token>.parquet`: one file per audience version, written once (the
   token keeps a reused id from ever overwriting a file an older snapshot still reads);
 - `attributes/<fingerprint>.parquet`: the customer attribute snapshot, written only when the
-  content fingerprint of the attributes given differs from the current one.
+  content fingerprint of the attributes given differs from the current one (expand's publish fingerprints
+  customer_features inside DuckDB and reads its rows only then: WarehouseAttributes).
 
 The serving file keeps the small tables (audiences, reach curves, seeds, backtests, ...), the
 table `serving_files` (which Parquet files the catalog references) and views over the files:
@@ -326,6 +327,29 @@ def attributes_fingerprint(attributes: pa.Table) -> str:
     return f"{header:08x}" + "".join(crcs)[:56]
 
 
+class WarehouseAttributes:
+    """The attribute snapshot of a warehouse table, read lazily: its content fingerprint is computed inside DuckDB
+    (row count and the sum of every row's hash, with the column names and types), so a publish whose attributes
+    did not change moves no rows out of the warehouse; `table()` reads them when the serving file's snapshot is
+    another one. `con` must stay open (read-only) until the publish is done: while it is, no other process can
+    write the warehouse, so the rows read are the rows fingerprinted."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, relation: str, columns: list[tuple[str, str]]):
+        self.con, self.relation = con, relation
+        self.columns = [name for name, _ in columns]
+        listed = ", ".join(f'"{name}"' for name in self.columns)
+        rows, total = con.execute(f"select count(*), coalesce(sum(hash({listed})::hugeint), 0) from {relation}").fetchall()[0]
+        self.num_rows = int(rows)
+        schema = ";".join(f"{name}:{kind}" for name, kind in columns)
+        # A prefix of its own: never equal to an Arrow fingerprint (attributes_fingerprint) of the same rows, so
+        # a serving file alternately published from DuckDB and from Spark rewrites its snapshot, never keeps a stale one.
+        self.fingerprint = f"db{zlib.crc32(f'{schema}:{rows}'.encode()):08x}{int(total) & (2**128 - 1):032x}"
+
+    def table(self) -> pa.Table:
+        listed = ", ".join(f'"{name}"' for name in self.columns)
+        return self.con.sql(f"select {listed} from {self.relation}").to_arrow_table()
+
+
 def open_serving_copy(tmp: Path, serving_path: Path) -> duckdb.DuckDBPyConnection:
     """The copy to publish into; a serving file DuckDB cannot read (truncated, overwritten) is named, not a traceback."""
     try:
@@ -336,18 +360,19 @@ def open_serving_copy(tmp: Path, serving_path: Path) -> duckdb.DuckDBPyConnectio
         raise unreadable_serving_file(serving_path, exc) from exc
 
 
-def refresh_attributes(con: duckdb.DuckDBPyConnection, attributes: pa.Table | None) -> None:
+def refresh_attributes(con: duckdb.DuckDBPyConnection, attributes: "pa.Table | WarehouseAttributes | None") -> None:
     """Snapshot of customer attributes for BI joins: written when given and different from the
-    current one (by content fingerprint), kept otherwise."""
+    current one (by content fingerprint), kept otherwise. A WarehouseAttributes is read only then."""
     if attributes is not None:
-        fingerprint = attributes_fingerprint(attributes)
+        lazy = isinstance(attributes, WarehouseAttributes)
+        fingerprint = attributes.fingerprint if lazy else attributes_fingerprint(attributes)
         current = con.execute("select fingerprint from serving_files where kind = 'attributes'").fetchall()
         if [row[0] for row in current] != [fingerprint]:
             swap = swap_of(con)
             path = swap.folder / ATTRIBUTES / f"{fingerprint}.parquet"
             if not path.exists():  # a file of a fingerprint is complete (written under a temp name)
                 swap.written.append(path)
-                with registered(con, "incoming_attributes", attributes):
+                with registered(con, "incoming_attributes", attributes.table() if lazy else attributes):
                     copy_to_parquet(con, "select * from incoming_attributes", path)
             con.execute("delete from serving_files where kind = 'attributes'")
             record_file(con, path, ATTRIBUTES, attributes.num_rows, fingerprint=fingerprint)

@@ -230,3 +230,36 @@ def test_a_publish_killed_mid_way_leaves_the_previous_version_readable(tmp_path)
     assert files(serving, "attributes") == [f for f in before if not f.startswith("audience_")]
     assert sorted(serving_files(serving)) == sorted(
         f"{kind}/{name}" for kind in ("members", "attributes") for name in files(serving, kind))
+
+
+def test_warehouse_attributes_are_fingerprinted_in_duckdb_and_read_only_when_changed(tmp_path):
+    """expand's publish hands the warehouse's customer_features to the serving file as WarehouseAttributes:
+    fingerprinted inside DuckDB (no rows read when unchanged), read and written when a value changed."""
+    import duckdb
+
+    from lookalike_cli.audiences.publish import WarehouseAttributes
+
+    warehouse, serving = tmp_path / "w.duckdb", tmp_path / "serving.duckdb"
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("create table customer_features as select range as customer_id, range * 2.0 as total_spend, "
+                    "'F' as gender from range(1, 2001)")
+
+    def snapshot_publish(size: int) -> tuple[list[str], int]:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            columns = [(r[0], r[1]) for r in con.execute("describe customer_features").fetchall()]
+            snapshot = WarehouseAttributes(con, "customer_features", columns)
+            reads = []
+            table = snapshot.table
+            snapshot.table = lambda: reads.append(1) or table()
+            publish_audience(serving, "vip", audience_row(size), members(size), attributes=snapshot, progress=lambda _: None)
+        return files(serving, "attributes"), len(reads)
+
+    first, reads = snapshot_publish(300)
+    assert len(first) == 1 and reads == 1
+    assert snapshot_publish(200) == (first, 0)  # unchanged: the rows never left the warehouse
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("update customer_features set total_spend = total_spend + 1 where customer_id = 2")
+    changed, reads = snapshot_publish(100)
+    assert changed != first and reads == 1
+    with duckdb.connect(str(serving), read_only=True) as con:
+        assert con.execute("select total_spend from customer_attributes where customer_id = 2").fetchall() == [(5.0,)]
