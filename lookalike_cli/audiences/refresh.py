@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -82,15 +83,19 @@ class StepResult:
     detail: str = ""  # what the step did when it ran: how many customers re-scored, index updated or rebuilt and why
 
 
-def fingerprint(con, tables: list[str]) -> str:
-    """Row count and an order-independent hash of every row of each table (absent tables count as empty)."""
+def fingerprint(con, tables: list[str], hashed: dict[str, str] | None = None) -> str:
+    """Row count and an order-independent hash of every row of each table (absent tables count as empty).
+    `hashed` holds tables' parts already read in this run (a scan of 44M order lines costs ~1 s): used, and filled."""
+    hashed = {} if hashed is None else hashed
     parts = []
     for table in tables:
-        schema, _, name = table.rpartition(".")
-        exists = con.execute("select count(*) from information_schema.tables where table_name = ? and table_schema = ?",
-                             [name, schema or "main"]).fetchall()[0][0]
-        parts.append(f"{table}:" + (str(con.execute(f"select count(*), coalesce(sum(hash(t)), 0) from {table} t").fetchall()[0])
-                                    if exists else "absent"))
+        if table not in hashed:
+            schema, _, name = table.rpartition(".")
+            exists = con.execute("select count(*) from information_schema.tables where table_name = ? and table_schema = ?",
+                                 [name, schema or "main"]).fetchall()[0][0]
+            hashed[table] = (str(con.execute(f"select count(*), coalesce(sum(hash(t)), 0) from {table} t").fetchall()[0])
+                             if exists else "absent")
+        parts.append(f"{table}:{hashed[table]}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -147,7 +152,8 @@ def order_lines_state(con, through: str | None) -> dict:
             "lines_through": count_through, "hash_through": str(hash_through)}
 
 
-def plan_aggregates(settings: Settings, state: dict[str, str]) -> tuple[str | None, str, dict | None]:
+def plan_aggregates(settings: Settings, state: dict[str, str],
+                    hashed: dict[str, str] | None = None) -> tuple[str | None, str, dict | None]:
     """Whether the order aggregates (INCREMENTAL_MODELS) can take only the new order lines: returns
     (the last line they hold, or None for a rebuild; why; the state to record after the build).
 
@@ -167,7 +173,7 @@ def plan_aggregates(settings: Settings, state: dict[str, str]) -> tuple[str | No
             return None, "no raw.order_lines", None
         through = prior["through"] if prior else None
         lines = order_lines_state(con, through)
-        others = fingerprint(con, [table for table in raw_tables(con) if table != "raw.order_lines"])
+        others = fingerprint(con, [table for table in raw_tables(con) if table != "raw.order_lines"], hashed)
         after = {"project": project, "other_raw_tables": others, **{key: lines[key] for key in ("lines", "hash", "through")}}
         if prior is None:
             return None, "no aggregates recorded by refresh yet", after
@@ -228,18 +234,42 @@ def category_mapping(settings: Settings) -> str | None:
                                "from categories").fetchall()[0])
 
 
-def build_step(settings: Settings, state: dict[str, str], force: bool = False) -> str:
+MERGE_SCOPE_TABLE = "lookalike_refresh_merge"
+
+
+@contextmanager
+def merge_scope(settings: Settings, through: str | None):
+    """For the length of a merging build: the last order line held before it (`merged_after`), so the order
+    aggregates' uniqueness tests check only the rows the merge wrote (macro refresh_merged_rows), not the
+    whole tables (at 1M customers, seconds of every refresh). Not written for a rebuild, which checks all."""
+    from lookalike_cli.warehouse.connection import connection
+
+    if through is None:
+        yield
+        return
+    with connection(settings.db_path) as con:
+        con.execute(f"create or replace table {MERGE_SCOPE_TABLE} as select cast(? as timestamp) as merged_after", [through])
+    try:
+        yield
+    finally:
+        with connection(settings.db_path) as con:
+            con.execute(f"drop table if exists {MERGE_SCOPE_TABLE}")
+
+
+def build_step(settings: Settings, state: dict[str, str], force: bool = False,
+               hashed: dict[str, str] | None = None) -> str:
     """refresh's build: the serving models, the order aggregates incrementally when plan_aggregates allows
     (never with `force`: everything is rebuilt), and with them the changed customers' features and profiles."""
     import json
 
     from lookalike_cli.warehouse.dbt_runner import run_dbt
 
-    through, why, after = plan_aggregates(settings, state)
+    through, why, after = plan_aggregates(settings, state, hashed)
     if force:
         through, why = None, "forced"
     mapping = category_mapping(settings) if through is not None else None
-    detail = build_serving(settings, merge=through is not None)
+    with merge_scope(settings, through):
+        detail = build_serving(settings, merge=through is not None)
     if through is not None and category_mapping(settings) != mapping:
         # New lines brought a category (or moved one to another department): category ids shift for customers the
         # merge did not touch, so their features and profiles are computed again. Rare: a new category in the data.
@@ -327,17 +357,22 @@ def refresh(settings: Settings, audiences_file: str | Path | None = None, force:
         progress(f"   {name}: {'ran' if last.ran else 'skipped'} ({last.reason}){f' in {last.seconds:.1f}s' if last.ran else ''}"
                  + (f": {last.detail}" if last.detail else ""))
 
+    hashed: dict[str, str] = {}  # the raw tables' hashes, read once for the build's fingerprint and its plan
     with connection(settings.db_path, read_only=True) as con:
-        raw = fingerprint(con, raw_tables(con))
-    step("build", raw, lambda: build_step(settings, state, force=force))
+        raw = fingerprint(con, raw_tables(con), hashed)
+    step("build", raw, lambda: build_step(settings, state, force=force, hashed=hashed))
 
     manifests = customer_manifests(settings.onnx_dir)
     with connection(settings.db_path, read_only=True) as con:
         features = fingerprint(con, ["customer_features"])
-        embeddings_before = fingerprint(con, ["customer_embeddings"]) if table_exists(con, "customer_embeddings") else None
+        # Read again after the score step only if it ran (it rewrites customer_embeddings).
+        embedding_hash: dict[str, str] = {}
+        embeddings_before = (fingerprint(con, ["customer_embeddings"], embedding_hash)
+                             if table_exists(con, "customer_embeddings") else None)
     model = load_manifest(manifests[-1])["model_version"] if manifests else None
 
     def score() -> str:
+        embedding_hash.clear()
         # Stored hashes describe customer_embeddings only if nothing else rewrote it since refresh last did.
         outcome = rescore_changed(settings, trusted=not force and embeddings_before is not None
                                   and state.get("embeddings") == embeddings_before, progress=progress)
@@ -349,7 +384,7 @@ def refresh(settings: Settings, audiences_file: str | Path | None = None, force:
 
     with connection(settings.db_path, read_only=True) as con:
         scored = table_exists(con, "customer_embeddings")
-        embeddings = fingerprint(con, ["customer_embeddings"]) if scored else None
+        embeddings = fingerprint(con, ["customer_embeddings"], embedding_hash) if scored else None
         generation = (con.execute(f"select max(scored_generation) from {INPUTS_TABLE}").fetchall()[0][0]
                       if table_exists(con, INPUTS_TABLE) else None)
     if embeddings is not None and any(r.step == "score" and r.ran for r in results):

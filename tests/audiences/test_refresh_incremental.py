@@ -275,3 +275,43 @@ def test_earlier_lines_changed_or_orders_reopened_mean_a_full_rebuild(generated_
         con.execute("update raw.customers set city = 'Elsewhere' where customer_id = (select min(customer_id) from raw.customers)")
     after, why, _ = plan_aggregates(settings, state)
     assert after is None and "other than order_lines changed" in why, why
+
+
+def test_a_merge_checks_uniqueness_on_the_rows_it_wrote(generated_warehouse, tmp_path):
+    from lookalike_cli.audiences.refresh import MERGE_SCOPE_TABLE
+    from lookalike_cli.errors import LookalikeError
+
+    settings = copy_warehouse(generated_warehouse, tmp_path)
+    record_current_build(settings)
+    with duckdb.connect(str(settings.db_path), read_only=True) as con:
+        through = con.execute("select max(ordered_at) from raw.order_lines").fetchall()[0][0]
+    append_same_day_orders(settings)
+    out = run_cli(settings, "refresh").output
+    assert "order aggregates incremental" in out, out
+    with duckdb.connect(str(settings.db_path)) as con:
+        assert con.execute("select count(*) from information_schema.tables where table_name = ?",
+                           [MERGE_SCOPE_TABLE]).fetchall()[0][0] == 0  # only for the length of the merging build
+        merged = con.execute("select count(*) from int_customer_category_counts_serving where last_ordered_at > ?",
+                             [through]).fetchall()[0][0]
+        assert merged > 0
+    # The refresh's own uniqueness test of the merged aggregate read only the rows after the merge's start.
+    results = [json.loads(p.read_text()) for p in settings.db_path.parent.glob(".dbt/*/target/run_results.json")]
+    compiled = [r["compiled_code"] for run in results for r in run["results"]
+                if r["unique_id"].startswith("test.lookalike.unique_combination_int_customer_category_counts_serving")]
+    assert compiled and all("merged_after" in sql for sql in compiled), compiled
+    with duckdb.connect(str(settings.db_path)) as con:
+        # A duplicate among the rows the merge wrote, seen by the scoped test as a refresh runs it.
+        con.execute("insert into int_customer_category_counts_serving select * from int_customer_category_counts_serving "
+                    "where last_ordered_at > ? limit 1", [through])
+        con.execute(f"create table {MERGE_SCOPE_TABLE} as select cast(? as timestamp) as merged_after", [through])
+    merge_test = ["test", "--select", "int_customer_category_counts_serving", "--vars", '{"incremental_aggregates": true}']
+    with pytest.raises(LookalikeError, match="unique_combination_int_customer_category_counts_serving"):
+        run_dbt(settings, merge_test, echo=lambda _: None)
+    with duckdb.connect(str(settings.db_path)) as con:
+        con.execute("delete from int_customer_category_counts_serving where last_ordered_at > ?", [through])
+        # A duplicate among the held rows: outside the merge's scope, found by any other build's test.
+        con.execute("insert into int_customer_category_counts_serving select * from int_customer_category_counts_serving "
+                    "where last_ordered_at <= ? limit 1", [through])
+    run_dbt(settings, merge_test, echo=lambda _: None)
+    with pytest.raises(LookalikeError, match="unique_combination_int_customer_category_counts_serving"):
+        run_dbt(settings, ["test", "--select", "int_customer_category_counts_serving"], echo=lambda _: None)

@@ -52,3 +52,19 @@
 {%- endset -%}
 {{ return(query) }}
 {% endmacro %}
+
+{% macro refresh_merged_rows(last_ordered_at) %}
+{#- In a refresh merge (incremental_aggregates, no --full-refresh): a filter on an order aggregate's rows to
+    the ones this merge wrote. Every row it writes holds a new line, so its last line comes after the last
+    line held before (`merged_after` in lookalike_refresh_merge, written by refresh for the length of its
+    merging build). None in any other build, or when that table is missing: the whole table is checked. -#}
+{%- if not (execute and incremental_aggregates_enabled() and not flags.FULL_REFRESH) -%}
+    {{ return(none) }}
+{%- endif -%}
+{%- set scope = adapter.get_relation(database=target.database, schema=target.schema, identifier='lookalike_refresh_merge') -%}
+{%- if scope is none -%}
+    {{ return(none) }}
+{%- endif -%}
+{#- An empty scope table compares with -infinity: everything is checked, never nothing. -#}
+{{ return(last_ordered_at ~ " > coalesce((select max(merged_after) from " ~ scope ~ "), '-infinity'::timestamp)") }}
+{% endmacro %}
