@@ -95,3 +95,17 @@ def test_flat_index_skips_the_probe(dense, tmp_path):
     assert probed is loaded
     assert probe.knob is None and probe.queries == 0 and probe.recall == 1.0 and probe.passed
     assert "skipped" in probe.summary()
+
+
+@pytest.mark.slow  # trains product-quantisation codebooks
+def test_short_of_the_target_at_the_ceiling_the_best_value_tried_is_kept(dense):
+    """ivf_pq with 4 dimensions a code byte cannot tell the dense cluster's neighbours apart: probing every list
+    lets more codes compete for the same rerank_factor*k candidates and recall drops, so nlist is not chosen."""
+    folder = dense["root"] / "ivf_pq"
+    manifest = build_index(dense["db"], folder, index_type="ivf_pq", nlist=100, progress=quiet)
+    loaded = load_index(folder)
+    probed, probe = probe_recall(loaded, dense["vectors"][dense["cluster"] == 0][:SEEDS])
+    assert not probe.passed and probe.judged < 0.95
+    assert probe.self_checked == manifest.params["nprobe"] < 100  # the ceiling was tried (the loop ends there) ...
+    assert probe.chosen < 100 and probed.manifest.params["nprobe"] == probe.chosen  # ... and measured worse
+    assert probe.recall >= probe.recall_self_checked
