@@ -186,3 +186,24 @@ def build_planted_warehouse(path: Path, customers: int = 6000, opt_outs: int = 3
     con.execute("create table raw.opt_outs as select * from opted")
     con.close()
     return {"ids": ids, "segment": segment, "vectors": vectors, "opt_outs": opted_out}
+
+
+def build_dense_seed_warehouse(path: Path, customers: int = 20_000, dim: int = 16, clusters: int = 12,
+                               dense_share: float = 0.4, seed: int = 0) -> dict:
+    """A warehouse with customer_embeddings and a bare customer_features (cluster_id): cluster 0 holds `dense_share` of the customers, twice as
+    tight as the others (the dense region seeds come from); `cluster` per customer is returned, ids are 10 * row."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    cluster = np.where(rng.random(customers) < dense_share, 0, rng.integers(1, clusters, customers))
+    spread = np.where(cluster == 0, 0.5, 1.0)[:, None] / np.sqrt(dim)
+    vectors = centres[cluster] + rng.normal(size=(customers, dim)) * spread
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(1, customers + 1, dtype=np.int64) * 10
+    with duckdb.connect(str(path)) as con:
+        con.register("embeddings", embeddings_table(ids, vectors))
+        con.execute(f"create table customer_embeddings as select customer_id, embedding::float[{dim}] as embedding, "
+                    "model_version from embeddings")
+        con.register("features", pa.table({"customer_id": pa.array(ids), "cluster_id": pa.array(cluster, pa.int32())}))
+        con.execute("create table customer_features as select * from features")  # publishing reads it
+    return {"ids": ids, "cluster": cluster, "vectors": vectors}

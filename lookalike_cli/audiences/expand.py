@@ -26,6 +26,11 @@ centroid (centroid, blend's centroid components), value-weighted votes (knn-vote
 in the classifiers (classifier, blend's propensity, shares_lr and shares_gbm) and value-weighted
 held-out AUC in the blend's self-validation. multi-centroid runs weighted k-means: each sub-centroid
 moves towards its valuable members, but every sub-group of the seed keeps its share of the audience.
+
+The strategies that search the index (all but blend) first probe recall@10 on up to 32 of the vectors
+they search around (index/recall_probe.py): build-index tuned nprobe on random customers, and seeds in a
+dense region can fall short of it. nprobe (efSearch) is raised for this expansion only, and the outcome
+is recorded in the audience's parameters (`seed_recall_probe`).
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ import pyarrow as pa
 
 from lookalike_cli.audiences.seeds import Seeds, excluded_ids, resolve_seeds, seed_value_weights
 from lookalike_cli.errors import LookalikeError, ParameterError
-from lookalike_cli.index.faiss_index import LoadedIndex, check_model_version, load_index
+from lookalike_cli.index.faiss_index import TARGET_RECALL, LoadedIndex, check_model_version, load_index
+from lookalike_cli.index.recall_probe import probe_recall
 from lookalike_cli.index.search import exact_search, ivf_search, top_k
 from lookalike_cli.progress import Progress
 from lookalike_cli.vectors import ids_and_vectors, normalise
@@ -250,6 +256,19 @@ def search_union(index: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.nd
     rows = np.broadcast_to(np.arange(len(queries))[:, None], ids.shape)
     frontier = float(sims[:, -1].max()) if k < index.manifest.row_count else -1.0
     return ids[valid], sims[valid], rows[valid], frontier
+
+
+def searched_queries(strategy: str, seeds: Seeds, extra: dict) -> np.ndarray | None:
+    """The vectors a strategy searches the index around (None: blend scores every customer, no search)."""
+    if strategy == "centroid":
+        return seeds.centroid()
+    if strategy == "knn-vote":
+        return seeds.vectors
+    if strategy == "multi-centroid":
+        return extra["centroids"]
+    if strategy == "classifier":  # its pool: each seed's neighbours and the centroid's
+        return np.vstack([seeds.vectors, seeds.centroid()])
+    return None
 
 
 def group_by_id(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -753,6 +772,17 @@ def expand(
                               lift_source=chosen["source"])
             progress(f"  min expected lift {float(min_expected_lift):g}: {target:,} customers ({target / population:.2%}), "
                      f"expected lift {chosen['expected_lift']:.2f} ({chosen['source']})")
+    # The self-checked nprobe was tuned on random customers; seeds sit in dense regions, where it can fall short.
+    searched_index = index
+    queries = searched_queries(strategy, seeds, extra)
+    if queries is not None:
+        searched_index, probe = probe_recall(index, queries, seed)
+        parameters["seed_recall_probe"] = probe.as_parameters()
+        progress(f"  {probe.summary()}")
+        if not probe.passed:
+            warnings.append(f"The seed recall probe reached recall@{probe.k} {probe.judged:.3f} < {TARGET_RECALL} at "
+                            f"{probe.knob} {probe.chosen}, its ceiling: rebuild the index with `lookalike build-index` "
+                            "(more lists, or index type ivf rather than a compressed one).")
     search = {"centroid": centroid, "knn-vote": knn_vote, "multi-centroid": multi_centroid, "classifier": classifier,
               "blend": blend if "blend_population" in extra else blend_scan if "blend_scan" in extra else blend_everyone}[strategy]
 
@@ -760,7 +790,7 @@ def expand(
     # drops below the threshold (min-similarity), or the whole population is covered (frontier -1).
     limit = (target or 1000) + len(blocked) + 100
     while True:
-        found = search(index, seeds, limit, k_per_seed=k_per_seed, **extra)
+        found = search(searched_index, seeds, limit, k_per_seed=k_per_seed, **extra)
         keep = ~np.isin(found.ids, blocked)
         if min_similarity is not None:
             keep &= found.similarities >= min_similarity

@@ -53,6 +53,7 @@ RERANK_SLICE = 262_144  # candidate vectors gathered from disk at once when re-r
 AUTO_EXACT_MAX_ROWS = 50_000
 TARGET_RECALL = 0.95
 SELF_CHECK_K = 10
+MAX_EF_SEARCH = 4096  # HNSW tuning stops here (no exhaustive setting)
 EMBEDDINGS_HINT = "Build it with `lookalike dbt build` after `lookalike train` (the customer_embeddings model)."
 
 
@@ -355,34 +356,54 @@ class ExactTopK:
         self.sims, self.ids = np.take_along_axis(all_sims, best, 1), np.take_along_axis(all_ids, best, 1)
 
 
+def search_knob(manifest: IndexManifest) -> tuple[str, int]:
+    """The search parameter that trades speed for recall, and its ceiling (nprobe = nlist is exhaustive)."""
+    if manifest.index_type in IVF_TYPES:
+        return "nprobe", manifest.params["nlist"]
+    return "ef_search", MAX_EF_SEARCH
+
+
+def widened(params: dict, key: str, ceiling: int) -> dict:
+    """`params` with `key` doubled (up to `ceiling`) and a compressed index's rerank_factor with it."""
+    wider = {**params, key: min(2 * params[key], ceiling)}
+    if params.get("rerank_factor"):
+        # Codes blur near-ties among close neighbours: re-rank more candidates as well as probing more lists.
+        wider["rerank_factor"] = min(MAX_RERANK_FACTOR, 2 * params["rerank_factor"])
+    return wider
+
+
+def per_query_self_check(index_type: str, truth_ids: np.ndarray, truth_sims: np.ndarray, ids: np.ndarray,
+                         sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recall by id, recall with ties, the one that judges this index type) per query.
+
+    Indexes holding the float32 vectors break exact ties like exact search (in insertion order), so
+    recall by id is the criterion; a compressed index's re-ranked candidates come in code order, so
+    exact duplicates of the k-th neighbour are an arbitrary pick there and count as found.
+    """
+    by_id, with_ties = per_query_recall(truth_ids, ids), per_query_recall_with_ties(truth_sims, ids, sims)
+    return by_id, with_ties, with_ties if index_type in COMPRESSED_TYPES else by_id
+
+
 def tune(loaded: LoadedIndex, queries: np.ndarray, truth: "ExactTopK | None", progress: Progress) -> float:
     """Raise nprobe / efSearch until the self-check recall@10's lower confidence bound reaches
     TARGET_RECALL (or exact search); returns the mean recall (the bound is in manifest.self_check)."""
     manifest = loaded.manifest
     if manifest.index_type == "flat":
         return 1.0
-    key, ceiling = ("nprobe", manifest.params["nlist"]) if manifest.index_type in IVF_TYPES else ("ef_search", 4096)
-    value = manifest.params.get(key) or (8 if key == "nprobe" else 32)
+    key, ceiling = search_knob(manifest)
+    manifest.params[key] = min(manifest.params.get(key) or (8 if key == "nprobe" else 32), ceiling)
     while True:
-        manifest.params[key] = min(value, ceiling)
         sims, ids = loaded.search(queries, SELF_CHECK_K)
-        by_id, with_ties = per_query_recall(truth.ids, ids), per_query_recall_with_ties(truth.sims, ids, sims)
-        # Indexes holding the float32 vectors break exact ties like exact search (in insertion order), so
-        # recall by id is the criterion; a compressed index's re-ranked candidates come in code order, so
-        # exact duplicates of the 10th neighbour are an arbitrary pick there and count as found.
-        per_query = with_ties if manifest.index_type in COMPRESSED_TYPES else by_id
+        by_id, with_ties, per_query = per_query_self_check(manifest.index_type, truth.ids, truth.sims, ids, sims)
         recall, lower = float(per_query.mean()), lower_confidence_bound(per_query)
         manifest.self_check.update(recall_by_id=round(float(by_id.mean()), 4), recall_with_ties=round(float(with_ties.mean()), 4),
                                    recall_lower_bound=round(lower, 4))
         rerank = manifest.params.get("rerank_factor")
         progress(f"  self-check {key}={manifest.params[key]}" + (f", rerank_factor={rerank}" if rerank else "")
                  + f": recall@{SELF_CHECK_K}={recall:.3f} (95% lower bound {lower:.3f})")
-        if lower >= TARGET_RECALL or value >= ceiling:
+        if lower >= TARGET_RECALL or manifest.params[key] >= ceiling:
             return recall
-        value *= 2
-        if rerank:
-            # Codes blur near-ties among close neighbours: re-rank more candidates as well as probing more lists.
-            manifest.params["rerank_factor"] = min(MAX_RERANK_FACTOR, 2 * rerank)
+        manifest.params.update(widened(manifest.params, key, ceiling))
 
 
 def human_bytes(n: float) -> str:
