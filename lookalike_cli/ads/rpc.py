@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
@@ -40,6 +41,8 @@ TAXONOMY_FEATURES = ["type_clicks", "type_rpc", "category_rpc", "department_rpc"
 # Pseudo-clicks of the group's RPC blended into an ad's own history (empirical-Bayes style), so
 # an ad with few clicks leans on its group and one with many on itself.
 POOLING_CLICKS = 10.0
+# The LightGBM files in the models folder: `model_file_name`'s, and the unversioned ones of earlier releases.
+MODEL_FILE = re.compile(r"^ads_rpc_[a-z]+(\.[0-9a-f]{12})?\.txt$")
 RECENT_DAYS = 14
 # Money-per-click features, given to the trees divided by the prior so that one split serves a
 # $2 and a $30 product alike (see `model_inputs`); counts stay absolute.
@@ -251,6 +254,27 @@ def evaluate(train: pd.DataFrame, test: pd.DataFrame, options: RpcOptions) -> tu
     return pd.DataFrame(rows), predictions
 
 
+def model_file_name(objective: str, version: str) -> str:
+    """`ads_rpc_<objective>.<hash>.txt`: one objective's LightGBM model of one model version."""
+    return f"ads_rpc_{objective}.{version.removeprefix('ads_rpc-')}.txt"
+
+
+def model_version(model_texts: list[str]) -> str:
+    """The version of a set of models (one per objective, in the manifest's order): a hash of their text, so a reader
+    can check the files it loaded against the manifest's (or a prediction row's) model_version."""
+    return "ads_rpc-" + hashlib.sha256("".join(model_texts).encode()).hexdigest()[:12]
+
+
+def remove_unlisted_model_files(onnx_dir: Path, keep: set[str]) -> list[Path]:
+    """Delete the model files of other versions (and the unversioned `ads_rpc_<objective>.txt` of earlier releases)."""
+    removed = []
+    for path in onnx_dir.iterdir():
+        if MODEL_FILE.match(path.name) and path.name not in keep and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @single_blas_thread
 def predict_rpc(db_path: Path, onnx_dir: Path, options: RpcOptions = RpcOptions(), progress: Progress = quiet) -> dict:
     """Evaluate on the held-out period, refit at the end of the data, write ad_rpc_predictions and ad_rpc_evaluation."""
@@ -286,19 +310,20 @@ def predict_rpc(db_path: Path, onnx_dir: Path, options: RpcOptions = RpcOptions(
             "predicted_rpc": predicted, "history_clicks": data["final_predict"]["ad_clicks"].astype("int64"),
         }))
         summary[objective] = table[table["click_bucket"] == "all"].set_index("method")[["wmse", "wmae"]].to_dict("index")
-    model_text = "".join(models[o].booster.model_to_string() for o in objectives)
-    version = "ads_rpc-" + hashlib.sha256(model_text.encode()).hexdigest()[:12]
+    version = model_version([models[o].booster.model_to_string() for o in objectives])
+    model_files = {objective: model_file_name(objective, version) for objective in objectives}
     onnx_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(onnx_dir)  # of a predict-rpc killed while saving
-    # Each file is written beside its target and moved in when whole, so a kill leaves the previous models and manifest.
+    # The model files are named by the version, so saving them replaces no file of the published models (each is
+    # written beside its target and moved in when whole); the manifest, replaced in one step, switches to them.
     for objective, model in models.items():
-        with replaced(onnx_dir / f"ads_rpc_{objective}.txt", ".txt") as model_tmp:
+        with replaced(onnx_dir / model_files[objective], ".txt") as model_tmp:
             model.booster.save_model(str(model_tmp))
     write_text_atomically(onnx_dir / "ads_rpc.json", json.dumps({
         "kind": "ad_rpc", "model_version": version, "objectives": objectives, "features": features,
         "target": "predicted_rpc = prior x (1 + booster output); per-click features divided by the prior",
         "prior_feature": prior_feature(features), "pooling_clicks": POOLING_CLICKS,
-        "model_files": {o: f"ads_rpc_{o}.txt" for o in objectives}, "options": asdict(options),
+        "model_files": model_files, "options": asdict(options),
         "windows": {"first_date": str(windows.first_date), "split_date": str(windows.split_date),
                     "last_date": str(windows.last_date), "horizon_days": horizon},
         "evaluation": summary,
@@ -310,6 +335,9 @@ def predict_rpc(db_path: Path, onnx_dir: Path, options: RpcOptions = RpcOptions(
     with connection(db_path) as con:
         replace_tables(con, {"ad_rpc_predictions": pa.Table.from_pandas(predictions, preserve_index=False),
                              "ad_rpc_evaluation": pa.Table.from_pandas(evaluation, preserve_index=False)})
+    # Only now the previous version's files go (and those of a run killed before its manifest): until the tables
+    # were swapped, their model_version named them.
+    remove_unlisted_model_files(onnx_dir, set(model_files.values()))
     progress(f"Wrote ad_rpc_predictions ({len(predictions):,} rows, {version}) and ad_rpc_evaluation.")
     return {"model_version": version, "objectives": objectives, "evaluation": evaluation, "horizon_days": horizon,
             "seconds": round(time.perf_counter() - started, 1)}

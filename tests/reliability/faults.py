@@ -8,6 +8,7 @@ the checks read the files back with DuckDB.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import re
@@ -19,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 
@@ -178,6 +180,21 @@ def kill_at(settings: Settings, *args: str, line: str | None = None, file_glob: 
     return Killed(point=hit, output=seen, children=children)
 
 
+def kill_inside(settings: Settings, *args: str, point: dict, env: dict[str, str] | None = None) -> Killed:
+    """The CLI run under tests/reliability/kill_points.py, which SIGKILLs the process itself at `point` (a precise
+    point inside a write of milliseconds). Fails unless it died there: killed by SIGKILL, its last line the kill
+    point's."""
+    from tests.reliability.kill_points import CODE, ENV, MARKER
+
+    done = subprocess.run(cli_command(settings, *args, code=CODE), env=cli_environment({**(env or {}), ENV: json.dumps(point)}),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=KILL_POINT_TIMEOUT,
+                          cwd=settings.db_path.parent)
+    lines = done.stdout.splitlines()
+    assert done.returncode == -signal.SIGKILL and lines and lines[-1].startswith(MARKER), (
+        f"`lookalike {' '.join(args)}` exit {done.returncode}, kill point {point} not reached:\n" + "\n".join(lines[-40:]))
+    return Killed(point=lines[-1][len(MARKER):], output=lines)
+
+
 def wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
     """The pids still running after `seconds` (an orphaned dbt would keep writing and holding the lock)."""
     deadline = time.monotonic() + seconds
@@ -259,17 +276,20 @@ def stray_relations(settings: Settings) -> list[str]:
             "or table_name like '%\\_\\_new' escape '\\' or table_name like '\\_\\_generating\\_%' escape '\\'").fetchall()]
 
 
-def kill_and_rerun(settings: Settings, command: list[str], kill_point: dict) -> Killed:
+def kill_and_rerun(settings: Settings, command: list[str], kill_point: dict,
+                   after_kill: Callable[[Killed], None] | None = None) -> Killed:
     """The kill case: SIGKILL `lookalike <command>` at `kill_point` (kill_at's `line`, `file_glob`, `delay`, plus
     `compare`: the sections of published_state the killed step writes, default all; the steps of a command that
-    finished before the kill point may rightly have changed the others). Then: its children died with it, what was
-    published is as it was and readable, the same command run again succeeds, and leaves no temp file or
-    half-built table."""
+    finished before the kill point may rightly have changed the others), or `inside`: a kill_points point, where the
+    process kills itself (`kill_inside`). Then: its children died with it, what was published is as it was and
+    readable, `after_kill` (the caller's checks of what the kill left) passes, the same command run again succeeds,
+    and leaves no temp file or half-built table."""
     kill_point = dict(kill_point)
     compared = kill_point.pop("compare", None)
     before = published_state(settings)
 
-    killed = kill_at(settings, *command, **kill_point)
+    inside = kill_point.pop("inside", None)
+    killed = kill_inside(settings, *command, point=inside) if inside else kill_at(settings, *command, **kill_point)
 
     if "file_glob" in kill_point:  # killed mid-swap: its temp file is there for the next run to clear
         assert list(settings.db_path.parent.glob(kill_point["file_glob"])), killed.point
@@ -277,6 +297,8 @@ def kill_and_rerun(settings: Settings, command: list[str], kill_point: dict) -> 
     now = published_state(settings)
     sections = compared or tuple(before)
     assert changed({k: before[k] for k in sections}, {k: now[k] for k in sections}) == [], f"killed at {killed.point!r}"
+    if after_kill:
+        after_kill(killed)
     assert_succeeds(settings, *command)
     assert stray_files(settings) == [], f"temp files left after the rerun (killed at {killed.point!r})"
     assert stray_relations(settings) == [], "half-built tables left in the warehouse after the rerun"

@@ -1,0 +1,93 @@
+"""The `lookalike` CLI SIGKILLing itself at a named point inside a write, for writes that last milliseconds
+(a kill watched from outside, `faults.kill_at`, would race them).
+
+Run as `python -c "from tests.reliability.kill_points import main; main()" <CLI arguments>` with
+`LOOKALIKE_TEST_KILL_POINT` holding one point as JSON:
+
+- `{"after_replace": "<glob>", "count": N}`: right after the Nth `os.replace` whose target's file name matches the
+  glob (`files.replaced` moves every finished file in with it), before the process does anything else;
+- `{"before_sql": "<regex>", "module": "<module>"}`: right before a statement matching the regex is executed on a
+  connection opened through `<module>.connection` (the function that module imported from
+  lookalike_cli.warehouse.connection), e.g. `replace_tables`' `begin transaction` or one of its renames.
+
+The process prints `KILL POINT <where>` (flushing what it printed before) and sends itself SIGKILL: no `finally`,
+no atexit, no DuckDB close, as with `kill -9 <pid>`. Everything else is the CLI as a user runs it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import json
+import os
+import re
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+ENV = "LOOKALIKE_TEST_KILL_POINT"
+CODE = "from tests.reliability.kill_points import main; main()"
+MARKER = "KILL POINT "
+
+
+def die(where: str) -> None:
+    print(MARKER + where, flush=True)
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_after_replace(pattern: str, count: int) -> None:
+    real_replace = os.replace
+    seen = 0
+
+    def replace(src, dst, *args, **kwargs):
+        nonlocal seen
+        real_replace(src, dst, *args, **kwargs)
+        if fnmatch.fnmatch(Path(dst).name, pattern):
+            seen += 1
+            if seen == count:
+                die(f"after os.replace #{count} onto {Path(dst).name}")
+
+    os.replace = replace
+
+
+class WatchedConnection:
+    """A DuckDB connection that dies before executing a statement matching `pattern`."""
+
+    def __init__(self, con, pattern: re.Pattern):
+        self._con, self._pattern = con, pattern
+
+    def execute(self, sql, *args, **kwargs):
+        if isinstance(sql, str) and self._pattern.search(sql.strip()):
+            die(f"before SQL {sql.strip()[:80]!r}")
+        return self._con.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def kill_before_sql(pattern: str, module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    real_connection = module.connection
+    compiled = re.compile(pattern)
+
+    @contextmanager
+    def connection(*args, **kwargs):
+        with real_connection(*args, **kwargs) as con:
+            yield WatchedConnection(con, compiled)
+
+    module.connection = connection
+
+
+def main() -> None:
+    point = json.loads(os.environ[ENV])
+    if "after_replace" in point:
+        kill_after_replace(point["after_replace"], int(point.get("count", 1)))
+    elif "before_sql" in point:
+        kill_before_sql(point["before_sql"], point["module"])
+    else:
+        raise SystemExit(f"unknown kill point {point}")
+    from lookalike_cli.cli.main import main as cli_main
+
+    cli_main()
