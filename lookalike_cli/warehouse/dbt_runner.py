@@ -132,6 +132,9 @@ def last_error_line(lines: Sequence[str]) -> str:
     return (clean[-1].rstrip(".") + ".") if clean else "no output."
 
 
+PROJECT_MARKER = "lookalike_project_dir"  # beside dbt's partial_parse.msgpack: the project that wrote it
+
+
 def dbt_environment(settings: Settings) -> dict[str, str]:
     """settings.env() plus LOOKALIKE_MODEL_READY, which enables the scoring model once a customer model exists."""
     # The one look this layer takes at the model layer: whether a manifest exists (no torch, no ONNX Runtime).
@@ -139,7 +142,28 @@ def dbt_environment(settings: Settings) -> dict[str, str]:
 
     env = settings.env()
     env.setdefault("LOOKALIKE_MODEL_READY", "true" if customer_manifests(settings.onnx_dir) else "false")
+    forget_another_projects_parse(Path(env["DBT_TARGET_PATH"]), settings.dbt_project_dir)
     return env
+
+
+def forget_another_projects_parse(target: Path, project_dir: Path) -> None:
+    """dbt's partial parse state lives in the warehouse's target folder and holds absolute paths (a seed's CSV
+    is read from the path parsed). When the project now lives elsewhere (the package reinstalled in another
+    environment, a project from `lookalike init`), dbt keeps the old paths: seeds fail with "No files
+    found". The state is dropped then, so dbt parses in full once."""
+    marker = target / PROJECT_MARKER
+    current = str(Path(project_dir).resolve())
+    try:
+        if marker.read_text() == current:
+            return
+    except OSError:
+        pass
+    try:
+        (target / "partial_parse.msgpack").unlink(missing_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
+        marker.write_text(current)
+    except OSError:
+        pass  # a full or read-only disk: dbt, which writes the same folder, says so in its own words
 
 
 def run_dbt(
