@@ -175,6 +175,8 @@ def backtests_as_of(settings: Settings, as_of: dt.date, holdouts: list[Holdout],
                 seed_fraction=seed_fraction, seed=seed, progress=progress)
             result.info.update(as_of=as_of.isoformat(), stage_seconds=timings, model_manifest=Path(manifest).name,
                                windows=windows)
+            if keep_scratch:  # where to look (or to reuse the rebuilt warehouse from)
+                result.info["scratch"] = str(scratch)
             results.append(result)
         return results
     finally:
