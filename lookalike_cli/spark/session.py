@@ -187,6 +187,27 @@ def remove_orphaned_location(spark, name: str) -> None:
         filesystem.delete(path, True)
 
 
+def remove_orphaned_staging(spark, database: str) -> list[str]:
+    """Delete the `<table>__incoming` folders in `database`'s location that the metastore does not list (a
+    killed dbt table build's half-written staging table, macros/spark_table_swap.sql); returns their names.
+    A listed staging table is left to the materialization, which drops it before writing the next one."""
+    if not spark.catalog.databaseExists(database):
+        return []
+    listed = {table.name.lower() for table in spark.catalog.listTables(database)}
+    location = spark.catalog.getDatabase(database).locationUri
+    folder = spark._jvm.org.apache.hadoop.fs.Path(location)
+    filesystem = folder.getFileSystem(spark._jsc.hadoopConfiguration())
+    if not filesystem.exists(folder):
+        return []
+    removed = []
+    for status in filesystem.listStatus(folder):
+        name = status.getPath().getName()
+        if status.isDirectory() and name.endswith("__incoming") and name.lower() not in listed:
+            filesystem.delete(status.getPath(), True)
+            removed.append(name)
+    return removed
+
+
 def to_arrow(frame) -> pa.Table:
     """A (small) Spark DataFrame collected to the driver as Arrow."""
     return frame.toArrow()

@@ -8,7 +8,9 @@ Run as `python -c "from tests.reliability.kill_points import main; main()" <CLI 
   glob (`files.replaced` moves every finished file in with it), before the process does anything else;
 - `{"before_sql": "<regex>", "module": "<module>"}`: right before a statement matching the regex is executed on a
   connection opened through `<module>.connection` (the function that module imported from
-  lookalike_cli.warehouse.connection), e.g. `replace_tables`' `begin transaction` or one of its renames.
+  lookalike_cli.warehouse.connection), e.g. `replace_tables`' `begin transaction` or one of its renames;
+- `{"before_spark_sql": "<regex>"}`: right before SparkSession.sql runs a matching statement (case-insensitive),
+  e.g. one of the renames of a dbt-spark table build. tests/reliability/spark_steps.py arms it for its last step.
 
 The process prints `KILL POINT <where>` (flushing what it printed before) and sends itself SIGKILL: no `finally`,
 no atexit, no DuckDB close, as with `kill -9 <pid>`. Everything else is the CLI as a user runs it.
@@ -80,14 +82,36 @@ def kill_before_sql(pattern: str, module_name: str) -> None:
     module.connection = connection
 
 
-def main() -> None:
-    point = json.loads(os.environ[ENV])
+def kill_before_spark_sql(pattern: str) -> None:
+    """Die right before SparkSession.sql runs a statement matching `pattern` (dbt-spark's session method
+    sends every statement of a model through it)."""
+    from pyspark.sql import SparkSession
+
+    real_sql = SparkSession.sql
+    compiled = re.compile(pattern, re.IGNORECASE | re.DOTALL)
+
+    def sql(self, query, *args, **kwargs):
+        if isinstance(query, str) and compiled.search(query.strip()):
+            die(f"before Spark SQL {' '.join(query.split())[:100]!r}")
+        return real_sql(self, query, *args, **kwargs)
+
+    SparkSession.sql = sql
+
+
+def install(point: dict) -> None:
+    """Arm one kill point (the forms in the module docstring)."""
     if "after_replace" in point:
         kill_after_replace(point["after_replace"], int(point.get("count", 1)))
     elif "before_sql" in point:
         kill_before_sql(point["before_sql"], point["module"])
+    elif "before_spark_sql" in point:
+        kill_before_spark_sql(point["before_spark_sql"])
     else:
         raise SystemExit(f"unknown kill point {point}")
+
+
+def main() -> None:
+    install(json.loads(os.environ[ENV]))
     from lookalike_cli.cli.main import main as cli_main
 
     cli_main()

@@ -1,7 +1,8 @@
 """Several Spark steps in one process, so they share one JVM (its start is the slowest part of a Spark command):
 `python -c "from tests.reliability.spark_steps import main; main()" --db ... --index-dir ... '<steps as JSON>'`.
 
-A step is a CLI command (a list of arguments, run as `lookalike <options> <args>`), "state" (print one line
+A step is a CLI command (a list of arguments, run as `lookalike <options> <args>`), {"fails": command} (the
+command must stop with an error; prints `FAILED <its message>`), "state" (print one line
 `STATE <json>`: row count and content hash of every Spark table, read through the session, which proves them
 readable), or "seed-marts" (copy the DuckDB marts that `score --engine spark` and `spark export-training-data`
 read into the Spark schema, standing in for `lookalike build --target spark`, whose dbt-spark run would cost
@@ -12,11 +13,13 @@ The kill tests SIGKILL this process at a point inside its last step.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from lookalike_cli.cli.main import main as lookalike
+from tests.reliability.kill_points import ENV as KILL_POINT_ENV, install
 
 # What `score --engine spark` and `spark export-training-data` read from the dbt schema.
 MARTS = ("customer_features", "similarity_pairs", "categories", "training_features", "int_customer_label_vectors")
@@ -68,13 +71,24 @@ def seed_marts(settings) -> None:
 def main() -> None:
     *options, steps = sys.argv[1:]
     settings = settings_of(options)
-    for number, step in enumerate(json.loads(steps)):
+    steps = json.loads(steps)
+    for number, step in enumerate(steps):
         print(f"START {number}", flush=True)  # a kill point in step n waits for this line (its files may exist before)
+        if number == len(steps) - 1 and os.environ.get(KILL_POINT_ENV):
+            install(json.loads(os.environ[KILL_POINT_ENV]))  # a kill point inside the process, in its last step
         started = time.perf_counter()
         if step == "state":
             print(STATE_PREFIX + json.dumps(spark_state(settings)), flush=True)
         elif step == "seed-marts":
             seed_marts(settings)
+        elif isinstance(step, dict):  # {"fails": command}: the command must stop with an error
+            try:
+                lookalike([*options, *step["fails"]], standalone_mode=False)
+            except Exception as exc:  # noqa: BLE001 (click's exception carrying the CLI's one-line message)
+                print(f"FAILED {str(exc).splitlines()[0][:300]}", flush=True)
+            else:
+                raise SystemExit(f"expected {step['fails']} to fail")
+            step = step["fails"]
         else:
             lookalike([*options, *step], standalone_mode=False)
         print(f"STEP {step if isinstance(step, str) else ' '.join(step)} {time.perf_counter() - started:.1f}s", flush=True)
