@@ -35,6 +35,7 @@ DBT_BUILT_FIXTURES = {"generated_warehouse", "completejourney_warehouse", "score
 # builds the shared warehouses meanwhile, which the second would otherwise wait for, idle, under the lock.
 LONGEST_FIRST = (
     "tests/reliability/test_kill_pipelines.py",
+    "tests/reliability/test_kill_spark_build.py",
     "tests/audiences/test_refresh_incremental.py",
     "tests/packaging/test_installed_wheel.py",
     "tests/spark/test_spark.py",

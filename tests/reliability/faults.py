@@ -305,3 +305,34 @@ def kill_and_rerun(settings: Settings, command: list[str], kill_point: dict,
     after = published_state(settings)  # readable after the rerun too
     assert after["warehouse"].keys() >= before["warehouse"].keys()
     return killed
+
+
+# Spark flows: several CLI steps in one process (tests/reliability/spark_steps.py), one JVM.
+SPARK_ENV = {"LOOKALIKE_SPARK_SHUFFLE_PARTITIONS": "2"}  # small data: one shuffle partition per core
+STEPS = "from tests.reliability.spark_steps import main; main()"
+
+
+def spark_environment(settings) -> dict[str, str]:
+    """SPARK_ENV, and a temp folder of the test's own, where the Python workers' temp files can be counted."""
+    temp = settings.db_path.parent / "tmp"
+    temp.mkdir(exist_ok=True)
+    return {**SPARK_ENV, "TMPDIR": str(temp)}
+
+
+def spark_run(settings, steps: list, kill_point: dict) -> Killed:
+    """`steps` (spark_steps) in one process, one JVM, SIGKILLed at `kill_point` inside the last step; the JVM must
+    die with it, and every step before the last must have finished."""
+    killed = kill_at(settings, json.dumps(steps), code=STEPS, env=spark_environment(settings),
+                     armed_by=f"^START {len(steps) - 1}$", **kill_point)
+    assert wait_gone(killed.children) == [], f"Spark's JVM outlived the killed command: {killed.children}"
+    finished = [line for line in killed.output if line.startswith("STEP ")]
+    assert len(finished) == len(steps) - 1, "\n".join(killed.output[-40:])
+    return killed
+
+
+def spark_leftovers(settings) -> list[str]:
+    """Staging a finished Spark command must not leave: pid-named folders in the Spark dir, `__incoming` /
+    `__previous` table folders, temp files beside the warehouse."""
+    left = [path.name for path in settings.spark_dir.iterdir() if TEMP_NAME.match(path.name)]
+    left += [str(path) for path in (settings.spark_dir / "warehouse").glob("*.db/*__*")]
+    return left + stray_files(settings)
