@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,13 +101,36 @@ def publish_expansion(
 ) -> dict:
     """Publish a computed expansion as a new version of audience `name`, with its seed diagnostics and
     reach curve; the curve's PNG goes beside the serving file (`row["reach_curve_png"]`)."""
-    from lookalike_cli.audiences.diagnostics import inspect_seed, write_seed_diagnostics
     from lookalike_cli.audiences.publish import safe_file_name
-    from lookalike_cli.audiences.reach import plot_reach, reach_png_dir, reach_png_path, write_reach
+    from lookalike_cli.audiences.reach import plot_reach, reach_png_dir
 
     check_name(name)
     for message in result.warnings:
         on_warning(message)
+    # The picture is drawn before the publish (not while holding its lock; a drawing error publishes
+    # nothing) and moved in once the publish succeeded. It is drawn on a thread of its own (half a
+    # second of matplotlib) beside the seed diagnostics' and skew's warehouse reads.
+    picture, drawing = None, None
+    if result.reach is not None:
+        remove_stale_temp_files(reach_png_dir(serving_db_path))
+        picture = reach_png_dir(serving_db_path) / f".{safe_file_name(name)}.{os.getpid()}.tmp.png"
+        drawing = ThreadPoolExecutor(1, thread_name_prefix="reach-png")
+        drawn = drawing.submit(plot_reach, result.reach, f"{name}: {result.audience['strategy']}", result.members.num_rows,
+                               result.audience["population_size"], picture)
+    try:
+        return _publish_with_companions(db_path, serving_db_path, name, result, seed, export_parquet, progress,
+                                        on_warning, picture, drawn if drawing is not None else None)
+    finally:
+        if drawing is not None:
+            drawing.shutdown(wait=True)
+        if picture is not None:
+            picture.unlink(missing_ok=True)
+
+
+def _publish_with_companions(db_path, serving_db_path, name, result, seed, export_parquet, progress, on_warning,
+                             picture, drawn) -> dict:
+    from lookalike_cli.audiences.diagnostics import inspect_seed, write_seed_diagnostics
+    from lookalike_cli.audiences.reach import reach_png_path, write_reach
     from lookalike_cli.audiences.skew import attribute_skew, skew_warnings, write_skew
 
     with connection(db_path, read_only=True) as con:
@@ -123,25 +147,16 @@ def publish_expansion(
         if result.reach is not None:
             write_reach(con, audience_id, result.reach)
 
-    # The picture is drawn before the publish (not while holding its lock) and moved in once it succeeded.
-    picture = None
-    if result.reach is not None:
-        remove_stale_temp_files(reach_png_dir(serving_db_path))
-        picture = reach_png_dir(serving_db_path) / f".{safe_file_name(name)}.{os.getpid()}.tmp.png"
-        plot_reach(result.reach, f"{name}: {result.audience['strategy']}", result.members.num_rows,
-                   result.audience["population_size"], picture)
-    try:
-        with customer_attributes(db_path) as attributes:
-            row = publish_audience(serving_db_path, name, result.audience, result.members, attributes=attributes,
-                                   export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
-                                   extra=companions)
-        if picture is not None:
-            path = reach_png_path(serving_db_path, name, row["version"])
-            os.replace(picture, path)
-            row["reach_curve_png"] = str(path)
-    finally:
-        if picture is not None:
-            picture.unlink(missing_ok=True)
+    if picture is not None:
+        drawn.result()
+    with customer_attributes(db_path) as attributes:
+        row = publish_audience(serving_db_path, name, result.audience, result.members, attributes=attributes,
+                               export_parquet=Path(export_parquet) if export_parquet else None, progress=progress,
+                               extra=companions)
+    if picture is not None:
+        path = reach_png_path(serving_db_path, name, row["version"])
+        os.replace(picture, path)
+        row["reach_curve_png"] = str(path)
     return row
 
 

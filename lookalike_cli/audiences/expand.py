@@ -548,6 +548,7 @@ def blend_everyone(index: LoadedIndex, seeds: Seeds, limit: int, blend_everyone:
             fitted.score(blend_inputs(part, vectors, None)), vectors @ centre))
         return ranked(everyone, scores, similarities, -1.0)
     embedded, products = embedding_products(index, np.column_stack([fitted.components.embedding_directions(), centre]))
+
     ids, scores, similarities = [], [], []
     for batch_ids, head, shares in reader.batches():
         at = np.minimum(np.searchsorted(embedded, batch_ids), len(embedded) - 1)
@@ -624,6 +625,30 @@ def nearest_seeds(vectors: np.ndarray, seeds: Seeds, search: "faiss.Index | None
     return seeds.ids[rows[:, 0]], sims[:, 0]
 
 
+# What the blend and the publish import on first use (scikit-learn alone takes over a second): loaded
+# on a thread while expand reads the index and the seed (DuckDB and FAISS calls release the GIL).
+BLEND_IMPORTS = ("sklearn.linear_model", "lightgbm", "scipy.sparse", "matplotlib.figure", "matplotlib.backends.backend_agg")
+
+
+def import_in_background(modules: tuple[str, ...]) -> None:
+    """Start importing `modules` on a daemon thread; whoever imports one of them first waits for it
+    (Python's per-module import lock), so nothing is imported twice or half. A failure is left for
+    the real import to raise."""
+    import importlib
+    import sys
+    import threading
+
+    def load() -> None:
+        for module in modules:
+            if module not in sys.modules:
+                try:
+                    importlib.import_module(module)
+                except Exception:  # noqa: BLE001 (raised again, with context, where it is used)
+                    return
+
+    threading.Thread(target=load, daemon=True, name="blend-imports").start()
+
+
 def _stopping_background_reads(function):
     """`function` given a list to register its background reads in (PopulationReader), each stopped however
     it ends: an exception (a bad seed, a kill of the caller's thread) must not leave a reader thread behind."""
@@ -681,6 +706,8 @@ def expand(
     excluded_features = feature_list(exclude_features)
     check_exclusion(excluded_features, strategy, min_similarity)
     started = time.perf_counter()
+    if strategy == "blend":
+        import_in_background(BLEND_IMPORTS)
     with connection(db_path, read_only=True) as con:
         require_table(con, "customer_embeddings", "Build it with `lookalike dbt build` after `lookalike train`.")
         versions = [r[0] for r in con.execute("select distinct model_version from customer_embeddings").fetchall()]

@@ -330,14 +330,16 @@ def reach_png_path(serving_path: Path, name: str, version: int) -> Path:
 
 def plot_reach(curve: pa.Table, title: str, published: int, population: int, path: Path) -> None:
     """Expected lift (and min score) against the share of the population, the published size marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API, not pyplot: no global figure state (it may draw on a publish's background thread)
+    # and half a second less of imports.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = curve.to_pylist()
     share = [100 * r["share_of_population"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     lifts = [(s, r["expected_lift"]) for s, r in zip(share, rows) if r["expected_lift"] is not None]
     if lifts:
         ax.plot(*zip(*lifts), marker="o", label="expected lift")
@@ -361,7 +363,6 @@ def plot_reach(curve: pa.Table, title: str, published: int, population: int, pat
     fig.subplots_adjust(left=0.12, right=0.88, bottom=0.13, top=0.9)  # tight_layout would double the time of a publish
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def read_reach(con: duckdb.DuckDBPyConnection, audience_id: int) -> pa.Table | None:
