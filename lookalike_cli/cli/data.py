@@ -117,12 +117,6 @@ def build_cmd(settings: Settings, select: str | None, exclude: str, target: str 
         forget_aggregates(settings)  # the order aggregates are rebuilt in full: refresh's record of them is void
     args = ["build", *(["--select", select] if select else []), *(["--exclude", exclude] if exclude else []),
             *(["--target", target] if target else []), *(["--vars", dbt_vars] if dbt_vars else [])]
-    if is_session_target(target, settings):
-        from lookalike_cli.spark.session import remove_orphaned_staging, schema_name, spark_session
-
-        # dbt-spark's session method runs in this process and takes this same session.
-        for name in remove_orphaned_staging(spark_session(settings, target), schema_name(settings, target)):
-            click.echo(f"removed {name}: the staging folder of a killed build, not a table")
     run_dbt(settings, args)
     click.echo(f"dbt build finished in {time.perf_counter() - started:.1f}s")
     if is_session_target(target, settings):

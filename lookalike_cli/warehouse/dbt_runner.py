@@ -332,9 +332,14 @@ def run_dbt_in_process(settings: Settings, args: Sequence[str], echo: Callable[[
 
     # The one look this layer takes at the Spark engine: dbt-spark's `method: session` runs in the
     # SparkSession this process holds, so start it (from the same profile target) before dbt does.
-    from lookalike_cli.spark.session import spark_session
+    from lookalike_cli.spark.session import remove_orphaned_staging, schema_name, spark_session
 
-    spark_session(settings, target_of(args), progress=echo)
+    target = target_of(args)
+    spark = spark_session(settings, target, progress=echo)
+    # A table build killed while Spark wrote it leaves its `__incoming` folder without a metastore entry, and
+    # Spark refuses to create the table over it (macros/spark_table_swap.sql): removed before dbt starts.
+    for name in remove_orphaned_staging(spark, schema_name(settings, target)):
+        echo(f"Removed {name}: the staging folder of a killed table build (not a table)")
     lines: list[str] = []
 
     def on_event(event) -> None:

@@ -5,8 +5,8 @@
     two renames, as `lookalike spark load-raw` does (spark/session.py replace_table): the old table keeps
     its name until the new one is complete; a kill between the two renames leaves it as `<name>__previous`,
     which the next build of the model puts back before it starts. An `__incoming` folder a killed write left
-    without a metastore entry is removed by `lookalike build --target spark` before dbt runs
-    (spark/session.py remove_orphaned_staging): Spark refuses to create a table over it. -#}
+    without a metastore entry is removed by the CLI before it runs dbt on Spark (`lookalike build --target spark`,
+    `lookalike dbt ... --target spark`: dbt_runner.run_dbt_in_process): Spark refuses to create a table over it. -#}
   {%- set language = model['language'] -%}
   {%- set identifier = model['alias'] -%}
   {%- set grant_config = config.get('grants') -%}
