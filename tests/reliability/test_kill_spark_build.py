@@ -56,9 +56,10 @@ def test_kill_9_in_spark_dbt_build(private_copy):
     # 3. Killed between the renames: no table under the model's name, the last complete one as __previous.
     # The next build puts it back, builds, and leaves nothing behind. Then a build whose model fails (a var
     # before the data: int_time_windows raises its error inside Spark, after dbt-spark's materialization
-    # would have dropped the table) leaves the table as it was; its empty staging folder goes with the next build.
+    # would have dropped the table) leaves the table as it was, and its staging folder, which the next build
+    # removes as in 2. (Not run again here: new vars cost dbt a full parse, and going back to none another.)
     failing = {"fails": [*rebuild, "--vars", "{as_of_date: '1900-01-01'}"]}
-    steps = ["state", rebuild, "state", failing, "state", rebuild]
+    steps = ["state", rebuild, "state", failing, "state"]
     done = subprocess.run(cli_command(settings, json.dumps(steps), code=STEPS),
                           env=cli_environment(spark_environment(settings)), capture_output=True, text=True, timeout=900,
                           cwd=settings.db_path.parent)
@@ -70,4 +71,5 @@ def test_kill_9_in_spark_dbt_build(private_copy):
     assert any(line.startswith("FAILED") and "as_of_date = 1900-01-01 is outside the data" in line for line in output), \
         "\n".join(output[-20:])
     assert after_failure == first
-    assert spark_leftovers(settings) == []
+    staging = settings.spark_dir / "warehouse" / f"{schema}.db" / "int_time_windows__incoming"
+    assert spark_leftovers(settings) == [str(staging)]
