@@ -103,6 +103,37 @@
 {% endmacro %}
 
 
+{% macro top_list_entries(relation, key, ids, shares, n) %}
+    {#- A select of (key, id, share, position): for each row of `relation`, the `n` entries of its parallel
+        `ids` / `shares` arrays with the largest shares (equal shares: the higher id first), numbered 1..n. -#}
+    {{ return(adapter.dispatch('top_list_entries', 'lookalike')(relation, key, ids, shares, n)) }}
+{% endmacro %}
+
+{% macro default__top_list_entries(relation, key, ids, shares, n) %}
+    select {{ key }}, id, share, position
+    from (
+        select {{ key }}, id, share, row_number() over (partition by {{ key }} order by share desc, id desc) as position
+        from (select {{ key }}, {{ lookalike.unnest_parallel_arrays(ids, 'id', shares, 'share') }} from {{ relation }}) entries
+    ) ranked
+    where position <= {{ n }}
+{% endmacro %}
+
+{% macro duckdb__top_list_entries(relation, key, ids, shares, n) %}
+    {#- Sorted inside each row's lists, then only the top n unnested: the window over every unnested entry
+        (20M rows at 1M customers) took 8 of customer_profiles_text's 28 CPU seconds. Sorting structs of the
+        negated values ascending orders by share desc, then id desc; negating twice gives the values back exactly. -#}
+    select {{ key }}, -entry.neg_id as id, -entry.neg_share as share, position
+    from (
+        select {{ key }}, unnest(top) as entry, generate_subscripts(top, 1) as position
+        from (
+            select {{ key }},
+                list_slice(list_sort(list_transform({{ shares }}, lambda s, i: {'neg_share': -s, 'neg_id': -{{ ids }}[i]})), 1, {{ n }}) as top
+            from {{ relation }}
+        ) sorted
+    ) entries
+{% endmacro %}
+
+
 {% macro ordered_string_agg(value, separator, order_by) %}
     {#- Strings of a group joined by `separator` in the order of `order_by` (one sort key: Spark's
         ordered_array_agg sorts on a single key). -#}

@@ -94,17 +94,14 @@ top_departments as (
 ),
 
 top_categories as (
-    -- The three largest shares; equal shares list the higher category_id first.
+    -- The three largest shares; equal shares list the higher category_id first (every category_id is in
+    -- categories: both come from the same serving counts).
     select
-        customer_id,
-        {{ ordered_string_agg("category || ' (' || cast(round(share * 100) as integer) || '%)'", "', '", 'position') }} as top_categories_text
-    from (
-        select customer_id, category, share,
-            row_number() over (partition by customer_id order by share desc, category_id desc) as position
-        from category_shares
-    ) ranked
-    where position <= 3
-    group by customer_id
+        top.customer_id,
+        {{ ordered_string_agg("c.category || ' (' || cast(round(top.share * 100) as integer) || '%)'", "', '", 'top.position') }} as top_categories_text
+    from ({{ top_list_entries('customer_features', 'customer_id', 'category_ids', 'category_shares', 3) }}) top
+    join categories c on c.category_id = top.id
+    group by top.customer_id
 ),
 
 banded as (
