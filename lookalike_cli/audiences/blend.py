@@ -199,6 +199,18 @@ def cosine_to_centroid(rows: np.ndarray, seed_rows: np.ndarray) -> np.ndarray:
     return rows @ centre / np.maximum(norms, 1e-12)
 
 
+def percentile_of(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Share of the sorted `reference` at or below each value. The values are looked up in ascending
+    order (numpy's binary search starts each key where the previous one ended): about 2.5x faster
+    than unsorted keys at 100k values in a 20k reference, the same counts."""
+    if len(values) < 1024:
+        return np.searchsorted(reference, values, side="right") / max(len(reference), 1)
+    order = np.argsort(values)
+    counts = np.empty(len(values), dtype=np.int64)
+    counts[order] = np.searchsorted(reference, values[order], side="right")
+    return counts / max(len(reference), 1)
+
+
 def weighted_mean(rows: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     """The column means of `rows` (weighted by `weights` when given; a zero-width block stays zero-width)."""
     return rows.mean(axis=0) if weights is None or rows.shape[1] == 0 else np.average(rows, axis=0, weights=weights)
@@ -260,8 +272,7 @@ class FittedComponents:
         """Component scores [n, len(names)] as percentiles of the reference sample's."""
         references = [self.references[self.active.index(name)] for name in names]
         return np.column_stack([
-            np.searchsorted(reference, scores[:, i], side="right") / max(len(reference), 1)
-            for i, reference in enumerate(references)
+            percentile_of(reference, scores[:, i]) for i, reference in enumerate(references)
         ]) if names else np.zeros((len(scores), 0))
 
     def embedding_directions(self) -> np.ndarray:
@@ -277,23 +288,19 @@ class FittedComponents:
         """raw_scores of customers whose category shares are sparse (SparseRows), component by component
         the same arithmetic: the z-scored share block is its value at share 0 (a constant per column)
         plus a correction at the purchased categories, so no [n, features] matrix is ever built.
-        `layout` carries the raw columns' names and scale (any BlendInputs of the fit)."""
+        `layout` carries the raw columns' names and scale (any BlendInputs of the fit). The terms that
+        do not depend on the fit (ShareTerms) come with `rows` when the reader computed them ahead."""
         from scipy import sparse
 
         head, shares, products = rows.head, rows.shares, rows.embedding_products
+        terms = rows.terms if rows.terms is not None else share_terms(head, shares, layout.names, layout.scale)
         (n, width), categories = head.shape, shares.shape[1]
-        mean, std = (np.asarray(v, dtype=np.float64) for v in layout.scale)
-        at, indptr = shares.indices, shares.indptr
-        # As load_raw_features z-scores (float32, clipped): a share of 0, then the stored shares.
-        mean32, std32 = mean[width:].astype(np.float32), np.where(std[width:] > 1e-9, std[width:], 1.0).astype(np.float32)
-        background = np.clip((np.float32(0.0) - mean32) / std32, -CLIP, CLIP).astype(np.float64)
-        z = np.clip((shares.data - mean32[at]) / std32[at], -CLIP, CLIP).astype(np.float64)
-        background_at = background[at]
+        at, indptr, background = shares.indices, shares.indptr, terms.background
 
         def corrections(values: np.ndarray) -> "sparse.csr_matrix":
             return sparse.csr_matrix((values, at, indptr), shape=shares.shape)
 
-        head_inputs = BlendInputs(np.zeros((n, 0), np.float32), head, layout.names[:width], (mean[:width], std[:width]))
+        head_inputs = terms.head_inputs(head)
         linear = {}  # raw-block products: the raw centroid's and propensity's weights, in one pass
         if "raw" in names:
             linear["raw"] = self.raw_centre
@@ -301,23 +308,15 @@ class FittedComponents:
             linear["propensity"] = self.models["propensity"].coef_[0][-(width + categories):]  # after the embeddings' weights
         if linear:
             weights = np.column_stack(list(linear.values()))
-            head64 = head.astype(np.float64)
-            dots = head64 @ weights[:width] + background @ weights[width:] + corrections(z - background_at) @ weights[width:]
+            dots = head @ weights[:width] + background @ weights[width:] + corrections(terms.z_minus_background) @ weights[width:]
             dots = dict(zip(linear, dots.T))
-        if "shares_lr" in names or "shares_gbm" in names:
-            plain_std, plain_mean = np.where(std[width:] > 1e-9, std[width:], 1.0), mean[width:]
-            preference_at = np.clip(z * plain_std[at] + plain_mean[at], 0.0, 1.0)  # preference()'s shares, bought
-            preference_background = np.clip(background * plain_std + plain_mean, 0.0, 1.0)  # and not bought
-            lines = head_inputs.column(head_inputs.lines_column(), plain=True)
         columns = []
         for name in names:
             if name == "embedding":
                 norms = np.sqrt(products[:, 2]) * max(float(np.linalg.norm(self.embedding_centre)), 1e-12)
                 columns.append(products[:, 0] / np.maximum(norms, 1e-12))
             elif name == "raw":
-                squares = np.einsum("ij,ij->i", head64, head64) + background @ background \
-                    + corrections(z * z - background_at ** 2) @ np.ones(categories)
-                norms = np.sqrt(squares) * max(float(np.linalg.norm(self.raw_centre)), 1e-12)
+                norms = np.sqrt(terms.raw_squares) * max(float(np.linalg.norm(self.raw_centre)), 1e-12)
                 columns.append(dots["raw"] / np.maximum(norms, 1e-12))
             elif name == "propensity":
                 value = dots["propensity"] + (products[:, 1] if self.embeddings else 0.0)
@@ -327,27 +326,74 @@ class FittedComponents:
             elif name == "shares_lr":
                 model = self.models[name]
                 coef = model.coef_[0]
-                value = preference_background @ coef[:-1] + corrections(preference_at - preference_background[at]) @ coef[:-1]
-                columns.append(value + lines * coef[-1] + model.intercept_[0])
+                value = terms.preference_background @ coef[:-1] + corrections(terms.preference_correction) @ coef[:-1]
+                columns.append(value + terms.lines * coef[-1] + model.intercept_[0])
             elif self.gbm_trees is not None:
                 # The trees' input transposed ([features, n]): the features' value when not bought, then the purchases.
                 trees = self.gbm_trees
                 share_features = trees.features[trees.features < categories]
                 x = np.empty((len(trees.features), n))
-                x[: len(share_features)] = preference_background[share_features][:, None]
+                x[: len(share_features)] = terms.preference_background[share_features][:, None]
                 position = np.full(categories, -1)
                 position[share_features] = np.arange(len(share_features))
                 hit = np.flatnonzero(position[at] >= 0)
-                purchase_rows = np.repeat(np.arange(n), np.diff(indptr))
-                x[position[at[hit]], purchase_rows[hit]] = preference_at[hit]
+                x[position[at[hit]], terms.purchase_rows[hit]] = terms.preference_at[hit]
                 if len(share_features) < len(trees.features):  # the last preference column: log order lines
-                    x[-1] = lines
+                    x[-1] = terms.lines
                 columns.append(trees.raw_score_of_columns(x))
             else:
-                dense = np.column_stack([corrections(preference_at - preference_background[at]).toarray() + preference_background,
-                                         lines])
+                dense = np.column_stack([corrections(terms.preference_correction).toarray() + terms.preference_background,
+                                         terms.lines])
                 columns.append(self.models[name].predict(dense, raw_score=True))
         return np.round(np.column_stack(columns) if columns else np.zeros((n, 0)), 9)
+
+
+@dataclass
+class ShareTerms:
+    """What scoring sparse rows needs that depends only on the raw columns' scale, not on the fitted blend:
+    per purchase (one entry per stored share, CSR order) and per customer. PopulationReader computes them
+    on its thread while the blend is fitted; sparse_raw_scores then does only the fit's products."""
+    names: tuple                    # the head columns' names
+    scale: tuple                    # the head columns' (mean, std)
+    background: np.ndarray          # float64 [categories]: a share column's z-score at share 0
+    preference_background: np.ndarray  # float64 [categories]: preference()'s share at share 0
+    z_minus_background: np.ndarray  # float64 [purchases]: z-score of the stored share less the background
+    preference_at: np.ndarray       # float64 [purchases]: preference()'s share, bought
+    preference_correction: np.ndarray  # float64 [purchases]: preference_at less preference_background
+    purchase_rows: np.ndarray       # int32 [purchases]: the customer (row) of each purchase
+    raw_squares: np.ndarray         # float64 [n]: squared norm of the customer's whole z-scored raw row
+    lines: np.ndarray | None        # float64 [n]: order lines on their stored scale (preference()'s last column)
+
+    def head_inputs(self, head: np.ndarray) -> BlendInputs:
+        return BlendInputs(np.zeros((len(head), 0), np.float32), head, self.names, self.scale)
+
+
+def share_terms(head: np.ndarray, shares, names: tuple, scale: tuple) -> ShareTerms:
+    """ShareTerms of rows with z-scored `head` columns and stored `shares` (CSR), for raw columns `names`
+    with `scale` (the fit's layout: head columns first, then one share column per category)."""
+    from scipy import sparse
+
+    (n, width), at = head.shape, shares.indices
+    mean, std = (np.asarray(v, dtype=np.float64) for v in scale)
+    # As load_raw_features z-scores (float32, clipped): a share of 0, then the stored shares.
+    mean32, std32 = mean[width:].astype(np.float32), np.where(std[width:] > 1e-9, std[width:], 1.0).astype(np.float32)
+    background = np.clip((np.float32(0.0) - mean32) / std32, -CLIP, CLIP).astype(np.float64)
+    z = np.clip((shares.data - mean32[at]) / std32[at], -CLIP, CLIP).astype(np.float64)
+    background_at = background[at]
+    z_minus_background = z - background_at
+    head64 = head.astype(np.float64)
+    square_corrections = sparse.csr_matrix((z * z - background_at ** 2, at, shares.indptr), shape=shares.shape)
+    raw_squares = np.einsum("ij,ij->i", head64, head64) + background @ background \
+        + square_corrections @ np.ones(shares.shape[1])
+    plain_std, plain_mean = np.where(std[width:] > 1e-9, std[width:], 1.0), mean[width:]
+    preference_at = np.clip(z * plain_std[at] + plain_mean[at], 0.0, 1.0)  # preference()'s shares, bought
+    preference_background = np.clip(background * plain_std + plain_mean, 0.0, 1.0)  # and not bought
+    head_names, head_scale = tuple(names[:width]), (mean[:width], std[:width])
+    inputs = BlendInputs(np.zeros((n, 0), np.float32), head, head_names, head_scale)
+    lines_column = inputs.lines_column()
+    return ShareTerms(head_names, head_scale, background, preference_background, z_minus_background, preference_at,
+                      preference_at - preference_background[at], np.repeat(np.arange(n, dtype=np.int32), np.diff(shares.indptr)),
+                      raw_squares, None if lines_column is None else inputs.column(lines_column, plain=True))
 
 
 @dataclass
@@ -358,6 +404,7 @@ class SparseRows:
     head: np.ndarray                # float32 [n, H]: the z-scored, clipped columns before the shares
     shares: object                  # scipy CSR float32 [n, categories]: category shares as stored
     embedding_products: np.ndarray  # float64 [n, 3]: embeddings @ embedding_directions(), squared norm
+    terms: ShareTerms | None = None  # share_terms() of head and shares, when computed ahead (None: computed here)
 
 
 @dataclass

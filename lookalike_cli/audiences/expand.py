@@ -485,11 +485,11 @@ class PopulationReader:
     background thread up to PREFETCH_BATCHES ahead from the moment it is made: expand makes it before
     fitting the blend, so the read overlaps the fit (DuckDB and numpy release the GIL)."""
 
-    def __init__(self, db_path: Path, scale: tuple):
+    def __init__(self, db_path: Path, scale: tuple, names: tuple):
         import queue
         import threading
 
-        self.db_path, self.scale = db_path, scale
+        self.db_path, self.scale, self.names = db_path, scale, names
         self.queue: "queue.Queue" = queue.Queue(maxsize=PREFETCH_BATCHES)
         self.stop = threading.Event()
         self.used = False
@@ -497,14 +497,16 @@ class PopulationReader:
         self.thread.start()
 
     def _read(self) -> None:
+        from lookalike_cli.audiences.blend import share_terms
         from lookalike_cli.audiences.raw_features import population_batches
 
         try:
             with connection(self.db_path, read_only=True) as con:
-                for batch in population_batches(con, self.scale):
+                for ids, head, shares in population_batches(con, self.scale):
                     if self.stop.is_set():
                         return
-                    self.queue.put(batch)
+                    # The fit-independent scoring terms, here on the reader's thread while the blend is fitted.
+                    self.queue.put((ids, head, shares, share_terms(head, shares, self.names, self.scale)))
             self.queue.put(None)
         except BaseException as exc:  # handed to the consumer, raised there
             self.queue.put(exc)
@@ -515,7 +517,8 @@ class PopulationReader:
             from lookalike_cli.audiences.raw_features import population_batches
 
             with connection(self.db_path, read_only=True) as con:
-                yield from population_batches(con, self.scale)
+                for batch in population_batches(con, self.scale):
+                    yield (*batch, None)
             return
         self.used = True
         while (item := self.queue.get()) is not None:
@@ -550,13 +553,15 @@ def blend_everyone(index: LoadedIndex, seeds: Seeds, limit: int, blend_everyone:
     embedded, products = embedding_products(index, np.column_stack([fitted.components.embedding_directions(), centre]))
 
     ids, scores, similarities = [], [], []
-    for batch_ids, head, shares in reader.batches():
+    for batch_ids, head, shares, terms in reader.batches():
         at = np.minimum(np.searchsorted(embedded, batch_ids), len(embedded) - 1)
         scored = embedded[at] == batch_ids  # customers with features but no embedding are not in the population
         rows = np.flatnonzero(scored)
         values = products[at[rows]]
         ids.append(batch_ids[rows])
-        scores.append(fitted.score_sparse(SparseRows(head[rows], shares[rows], values[:, [0, 1, 3]]), layout))
+        if len(rows) < len(batch_ids):  # some rows left out: their terms are computed again for the rest
+            head, shares, terms = head[rows], shares[rows], None
+        scores.append(fitted.score_sparse(SparseRows(head, shares, values[:, [0, 1, 3]], terms), layout))
         similarities.append(values[:, 2])
     return ranked(np.concatenate(ids), np.concatenate(scores), np.concatenate(similarities), -1.0)
 
@@ -762,7 +767,7 @@ def expand(
                 progress(f"  excluding {', '.join(excluded_features)}: {len(raw.names)} raw feature columns left; "
                          "no embedding components (the encoder saw every column)")
             warnings += raw_warnings
-            reader = None if exact or excluded_features or raw is None else PopulationReader(db_path, raw.scale)
+            reader = None if exact or excluded_features or raw is None else PopulationReader(db_path, raw.scale, tuple(raw.names))
             if reader is not None:
                 readers.append(reader)
             fitted = fit_blend_for(seeds, ids_all, vectors_all, raw, seed, embeddings=not excluded_features)
