@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lookalike_cli.ads.threads import single_blas_thread
+from lookalike_cli.threads import single_thread
 from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.vectors import to_matrix
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
@@ -118,7 +118,7 @@ def strings(values) -> list[str | None]:
     return [None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value) for value in values]
 
 
-@single_blas_thread
+@single_thread
 def cluster_ads(db_path: Path, options: ClusterOptions = ClusterOptions(), progress: Progress = quiet) -> dict:
     """Write ad_clusters (one row per ad) in one transaction; return counts and stage-1 metrics."""
     if not 0 < options.distance_threshold <= 2:

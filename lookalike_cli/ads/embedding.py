@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lookalike_cli.ads.model import AdEncoder, EncoderConfig, TokenizerSpec, tokenize
-from lookalike_cli.ads.threads import single_blas_thread
+from lookalike_cli.threads import single_thread
 from lookalike_cli.errors import LookalikeError
 from lookalike_cli.files import remove_stale_temp_files, replaced, write_text_atomically
 from lookalike_cli.model.export import artifact_identity, export_graph
@@ -263,7 +263,7 @@ def score_ads(db_path: Path, onnx_dir: Path, name: str, progress: Progress = qui
     return len(ads.ad_ids)
 
 
-@single_blas_thread
+@single_thread
 def train_ad_embedding(db_path: Path, onnx_dir: Path, name: str = "ads_encoder", options: EmbeddingOptions = EmbeddingOptions(),
                        progress: Progress = quiet) -> dict:
     """Train on the train-period pairs, report held-out AUCs, export, and score ad_embeddings."""

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lookalike_cli.ads.threads import single_blas_thread
+from lookalike_cli.threads import single_thread
 from lookalike_cli.errors import LookalikeError, ParameterError
 from lookalike_cli.files import remove_stale_temp_files, replaced, write_text_atomically
 from lookalike_cli.warehouse.connection import connection, replace_tables, require_table
@@ -275,7 +275,7 @@ def remove_unlisted_model_files(onnx_dir: Path, keep: set[str]) -> list[Path]:
     return removed
 
 
-@single_blas_thread
+@single_thread
 def predict_rpc(db_path: Path, onnx_dir: Path, options: RpcOptions = RpcOptions(), progress: Progress = quiet) -> dict:
     """Evaluate on the held-out period, refit at the end of the data, write ad_rpc_predictions and ad_rpc_evaluation."""
     started = time.perf_counter()

@@ -659,10 +659,10 @@ def fit_blend(seeds: BlendInputs, unlabelled: BlendInputs, random_seed: int = 0,
 
     `embeddings=False` leaves the encoder out entirely (no embedding cosine, propensity on raw
     features only): to measure what the embeddings add."""
-    from threadpoolctl import threadpool_limits
+    from lookalike_cli.threads import one_thread
 
     # Small fits: one BLAS thread is several times faster than oversubscribed threads on a busy machine.
-    with threadpool_limits(1):
+    with one_thread():
         return _fit_blend(seeds, unlabelled, random_seed, embeddings)
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import duckdb
 import numpy as np
 import pyarrow as pa
-from threadpoolctl import threadpool_limits
+from lookalike_cli.threads import one_thread
 
 from lookalike_cli.audiences.expand import seed_clusters
 from lookalike_cli.audiences.publish import insert_rows
@@ -104,7 +104,7 @@ def inspect_seed(con: duckdb.DuckDBPyConnection, seeds: Seeds, seed: int = 0, in
     seed_pairs = mean_pair_similarity(seeds.vectors)
     homogeneity = (seed_pairs - random_pairs) / max(1.0 - random_pairs, 1e-9) if seeds.found > 1 else float("nan")
     # One thread: on small seeds OpenMP start-up dominates, and on a shared machine it is 40x slower.
-    with threadpool_limits(1):
+    with one_thread():
         centroids, info = seed_clusters(seeds.vectors, seed)
     similarity_to_centroids = seeds.vectors @ centroids.T
     cluster = similarity_to_centroids.argmax(axis=1)

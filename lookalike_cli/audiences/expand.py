@@ -654,6 +654,23 @@ def import_in_background(modules: tuple[str, ...]) -> None:
     threading.Thread(target=load, daemon=True, name="blend-imports").start()
 
 
+def in_background(function: Callable, *args) -> "concurrent.futures.Future":
+    """`function(*args)` started on a daemon thread; its Future's result() waits and raises as a direct call would."""
+    import concurrent.futures
+    import threading
+
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # noqa: BLE001 (raised by result(), in the caller's thread)
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True, name=getattr(function, "__name__", "background")).start()
+    return future
+
+
 def _stopping_background_reads(function):
     """`function` given a list to register its background reads in (PopulationReader), each stopped however
     it ends: an exception (a bad seed, a kill of the caller's thread) must not leave a reader thread behind."""
@@ -717,20 +734,25 @@ def expand(
         require_table(con, "customer_embeddings", "Build it with `lookalike dbt build` after `lookalike train`.")
         versions = [r[0] for r in con.execute("select distinct model_version from customer_embeddings").fetchall()]
         current = versions[0] if len(versions) == 1 else None
-        index = loaded_index or load_index(index_dir, expected_model_version=current)
-        check_model_version(index.manifest, current)
-        manifest = index.manifest
-        population = manifest.row_count
-        target = parse_size(size, population)
+        # The index file (hundreds of MB at 1M customers) is read on a thread while DuckDB resolves the
+        # seed and the exclusions: FAISS's read releases the GIL. Its errors are raised here all the same.
+        index_loading = None if loaded_index is not None else in_background(load_index, index_dir, current)
         if excluded_features:
             from lookalike_cli.audiences.raw_features import check_excludable
 
             check_excludable(con, excluded_features)
-        seeds = resolve_seeds(con, seed_sql, seed_table, seed_file)
-        seed_value = seed_value_weights(con, seeds, seed_value_sql) if seed_value_sql else None
+        try:
+            seeds = resolve_seeds(con, seed_sql, seed_table, seed_file)
+            seed_value = seed_value_weights(con, seeds, seed_value_sql) if seed_value_sql else None
+            excluded, excluded_counts = excluded_ids(con, exclude_sql)
+        finally:
+            index = loaded_index or index_loading.result()
+        check_model_version(index.manifest, current)
+        manifest = index.manifest
+        population = manifest.row_count
+        target = parse_size(size, population)
         warnings = list(seeds.warnings)
         check_target(target, size, population, seeds)
-        excluded, excluded_counts = excluded_ids(con, exclude_sql)
         blocked = np.union1d(seeds.ids, excluded)
         target = cap_share(target, size, candidate_count(con, population, blocked))
         progress(f"Seeds: {seeds.found:,} found, {seeds.missing:,} missing; excluding {len(blocked):,} "

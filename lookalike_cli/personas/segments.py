@@ -288,10 +288,10 @@ def segment_customers(
     ids, features, inputs = feature_matrix(db_path, parse_inputs(inputs), progress)
     progress(f"Segmenting {len(ids):,} customers on {inputs} ({features.shape[1]} columns)"
              + (f", choosing k in {k_min}..{k_max} by silhouette" if k is None else f", k={k}"))
-    from threadpoolctl import threadpool_limits
+    from lookalike_cli.threads import one_thread
 
     # One BLAS/OpenMP thread: sklearn's k-means oversubscribes a shared machine (many times slower).
-    with threadpool_limits(1):
+    with one_thread():
         labels, distances, quality = cluster(features, k, k_min, k_max, components, variance, stability_runs, seed, progress)
     quality.inputs = inputs
     # Segment ids by size: 1 is the largest segment.
