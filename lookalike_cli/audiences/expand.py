@@ -630,9 +630,13 @@ def nearest_seeds(vectors: np.ndarray, seeds: Seeds, search: "faiss.Index | None
     return seeds.ids[rows[:, 0]], sims[:, 0]
 
 
-# What the blend and the publish import on first use (scikit-learn alone takes over a second): loaded
-# on a thread while expand reads the index and the seed (DuckDB and FAISS calls release the GIL).
-BLEND_IMPORTS = ("sklearn.linear_model", "lightgbm", "scipy.sparse", "matplotlib.figure", "matplotlib.backends.backend_agg")
+# What expand and the publish import on first use (scikit-learn alone takes over a second): loaded on
+# a thread while expand reads the index and the seed (DuckDB and FAISS calls release the GIL). Every
+# strategy's validation fits an isotonic curve and the seed diagnostics cluster the seed; the blend
+# first needs its classifiers.
+EXPAND_IMPORTS = ("sklearn.isotonic", "sklearn.cluster", "sklearn.metrics", "matplotlib.figure",
+                  "matplotlib.backends.backend_agg")
+BLEND_IMPORTS = ("sklearn.linear_model", "lightgbm", "scipy.sparse", *EXPAND_IMPORTS)
 
 
 def import_in_background(modules: tuple[str, ...]) -> None:
@@ -728,8 +732,7 @@ def expand(
     excluded_features = feature_list(exclude_features)
     check_exclusion(excluded_features, strategy, min_similarity)
     started = time.perf_counter()
-    if strategy == "blend":
-        import_in_background(BLEND_IMPORTS)
+    import_in_background(BLEND_IMPORTS if strategy == "blend" else EXPAND_IMPORTS)
     with connection(db_path, read_only=True) as con:
         require_table(con, "customer_embeddings", "Build it with `lookalike dbt build` after `lookalike train`.")
         versions = [r[0] for r in con.execute("select distinct model_version from customer_embeddings").fetchall()]
