@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ BLEND_EXACT_MAX = 50_000
 # blend above BLEND_EXACT_MAX: population batches (raw_features.population_batches, 131,072 customers,
 # ~50 MB each) read ahead while the blend is fitted.
 PREFETCH_BATCHES = 8
+# Threads blend_everyone scores population batches on.
+SCORE_THREADS = min(2, os.cpu_count() or 1)
 # knn-vote: most neighbours one search of all seeds may return (ids + similarities ~12 bytes each).
 MAX_VOTES = 20_000_000
 # Member vectors are fetched and used this many at a time (128 MiB at dim 128): a 5% audience of
@@ -552,18 +555,29 @@ def blend_everyone(index: LoadedIndex, seeds: Seeds, limit: int, blend_everyone:
         return ranked(everyone, scores, similarities, -1.0)
     embedded, products = embedding_products(index, np.column_stack([fitted.components.embedding_directions(), centre]))
 
-    ids, scores, similarities = [], [], []
-    for batch_ids, head, shares, terms in reader.batches():
+    def score_batch(batch_ids, head, shares, terms):
         at = np.minimum(np.searchsorted(embedded, batch_ids), len(embedded) - 1)
         scored = embedded[at] == batch_ids  # customers with features but no embedding are not in the population
         rows = np.flatnonzero(scored)
         values = products[at[rows]]
-        ids.append(batch_ids[rows])
         if len(rows) < len(batch_ids):  # some rows left out: their terms are computed again for the rest
             head, shares, terms = head[rows], shares[rows], None
-        scores.append(fitted.score_sparse(SparseRows(head, shares, values[:, [0, 1, 3]], terms), layout))
-        similarities.append(values[:, 2])
-    return ranked(np.concatenate(ids), np.concatenate(scores), np.concatenate(similarities), -1.0)
+        return batch_ids[rows], fitted.score_sparse(SparseRows(head, shares, values[:, [0, 1, 3]], terms), layout), values[:, 2]
+
+    # Batches scored SCORE_THREADS at a time (numpy's array arithmetic releases the GIL), in order, with at
+    # most 2 x SCORE_THREADS in flight so memory stays bounded.
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts, pending = [], deque()
+    with ThreadPoolExecutor(SCORE_THREADS, thread_name_prefix="blend-score") as pool:
+        for batch in reader.batches():
+            pending.append(pool.submit(score_batch, *batch))
+            if len(pending) >= 2 * SCORE_THREADS:
+                parts.append(pending.popleft().result())
+        parts.extend(future.result() for future in pending)
+    ids, scores, similarities = (np.concatenate(column) for column in zip(*parts))
+    return ranked(ids, scores, similarities, -1.0)
 
 
 def blend_scan(index: LoadedIndex, seeds: Seeds, limit: int, blend_scan: tuple, **_) -> Candidates:
