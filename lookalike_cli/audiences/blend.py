@@ -154,22 +154,28 @@ class BlendInputs:
             return self.cached_preference if wanted is None else self.cached_preference[:, wanted]
         shares = self.share_columns()
         picked = np.arange(len(shares) + 1) if wanted is None else np.asarray(wanted, dtype=np.int64)
-        columns = shares[picked[picked < len(shares)]]
-        # A contiguous run of columns (all the shares, as load_raw_features lays them out) is a view, not a gather.
-        contiguous = len(columns) > 0 and columns[-1] - columns[0] == len(columns) - 1
-        block = (self.raw[:, columns[0] : columns[-1] + 1] if contiguous else self.raw[:, columns]).astype(np.float64)
-        if not len(columns):
-            block = np.zeros((len(self), 0))
-        if self.scale is not None:
-            std = np.where(self.scale[1][columns] > 1e-9, self.scale[1][columns], 1.0)
-            block *= std
-            block += self.scale[0][columns]
-            np.clip(block, 0.0, 1.0, out=block)
+        at_shares = np.flatnonzero(picked < len(shares))  # positions in the output that are share columns
+        columns = shares[picked[at_shares]]
         out = np.empty((len(self), len(picked)))
-        at_shares = picked < len(shares)
-        out[:, at_shares] = block
-        if not at_shares.all():
-            out[:, ~at_shares] = self.column(self.lines_column(), plain=True)[:, None]
+        # The shares are written straight into the output when they lead it in order (all of preference(), the
+        # trees' sorted features): a [n, categories] float64 temporary and a masked copy cost seconds at
+        # thousands of categories. The arithmetic is the same elementwise either way.
+        leading = np.array_equal(at_shares, np.arange(len(at_shares)))
+        block = out[:, : len(at_shares)] if leading else np.empty((len(self), len(at_shares)))
+        if len(columns):
+            # A contiguous run of columns (all the shares, as load_raw_features lays them out) is a view, not a gather.
+            contiguous = columns[-1] - columns[0] == len(columns) - 1
+            np.copyto(block, self.raw[:, columns[0] : columns[-1] + 1] if contiguous else self.raw[:, columns])
+            if self.scale is not None:
+                std = np.where(self.scale[1][columns] > 1e-9, self.scale[1][columns], 1.0)
+                block *= std
+                block += self.scale[0][columns]
+                np.clip(block, 0.0, 1.0, out=block)
+        if not leading:
+            out[:, at_shares] = block
+        if len(at_shares) < len(picked):
+            rest = np.setdiff1d(np.arange(len(picked)), at_shares)
+            out[:, rest] = self.column(self.lines_column(), plain=True)[:, None]
         return out
 
     def available(self, embeddings: bool = True) -> tuple[str, ...]:
