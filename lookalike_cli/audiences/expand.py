@@ -72,6 +72,9 @@ BLEND_EXACT_MAX = 50_000
 # blend above BLEND_EXACT_MAX: population batches (raw_features.population_batches, 131,072 customers,
 # ~50 MB each) read ahead while the blend is fitted.
 PREFETCH_BATCHES = 8
+# Most category share columns the blend ranks on: above, those that set the seed apart most (every fitted
+# component's time and memory grow with its columns; 3,600 categories at 20k customers took 18 s and 4.7 GB).
+BLEND_MAX_CATEGORIES = 1024
 # Threads blend_everyone scores population batches on.
 SCORE_THREADS = min(2, os.cpu_count() or 1)
 # knn-vote: most neighbours one search of all seeds may return (ids + similarities ~12 bytes each).
@@ -488,11 +491,16 @@ class PopulationReader:
     background thread up to PREFETCH_BATCHES ahead from the moment it is made: expand makes it before
     fitting the blend, so the read overlaps the fit (DuckDB and numpy release the GIL)."""
 
-    def __init__(self, db_path: Path, scale: tuple, names: tuple):
+    def __init__(self, db_path: Path, scale: tuple, names: tuple, layout_scale: tuple | None = None,
+                 categories: np.ndarray | None = None):
+        """`scale`: customer_features' whole raw layout (what population_batches reads); `names` and
+        `layout_scale` the blend's columns when it uses only the category shares `categories` (positions)."""
         import queue
         import threading
 
         self.db_path, self.scale, self.names = db_path, scale, names
+        self.layout_scale = scale if layout_scale is None else layout_scale
+        self.categories = categories
         self.queue: "queue.Queue" = queue.Queue(maxsize=PREFETCH_BATCHES)
         self.stop = threading.Event()
         self.used = False
@@ -505,11 +513,11 @@ class PopulationReader:
 
         try:
             with connection(self.db_path, read_only=True) as con:
-                for ids, head, shares in population_batches(con, self.scale):
+                for ids, head, shares in self._population(con):
                     if self.stop.is_set():
                         return
                     # The fit-independent scoring terms, here on the reader's thread while the blend is fitted.
-                    self.queue.put((ids, head, shares, share_terms(head, shares, self.names, self.scale)))
+                    self.queue.put((ids, head, shares, share_terms(head, shares, self.names, self.layout_scale)))
             self.queue.put(None)
         except BaseException as exc:  # handed to the consumer, raised there
             self.queue.put(exc)
@@ -520,7 +528,7 @@ class PopulationReader:
             from lookalike_cli.audiences.raw_features import population_batches
 
             with connection(self.db_path, read_only=True) as con:
-                for batch in population_batches(con, self.scale):
+                for batch in self._population(con):
                     yield (*batch, None)
             return
         self.used = True
@@ -528,6 +536,12 @@ class PopulationReader:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def _population(self, con):
+        from lookalike_cli.audiences.raw_features import population_batches
+
+        for ids, head, shares in population_batches(con, self.scale):
+            yield ids, head, (shares if self.categories is None else shares[:, self.categories])
 
     def close(self) -> None:
         """Stop reading ahead (an expand that failed before scoring)."""
@@ -583,14 +597,15 @@ def blend_everyone(index: LoadedIndex, seeds: Seeds, limit: int, blend_everyone:
 def blend_scan(index: LoadedIndex, seeds: Seeds, limit: int, blend_scan: tuple, **_) -> Candidates:
     """Large populations under exclude_features: every customer scored on its raw features, BLEND_EXACT_MAX
     at a time (an ANN pool around the seeds would be found with the embeddings, which saw the excluded columns)."""
-    from lookalike_cli.audiences.raw_features import load_raw_features, without_columns
+    from lookalike_cli.audiences.raw_features import load_raw_features, with_columns, without_columns
 
-    db_path, fitted, scale, columns = blend_scan
+    db_path, fitted, scale, columns, names = blend_scan
     ids, scores = [], []
     with connection(db_path, read_only=True) as con:
         everyone = con.sql("select customer_id from customer_embeddings order by customer_id").fetchnumpy()["customer_id"]
         for start in range(0, len(everyone), BLEND_EXACT_MAX):
-            raw = without_columns(load_raw_features(con, ids=everyone[start : start + BLEND_EXACT_MAX], scale=scale), columns)
+            raw = with_columns(without_columns(load_raw_features(con, ids=everyone[start : start + BLEND_EXACT_MAX],
+                                                                 scale=scale), columns), names)
             ids.append(raw.ids)
             scores.append(fitted.score(blend_inputs(raw.ids, np.zeros((len(raw.ids), 0), np.float32), raw)))
     ids = np.concatenate(ids)
@@ -806,7 +821,22 @@ def expand(
                 progress(f"  excluding {', '.join(excluded_features)}: {len(raw.names)} raw feature columns left; "
                          "no embedding components (the encoder saw every column)")
             warnings += raw_warnings
-            reader = None if exact or excluded_features or raw is None else PopulationReader(db_path, raw.scale, tuple(raw.names))
+            screened = None
+            if raw is not None:
+                from lookalike_cli.audiences.raw_features import screened_categories, with_columns
+
+                screened = screened_categories(raw, seeds.ids, BLEND_MAX_CATEGORIES, seeds.weights)
+            categories = None
+            if screened is not None:
+                total = sum(n.startswith("category:") for n in raw.names)
+                kept = set(screened)
+                share_names = [n for n in raw.names if n.startswith("category:")]
+                categories = np.array([i for i, n in enumerate(share_names) if n in kept], dtype=np.int64)
+                raw = with_columns(raw, [n for n in raw.names if not n.startswith("category:") or n in kept])
+                progress(f"  {total:,} categories: the blend ranks on the {len(kept):,} whose shares set the seed "
+                         f"apart most (largest |seed mean z-score|, at most {BLEND_MAX_CATEGORIES:,})")
+            reader = None if exact or excluded_features or raw is None else PopulationReader(
+                db_path, scale, tuple(raw.names), raw.scale, categories)
             if reader is not None:
                 readers.append(reader)
             fitted = fit_blend_for(seeds, ids_all, vectors_all, raw, seed, embeddings=not excluded_features)
@@ -814,7 +844,7 @@ def expand(
             if exact:
                 extra["blend_population"] = (ids_all, vectors_all, raw, fitted)
             elif excluded_features:
-                extra["blend_scan"] = (db_path, fitted, scale, excluded_features)
+                extra["blend_scan"] = (db_path, fitted, scale, excluded_features, tuple(raw.names))
                 progress(f"  blend scores every customer on raw features, {BLEND_EXACT_MAX:,} at a time")
             else:
                 extra["blend_everyone"] = (reader, fitted, blend_inputs(ids_all[:0], vectors_all[:0], raw))
@@ -822,6 +852,9 @@ def expand(
                 progress(f"  blend fitted on a sample, scores all {population:,} customers (> {BLEND_EXACT_MAX:,}) "
                          "batch by batch")
             parameters["blend"] = {**fitted.evidence, "scored": "every customer"}
+            if screened is not None:
+                parameters["blend"]["categories"] = {"used": len(screened), "of": total,
+                                                     "chosen": "largest |mean z-score| of the seed's category shares"}
             progress(f"  blend weights {fitted.evidence['weights']} (self-validated: {fitted.evidence['folds']} folds "
                      f"of the seed, AUC of held-out seeds {fitted.evidence.get('validation_auc', 'n/a')})")
         if strategy == "knn-vote" and k_per_seed:

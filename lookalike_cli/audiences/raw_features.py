@@ -206,6 +206,32 @@ def without_columns(raw: RawFeatures, columns: tuple[str, ...]) -> RawFeatures:
                    scale=(raw.scale[0][keep], raw.scale[1][keep]))
 
 
+def with_columns(raw: RawFeatures, names: list[str] | tuple[str, ...]) -> RawFeatures:
+    """`raw` with only the matrix columns named in `names` (in `raw`'s order), their names and scale."""
+    from dataclasses import replace
+
+    wanted = set(names)
+    keep = np.array([n in wanted for n in raw.names], dtype=bool)
+    return replace(raw, matrix=raw.matrix[:, keep], names=[n for n, k in zip(raw.names, keep) if k],
+                   scale=(raw.scale[0][keep], raw.scale[1][keep]))
+
+
+def screened_categories(raw: RawFeatures, seed_ids: np.ndarray, limit: int, weights: np.ndarray | None = None
+                        ) -> list[str] | None:
+    """The names of the `limit` category share columns that set the seed apart most: largest |mean z-score|
+    over the seed rows (value-weighted when `weights` is given), ties to the earlier column. None when there
+    are no more than `limit` categories. The columns the seed neither over- nor under-buys carry little
+    evidence for a seed-vs-population ranking, and every fitted component's cost grows with the columns."""
+    share_columns = np.array([i for i, n in enumerate(raw.names) if n.startswith("category:")], dtype=np.int64)
+    if len(share_columns) <= limit:
+        return None
+    rows = raw.rows(seed_ids)
+    block = raw.matrix[rows][:, share_columns].astype(np.float64)
+    difference = np.abs(block.mean(axis=0) if weights is None or not np.any(weights) else np.average(block, axis=0, weights=weights))
+    chosen = np.sort(np.argsort(-difference, kind="stable")[:limit])
+    return [raw.names[i] for i in share_columns[chosen]]
+
+
 def check_excludable(con: duckdb.DuckDBPyConnection, columns: tuple[str, ...]) -> None:
     """Every listed column must be a customer_features column (customer_id is not a feature)."""
     require_table(con, "customer_features", FEATURES_HINT)

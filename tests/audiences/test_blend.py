@@ -128,15 +128,22 @@ def test_small_seed_gets_equal_weights_and_no_raw_features_drop_the_raw_componen
 
 
 @pytest.mark.slow
-def test_sampled_blend_scores_everyone_like_the_exact_path(scored_warehouse, monkeypatch):
+@pytest.mark.parametrize("max_categories", [None, 40], ids=["every-category", "screened-to-40"])
+def test_sampled_blend_scores_everyone_like_the_exact_path(scored_warehouse, monkeypatch, max_categories):
     """Above BLEND_EXACT_MAX customers the blend is fitted on a sample and scores every customer batch by
     batch (shares sparse, embeddings from the index); the score of a customer must be what the dense
-    path gives the same fitted blend, and on a planted segment it must find much the same audience."""
+    path gives the same fitted blend, and on a planted segment it must find much the same audience.
+    With more categories than BLEND_MAX_CATEGORIES (here 40 of the generator's 300) the same holds on
+    the screened share columns, which both paths must use alike."""
     import duckdb
 
     from lookalike_cli.audiences import expand as expansion
+    from lookalike_cli.audiences.raw_features import screened_categories, with_columns
     from lookalike_cli.audiences.seeds import excluded_ids, resolve_seeds
     from lookalike_cli.index.faiss_index import load_index
+
+    if max_categories is not None:
+        monkeypatch.setattr(expansion, "BLEND_MAX_CATEGORIES", max_categories)
 
     seed_sql = ("select customer_id from raw.planted_segments where segment_id = 1 "
                 "order by hash(customer_id) limit 80")
@@ -156,11 +163,21 @@ def test_sampled_blend_scores_everyone_like_the_exact_path(scored_warehouse, mon
         seeds = resolve_seeds(con, seed_sql, None, None)
         opted_out, _ = excluded_ids(con, None)  # raw.opt_outs: never members
         ids, vectors, raw, _ = expansion.blend_population(con, seeds, 0, index)
+        every_column_scale = raw.scale
+        if max_categories is not None:
+            kept = screened_categories(raw, seeds.ids, max_categories)
+            assert len(kept) == max_categories
+            raw = with_columns(raw, [n for n in raw.names if not n.startswith("category:") or n in kept])
         fitted = expansion.fit_blend_for(seeds, ids, vectors, raw, 0)
         everyone = con.sql("select customer_id from customer_embeddings order by customer_id").fetchnumpy()["customer_id"]
-        population = load_raw_features_for(con, everyone, raw.scale)
+        population = with_columns(load_raw_features_for(con, everyone, every_column_scale), raw.names)
         segment = {r[0] for r in con.execute("select customer_id from raw.planted_segments where segment_id = 1").fetchall()}
     assert sampled.audience["parameters"]["blend"]["weights"] == fitted.evidence["weights"]
+    screening = sampled.audience["parameters"]["blend"].get("categories")
+    assert screening == (None if max_categories is None else {
+        "used": max_categories, "of": 300, "chosen": "largest |mean z-score| of the seed's category shares"})
+    assert exact.audience["parameters"]["blend"].get("categories") == screening
+    assert fitted.components.models["propensity"].coef_.shape[1] == vectors.shape[1] + len(raw.names)
     dense = dict(zip(population.ids, fitted.score(expansion.blend_inputs(population.ids, index.vectors(population.ids), population))))
     members = sampled.members.to_pydict()
     assert np.allclose([dense[i] for i in members["customer_id"]], members["score"], rtol=0, atol=1e-12)
@@ -170,6 +187,31 @@ def test_sampled_blend_scores_everyone_like_the_exact_path(scored_warehouse, mon
     assert min(members["score"]) >= eligible[-150][0] - 1e-12  # nobody the dense ranking puts higher is missing
     # 80 of the segment's customers are seeds; the rest of the segment should fill most of the audience.
     assert len(sampled_ids & segment) >= 0.6 * min(150, len(segment) - 80), len(sampled_ids & segment)
+
+
+def test_screened_categories_keep_the_shares_that_set_the_seed_apart():
+    """Above the limit, the kept share columns are those whose seed mean z-score is farthest from 0, over- or
+    under-bought, in the matrix's order; at or under the limit nothing is screened."""
+    from lookalike_cli.audiences.raw_features import RawFeatures, screened_categories, with_columns
+
+    rng = np.random.default_rng(3)
+    n, categories = 2000, 30
+    matrix = rng.normal(size=(n, 2 + categories)).astype(np.float32)
+    seeds = np.arange(100)
+    matrix[seeds, 2 + 7] += 2.0    # bought far more by the seed
+    matrix[seeds, 2 + 19] -= 1.5   # far less
+    matrix[seeds, 2 + 3] += 0.8
+    names = ["order_count", "total_spend"] + [f"category:c{i}" for i in range(categories)]
+    raw = RawFeatures(ids=np.arange(n), matrix=matrix, names=names, activity=np.zeros(n), spend=np.zeros(n),
+                      lines=np.zeros(n), shares=None, scale=(np.zeros(len(names)), np.ones(len(names))))
+    assert screened_categories(raw, seeds, categories) is None
+    assert screened_categories(raw, seeds, 3) == ["category:c3", "category:c7", "category:c19"]
+    weights = np.r_[np.zeros(50), np.ones(50)]  # a value-based seed: only its second half counts
+    matrix[50:100, 2 + 3] += 5.0
+    assert screened_categories(raw, seeds, 1, weights) == ["category:c3"]
+    narrowed = with_columns(raw, ["total_spend", "category:c7"])
+    assert narrowed.names == ["total_spend", "category:c7"] and narrowed.matrix.shape == (n, 2)
+    assert np.array_equal(narrowed.matrix[:, 1], matrix[:, 2 + 7]) and len(narrowed.scale[0]) == 2
 
 
 def load_raw_features_for(con, ids, scale):
