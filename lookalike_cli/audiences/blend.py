@@ -12,6 +12,9 @@ Components, each a score per customer (those whose inputs are missing are left o
   demographics, category shares), which keeps signal a small encoder can blur;
 - `propensity`: a logistic regression, seed vs unlabelled, on the embeddings and raw features side
   by side, strongly regularised (~100 seeds against hundreds of features);
+- `propensity_raw`: the same classifier on the raw features only. Whether the embeddings help the
+  classifier depends on the data (on Complete Journey they do, on the generated data they add noise
+  to the top of the ranking), so the selection is offered both rather than one being fixed;
 - `activity`: log order-line count (biggest first), no fitting;
 - `rfm`: recency, frequency and spend z-scores, equal weights (the classic RFM ranking);
 - `spend`: log total spend;
@@ -62,7 +65,7 @@ import numpy as np
 from lookalike_cli.audiences.raw_features import CLIP
 from lookalike_cli.vectors import normalise
 
-COMPONENTS = ("embedding", "raw", "propensity", "activity", "rfm", "spend", "shares_lr", "shares_gbm")
+COMPONENTS = ("embedding", "raw", "propensity", "propensity_raw", "activity", "rfm", "spend", "shares_lr", "shares_gbm")
 STATIC = ("activity", "rfm", "spend")      # no fitting: a function of one customer's features
 FOLDS = 3
 STEPS = 10            # greedy selection steps: weights in multiples of 1/STEPS per bag
@@ -186,6 +189,9 @@ class BlendInputs:
             "embedding": embeddings and self.embeddings.shape[1] > 0,
             "raw": has_raw,
             "propensity": has_raw or embeddings,
+            # propensity's classifier without the embeddings: the selection picks between them (with the
+            # embeddings off, propensity is this one already)
+            "propensity_raw": has_raw and embeddings and self.embeddings.shape[1] > 0,
             "activity": self.lines_column() is not None,
             "rfm": {RECENCY, ORDERS, SPEND} <= names,
             "spend": SPEND in names,
@@ -245,7 +251,7 @@ class FittedComponents:
         for name in names:
             if name in ("embedding", "propensity") and embeddings is None:
                 embeddings = inputs.embeddings.astype(np.float64)
-            if name in ("raw", "propensity") and raw is None:
+            if name in ("raw", "propensity", "propensity_raw") and raw is None:
                 raw = inputs.raw.astype(np.float64)
             if name == "embedding":
                 columns.append(cosine_to_centroid(embeddings, self.embedding_centre[None, :]))
@@ -259,6 +265,9 @@ class FittedComponents:
                 if self.embeddings:
                     value += embeddings @ (coef[:width] * np.sqrt(width))
                 columns.append(value + model.intercept_[0])
+            elif name == "propensity_raw":
+                model = self.models[name]
+                columns.append(raw @ model.coef_[0] + model.intercept_[0])
             elif name in STATIC:
                 columns.append(inputs.static(name))
             elif name == "shares_lr":
@@ -312,6 +321,8 @@ class FittedComponents:
             linear["raw"] = self.raw_centre
         if "propensity" in names:
             linear["propensity"] = self.models["propensity"].coef_[0][-(width + categories):]  # after the embeddings' weights
+        if "propensity_raw" in names:
+            linear["propensity_raw"] = self.models["propensity_raw"].coef_[0]
         if linear:
             weights = np.column_stack(list(linear.values()))
             dots = head @ weights[:width] + background @ weights[width:] + corrections(terms.z_minus_background) @ weights[width:]
@@ -327,6 +338,8 @@ class FittedComponents:
             elif name == "propensity":
                 value = dots["propensity"] + (products[:, 1] if self.embeddings else 0.0)
                 columns.append(value + self.models[name].intercept_[0])
+            elif name == "propensity_raw":
+                columns.append(dots[name] + self.models[name].intercept_[0])
             elif name in STATIC:
                 columns.append(head_inputs.static(name))
             elif name == "shares_lr":
@@ -533,6 +546,10 @@ def fit_components(seeds: BlendInputs, unlabelled: BlendInputs, reference: Blend
         x = np.vstack([seeds.joint(embeddings), unlabelled.joint(embeddings)]).astype(np.float64)  # lbfgs converts float32 anyway, slower
         models["propensity"] = LogisticRegression(C=PROPENSITY_C, max_iter=1000, class_weight="balanced",
                                                   random_state=random_seed).fit(x, y, sample_weight=sample_weight)
+    if "propensity_raw" in active:
+        x = np.vstack([seeds.raw, unlabelled.raw]).astype(np.float64)
+        models["propensity_raw"] = LogisticRegression(C=PROPENSITY_C, max_iter=1000, class_weight="balanced",
+                                                      random_state=random_seed).fit(x, y, sample_weight=sample_weight)
     if "shares_lr" in active or "shares_gbm" in active:
         x = np.vstack([seeds.preference(), unlabelled.preference()])
         if "shares_lr" in active:

@@ -1,7 +1,7 @@
 """Expansion: seed customers -> ranked lookalike audience, by one of five strategies.
 
 - blend (default): candidate rankings (embedding and raw-feature similarity, a seed-vs-population
-  propensity, activity, RFM, spend, and seed-vs-population logistic regression and LightGBM on
+  propensity on embeddings + raw features and one on raw features only, activity, RFM, spend, and seed-vs-population logistic regression and LightGBM on
   category shares + log order lines) as percentiles, mixed with weights chosen per audience by
   cross-validation inside the seed (`blend.py`); scores every customer: from one dense matrix up to
   BLEND_EXACT_MAX customers, above that fitted on a sample and scored batch by batch from

@@ -8,7 +8,7 @@ import pytest
 
 from lookalike_cli.audiences.blend import BlendInputs, auc, fit_blend
 
-SIMILARITY = ("embedding", "raw", "propensity")
+SIMILARITY = ("embedding", "raw", "propensity", "propensity_raw")
 ACTIVITY = ("activity", "rfm", "spend")
 
 
@@ -18,7 +18,7 @@ def unit(rows: np.ndarray) -> np.ndarray:
 
 def planted(signal_in: str, n: int = 3000, positives: int = 300, seed: int = 0):
     """Positives differ from the rest only in the embeddings or only in the raw features (no names:
-    only the embedding, raw-cosine and propensity components exist)."""
+    only the embedding, raw-cosine and the two propensity components exist)."""
     rng = np.random.default_rng(seed)
     is_positive = np.zeros(n, dtype=bool)
     is_positive[rng.choice(n, positives, replace=False)] = True
@@ -75,6 +75,7 @@ def test_self_validation_drops_a_component_that_is_noise():
     weights = blend.evidence["weights"]
     assert set(weights) == set(SIMILARITY) and abs(sum(blend.weights) - 1.0) < 1e-9
     assert weights["raw"] <= 0.1 and weights["embedding"] >= 0.5, blend.evidence
+    assert weights["propensity_raw"] <= 0.1, blend.evidence  # the classifier without the embeddings: noise too
     assert blend.evidence["folds"] == 3 and set(blend.evidence["validation_auc"]) == set(SIMILARITY)
     assert blend.evidence["validation_auc"]["embedding"] > blend.evidence["validation_auc"]["raw"] + 0.3
     scores = blend.score(inputs.take(unlabelled_rows))
@@ -108,7 +109,7 @@ def test_self_validation_picks_preference_when_converters_share_a_taste():
     blend = fit_blend(inputs.take(seed_rows), inputs.take(unlabelled_rows), random_seed=1)
     weights = blend.evidence["weights"]
     assert sum(weights[c] for c in ACTIVITY) <= 0.1, blend.evidence
-    assert sum(weights[c] for c in ("embedding", "raw", "propensity", "shares_lr", "shares_gbm")) >= 0.9
+    assert sum(weights[c] for c in ("embedding", "raw", "propensity", "propensity_raw", "shares_lr", "shares_gbm")) >= 0.9
     validation = blend.evidence["validation_auc"]
     assert max(validation[c] for c in ACTIVITY) < 0.65 < validation["raw"]
     scores = blend.score(inputs.take(unlabelled_rows))
@@ -118,12 +119,13 @@ def test_self_validation_picks_preference_when_converters_share_a_taste():
 def test_small_seed_gets_equal_weights_and_no_raw_features_drop_the_raw_components():
     inputs, _ = shop("activity", n=600)
     small = fit_blend(inputs.take(np.arange(10)), inputs.take(np.arange(10, 600)))
-    assert small.evidence["folds"] == 0 and len(set(small.weights)) == 1 and len(small.weights) == 8
+    assert small.evidence["folds"] == 0 and len(set(small.weights)) == 1 and len(small.weights) == 9
     no_raw = BlendInputs(inputs.embeddings, np.zeros((600, 0), np.float32))
     fitted = fit_blend(no_raw.take(np.arange(60)), no_raw.take(np.arange(60, 600)))
     assert set(fitted.evidence["weights"]) == {"embedding", "propensity"} and fitted.evidence["folds"] == 3
     without_embeddings = fit_blend(inputs.take(np.arange(60)), inputs.take(np.arange(60, 600)), embeddings=False)
-    assert "embedding" not in without_embeddings.evidence["weights"]
+    # Without the embeddings, propensity is on the raw features already: no second copy of it.
+    assert not {"embedding", "propensity_raw"} & set(without_embeddings.evidence["weights"])
     assert without_embeddings.components.models["propensity"].coef_.shape[1] == inputs.raw.shape[1]
 
 

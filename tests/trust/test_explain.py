@@ -44,7 +44,7 @@ def test_expand_saves_seed_diagnostics_and_explain_reads_them(trust_warehouse, s
     assert strategy == "blend" and evidence["folds"] == 3
     assert max(evidence["validation_auc"].values()) > 0.9
     assert set(evidence["weights"]) == set(evidence["validation_auc"]) == {
-        "embedding", "raw", "propensity", "activity", "rfm", "spend", "shares_lr", "shares_gbm"}
+        "embedding", "raw", "propensity", "propensity_raw", "activity", "rfm", "spend", "shares_lr", "shares_gbm"}
     assert evidence["blend_validation_auc"] >= max(evidence["validation_auc"].values()) - 0.01
     result = run_cli(trust_warehouse, "explain", "--audience", "explained", "--limit", "3")
     assert "nearest seeds" in result.output
