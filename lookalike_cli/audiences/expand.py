@@ -23,7 +23,7 @@ refuse it). The `similarity` and `nearest_seed_id` reported per member stay embe
 
 `--seed-value-sql` (a value per seed member) weights the seed in every strategy: the weighted
 centroid (centroid, blend's centroid components), value-weighted votes (knn-vote), sample weights
-in the classifiers (classifier, blend's propensity, shares_lr and shares_gbm) and value-weighted
+in the classifiers (classifier, blend's propensity, propensity_raw, shares_lr and shares_gbm) and value-weighted
 held-out AUC in the blend's self-validation. multi-centroid runs weighted k-means: each sub-centroid
 moves towards its valuable members, but every sub-group of the seed keeps its share of the audience.
 
